@@ -1,0 +1,5 @@
+"""``python -m jobsys`` runs the command line."""
+
+from jobsys.cli import main
+
+main()

@@ -1,0 +1,26 @@
+"""The ``jobsys`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from jobsys.cli.common import configure_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="jobsys")
+def main(verbose: int) -> None:
+    """jobsys: jobs on RabbitMQ, with the topology, delays and retries kept in the broker."""
+    configure_logging(verbose)
+
+
+def _register() -> None:
+    # Each command group lives in its own module; importing them here keeps `jobsys.cli`
+    # the only place that knows them all.
+    from jobsys.cli import topology as topology_cli
+
+    main.add_command(topology_cli.topology)
+
+
+_register()

@@ -1,0 +1,206 @@
+"""The one place jobsys opens connections to RabbitMQ and translates aio-pika's errors.
+
+``BrokerConnection`` owns a robust connection (aio-pika restores channels, QoS and consumers
+after a transient loss) and opens confirm channels that raise on returns. ``translate_error``
+maps aiormq/aio-pika exceptions to jobsys's tree in one table, grouped by what the caller can
+do: fix the settings (``AccessRefused``), wait for the broker (``ConnectionFailed``), or
+resubmit (``PublishOutcomeUnknown``, raised by the producer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aio_pika
+import aiormq
+import aiormq.exceptions
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from jobsys.errors import AccessRefused, BrokerError, ConnectionFailed, JobsysError
+from jobsys.settings import Settings
+
+log = logging.getLogger(__name__)
+
+START_HINT = (
+    "start one with `docker compose up -d rabbitmq` or `rabbitmq-server -detached`, "
+    "or point JOBSYS_URL / --url at yours"
+)
+
+
+def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
+    """Map an exception from aio-pika/aiormq (or the socket below) to a jobsys error.
+
+    The message names the broker by its masked URL, never with the password.
+    """
+    where = settings.masked_url
+    if isinstance(exc, JobsysError):
+        return exc
+    if isinstance(
+        exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError
+    ):
+        return AccessRefused(f"the broker at {where} refused the login: wrong username or password")
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+        # aiormq loses the reason text here; on connection.open the only cause is the vhost.
+        return AccessRefused(
+            f"the broker at {where} refused virtual host {settings.vhost!r}: it does not exist "
+            "or the user has no permission on it"
+        )
+    if isinstance(
+        exc, aiormq.exceptions.ChannelAccessRefused | aiormq.exceptions.ConnectionNotAllowed
+    ):
+        return AccessRefused(f"the broker at {where} refused an operation: {_reason(exc)}")
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return ConnectionFailed(f"TLS handshake with {where} failed: {exc}")
+    if isinstance(exc, aiormq.exceptions.AMQPConnectionError | ConnectionError | OSError):
+        return ConnectionFailed(
+            f"cannot reach the broker at {where} ({_reason(exc)}); {START_HINT}"
+        )
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return ConnectionFailed(f"timed out talking to the broker at {where}; {START_HINT}")
+    if isinstance(exc, aiormq.exceptions.AMQPError):
+        return BrokerError(f"the broker at {where} answered: {_reason(exc)}")
+    return BrokerError(f"unexpected error talking to {where}: {type(exc).__name__}: {exc}")
+
+
+def _reason(exc: BaseException) -> str:
+    if exc.args and isinstance(exc.args[0], str):
+        return exc.args[0]
+    if len(exc.args) >= 2 and isinstance(exc.args[1], str):
+        return exc.args[1]
+    return str(exc) or type(exc).__name__
+
+
+def _connection_url(settings: Settings) -> str:
+    parts = urlsplit(settings.url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("heartbeat", str(settings.heartbeat_s))
+    query.setdefault("name", settings.client_name)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.url.startswith("amqps://"):
+        return None
+    context = ssl.create_default_context(cafile=settings.ca_file)
+    if settings.insecure_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class BrokerConnection:
+    """One robust connection to RabbitMQ, opened explicitly and closed explicitly."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._connection: AbstractRobustConnection | None = None
+
+    async def open(self) -> BrokerConnection:
+        """Connect, retrying a broker that is not up yet until ``connect_deadline_s``.
+
+        Raises ``AccessRefused`` at once (retrying cannot help) and ``ConnectionFailed`` when
+        the deadline passes.
+        """
+        if self._connection is not None:
+            return self
+        retrying = AsyncRetrying(
+            # AccessRefused subclasses ConnectionFailed but retrying cannot fix it.
+            retry=retry_if_exception(
+                lambda exc: isinstance(exc, ConnectionFailed) and not isinstance(exc, AccessRefused)
+            ),
+            stop=stop_after_delay(self.settings.connect_deadline_s),
+            wait=wait_exponential(multiplier=0.2, max=3.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                self._connection = await self._connect_once()
+        return self
+
+    async def _connect_once(self) -> AbstractRobustConnection:
+        try:
+            connection = await asyncio.wait_for(
+                aio_pika.connect_robust(
+                    _connection_url(self.settings),
+                    ssl_context=_ssl_context(self.settings),
+                    timeout=self.settings.connect_timeout_s,
+                    client_properties={"connection_name": self.settings.client_name},
+                ),
+                timeout=self.settings.connect_timeout_s + 1,
+            )
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and _current_task_cancelling():
+                raise
+            raise translate_error(exc, self.settings) from None
+        log.info("connected to %s", self.settings.masked_url)
+        return connection
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        """The open robust connection (``ConnectionFailed`` if ``open()`` was not called)."""
+        if self._connection is None:
+            raise ConnectionFailed("not connected: call open() first")
+        return self._connection
+
+    @property
+    def server_version(self) -> tuple[int, ...]:
+        """The broker's version, e.g. ``(3, 10, 8)``."""
+        props: dict[str, Any] = dict(self.connection.transport.connection.server_properties)  # type: ignore[union-attr]
+        raw = props.get("version", "0")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        numbers = []
+        for part in text.split("."):
+            digits = "".join(ch for ch in part if ch.isdigit())
+            numbers.append(int(digits) if digits else 0)
+        return tuple(numbers)
+
+    async def channel(
+        self, *, confirms: bool = True, prefetch: int | None = None
+    ) -> AbstractRobustChannel:
+        """A new channel. With ``confirms`` the broker confirms every publish, and a
+        mandatory publish that routes nowhere raises instead of returning quietly."""
+        try:
+            channel = await self.connection.channel(
+                publisher_confirms=confirms, on_return_raises=confirms
+            )
+            if prefetch is not None:
+                await channel.set_qos(prefetch_count=prefetch)
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and _current_task_cancelling():
+                raise
+            raise translate_error(exc, self.settings) from None
+        return channel
+
+    async def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed:
+            await connection.close()
+
+    async def __aenter__(self) -> BrokerConnection:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _current_task_cancelling() -> bool:
+    """True when somebody really cancelled the current task (not aiormq's own cancel)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,150 @@
+"""One exception tree for jobsys, grouped by what the caller can do about each error.
+
+``JobsysError`` is the root of everything jobsys raises on purpose. ``HandlerSignal`` is a
+separate root so that ``except JobsysError`` in user code never swallows a handler's request
+to retry or reject a job.
+"""
+
+from __future__ import annotations
+
+
+class JobsysError(Exception):
+    """Base class of every error jobsys raises on purpose."""
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+class ConfigError(JobsysError):
+    """Raised when settings (URL, TLS options, limits) are missing or inconsistent."""
+
+
+# -- topology ----------------------------------------------------------------------------------
+
+
+class TopologyError(JobsysError):
+    """Base class of problems with a topology file or with its state on the broker."""
+
+
+class TopologyLoadError(TopologyError):
+    """Raised when a topology file cannot be read or is not valid, listing every problem.
+
+    ``problems`` holds one ``file:line:column: message`` string per problem.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class TopologyValidationError(TopologyLoadError):
+    """Raised when a topology file parses but is inconsistent: a dangling reference, a job type
+    that reaches no queue, an argument the queue type or broker version does not support."""
+
+
+class TopologyConflictError(TopologyError):
+    """Raised when the broker already has an entity of the topology with other arguments.
+
+    ``diffs`` holds one human-readable line per differing entity or argument.
+    """
+
+    def __init__(self, diffs: list[str]) -> None:
+        self.diffs = list(diffs)
+        super().__init__(
+            "the broker's topology differs from the file; nothing was changed:\n"
+            + "\n".join(f"  {line}" for line in self.diffs)
+        )
+
+
+# -- broker ------------------------------------------------------------------------------------
+
+
+class BrokerError(JobsysError):
+    """Base class of errors that come from talking to RabbitMQ."""
+
+
+class ConnectionFailed(BrokerError):
+    """Raised when the broker cannot be reached (refused, timed out, TLS failure)."""
+
+
+class AccessRefused(ConnectionFailed):
+    """Raised for wrong credentials, a missing vhost or refused permissions. Fatal: retrying
+    with the same settings cannot succeed, so jobsys never loops on it."""
+
+
+class PublishError(BrokerError):
+    """Base class of errors where a publish was not confirmed as routed to a queue."""
+
+    def __init__(self, message: str, *, job_id: str | None = None) -> None:
+        self.job_id = job_id
+        super().__init__(message)
+
+
+class UnroutableError(PublishError):
+    """Raised when the broker returned a mandatory publish because no binding matched it."""
+
+
+class QueueFullError(PublishError):
+    """Raised when the broker nacked a publish, e.g. a queue at its max length with
+    ``x-overflow: reject-publish``."""
+
+
+class BrokerBlockedError(PublishError):
+    """Raised when a publish timed out while the broker blocked the connection (memory or disk
+    alarm). The job was not published."""
+
+
+class PublishOutcomeUnknown(PublishError):
+    """Raised when the connection was lost before the confirm arrived: the job may or may not
+    be in its queue. Resubmitting with the same job id is safe."""
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+class MessageError(JobsysError):
+    """Base class of problems with one job's content; never retried, never fatal to a worker."""
+
+
+class DecodeError(MessageError):
+    """Raised when a message body is not a jobsys envelope (not UTF-8 JSON, wrong content type,
+    missing fields)."""
+
+
+class UnknownJobTypeError(MessageError):
+    """Raised when a job type is not in the topology (when publishing) or has no handler (when
+    consuming)."""
+
+
+class PayloadValidationError(MessageError):
+    """Raised when a payload does not match its job type's model; the message names the field
+    path."""
+
+
+class PayloadTooLargeError(MessageError):
+    """Raised when an encoded job is larger than the configured limit."""
+
+
+# -- handler signals ---------------------------------------------------------------------------
+
+
+class HandlerSignal(Exception):
+    """Base class of what a handler raises to steer settlement; not a ``JobsysError``."""
+
+
+class Retry(HandlerSignal):
+    """Raised by a handler to ask for another attempt, after ``delay_s`` or the policy's
+    backoff when it is None."""
+
+    def __init__(self, delay_s: float | None = None, reason: str = "retry requested") -> None:
+        self.delay_s = delay_s
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Reject(HandlerSignal):
+    """Raised by a handler to dead-letter the job at once, without retries."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

@@ -1,0 +1,1 @@
+"""The topology file: model, loader, checks, routing simulation, delay plan, declare."""

@@ -1,0 +1,250 @@
+"""Checks that relate one part of a topology to another, or to a broker version (pure).
+
+Each check yields ``Problem``s with the key path they concern, so the loader can report every
+problem at once as ``file:line:column: path: message``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from jobsys.topology.entities import ArgValue, BindingSpec
+from jobsys.topology.model import (
+    DEAD_LETTER_SUFFIX,
+    RESERVED_PREFIX,
+    JobType,
+    Topology,
+)
+from jobsys.topology.routing import reachable_queues
+
+Path = tuple[str | int, ...]
+#: The broker's default consumer_timeout; a job's own deadline must end before it does, or the
+#: broker closes the whole channel and requeues everything on it.
+BROKER_CONSUMER_TIMEOUT_S = 30 * 60.0
+_DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a topology, at ``path`` (keys and list indexes from the root)."""
+
+    path: Path
+    message: str
+
+
+def user_bindings(topology: Topology) -> list[BindingSpec]:
+    """The file's own bindings as ``BindingSpec``s (no derived dead-letter or delay ones)."""
+    specs = []
+    for binding in topology.bindings:
+        arguments: dict[str, ArgValue] = {}
+        if binding.headers is not None:
+            arguments = {"x-match": binding.match or "all", **binding.headers}
+        specs.append(
+            BindingSpec(binding.exchange, binding.queue, "queue", binding.routing_key, arguments)
+        )
+    return specs
+
+
+def route_job_type(topology: Topology, job_type: JobType) -> list[str]:
+    """The work queues a job of ``job_type`` reaches, as RabbitMQ would route it."""
+    types = {name: ex.type for name, ex in topology.exchanges.items()}
+    return reachable_queues(
+        job_type.exchange,
+        job_type.routing_key,
+        types,
+        user_bindings(topology),
+        job_type.headers or {},
+    )
+
+
+def check_topology(topology: Topology) -> list[Problem]:
+    """Every cross-reference problem of ``topology``; empty when it is consistent."""
+    return [
+        *_check_names(topology),
+        *_check_queues(topology),
+        *_check_bindings(topology),
+        *_check_job_types(topology),
+    ]
+
+
+def check_broker_support(topology: Topology, version: tuple[int, ...]) -> list[Problem]:
+    """Problems with arguments that broker ``version`` does not support."""
+    problems = []
+    shown = ".".join(str(part) for part in version)
+    for name, queue in topology.queues.items():
+        if queue.type == "quorum" and queue.max_priority is not None and version < (4, 0):
+            problems.append(
+                Problem(
+                    ("queues", name, "max_priority"),
+                    f"RabbitMQ {shown} does not support priorities on quorum queues "
+                    "(needs 4.0 or later); use a classic queue or drop max_priority",
+                )
+            )
+    return problems
+
+
+def _check_names(topology: Topology) -> Iterator[Problem]:
+    for section in ("exchanges", "queues"):
+        for name in getattr(topology, section):
+            if name.startswith(RESERVED_PREFIX) or name.startswith("amq."):
+                yield Problem(
+                    (section, name),
+                    f"name {name!r} is reserved (names starting with {RESERVED_PREFIX!r} or "
+                    "'amq.' belong to jobsys and RabbitMQ)",
+                )
+    for name in topology.queues:
+        if (
+            name.endswith(DEAD_LETTER_SUFFIX)
+            and name[: -len(DEAD_LETTER_SUFFIX)] in topology.queues
+        ):
+            yield Problem(
+                ("queues", name),
+                f"queue {name!r} clashes with the dead-letter queue of queue "
+                f"{name[: -len(DEAD_LETTER_SUFFIX)]!r}",
+            )
+
+
+def _check_queues(topology: Topology) -> Iterator[Problem]:
+    for name, queue in topology.queues.items():
+        path: Path = ("queues", name)
+        if queue.type == "quorum" and not queue.durable:
+            yield Problem((*path, "durable"), "quorum queues are always durable")
+        if queue.type == "classic" and queue.delivery_limit is not None:
+            yield Problem((*path, "delivery_limit"), "delivery_limit needs a quorum queue")
+        if queue.type == "quorum" and queue.overflow == "reject-publish-dlx":
+            yield Problem(
+                (*path, "overflow"),
+                "quorum queues do not support reject-publish-dlx; use reject-publish",
+            )
+        if queue.dead_letter_strategy == "at-least-once":
+            if queue.type != "quorum":
+                yield Problem(
+                    (*path, "dead_letter_strategy"),
+                    "at-least-once dead-lettering needs a quorum queue",
+                )
+            elif queue.overflow != "reject-publish":
+                yield Problem(
+                    (*path, "dead_letter_strategy"),
+                    "at-least-once dead-lettering needs overflow: reject-publish",
+                )
+        if (
+            queue.overflow is not None
+            and queue.max_length is None
+            and queue.max_length_bytes is None
+        ):
+            yield Problem(
+                (*path, "overflow"), "overflow has no effect without max_length or max_length_bytes"
+            )
+
+
+def _check_bindings(topology: Topology) -> Iterator[Problem]:
+    for index, binding in enumerate(topology.bindings):
+        path: Path = ("bindings", index)
+        exchange = topology.exchanges.get(binding.exchange)
+        if exchange is None:
+            yield Problem(
+                (*path, "exchange"),
+                f"exchange {binding.exchange!r} is not declared{_known(topology.exchanges)}",
+            )
+        if binding.queue not in topology.queues:
+            yield Problem(
+                (*path, "queue"),
+                f"queue {binding.queue!r} is not declared{_known(topology.queues)}",
+            )
+        if exchange is None:
+            continue
+        if exchange.type == "headers" and not binding.headers:
+            yield Problem(path, f"binding on headers exchange {binding.exchange!r} needs headers")
+        if exchange.type != "headers" and (binding.headers or binding.match):
+            yield Problem(
+                (*path, "headers" if binding.headers else "match"),
+                f"headers and match only apply to headers exchanges; {binding.exchange!r} is "
+                f"{exchange.type}",
+            )
+
+
+def _check_job_types(topology: Topology) -> Iterator[Problem]:
+    for name, job_type in topology.job_types.items():
+        path: Path = ("job_types", name)
+        exchange = topology.exchanges.get(job_type.exchange)
+        if exchange is None:
+            yield Problem(
+                (*path, "exchange"),
+                f"exchange {job_type.exchange!r} is not declared{_known(topology.exchanges)}",
+            )
+            continue
+        if job_type.timeout <= 0 or job_type.timeout >= BROKER_CONSUMER_TIMEOUT_S:
+            yield Problem(
+                (*path, "timeout"),
+                "timeout must be above 0 and below 30m, the broker's default consumer_timeout",
+            )
+        for i, dotted in enumerate(job_type.retry.dont_retry):
+            if not _DOTTED_NAME.match(dotted):
+                yield Problem(
+                    (*path, "retry", "dont_retry", i),
+                    f"{dotted!r} is not an exception name (e.g. myapp.errors.Permanent)",
+                )
+        yield from _check_retry_delays(topology, name, job_type)
+        queues = route_job_type(topology, job_type)
+        if not queues:
+            yield Problem(path, _unroutable_message(topology, name, job_type))
+            continue
+        yield from _check_priority(topology, path, job_type, queues)
+
+
+def _check_retry_delays(topology: Topology, name: str, job_type: JobType) -> Iterator[Problem]:
+    retry = job_type.retry
+    longest = max(retry.delays) if retry.delays else (retry.backoff.max if retry.backoff else 0.0)
+    if longest > topology.delays.max_delay:
+        yield Problem(
+            ("job_types", name, "retry"),
+            f"a retry delay of {longest:g}s is longer than delays.max_delay "
+            f"({topology.delays.max_delay:g}s)",
+        )
+
+
+def _check_priority(
+    topology: Topology, path: Path, job_type: JobType, queues: list[str]
+) -> Iterator[Problem]:
+    if not job_type.priority:
+        return
+    for queue_name in queues:
+        limit = topology.queues[queue_name].max_priority
+        if limit is None:
+            yield Problem(
+                (*path, "priority"),
+                f"priority {job_type.priority} has no effect: queue {queue_name!r} has no "
+                "max_priority",
+            )
+        elif job_type.priority > limit:
+            yield Problem(
+                (*path, "priority"),
+                f"priority {job_type.priority} is above max_priority {limit} of queue "
+                f"{queue_name!r}",
+            )
+
+
+def _unroutable_message(topology: Topology, name: str, job_type: JobType) -> str:
+    on_exchange = [b for b in topology.bindings if b.exchange == job_type.exchange]
+    if on_exchange:
+        shown = ", ".join(
+            f"{b.headers!r} -> {b.queue}" if b.headers else f"{b.routing_key!r} -> {b.queue}"
+            for b in on_exchange
+        )
+        bound = f"; bindings on {job_type.exchange!r}: {shown}"
+    else:
+        bound = f"; exchange {job_type.exchange!r} has no bindings"
+    what = (
+        f"headers {job_type.headers!r}"
+        if topology.exchanges[job_type.exchange].type == "headers"
+        else f"routing key {job_type.routing_key!r}"
+    )
+    return f"job type {name!r} reaches no queue (exchange {job_type.exchange!r}, {what}){bound}"
+
+
+def _known(names: Mapping[str, object]) -> str:
+    if not names:
+        return " (none are declared)"
+    return " (declared: " + ", ".join(sorted(names)) + ")"

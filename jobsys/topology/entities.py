@@ -1,0 +1,179 @@
+"""Everything a topology asks the broker to hold, as plain data (pure, no I/O).
+
+One function, ``desired_entities``, turns a ``Topology`` into the exchanges, queues and
+bindings that ``declare`` plans and applies, that ``export`` writes as RabbitMQ definitions,
+and that workers and producers rely on: the user's own entities plus the dead-letter exchange,
+one dead-letter queue per work queue, the delay levels and the delivery exchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from jobsys.topology import delays
+from jobsys.topology.model import (
+    DEAD_LETTER_EXCHANGE,
+    Queue,
+    Topology,
+    dead_letter_queue_name,
+)
+
+ArgValue = str | int | bool
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    """An exchange as the broker sees it."""
+
+    name: str
+    type: str
+    durable: bool = True
+    arguments: dict[str, ArgValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue as the broker sees it; ``role`` says why jobsys wants it."""
+
+    name: str
+    durable: bool
+    arguments: dict[str, ArgValue]
+    role: Literal["work", "dead-letter", "delay"]
+
+
+@dataclass(frozen=True)
+class BindingSpec:
+    """A binding from exchange ``source`` to a queue or an exchange."""
+
+    source: str
+    destination: str
+    destination_type: Literal["queue", "exchange"]
+    routing_key: str
+    arguments: dict[str, ArgValue] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line a person can read."""
+        arrow = f"{self.source} -> {self.destination_type} {self.destination}"
+        if self.arguments:
+            return f"{arrow} (headers {self.arguments})"
+        return f"{arrow} (key {self.routing_key!r})"
+
+
+@dataclass(frozen=True)
+class Entities:
+    """The whole desired state."""
+
+    exchanges: list[ExchangeSpec]
+    queues: list[QueueSpec]
+    bindings: list[BindingSpec]
+    delay_levels: int
+
+    def queue(self, name: str) -> QueueSpec:
+        """The queue called ``name`` (KeyError if the topology has none)."""
+        for spec in self.queues:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def work_queue_arguments(name: str, queue: Queue) -> dict[str, ArgValue]:
+    """The ``x-`` arguments of work queue ``name``. ``x-queue-type`` is always explicit so a
+    vhost default can never change a queue's type underneath us."""
+    args: dict[str, ArgValue] = {
+        "x-queue-type": queue.type,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": dead_letter_queue_name(name),
+    }
+    if queue.max_priority is not None:
+        args["x-max-priority"] = queue.max_priority
+    if queue.max_length is not None:
+        args["x-max-length"] = queue.max_length
+    if queue.max_length_bytes is not None:
+        args["x-max-length-bytes"] = queue.max_length_bytes
+    if queue.overflow is not None:
+        args["x-overflow"] = queue.overflow
+    if queue.message_ttl is not None:
+        args["x-message-ttl"] = round(queue.message_ttl * 1000)
+    if queue.delivery_limit is not None:
+        args["x-delivery-limit"] = queue.delivery_limit
+    if queue.dead_letter_strategy is not None:
+        args["x-dead-letter-strategy"] = queue.dead_letter_strategy
+    return args
+
+
+def _delay_level_arguments(level: int, queue_type: str) -> dict[str, ArgValue]:
+    args: dict[str, ArgValue] = {
+        "x-queue-type": queue_type,
+        "x-message-ttl": delays.level_ttl_ms(level),
+        "x-dead-letter-exchange": delays.level_exchange_after(level),
+    }
+    if queue_type == "quorum":
+        # Without this a quorum queue dead-letters at most once: a node failure at the wrong
+        # moment would drop a delayed job. At-least-once requires reject-publish overflow.
+        args["x-dead-letter-strategy"] = "at-least-once"
+        args["x-overflow"] = "reject-publish"
+    return args
+
+
+def desired_entities(topology: Topology) -> Entities:
+    """Every exchange, queue and binding the topology needs, in declaration order."""
+    levels = delays.level_count(topology.delays.max_delay)
+    exchanges = [
+        ExchangeSpec(name=name, type=ex.type, durable=ex.durable)
+        for name, ex in topology.exchanges.items()
+    ]
+    exchanges.append(ExchangeSpec(name=DEAD_LETTER_EXCHANGE, type="direct"))
+    exchanges.append(ExchangeSpec(name=delays.DELIVERY_EXCHANGE, type="topic"))
+    exchanges += [
+        ExchangeSpec(name=delays.level_name(level), type="topic") for level in range(levels)
+    ]
+
+    queues: list[QueueSpec] = []
+    bindings: list[BindingSpec] = []
+    for name, queue in topology.queues.items():
+        queues.append(
+            QueueSpec(name, queue.durable, work_queue_arguments(name, queue), role="work")
+        )
+        dlq = dead_letter_queue_name(name)
+        queues.append(QueueSpec(dlq, True, {"x-queue-type": queue.type}, role="dead-letter"))
+        bindings.append(BindingSpec(DEAD_LETTER_EXCHANGE, dlq, "queue", dlq))
+        bindings.append(
+            BindingSpec(
+                delays.DELIVERY_EXCHANGE,
+                name,
+                "queue",
+                delays.delivery_binding_key(name, levels),
+            )
+        )
+
+    for level in range(levels):
+        level_queue = delays.level_name(level)
+        queues.append(
+            QueueSpec(
+                level_queue,
+                True,
+                _delay_level_arguments(level, topology.delays.queue_type),
+                role="delay",
+            )
+        )
+        bindings.append(
+            BindingSpec(level_queue, level_queue, "queue", delays.wait_binding_key(level, levels))
+        )
+        bindings.append(
+            BindingSpec(
+                level_queue,
+                delays.level_exchange_after(level),
+                "exchange",
+                delays.skip_binding_key(level, levels),
+            )
+        )
+
+    for binding in topology.bindings:
+        arguments: dict[str, ArgValue] = {}
+        if binding.headers is not None:
+            arguments = {"x-match": binding.match or "all", **binding.headers}
+        bindings.append(
+            BindingSpec(binding.exchange, binding.queue, "queue", binding.routing_key, arguments)
+        )
+    return Entities(exchanges=exchanges, queues=queues, bindings=bindings, delay_levels=levels)

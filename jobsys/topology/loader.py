@@ -1,0 +1,301 @@
+"""Topology file -> ``Topology``, with every problem reported as ``file:line:column: message``.
+
+Safe loading only: PyYAML's safe composer builds the node tree (so marks survive), and this
+module builds plain Python from it, refusing unknown tags, duplicate keys, oversized files and
+alias bombs. Then pydantic checks shapes and ``check`` relates the parts; all problems are
+collected and raised together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from jobsys.errors import TopologyLoadError, TopologyValidationError
+from jobsys.topology.check import Problem, check_broker_support, check_topology
+from jobsys.topology.model import Topology
+
+MAX_FILE_BYTES = 1024 * 1024
+#: Nodes built, aliases expanded every time they are used; a "billion laughs" stops here.
+MAX_NODES = 100_000
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Position:
+    """1-based line and column in a file."""
+
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class LoadedTopology:
+    """A valid topology and where each of its keys stands in its file."""
+
+    topology: Topology
+    filename: str
+    value_positions: dict[KeyPath, Position] = field(repr=False)
+    key_positions: dict[KeyPath, Position] = field(repr=False)
+
+    def locate(self, path: KeyPath) -> str:
+        """``file:line:column`` of ``path`` (or of its nearest enclosing key)."""
+        return _locate(self.filename, path, self.value_positions, self.key_positions)
+
+    def check_broker_version(self, version: tuple[int, ...]) -> None:
+        """Raise ``TopologyValidationError`` for arguments broker ``version`` lacks."""
+        problems = check_broker_support(self.topology, version)
+        if problems:
+            raise TopologyValidationError([self._format(p) for p in problems])
+
+    def _format(self, problem: Problem) -> str:
+        return f"{self.locate(problem.path)}: {_dotted(problem.path)}: {problem.message}"
+
+
+def load_topology(path: str | Path) -> LoadedTopology:
+    """Read and validate the topology file at ``path``."""
+    filename = str(path)
+    try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise TopologyLoadError(
+                [f"{filename}:1:1: file is {size} bytes; topology files are capped at 1 MiB"]
+            )
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise TopologyLoadError([f"{filename}:1:1: cannot read file: {exc.strerror}"]) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TopologyLoadError([f"{filename}:1:1: file is not UTF-8 text"]) from exc
+    return load_topology_text(text, filename)
+
+
+def load_topology_text(text: str, filename: str = "<string>") -> LoadedTopology:
+    """Validate topology ``text``; ``filename`` is only used in messages."""
+    if len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        raise TopologyLoadError([f"{filename}:1:1: topology files are capped at 1 MiB"])
+    builder = _Builder(filename)
+    data = builder.build(text)
+    problems = list(builder.problems)
+    if data is not None and not isinstance(data, dict):
+        problems.append(f"{filename}:1:1: a topology file is a mapping with version: 1")
+    if not isinstance(data, dict):
+        raise TopologyLoadError(problems)
+    try:
+        topology = Topology.model_validate(data)
+    except ValidationError as exc:
+        problems += _shape_problems(filename, exc, builder.value_positions, builder.key_positions)
+        raise TopologyLoadError(sorted(problems, key=_by_position)) from None
+    if problems:
+        raise TopologyLoadError(problems)
+    loaded = LoadedTopology(topology, filename, builder.value_positions, builder.key_positions)
+    cross_problems = check_topology(topology)
+    if cross_problems:
+        raise TopologyValidationError([loaded._format(p) for p in cross_problems])
+    return loaded
+
+
+class _Builder:
+    """Builds plain Python from a YAML node tree, recording each key's position."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.problems: list[str] = []
+        self.value_positions: dict[KeyPath, Position] = {}
+        self.key_positions: dict[KeyPath, Position] = {}
+        self._nodes = 0
+        self._loader: yaml.SafeLoader | None = None
+
+    def build(self, text: str) -> Any:
+        loader = yaml.SafeLoader(text)
+        self._loader = loader
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = self._at(mark) if mark else f"{self.filename}:1:1"
+            self.problems.append(f"{where}: YAML syntax: {exc.problem or exc.context}")
+            return None
+        except yaml.YAMLError as exc:
+            self.problems.append(f"{self.filename}:1:1: YAML: {exc}")
+            return None
+        finally:
+            loader.dispose()
+        if node is None:
+            self.problems.append(f"{self.filename}:1:1: the file is empty")
+            return None
+        try:
+            return self._value(node, ())
+        except _TooManyNodes:
+            self.problems.append(
+                f"{self._at(node.start_mark)}: too many nodes (over {MAX_NODES}, counting alias "
+                "expansions); is an alias used recursively?"
+            )
+            return None
+
+    def _at(self, mark: yaml.Mark) -> str:
+        return f"{self.filename}:{mark.line + 1}:{mark.column + 1}"
+
+    def _value(self, node: yaml.Node, path: KeyPath) -> Any:
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _TooManyNodes
+        self.value_positions.setdefault(
+            path, Position(node.start_mark.line + 1, node.start_mark.column + 1)
+        )
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self._value(item, (*path, i)) for i, item in enumerate(node.value)]
+        assert self._loader is not None
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            self.problems.append(f"{self._at(node.start_mark)}: {_dotted(path)}: {exc.problem}")
+            return None
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if node.tag != "tag:yaml.org,2002:map":
+            self.problems.append(
+                f"{self._at(node.start_mark)}: {_dotted(path)}: unsupported tag {node.tag}"
+            )
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self.problems.append(
+                    f"{self._at(key_node.start_mark)}: merge keys (<<) are not supported"
+                )
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problems.append(f"{self._at(key_node.start_mark)}: keys must be plain strings")
+                continue
+            key = str(key_node.value)
+            key_path = (*path, key)
+            where = Position(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if key in result:
+                first = self.key_positions[key_path]
+                self.problems.append(
+                    f"{self._at(key_node.start_mark)}: {_dotted(key_path)}: duplicate key "
+                    f"(first at line {first.line}, column {first.column})"
+                )
+                continue
+            self.key_positions[key_path] = where
+            result[key] = self._value(value_node, key_path)
+        return result
+
+
+class _TooManyNodes(Exception):
+    pass
+
+
+def _shape_problems(
+    filename: str,
+    exc: ValidationError,
+    value_positions: dict[KeyPath, Position],
+    key_positions: dict[KeyPath, Position],
+) -> list[str]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = _clean_loc(error["loc"])
+        where = _locate(filename, loc, value_positions, key_positions, prefer_key=True)
+        problems.append(f"{where}: {_dotted(loc) or '(top)'}: {_shape_message(error, loc)}")
+    return sorted(set(problems), key=_by_position)
+
+
+def _clean_loc(loc: tuple[str | int, ...]) -> KeyPath:
+    # pydantic adds pseudo-steps for unions, annotated validators and dict keys.
+    return tuple(
+        step
+        for step in loc
+        if not (isinstance(step, str) and step.startswith(("function-", "[key]")))
+    )
+
+
+def _shape_message(error: Any, loc: KeyPath) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = ""
+        if allowed:
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else f"; expected one of: {', '.join(allowed)}"
+            )
+        return f"unknown key {loc[-1]!r}{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _allowed_keys(path: KeyPath) -> list[str]:
+    """Keys the model accepts at ``path``, for 'did you mean' hints."""
+    annotation: Any = Topology
+    for step in path:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field_info = annotation.model_fields.get(str(step))
+            if field_info is None:
+                return []
+            annotation = field_info.annotation
+        elif typing.get_origin(annotation) in (dict, list):
+            annotation = typing.get_args(annotation)[-1]
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return options[0] if len(options) == 1 else annotation
+    if typing.get_origin(annotation) is typing.Annotated:
+        return typing.get_args(annotation)[0]
+    return annotation
+
+
+def _locate(
+    filename: str,
+    path: KeyPath,
+    value_positions: dict[KeyPath, Position],
+    key_positions: dict[KeyPath, Position],
+    prefer_key: bool = False,
+) -> str:
+    for end in range(len(path), -1, -1):
+        prefix = path[:end]
+        position = (key_positions.get(prefix) if prefer_key else None) or value_positions.get(
+            prefix
+        )
+        if position is None and not prefer_key:
+            position = key_positions.get(prefix)
+        if position is not None:
+            return f"{filename}:{position.line}:{position.column}"
+    return f"{filename}:1:1"
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(str(step) for step in path)
+
+
+def _by_position(problem: str) -> tuple[int, int, str]:
+    parts = problem.split(":", 3)
+    try:
+        return int(parts[-3]), int(parts[-2]), problem
+    except (ValueError, IndexError):
+        return 0, 0, problem

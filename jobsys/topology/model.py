@@ -1,0 +1,157 @@
+"""Frozen pydantic models of a topology file (``version: 1``).
+
+Shapes only: types, ranges and unknown keys. Checks that relate one part of the file to
+another (dangling references, reachability, broker-version support) live in ``check.py`` so
+that every problem can be reported at once with its position.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from jobsys.duration import parse_duration_s
+
+#: Seconds, written in the file as a number or as ``250ms``, ``90s``, ``5m``, ``2h``, ``30d``.
+Duration = Annotated[float, BeforeValidator(parse_duration_s)]
+
+#: Name of the direct exchange through which workers publish to dead-letter queues and through
+#: which the broker dead-letters (max length, delivery limit) into them.
+DEAD_LETTER_EXCHANGE = "jobsys.dead-letter"
+#: Suffix of every queue's dead-letter queue: ``emails`` -> ``emails.dead``.
+DEAD_LETTER_SUFFIX = ".dead"
+#: Prefix reserved for names jobsys derives itself.
+RESERVED_PREFIX = "jobsys."
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """The dead-letter queue of ``queue``: ``emails`` -> ``emails.dead``."""
+    return f"{queue}{DEAD_LETTER_SUFFIX}"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class Exchange(_Frozen):
+    """An exchange jobs are published to."""
+
+    type: Literal["direct", "topic", "fanout", "headers"]
+    durable: bool = True
+
+
+class ConsumerPool(_Frozen):
+    """Defaults of the consumer pool that serves a queue."""
+
+    concurrency: int = Field(default=10, ge=1, le=10_000)
+    prefetch: int = Field(default=20, ge=1, le=65_535)
+
+    @model_validator(mode="after")
+    def _prefetch_covers_concurrency(self) -> ConsumerPool:
+        if self.prefetch < self.concurrency:
+            raise ValueError(
+                f"prefetch ({self.prefetch}) is below concurrency ({self.concurrency}): "
+                "the pool could never run that many jobs at once"
+            )
+        return self
+
+
+class Queue(_Frozen):
+    """A work queue. Every work queue gets a dead-letter queue, ``<name>.dead``."""
+
+    type: Literal["classic", "quorum"]
+    durable: bool = True
+    max_priority: int | None = Field(default=None, ge=1, le=255)
+    max_length: int | None = Field(default=None, ge=0)
+    max_length_bytes: int | None = Field(default=None, ge=0)
+    overflow: Literal["drop-head", "reject-publish", "reject-publish-dlx"] | None = None
+    message_ttl: Duration | None = None
+    delivery_limit: int | None = Field(default=None, ge=1)
+    dead_letter_strategy: Literal["at-most-once", "at-least-once"] | None = None
+    consumer: ConsumerPool = ConsumerPool()
+
+
+class Binding(_Frozen):
+    """A binding from an exchange to a queue, by routing key (pattern) or header match."""
+
+    exchange: Name
+    queue: Name
+    routing_key: str = Field(default="", max_length=255)
+    match: Literal["all", "any"] | None = None
+    headers: dict[str, str | int | bool] | None = None
+
+
+class ExponentialBackoff(_Frozen):
+    """Delay before attempt n+1: ``min(max, initial * multiplier**(n-1))``, +- ``jitter``."""
+
+    initial: Duration = 1.0
+    multiplier: float = Field(default=2.0, ge=1.0, le=100.0)
+    max: Duration = 3600.0
+    jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> ExponentialBackoff:
+        if self.max < self.initial:
+            raise ValueError(f"max ({self.max:g}s) is below initial ({self.initial:g}s)")
+        return self
+
+
+class RetryPolicy(_Frozen):
+    """How often a failing job is tried, and how long it waits in between.
+
+    ``max_attempts`` counts every run, the first included. Give either ``backoff`` or an
+    explicit list of ``delays`` (one per retry; the last repeats when attempts outnumber it).
+    """
+
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    backoff: ExponentialBackoff | None = None
+    delays: list[Duration] | None = Field(default=None, min_length=1)
+    dont_retry: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> RetryPolicy:
+        if self.backoff is not None and self.delays is not None:
+            raise ValueError("give either backoff or delays, not both")
+        return self
+
+
+class JobType(_Frozen):
+    """Where a job type is published, and how it is run."""
+
+    exchange: Name
+    routing_key: str = Field(default="", max_length=200)
+    headers: dict[str, str | int | bool] | None = None
+    priority: int | None = Field(default=None, ge=0, le=255)
+    timeout: Duration = 300.0
+    retry: RetryPolicy = RetryPolicy()
+
+
+class Delays(_Frozen):
+    """The broker-side delay levels shared by delayed publishing and retry backoff."""
+
+    max_delay: Duration = 30 * 86400.0
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+    @model_validator(mode="after")
+    def _at_least_thirty_days(self) -> Delays:
+        if self.max_delay < 30 * 86400:
+            raise ValueError("max_delay must be at least 30d")
+        return self
+
+
+class Topology(_Frozen):
+    """A whole topology file."""
+
+    version: Literal[1]
+    exchanges: dict[Name, Exchange] = Field(default_factory=dict)
+    queues: dict[Name, Queue] = Field(default_factory=dict)
+    bindings: list[Binding] = Field(default_factory=list)
+    job_types: dict[Name, JobType] = Field(default_factory=dict)
+    delays: Delays = Delays()
+
+    def dead_letter_queues(self) -> dict[str, str]:
+        """Map each work queue to its dead-letter queue (every work queue has one)."""
+        return {name: dead_letter_queue_name(name) for name in self.queues}
