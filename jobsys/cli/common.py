@@ -38,7 +38,7 @@ def connection_options(func: F) -> F:
         "--insecure",
         is_flag=True,
         default=False,
-        help="Allow amqps:// without certificate verification (no_verify_ssl). Never in production.",
+        help="Allow amqps:// without certificate checks (no_verify_ssl). Never in production.",
     )(func)
     func = click.option(
         "--ca-file",
