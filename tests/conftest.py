@@ -1,0 +1,111 @@
+"""Fixtures shared by every test: the broker to use, a private vhost per test, unique names."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pytest
+
+from jobsys.connection import START_HINT, BrokerConnection
+from jobsys.errors import JobsysError
+from jobsys.settings import Settings
+
+MANAGEMENT_URL = os.environ.get("JOBSYS_MANAGEMENT_URL", "http://127.0.0.1:15672")
+
+
+@pytest.fixture(scope="session")
+def broker_settings() -> Settings:
+    """Settings for the shared test broker (JOBSYS_URL); fails, never skips, when it is down."""
+    settings = Settings.from_env().with_overrides(connect_deadline_s=5.0)
+
+    async def probe() -> None:
+        async with BrokerConnection(settings):
+            pass
+
+    try:
+        asyncio.run(probe())
+    except JobsysError as exc:
+        pytest.fail(
+            f"integration tests need RabbitMQ at {settings.masked_url}: {exc}\n{START_HINT}",
+            pytrace=False,
+        )
+    return settings
+
+
+def _management(method: str, path: str, body: object | None = None) -> None:
+    parts = urlsplit(MANAGEMENT_URL)
+    request = urllib.request.Request(
+        f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "content-type": "application/json",
+            "authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+def create_vhost(name: str, user: str = "guest") -> None:
+    """Create vhost ``name`` and give ``user`` every permission on it."""
+    try:
+        _management("PUT", f"/api/vhosts/{quote(name, safe='')}")
+        _management(
+            "PUT",
+            f"/api/permissions/{quote(name, safe='')}/{user}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+    except (urllib.error.URLError, OSError):
+        if shutil.which("rabbitmqctl") is None:
+            raise
+        _rabbitmqctl("add_vhost", name)
+        _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+
+
+def delete_vhost(name: str) -> None:
+    """Delete vhost ``name`` and everything in it."""
+    try:
+        _management("DELETE", f"/api/vhosts/{quote(name, safe='')}")
+    except (urllib.error.URLError, OSError):
+        if shutil.which("rabbitmqctl") is not None:
+            _rabbitmqctl("delete_vhost", name)
+
+
+def settings_for_vhost(settings: Settings, vhost: str) -> Settings:
+    """``settings`` pointed at ``vhost``."""
+    parts = urlsplit(settings.url)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
+    return settings.with_overrides(url=url)
+
+
+@pytest.fixture
+def vhost_settings(broker_settings: Settings) -> Iterator[Settings]:
+    """Settings for a fresh vhost that exists for this test only."""
+    name = f"jobsys-test-{uuid.uuid4().hex[:10]}"
+    create_vhost(name)
+    try:
+        yield settings_for_vhost(broker_settings, name)
+    finally:
+        delete_vhost(name)
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Make names unique to this test: ``unique("emails")`` -> ``emails-1a2b3c4d``."""
+    token = uuid.uuid4().hex[:8]
+    return lambda base: f"{base}-{token}"
