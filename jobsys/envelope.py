@@ -25,6 +25,21 @@ HEADER_JOB_ID = "jobsys-job-id"
 HEADER_ATTEMPT = "jobsys-attempt"
 HEADER_PUBLISHED_AT_MS = "jobsys-published-at-ms"
 HEADER_REPLAYS = "jobsys-replays"
+#: Set on the first retry and carried on, so the dead-letter record knows when trouble began.
+HEADER_FIRST_FAILED_AT_MS = "jobsys-first-failed-at-ms"
+
+# Headers a dead-lettered job carries (never the body, never a password).
+DL_ERROR_TYPE = "jobsys-error-type"
+DL_ERROR_MESSAGE = "jobsys-error-message"  # truncated to DL_TEXT_LIMIT characters
+DL_TRACEBACK = "jobsys-traceback"  # truncated, without local variables
+DL_ATTEMPTS = "jobsys-attempts"
+DL_FAILED_AT_MS = "jobsys-failed-at-ms"
+DL_ORIGINAL_EXCHANGE = "jobsys-original-exchange"
+DL_ORIGINAL_ROUTING_KEY = "jobsys-original-routing-key"
+DL_ORIGINAL_QUEUE = "jobsys-original-queue"
+DL_WORKER_HOST = "jobsys-worker-host"
+DL_TEXT_LIMIT = 1024
+DL_TRACEBACK_LIMIT = 4096
 _BROKER_DEATH_HEADERS = ("x-death",)
 _BROKER_DEATH_PREFIXES = ("x-first-death-", "x-last-death-")
 
