@@ -109,3 +109,13 @@ def unique() -> Callable[[str], str]:
     """Make names unique to this test: ``unique("emails")`` -> ``emails-1a2b3c4d``."""
     token = uuid.uuid4().hex[:8]
     return lambda base: f"{base}-{token}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow fault scenarios run in CI (JOBSYS_SLOW_TESTS=1) and on request, not by default."""
+    if os.environ.get("JOBSYS_SLOW_TESTS") == "1" or config.getoption("-m"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow scenario: set JOBSYS_SLOW_TESTS=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
