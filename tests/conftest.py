@@ -112,10 +112,11 @@ def unique() -> Callable[[str], str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow fault scenarios run in CI (JOBSYS_SLOW_TESTS=1) and on request, not by default."""
+    """Slow fault scenarios run in CI (JOBSYS_SLOW_TESTS=1) or with ``-m slow``; a default run
+    deselects them (pytest reports how many) so it stays short."""
     if os.environ.get("JOBSYS_SLOW_TESTS") == "1" or config.getoption("-m"):
         return
-    skip_slow = pytest.mark.skip(reason="slow scenario: set JOBSYS_SLOW_TESTS=1 to run it")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip_slow)
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
