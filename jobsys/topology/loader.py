@@ -25,6 +25,9 @@ from jobsys.topology.model import Topology
 MAX_FILE_BYTES = 1024 * 1024
 #: Nodes built, aliases expanded every time they are used; a "billion laughs" stops here.
 MAX_NODES = 100_000
+#: Deepest nesting of mappings and lists; a topology needs about six levels. Deeper input (or an
+#: alias that contains itself) is refused before it can exhaust Python's recursion limit.
+MAX_DEPTH = 64
 
 KeyPath = tuple[str | int, ...]
 
@@ -113,10 +116,12 @@ class _Builder:
         self.value_positions: dict[KeyPath, Position] = {}
         self.key_positions: dict[KeyPath, Position] = {}
         self._nodes = 0
+        # Ids of the mappings and lists being built: meeting one again means an alias cycle.
+        self._open: set[int] = set()
         self._loader: yaml.SafeLoader | None = None
 
     def build(self, text: str) -> Any:
-        loader = yaml.SafeLoader(text)
+        loader = _DepthLimitedLoader(text)
         self._loader = loader
         try:
             node = loader.get_single_node()
@@ -141,6 +146,12 @@ class _Builder:
                 "expansions); is an alias used recursively?"
             )
             return None
+        except _TooDeep as exc:
+            self.problems.append(
+                f"{self._at(exc.node.start_mark)}: {_dotted(exc.path)}: nested deeper than "
+                f"{MAX_DEPTH} levels; is an alias used inside itself?"
+            )
+            return None
 
     def _at(self, mark: yaml.Mark) -> str:
         return f"{self.filename}:{mark.line + 1}:{mark.column + 1}"
@@ -149,19 +160,38 @@ class _Builder:
         self._nodes += 1
         if self._nodes > MAX_NODES:
             raise _TooManyNodes
+        if len(path) > MAX_DEPTH:
+            raise _TooDeep(node, path)
         self.value_positions.setdefault(
             path, Position(node.start_mark.line + 1, node.start_mark.column + 1)
         )
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self._value(item, (*path, i)) for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if id(node) in self._open:
+                self.problems.append(
+                    f"{self._at(node.start_mark)}: {_dotted(path)}: an alias is used inside "
+                    "its own anchor"
+                )
+                return None
+            self._open.add(id(node))
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, path)
+                return self._sequence(node, path)
+            finally:
+                self._open.discard(id(node))
         assert self._loader is not None
         try:
             return self._loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
             self.problems.append(f"{self._at(node.start_mark)}: {_dotted(path)}: {exc.problem}")
             return None
+
+    def _sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any]:
+        if node.tag != "tag:yaml.org,2002:seq":
+            self.problems.append(
+                f"{self._at(node.start_mark)}: {_dotted(path)}: unsupported tag {node.tag}"
+            )
+        return [self._value(item, (*path, i)) for i, item in enumerate(node.value)]
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -172,11 +202,15 @@ class _Builder:
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 self.problems.append(
-                    f"{self._at(key_node.start_mark)}: merge keys (<<) are not supported"
+                    f"{self._at(key_node.start_mark)}: {_dotted(path) or '(top)'}: merge keys (<<) "
+                    "are not supported"
                 )
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
-                self.problems.append(f"{self._at(key_node.start_mark)}: keys must be plain strings")
+                self.problems.append(
+                    f"{self._at(key_node.start_mark)}: {_dotted(path) or '(top)'}: keys must be "
+                    "plain strings"
+                )
                 continue
             key = str(key_node.value)
             key_path = (*path, key)
@@ -195,6 +229,31 @@ class _Builder:
 
 class _TooManyNodes(Exception):
     pass
+
+
+class _TooDeep(Exception):
+    def __init__(self, node: yaml.Node, path: KeyPath) -> None:
+        self.node = node
+        self.path = path
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but its (recursive) composer refuses deep nesting with a position
+    instead of overflowing the Python stack."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _shape_problems(
