@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,9 @@ def mask_url(url: str) -> str:
     """Return ``url`` with its password replaced by ``***``; safe for logs and errors."""
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
+        # A bad port or bracket: the URL cannot be rebuilt, and it may hold a password.
         return "<unparseable URL>"
     if parts.password is None:
         return url
@@ -29,8 +32,8 @@ def mask_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    if port is not None:
+        netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -60,8 +63,9 @@ class Settings:
         """Raise ``ConfigError`` for settings that cannot work."""
         try:
             parts = urlsplit(self.url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
         except ValueError as exc:
-            raise ConfigError(f"broker URL is not a URL: {mask_url(self.url)}") from exc
+            raise ConfigError(f"broker URL is not valid ({exc}): {mask_url(self.url)}") from exc
         if parts.scheme not in ("amqp", "amqps"):
             raise ConfigError(
                 f"broker URL must start with amqp:// or amqps://, got {mask_url(self.url)}"
@@ -79,8 +83,9 @@ class Settings:
         if self.ca_file is not None and not os.path.isfile(self.ca_file):
             raise ConfigError(f"CA file not found: {self.ca_file}")
         for name in ("connect_timeout_s", "connect_deadline_s", "publish_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if self.max_payload_bytes <= 0:
             raise ConfigError("max_payload_bytes must be positive")
         if not 0 <= self.heartbeat_s <= 600:
