@@ -24,6 +24,7 @@ from jobsys.errors import (
     UnknownJobTypeError,
     UnroutableError,
 )
+from jobsys.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
 
 __all__ = [
@@ -34,13 +35,16 @@ __all__ = [
     "ConnectionFailed",
     "DecodeError",
     "HandlerSignal",
+    "JobRequest",
     "JobsysError",
     "MessageError",
     "PayloadTooLargeError",
     "PayloadValidationError",
+    "Producer",
     "PublishError",
     "PublishOutcomeUnknown",
     "QueueFullError",
+    "Receipt",
     "Reject",
     "Retry",
     "Settings",
