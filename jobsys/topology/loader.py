@@ -96,7 +96,9 @@ def load_topology_text(text: str, filename: str = "<string>") -> LoadedTopology:
     try:
         topology = Topology.model_validate(data)
     except ValidationError as exc:
-        problems += _shape_problems(filename, exc, builder.value_positions, builder.key_positions)
+        problems += _shape_problems(
+            filename, exc, builder.value_positions, builder.key_positions, builder.refused_paths
+        )
         raise TopologyLoadError(sorted(problems, key=_by_position)) from None
     if problems:
         raise TopologyLoadError(problems)
@@ -118,6 +120,8 @@ class _Builder:
         self._nodes = 0
         # Ids of the mappings and lists being built: meeting one again means an alias cycle.
         self._open: set[int] = set()
+        #: Paths whose value was refused (bad tag, alias cycle) and left out.
+        self.refused_paths: set[KeyPath] = set()
         self._loader: yaml.SafeLoader | None = None
 
     def build(self, text: str) -> Any:
@@ -167,10 +171,7 @@ class _Builder:
         )
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
             if id(node) in self._open:
-                self.problems.append(
-                    f"{self._at(node.start_mark)}: {_dotted(path)}: an alias is used inside "
-                    "its own anchor"
-                )
+                self._refuse(node, path, "an alias is used inside its own anchor")
                 return None
             self._open.add(id(node))
             try:
@@ -183,22 +184,25 @@ class _Builder:
         try:
             return self._loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            self.problems.append(f"{self._at(node.start_mark)}: {_dotted(path)}: {exc.problem}")
+            self._refuse(node, path, str(exc.problem))
             return None
 
-    def _sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any]:
+    def _refuse(self, node: yaml.Node, path: KeyPath, message: str) -> None:
+        """Report a value that is not built at all; shape errors at or under it are noise."""
+        self.problems.append(f"{self._at(node.start_mark)}: {_dotted(path)}: {message}")
+        self.refused_paths.add(path)
+
+    def _sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any] | None:
         if node.tag != "tag:yaml.org,2002:seq":
-            self.problems.append(
-                f"{self._at(node.start_mark)}: {_dotted(path)}: unsupported tag {node.tag}"
-            )
+            self._refuse(node, path, f"unsupported tag {node.tag}")
+            return None
         return [self._value(item, (*path, i)) for i, item in enumerate(node.value)]
 
-    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any] | None:
         result: dict[str, Any] = {}
         if node.tag != "tag:yaml.org,2002:map":
-            self.problems.append(
-                f"{self._at(node.start_mark)}: {_dotted(path)}: unsupported tag {node.tag}"
-            )
+            self._refuse(node, path, f"unsupported tag {node.tag}")
+            return None
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 self.problems.append(
@@ -261,10 +265,13 @@ def _shape_problems(
     exc: ValidationError,
     value_positions: dict[KeyPath, Position],
     key_positions: dict[KeyPath, Position],
+    refused_paths: set[KeyPath],
 ) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
         loc = _clean_loc(error["loc"])
+        if any(loc[:end] in refused_paths for end in range(len(loc) + 1)):
+            continue  # already reported as a refused value
         where = _locate(filename, loc, value_positions, key_positions, prefer_key=True)
         problems.append(f"{where}: {_dotted(loc) or '(top)'}: {_shape_message(error, loc)}")
     return sorted(set(problems), key=_by_position)
