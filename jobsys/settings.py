@@ -130,6 +130,7 @@ class Settings:
             kwargs["management_url"] = env["JOBSYS_MANAGEMENT_URL"]
         for key, name, kind in (
             ("JOBSYS_CONNECT_TIMEOUT_S", "connect_timeout_s", float),
+            ("JOBSYS_CONNECT_DEADLINE_S", "connect_deadline_s", float),
             ("JOBSYS_PUBLISH_TIMEOUT_S", "publish_timeout_s", float),
             ("JOBSYS_HEARTBEAT_S", "heartbeat_s", int),
             ("JOBSYS_MAX_PAYLOAD_BYTES", "max_payload_bytes", int),
