@@ -18,9 +18,15 @@ def main(verbose: int) -> None:
 def _register() -> None:
     # Each command group lives in its own module; importing them here keeps `jobsys.cli`
     # the only place that knows them all.
+    from jobsys.cli import delays as delays_cli
+    from jobsys.cli import dlq as dlq_cli
     from jobsys.cli import topology as topology_cli
+    from jobsys.cli import worker as worker_cli
 
     main.add_command(topology_cli.topology)
+    main.add_command(worker_cli.worker)
+    main.add_command(dlq_cli.dlq_group)
+    main.add_command(delays_cli.delays_group)
 
 
 _register()
