@@ -1,0 +1,190 @@
+"""``jobsys status`` against the real broker, with and without the management API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+from click.testing import CliRunner
+
+from jobsys.cli import main
+from jobsys.connection import BrokerConnection
+from jobsys.settings import Settings
+from jobsys.status import QueueStatus, StatusReader, StatusReport
+from jobsys.topology import delays
+from jobsys.topology.declare import apply_topology
+from jobsys.topology.loader import LoadedTopology, load_topology_text
+from jobsys.topology.model import DEAD_LETTER_EXCHANGE
+
+TOPOLOGY = """\
+version: 1
+exchanges:
+  jobs: {type: direct}
+queues:
+  work: {type: classic}
+  idle: {type: classic}
+bindings:
+  - {exchange: jobs, queue: work, routing_key: job}
+  - {exchange: jobs, queue: idle, routing_key: idle}
+job_types:
+  job: {exchange: jobs, routing_key: job}
+  nothing: {exchange: jobs, routing_key: idle}
+"""
+
+
+@pytest.fixture
+async def broker(vhost_settings: Settings) -> AsyncIterator[tuple[Settings, LoadedTopology]]:
+    """A private vhost holding the topology with: 5 jobs in ``work``, 1 in ``work.dead``, 3 in
+    the delay levels (two in level 11, one in level 6)."""
+    loaded = load_topology_text(TOPOLOGY)
+    async with BrokerConnection(vhost_settings) as conn:
+        await apply_topology(conn, loaded, use_management=False)
+        channel = await conn.channel()
+        levels = delays.level_count(loaded.topology.delays.max_delay)
+        jobs = await channel.get_exchange("jobs", ensure=False)
+        dead = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
+        for i in range(5):
+            await jobs.publish(aio_pika.Message(b"{}", message_id=f"m{i}"), routing_key="job")
+        await dead.publish(aio_pika.Message(b"{}", message_id="d"), routing_key="work.dead")
+        for i, delay_s in enumerate((3000.0, 3000.0, 100.0)):
+            route = delays.delay_route("work", delay_s, levels)
+            exchange = await channel.get_exchange(route.exchange, ensure=False)
+            await exchange.publish(
+                aio_pika.Message(b"{}", message_id=f"late{i}"), routing_key=route.routing_key
+            )
+        await channel.close()
+    yield vhost_settings, loaded
+
+
+async def _hold_two(settings: Settings) -> tuple[BrokerConnection, asyncio.Event]:
+    """A consumer on ``work`` that holds two deliveries without acking them."""
+    conn = await BrokerConnection(settings).open()
+    channel = await conn.channel(confirms=False, prefetch=2)
+    queue = await channel.get_queue("work", ensure=False)
+    held = asyncio.Event()
+    seen: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def hold(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        seen.append(message)
+        if len(seen) == 2:
+            held.set()
+
+    await queue.consume(hold)
+    await asyncio.wait_for(held.wait(), timeout=10)
+    return conn, held
+
+
+def _work(report: StatusReport) -> QueueStatus:
+    return next(q for q in report.queues if q.name == "work")
+
+
+async def test_status_without_management_shows_ready_consumers_dead_letters_and_delays(
+    broker: tuple[Settings, LoadedTopology],
+) -> None:
+    settings, loaded = broker
+    holder, _ = await _hold_two(settings)
+    reader = StatusReader(settings, loaded.topology, use_management=False)
+    try:
+        report = await reader.read()
+    finally:
+        await reader.close()
+        await holder.close()
+    work = _work(report)
+    assert report.source == "amqp"
+    assert (work.counts.ready, work.counts.unacked, work.counts.consumers) == (3, None, 1)
+    assert work.dead_letter.total == 1
+    waiting = {level.name: level.waiting for level in report.delay_levels if level.waiting}
+    assert waiting == {delays.level_name(11): 2, delays.level_name(6): 1}
+    assert report.delayed_total == 3
+
+
+async def test_status_with_management_shows_unacked_and_rates(
+    broker: tuple[Settings, LoadedTopology],
+) -> None:
+    settings, loaded = broker
+    holder, _ = await _hold_two(settings)
+    reader = StatusReader(settings, loaded.topology, use_management=True)
+    try:
+        # The management API refreshes its statistics every few seconds: wait for the counts.
+        deadline = time.monotonic() + 30
+        while True:
+            report = await reader.read()
+            work = _work(report)
+            counts = (work.counts.ready, work.counts.unacked, work.counts.consumers)
+            if (counts == (3, 2, 1) and report.delayed_total == 3) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await reader.close()
+        await holder.close()
+    assert report.source == "management"
+    assert counts == (3, 2, 1)
+    assert work.dead_letter.total == 1
+    assert report.delayed_total == 3
+    assert work.counts.rates is not None
+
+
+async def test_unreachable_management_api_falls_back_to_amqp_and_says_so(
+    broker: tuple[Settings, LoadedTopology],
+) -> None:
+    settings, loaded = broker
+    settings = settings.with_overrides(management_url="http://127.0.0.1:1")
+    reader = StatusReader(settings, loaded.topology, use_management=True)
+    try:
+        report = await reader.read()
+    finally:
+        await reader.close()
+    assert report.source == "amqp"
+    assert "unreachable" in report.note
+    assert _work(report).counts.ready == 5
+
+
+def test_status_command_prints_the_numbers_and_never_the_password(
+    vhost_settings: Settings, tmp_path: Path
+) -> None:
+    topology_file = tmp_path / "topology.yaml"
+    topology_file.write_text(TOPOLOGY)
+    loaded = load_topology_text(TOPOLOGY)
+
+    async def fill() -> None:
+        async with BrokerConnection(vhost_settings) as conn:
+            await apply_topology(conn, loaded, use_management=False)
+            channel = await conn.channel()
+            jobs = await channel.get_exchange("jobs", ensure=False)
+            for i in range(4):
+                await jobs.publish(aio_pika.Message(b"{}", message_id=f"m{i}"), routing_key="job")
+
+    asyncio.run(fill())
+    result = CliRunner().invoke(
+        main,
+        [
+            "status",
+            "--topology",
+            str(topology_file),
+            "--no-management",
+            "--url",
+            vhost_settings.url,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["queue", "ready", "unacked", "consumers", "dead-letter"]
+    assert ["work", "4", "-", "0", "0"] in [line.split() for line in lines]
+    assert ["idle", "0", "-", "0", "0"] in [line.split() for line in lines]
+    assert "jobs waiting in delay levels: 0" in result.output
+    assert "guest:guest" not in result.output
+
+
+def test_status_command_names_missing_queues(vhost_settings: Settings, tmp_path: Path) -> None:
+    topology_file = tmp_path / "topology.yaml"
+    topology_file.write_text(TOPOLOGY)
+    result = CliRunner().invoke(
+        main, ["status", "--topology", str(topology_file), "--url", vhost_settings.url]
+    )
+    assert result.exit_code == 0, result.output
+    assert "work (missing)" in result.output
+    assert "jobsys topology apply" in result.output
