@@ -20,6 +20,8 @@ from jobsys.connection import START_HINT, BrokerConnection
 from jobsys.errors import JobsysError
 from jobsys.settings import Settings
 
+pytest_plugins = ["tests.harness.fixtures"]
+
 MANAGEMENT_URL = os.environ.get("JOBSYS_MANAGEMENT_URL", "http://127.0.0.1:15672")
 
 

@@ -409,8 +409,15 @@ class RabbitCluster:
             try:
                 rows = json.loads(
                     node.ctl(
-                        "list_queues", "-p", vhost, "name", "leader", "--formatter", "json",
-                        "--no-table-headers", "--quiet",
+                        "list_queues",
+                        "-p",
+                        vhost,
+                        "name",
+                        "leader",
+                        "--formatter",
+                        "json",
+                        "--no-table-headers",
+                        "--quiet",
                     )
                 )
             except (NodeError, ValueError) as exc:
