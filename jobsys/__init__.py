@@ -1,5 +1,6 @@
 """jobsys: a job system on RabbitMQ."""
 
+from jobsys.app import App, JobContext
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
@@ -29,12 +30,14 @@ from jobsys.settings import Settings
 
 __all__ = [
     "AccessRefused",
+    "App",
     "BrokerBlockedError",
     "BrokerError",
     "ConfigError",
     "ConnectionFailed",
     "DecodeError",
     "HandlerSignal",
+    "JobContext",
     "JobRequest",
     "JobsysError",
     "MessageError",

@@ -1,0 +1,672 @@
+"""Per-queue consumer pools with manual acks, prefetch limits, deadlines and graceful shutdown.
+
+Each queue gets a pool: its own channel with ``basic.qos(prefetch)``, and at most
+``concurrency`` handlers running at once (aio-pika starts one task per delivery, so without a
+bound concurrency would equal prefetch). Deliveries beyond that wait in the pool, already
+prefetched; on shutdown they are requeued without having started.
+
+Every delivery ends in ``_settle()``, the one place that acks, dead-letters or requeues.
+A dead-lettered job is published to its queue's dead-letter queue, confirmed, and only then is
+the original acked; if that publish fails the original is requeued, so nothing is lost.
+
+Deadlines: each attempt runs under its job type's ``timeout`` (shorter than the broker's
+``consumer_timeout``, which the topology check enforces). A sync handler runs in a thread and
+cannot be stopped: when it overruns, the attempt is settled as failed at the deadline and the
+thread finishes in the background, its result ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiormq.abc
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from aio_pika.exceptions import ChannelClosed, ChannelInvalidStateError, ChannelNotFoundEntity
+
+from jobsys.app import App, HandlerSpec, JobContext
+from jobsys.connection import BrokerConnection, translate_error
+from jobsys.deadletter import dead_letter_headers, record_for
+from jobsys.duration import format_duration
+from jobsys.envelope import Envelope, decode_envelope, new_job_id, now_ms
+from jobsys.errors import (
+    AccessRefused,
+    ConfigError,
+    HandlerSignal,
+    JobsysError,
+    MessageError,
+    TopologyError,
+)
+from jobsys.producer import Producer
+from jobsys.settings import Settings
+from jobsys.topology.check import route_job_type
+from jobsys.topology.loader import LoadedTopology
+from jobsys.topology.model import DEAD_LETTER_EXCHANGE, Topology, dead_letter_queue_name
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_TIMEOUT_S = 300.0
+# Errors that mean the delivery's channel is gone: the broker has already requeued the job.
+_CHANNEL_GONE = (ChannelInvalidStateError, ChannelClosed, aiormq.exceptions.AMQPConnectionError)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What to consume and how; ``None`` takes the topology file's per-queue defaults."""
+
+    queues: Sequence[str] = ()  # empty: every queue reached by a job type with a handler
+    concurrency: int | None = None
+    prefetch: int | None = None
+    grace_s: float = 30.0
+    #: Drain and stop after this many settled jobs (a supervisor recycles the process).
+    max_jobs: int | None = None
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did; a supervisor reads ``settled`` to count jobs done."""
+
+    done: int = 0
+    dead_lettered: int = 0
+    requeued: int = 0
+    unfinished: int = 0
+    lost_acks: int = 0
+
+    @property
+    def settled(self) -> int:
+        """Jobs finished one way or the other (acked or dead-lettered)."""
+        return self.done + self.dead_lettered
+
+    def summary(self) -> str:
+        """One line for the end of a run."""
+        line = (
+            f"worker stopped: {self.done} done, {self.dead_lettered} dead-lettered, "
+            f"{self.requeued} requeued, {self.unfinished} unfinished"
+        )
+        if self.lost_acks:
+            line += f", {self.lost_acks} redelivered after a lost channel"
+        return line
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one delivery is settled."""
+
+    kind: Literal["ack", "dead_letter", "retry", "requeue"]
+    error: BaseException | None = None
+    # A handler's traceback helps; a decoding error's traceback only shows jobsys's own code.
+    with_traceback: bool = True
+    delay_s: float | None = None  # for "retry", reserved for the retry policy
+
+    @classmethod
+    def dead_letter(cls, error: BaseException, *, with_traceback: bool = True) -> Outcome:
+        """Dead-letter at once with ``error`` as the reason."""
+        return cls("dead_letter", error=error, with_traceback=with_traceback)
+
+
+ACK = Outcome("ack")
+REQUEUE = Outcome("requeue")
+
+
+class _Acks:
+    """Acks for one channel, coalesced: jobs that finish in the same loop turn are acked with
+    one ``basic.ack(multiple=True)`` covering a contiguous run of delivery tags. A tag is only
+    covered when every lower tag still unsettled on the channel is also ready, so no job is
+    ever acked before it finished."""
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self._pending: dict[int, bool] = {}  # delivery tag -> ready to ack; tag order
+        self._flush: asyncio.Future[bool] | None = None
+
+    def track(self, tag: int) -> None:
+        """Note a delivery as unsettled."""
+        self._pending[tag] = False
+
+    async def ack(self, tag: int) -> bool:
+        """Ack ``tag`` (possibly with others); False when the channel is gone."""
+        self._pending[tag] = True
+        if self._flush is not None:
+            return await asyncio.shield(self._flush)
+        flush = self._flush = asyncio.get_running_loop().create_future()
+        await asyncio.sleep(0)  # let the jobs finishing in this turn join the batch
+        self._flush = None
+        try:
+            await self._send_ready()
+            flush.set_result(True)
+        except _CHANNEL_GONE:
+            flush.set_result(False)
+        return bool(flush.result())
+
+    async def _send_ready(self) -> None:
+        run_end: int | None = None
+        singles: list[int] = []
+        in_run = True
+        for tag, ready in list(self._pending.items()):
+            if not ready:
+                in_run = False
+                continue
+            del self._pending[tag]
+            if in_run:
+                run_end = tag
+            else:
+                singles.append(tag)
+        if run_end is not None:
+            await self.channel.basic_ack(run_end, multiple=True)
+        for tag in singles:
+            await self.channel.basic_ack(tag)
+
+    async def nack(self, tag: int) -> bool:
+        """Requeue ``tag``; False when the channel is gone (it was requeued anyway)."""
+        self._pending.pop(tag, None)
+        try:
+            await self.channel.basic_nack(tag, requeue=True)
+        except _CHANNEL_GONE:
+            return False
+        return True
+
+
+@dataclass
+class _Job:
+    message: AbstractIncomingMessage
+    acks: _Acks
+    job_id: str = "?"
+    job_type: str = "?"
+    attempt: int = 1
+
+
+@dataclass
+class _Pool:
+    queue: str
+    concurrency: int
+    prefetch: int
+    channel: AbstractRobustChannel | None = None
+    consumer: AbstractQueue | None = None
+    consumer_tag: str | None = None
+    acks: _Acks | None = None
+    running: int = 0
+    waiting: deque[AbstractIncomingMessage] = field(default_factory=deque)
+
+
+class Worker:
+    """Consumes the queues of a topology and runs ``app``'s handlers.
+
+    ``run()`` serves until ``request_stop()`` (or ``max_jobs``); a first request drains
+    gracefully, a second one (or the grace period running out) stops at once, leaving
+    unfinished jobs unacked so the broker redelivers them. Fatal faults (refused access,
+    topology drift) raise a ``JobsysError`` from ``run()``.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        topology: LoadedTopology | Topology,
+        settings: Settings,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        self.app = app
+        self._loaded = topology if isinstance(topology, LoadedTopology) else None
+        self.topology = topology.topology if isinstance(topology, LoadedTopology) else topology
+        self.settings = settings
+        self.options = options or WorkerOptions()
+        self.stats = WorkerStats()
+        self.graceful = True
+        self.pools = [self._pool_for(name) for name in self._queue_names()]
+        self._host = socket.gethostname()
+        #: Set once every pool is consuming.
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._hard_stop = asyncio.Event()
+        self._fatal: JobsysError | None = None
+        self._running: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._connection = BrokerConnection(settings)
+        self._producer: Producer | None = None
+        self._watch: _FaultWatch | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._timeouts = {name: jt.timeout for name, jt in self.topology.job_types.items()}
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _queue_names(self) -> list[str]:
+        for job_type in self.app.job_types:
+            if job_type not in self.topology.job_types:
+                log.warning("handler for job type %r, which the topology does not have", job_type)
+        if self.options.queues:
+            unknown = [q for q in self.options.queues if q not in self.topology.queues]
+            if unknown:
+                raise ConfigError(f"queue(s) not in the topology: {', '.join(unknown)}")
+            return list(dict.fromkeys(self.options.queues))
+        names: list[str] = []
+        for job_type in self.app.job_types:
+            spec = self.topology.job_types.get(job_type)
+            if spec is not None:
+                names += [q for q in route_job_type(self.topology, spec) if q not in names]
+        if not names:
+            raise ConfigError("no queue to consume: no handler's job type reaches a queue")
+        return names
+
+    def _pool_for(self, name: str) -> _Pool:
+        defaults = self.topology.queues[name].consumer
+        concurrency = self.options.concurrency or defaults.concurrency
+        prefetch = self.options.prefetch or max(defaults.prefetch, concurrency)
+        if prefetch < concurrency:
+            raise ConfigError(f"prefetch ({prefetch}) is below concurrency ({concurrency})")
+        return _Pool(name, concurrency, prefetch)
+
+    async def _start(self) -> None:
+        await self._connection.open()
+        if self._loaded is not None:
+            self._loaded.check_broker_version(self._connection.server_version)
+        watch = self._watch = _FaultWatch(
+            self._connection, [p.queue for p in self.pools], self._fail
+        )
+        await watch.check_entities()
+        watch.attach()
+        if any(not spec.is_async for spec in self.app):
+            workers = sum(p.concurrency for p in self.pools)
+            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="jobsys-handler")
+        self._producer = Producer(self.settings, self.topology, connection=self._connection)
+        await self._producer.open()
+        for pool in self.pools:
+            pool.channel = await self._connection.channel(confirms=False, prefetch=pool.prefetch)
+            queue = pool.consumer = await pool.channel.get_queue(pool.queue, ensure=True)
+            await watch.watch_channel(pool.channel)
+            pool.consumer_tag = await queue.consume(functools.partial(self._on_message, pool))
+            log.info(
+                "consuming %s (concurrency %d, prefetch %d)",
+                pool.queue,
+                pool.concurrency,
+                pool.prefetch,
+            )
+
+    def _fail(self, error: JobsysError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+        self._hard_stop.set()
+        self._stop.set()
+
+    # -- run and stop ----------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Drain gracefully; called a second time, stop at once."""
+        if self._stop.is_set():
+            log.warning("second stop request: stopping now; unfinished jobs will be redelivered")
+            self._hard_stop.set()
+        else:
+            log.info("stopping: no new jobs; waiting up to %ss", self.options.grace_s)
+            self._stop.set()
+
+    async def run(self) -> WorkerStats:
+        """Serve until stopped; returns the stats (``graceful`` says how it ended)."""
+        try:
+            await self._start()
+            self.ready.set()
+            await self._stop.wait()
+            if self._fatal is None:
+                await self._drain()
+        finally:
+            await self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal
+        return self.stats
+
+    async def _drain(self) -> None:
+        for pool in self.pools:
+            if pool.consumer is not None and pool.consumer_tag is not None:
+                # Cancelling also keeps the robust channel from restoring the consumer.
+                with contextlib.suppress(Exception):
+                    await pool.consumer.cancel(pool.consumer_tag)
+            await self._requeue_waiting(pool)
+        if not self._running:
+            return
+        self._idle.clear()
+        hard = asyncio.ensure_future(self._hard_stop.wait())
+        idle = asyncio.ensure_future(self._idle.wait())
+        try:
+            await asyncio.wait(
+                {hard, idle}, timeout=self.options.grace_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            hard.cancel()
+            idle.cancel()
+        if self._running:
+            if not self._hard_stop.is_set():
+                log.warning("grace period of %s ran out", format_duration(self.options.grace_s))
+            self.graceful = False
+
+    async def _requeue_waiting(self, pool: _Pool) -> None:
+        while pool.waiting:
+            message = pool.waiting.popleft()
+            await self._settle(_Job(message, self._acks_for(pool, message)), REQUEUE, pool)
+
+    async def _shutdown(self) -> None:
+        self.stats.unfinished = len(self._running)
+        if self._running:
+            self.graceful = False
+        for task in list(self._running):
+            task.cancel()  # not settled: closing the channel returns the job to its queue
+        await asyncio.gather(*self._running, return_exceptions=True)
+        if self._watch is not None:
+            await self._watch.close()
+        await self._connection.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def lingering_threads(self) -> int:
+        """Sync handlers still running past their deadline or past shutdown."""
+        if self._executor is None:
+            return 0
+        return sum(1 for t in self._executor._threads if t.is_alive())
+
+    # -- one delivery ----------------------------------------------------------------------
+
+    def _acks_for(self, pool: _Pool, message: AbstractIncomingMessage) -> _Acks:
+        channel = message.channel
+        if pool.acks is None or pool.acks.channel is not channel:
+            pool.acks = _Acks(channel)  # the channel reopened: delivery tags start again
+        return pool.acks
+
+    async def _on_message(self, pool: _Pool, message: AbstractIncomingMessage) -> None:
+        try:
+            acks = self._acks_for(pool, message)
+        except ChannelInvalidStateError:
+            return  # the channel closed already: the broker requeued this delivery
+        acks.track(message.delivery_tag or 0)
+        if self._stop.is_set():
+            await self._settle(_Job(message, acks), REQUEUE, pool)
+            return
+        if pool.running >= pool.concurrency:
+            pool.waiting.append(message)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        pool.running += 1
+        self._running.add(task)
+        try:
+            next_message: AbstractIncomingMessage | None = message
+            while next_message is not None:
+                job = _Job(next_message, self._acks_for(pool, next_message))
+                await self._settle(job, await self._process(job, pool.queue), pool)
+                next_message = None
+                if pool.waiting and not self._stop.is_set():
+                    next_message = pool.waiting.popleft()
+        except ChannelInvalidStateError:
+            pass
+        finally:
+            pool.running -= 1
+            self._running.discard(task)
+            if not self._running:
+                self._idle.set()
+
+    async def _process(self, job: _Job, queue: str) -> Outcome:
+        message = job.message
+        try:
+            envelope = decode_envelope(
+                message.body,
+                content_type=message.content_type,
+                message_type=message.type,
+                headers=message.headers,
+                priority=message.priority,
+                max_bytes=self.settings.max_payload_bytes,
+            )
+            job.job_id, job.job_type, job.attempt = (
+                envelope.job_id,
+                envelope.job_type,
+                envelope.attempt,
+            )
+            spec = self.app.get(envelope.job_type)
+            payload = spec.parse_payload(envelope.payload)
+        except MessageError as exc:
+            return Outcome.dead_letter(exc, with_traceback=False)
+        ctx = JobContext(
+            envelope.job_id,
+            envelope.job_type,
+            envelope.attempt,
+            envelope.headers,
+            queue,
+            bool(message.redelivered),
+        )
+        try:
+            await self._call(spec, payload, ctx)
+        except (Exception, HandlerSignal) as exc:
+            # Retries come from the job type's retry policy (the retry issue); until it lands a
+            # failed attempt, a Retry signal and a Reject all dead-letter with the error.
+            return Outcome.dead_letter(exc)
+        return ACK
+
+    async def _call(self, spec: HandlerSpec, payload: Any, ctx: JobContext) -> None:
+        timeout_s = self._timeouts.get(ctx.job_type, _DEFAULT_TIMEOUT_S)
+        args = (payload, ctx) if spec.wants_context else (payload,)
+        try:
+            async with asyncio.timeout(timeout_s) as deadline:
+                if spec.is_async:
+                    await spec.func(*args)
+                else:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(self._executor, spec.func, *args)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError
+            if not spec.is_async:
+                log.warning(
+                    "job %s (%s): sync handler overran its deadline; its thread runs on in the "
+                    "background and its result is ignored",
+                    ctx.job_id,
+                    ctx.job_type,
+                )
+            raise TimeoutError(
+                f"job exceeded its deadline of {format_duration(timeout_s)} "
+                f"(the job type's timeout)"
+            ) from None
+
+    # -- settlement ------------------------------------------------------------------------
+
+    async def _settle(self, job: _Job, outcome: Outcome, pool: _Pool) -> None:
+        """The one place a delivery is acked, dead-lettered or requeued."""
+        tag = job.message.delivery_tag or 0
+        if outcome.kind == "ack":
+            if await job.acks.ack(tag):
+                self.stats.done += 1
+                self._count_settled()
+            else:
+                self._lost(job)
+        elif outcome.kind in ("dead_letter", "retry"):
+            assert outcome.error is not None
+            if not await self._publish_dead_letter(job, outcome, pool.queue):
+                await job.acks.nack(tag)  # keep the job: better twice than never
+                return
+            self.stats.dead_lettered += 1
+            log.warning(
+                "job %s (%s) dead-lettered to %s: %s",
+                job.job_id,
+                job.job_type,
+                dead_letter_queue_name(pool.queue),
+                type(outcome.error).__name__,
+            )
+            if not await job.acks.ack(tag):
+                self._lost(job)
+            self._count_settled()
+        else:
+            self.stats.requeued += 1
+            await job.acks.nack(tag)
+
+    def _lost(self, job: _Job) -> None:
+        self.stats.lost_acks += 1
+        log.warning(
+            "job %s (%s): ack failed because the channel was lost; the broker requeued the job",
+            job.job_id,
+            job.job_type,
+        )
+
+    def _count_settled(self) -> None:
+        limit = self.options.max_jobs
+        if limit is not None and self.stats.settled >= limit and not self._stop.is_set():
+            log.info("reached %d jobs; draining", limit)
+            self._stop.set()
+
+    async def _publish_dead_letter(self, job: _Job, outcome: Outcome, queue: str) -> bool:
+        """Publish a copy of the job (same body, the broker's death history stripped, the
+        reason added) to ``queue``'s dead-letter queue and await the confirm."""
+        message = job.message
+        assert outcome.error is not None and self._producer is not None
+        record = record_for(
+            outcome.error,
+            attempts=job.attempt,
+            failed_at_ms=now_ms(),
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            queue=queue,
+            worker_host=self._host,
+            with_traceback=outcome.with_traceback,
+        )
+        # A job that could not be decoded has no envelope; this one only carries its identity
+        # through the producer, and the original headers (added last) win over its own.
+        envelope = Envelope(
+            job_id=job.job_id if job.job_id != "?" else (message.message_id or new_job_id()),
+            job_type=message.type or job.job_type,
+            payload=None,
+            attempt=job.attempt,
+            priority=message.priority,
+        )
+        try:
+            await self._producer.publish_envelope(
+                envelope,
+                DEAD_LETTER_EXCHANGE,
+                dead_letter_queue_name(queue),
+                body=message.body,
+                extra_headers=dead_letter_headers(message.headers, record),
+                queues=(dead_letter_queue_name(queue),),
+            )
+        except JobsysError as exc:
+            log.error(
+                "job %s (%s): dead-letter publish failed, requeueing the job: %s",
+                job.job_id,
+                job.job_type,
+                exc,
+            )
+            return False
+        return True
+
+
+class _FaultWatch:
+    """Turns faults that aio-pika's robust connection would retry forever (refused access,
+    a vanished queue or exchange) into one fatal error instead of a silent loop."""
+
+    PROBE_INTERVAL_S = 2.0
+
+    def __init__(
+        self,
+        connection: BrokerConnection,
+        queues: list[str],
+        on_fatal: Callable[[JobsysError], None],
+    ) -> None:
+        self._connection = connection
+        self._queues = queues
+        self._on_fatal = on_fatal
+        self._channels: list[AbstractRobustChannel] = []
+        self._probe: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def check_entities(self, connection: BrokerConnection | None = None) -> None:
+        """Raise a drift error for the first queue or exchange the broker does not have."""
+        conn = connection or self._connection
+        wanted = [("exchange", DEAD_LETTER_EXCHANGE)] + [("queue", q) for q in self._queues]
+        for kind, name in wanted:
+            channel = await conn.channel(confirms=False)
+            try:
+                if kind == "queue":
+                    await channel.get_queue(name, ensure=True)
+                else:
+                    await channel.get_exchange(name, ensure=True)
+            except ChannelNotFoundEntity:
+                raise TopologyError(
+                    f"topology drift: {kind} {name!r} does not exist; "
+                    "run `jobsys topology apply FILE`"
+                ) from None
+            except aiormq.exceptions.AMQPError as exc:
+                raise translate_error(exc, conn.settings) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+    def attach(self) -> None:
+        """Start watching the connection for losses."""
+        self._connection.connection.close_callbacks.add(self._on_connection_lost)
+
+    async def watch_channel(self, channel: AbstractRobustChannel) -> None:
+        """Notice when the broker cancels a consumer on ``channel`` (e.g. queue deleted)."""
+        self._channels.append(channel)
+        channel.reopen_callbacks.add(self._hook_cancel)
+        await self._hook_cancel(channel)
+
+    async def _hook_cancel(self, channel: Any, *_: Any) -> None:
+        # Each reopen brings a new aiormq channel under the robust one; hook every one.
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
+
+    def _on_cancel(self, frame: Any) -> None:
+        log.warning("the broker cancelled a consumer; checking the topology")
+        self._spawn(self._check_or_fail(self._connection))
+
+    def _on_connection_lost(self, *_: Any) -> None:
+        if self._closed:
+            return
+        if self._probe is None or self._probe.done():
+            log.warning("connection to the broker lost; reconnecting")
+            self._probe = self._spawn(self._probe_until_healthy())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _check_or_fail(self, connection: BrokerConnection) -> None:
+        try:
+            await self.check_entities(connection)
+        except (TopologyError, AccessRefused) as exc:
+            self._on_fatal(exc)
+        except JobsysError:
+            pass  # transient: the robust connection keeps trying
+
+    def _healthy(self) -> bool:
+        conn = self._connection.connection
+        return conn.connected.is_set() and not any(ch.is_closed for ch in self._channels)
+
+    async def _probe_until_healthy(self) -> None:
+        # A separate, short-lived connection shows what the robust one would only retry.
+        settings = self._connection.settings.with_overrides(connect_deadline_s=1.0)
+        while True:
+            await asyncio.sleep(self.PROBE_INTERVAL_S)
+            if self._healthy():
+                log.warning("reconnected to the broker; consuming again")
+                return
+            try:
+                async with BrokerConnection(settings) as probe:
+                    await self._check_or_fail(probe)
+            except AccessRefused as exc:
+                self._on_fatal(exc)
+                return
+            except JobsysError:
+                continue
+
+    async def close(self) -> None:
+        """Stop watching."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+__all__ = ["ACK", "REQUEUE", "Outcome", "Worker", "WorkerOptions", "WorkerStats"]

@@ -1,0 +1,101 @@
+"""Dead-letter headers: what they carry, what they never carry (no broker)."""
+
+from __future__ import annotations
+
+from jobsys.deadletter import (
+    dead_letter_headers,
+    error_type_name,
+    format_traceback,
+    record_for,
+    truncate,
+)
+from jobsys.envelope import (
+    DL_ATTEMPTS,
+    DL_ERROR_MESSAGE,
+    DL_ERROR_TYPE,
+    DL_ORIGINAL_QUEUE,
+    DL_TEXT_LIMIT,
+    DL_TRACEBACK,
+    DL_TRACEBACK_LIMIT,
+    HEADER_JOB_ID,
+)
+from jobsys.errors import DecodeError
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def _record(exc: BaseException, with_traceback: bool = True):  # type: ignore[no-untyped-def]
+    return record_for(
+        exc,
+        attempts=2,
+        failed_at_ms=123,
+        exchange="ex",
+        routing_key="rk",
+        queue="q",
+        worker_host="host",
+        with_traceback=with_traceback,
+    )
+
+
+def test_headers_keep_the_originals_drop_the_death_history_and_add_the_reason() -> None:
+    original = {
+        HEADER_JOB_ID: "j1",
+        "tenant": "t",
+        "x-death": [{"count": 1}],
+        "x-first-death-queue": "q",
+        "x-last-death-reason": "expired",
+    }
+    headers = dead_letter_headers(original, _record(_raised(RuntimeError("bad"))))
+    assert headers[HEADER_JOB_ID] == "j1" and headers["tenant"] == "t"
+    assert not any(k.startswith("x-") for k in headers)
+    assert headers[DL_ERROR_TYPE] == "RuntimeError"
+    assert headers[DL_ERROR_MESSAGE] == "bad"
+    assert headers[DL_ATTEMPTS] == 2 and headers[DL_ORIGINAL_QUEUE] == "q"
+    assert "RuntimeError: bad" in headers[DL_TRACEBACK]
+
+
+def test_message_errors_carry_no_traceback_and_a_qualified_type() -> None:
+    headers = dead_letter_headers(None, _record(DecodeError("body is not JSON"), False))
+    assert headers[DL_ERROR_TYPE] == "jobsys.errors.DecodeError"
+    assert DL_TRACEBACK not in headers
+
+
+def test_long_error_messages_are_truncated_to_the_limit() -> None:
+    record = _record(ValueError("x" * 10_000))
+    assert len(record.error_message) == DL_TEXT_LIMIT
+    assert record.error_message.endswith("...")
+    assert truncate("short", 10) == "short"
+
+
+def test_long_tracebacks_keep_their_tail_within_the_limit() -> None:
+    try:
+        try:
+            raise ValueError("v" * (2 * DL_TRACEBACK_LIMIT))
+        except ValueError as cause:
+            raise KeyError("the-bottom") from cause
+    except KeyError as exc:
+        text = format_traceback(exc)
+    assert len(text) <= DL_TRACEBACK_LIMIT
+    assert text.startswith("...(truncated)")
+    assert "the-bottom" in text
+
+
+def test_tracebacks_never_show_local_variables() -> None:
+    def handler() -> None:
+        password = "hunter2"  # noqa: F841
+        raise RuntimeError("failed")
+
+    try:
+        handler()
+    except RuntimeError as exc:
+        assert "hunter2" not in format_traceback(exc)
+
+
+def test_an_exception_without_a_message_is_named_by_its_type() -> None:
+    assert _record(TimeoutError()).error_message == "TimeoutError"
+    assert error_type_name(DecodeError("x")) == "jobsys.errors.DecodeError"
