@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Mapping, MutableMapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -32,6 +32,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from jobsys import metrics
+from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS
 
 log = logging.getLogger(__name__)
 
@@ -401,3 +402,45 @@ def consume_span(
         headers,
         (job_type, job_id, queue, attempt, message_id, published_at_ms, exchange, routing_key),
     )
+
+
+class Delivery(Protocol):
+    """What ``consume_span_for`` reads of a delivery (aio-pika's ``IncomingMessage`` fits)."""
+
+    @property
+    def headers(self) -> Mapping[str, Any] | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def exchange(self) -> str | None: ...
+    @property
+    def routing_key(self) -> str | None: ...
+
+
+def consume_span_for(message: Delivery, queue: str) -> Attempt:
+    """``consume_span`` for a raw delivery from ``queue``, before it is decoded: the job id,
+    attempt and publish time come from jobsys's headers (``unknown`` where missing, so even an
+    undecodable message gets its span)."""
+    headers = message.headers or {}
+    job_id = headers.get(HEADER_JOB_ID)
+    if isinstance(job_id, bytes):
+        job_id = job_id.decode("utf-8", "replace")
+    return consume_span(
+        headers,
+        job_type=message.type or "unknown",
+        job_id=job_id if isinstance(job_id, str) and job_id else "unknown",
+        queue=queue,
+        attempt=_positive_int(headers.get(HEADER_ATTEMPT)) or 1,
+        message_id=message.message_id,
+        published_at_ms=_positive_int(headers.get(HEADER_PUBLISHED_AT_MS)),
+        exchange=message.exchange or "",
+        routing_key=message.routing_key or "",
+    )
+
+
+def _positive_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None

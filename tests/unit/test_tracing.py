@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -367,3 +368,31 @@ def test_otlp_without_the_optional_extra_says_how_to_install_it(
         telemetry = configure_from_env("jobsys-worker", env, set_global=False)
     assert telemetry == Telemetry()
     assert any("jobsys[otlp]" in r.getMessage() for r in caplog.records)
+
+
+@dataclass
+class _Delivery:
+    headers: dict[str, Any] | None
+    type: str | None = "send_email"
+    message_id: str | None = "m1"
+    exchange: str | None = "demo.jobs"
+    routing_key: str | None = "email.send"
+
+
+def test_consume_span_for_reads_a_raw_delivery_before_it_is_decoded(
+    exporter: InMemorySpanExporter,
+) -> None:
+    headers = _publish({}, 1)
+    headers[HEADER_ATTEMPT] = 2
+    with tracing.consume_span_for(_Delivery(headers), QUEUE) as attempt:
+        attempt.set_outcome("ok")
+    with tracing.consume_span_for(_Delivery(None, type=None, message_id=None), QUEUE):
+        pass
+    publish, consumer, undecodable = exporter.get_finished_spans()
+    assert _parent_id(consumer) == publish.context.span_id
+    assert consumer.attributes is not None
+    assert consumer.attributes["jobsys.job.attempt"] == 2
+    assert consumer.attributes["jobsys.job.id"] == JOB_ID
+    assert consumer.attributes["messaging.rabbitmq.destination.routing_key"] == "email.send"
+    assert undecodable.attributes is not None
+    assert undecodable.attributes["jobsys.job.type"] == "unknown"
