@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +59,7 @@ job_types:
 """
 
 WORK = "wt.work"
+_REPO_ROOT = str(Path(__file__).resolve().parents[2])
 WORK_DEAD = "wt.work.dead"
 
 
@@ -248,3 +251,60 @@ async def wait_until(check: Callable[[], Any], timeout_s: float = 15.0, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
         await asyncio.sleep(0.05)
+
+
+class WorkerProcess:
+    """``jobsys worker`` in a subprocess, with its stderr in a file the test can poll."""
+
+    def __init__(self, tmp_path: Path, settings: Settings, *args: str, name: str = "w") -> None:
+        self.record = tmp_path / "record.txt"
+        self.stderr_path = tmp_path / f"{name}.stderr"
+        env = dict(os.environ)
+        env.update(JOBSYS_URL=settings.url, JOBSYS_TEST_RECORD=str(self.record))
+        command = [
+            sys.executable,
+            "-m",
+            "jobsys",
+            "-v",
+            "worker",
+            "tests.integration.worker_apps:app",
+            "--topology",
+            str(tmp_path / "topology.yaml"),
+            *args,
+        ]
+        with open(self.stderr_path, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=_REPO_ROOT
+            )
+
+    @property
+    def stderr(self) -> str:
+        """Everything the worker wrote to stderr so far."""
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    async def wait_for_output(self, text: str, timeout_s: float = 20.0) -> None:
+        """Wait until ``text`` appears on stderr (fails early if the worker exits)."""
+
+        def seen() -> bool:
+            if text in self.stderr:
+                return True
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.stderr}")
+            return False
+
+        await wait_until(seen, timeout_s, what=repr(text))
+
+    async def wait_exit(self, timeout_s: float = 30.0) -> int:
+        """The exit code, waiting at most ``timeout_s``."""
+        await wait_until(lambda: self.proc.poll() is not None, timeout_s, what="worker exit")
+        return self.proc.returncode
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the worker."""
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """Stop the worker if it still runs (test cleanup)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
