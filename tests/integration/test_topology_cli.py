@@ -4,12 +4,16 @@ subprocess, against a private vhost of the real broker."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
 import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
 import pytest
@@ -72,10 +76,40 @@ def publish_and_count(settings: Settings, queue: str, count: int) -> int:
     return asyncio.run(go())
 
 
-def with_password(url: str, password: str) -> str:
+def with_credentials(url: str, password: str, username: str | None = None) -> str:
     parts = urlsplit(url)
-    netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port}"
+    netloc = f"{username or parts.username}:{password}@{parts.hostname}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def management(settings: Settings, method: str, path: str, body: object | None = None) -> None:
+    endpoint = management_endpoint(settings)
+    token = base64.b64encode(f"{endpoint.username}:{endpoint.password}".encode()).decode()
+    request = urllib.request.Request(
+        endpoint.base_url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"authorization": f"Basic {token}", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+@pytest.fixture
+def no_configure_url(vhost_settings: Settings) -> Iterator[str]:
+    """A URL for a user who may read and write in the test vhost but not declare anything."""
+    user, password = f"jobsys-test-{uuid.uuid4().hex[:8]}", "reader-pw"
+    management(vhost_settings, "PUT", f"/api/users/{user}", {"password": password, "tags": ""})
+    try:
+        management(
+            vhost_settings,
+            "PUT",
+            f"/api/permissions/{quote(vhost_settings.vhost, safe='')}/{user}",
+            {"configure": "^$", "write": ".*", "read": ".*"},
+        )
+        yield with_credentials(vhost_settings.url, password, username=user)
+    finally:
+        management(vhost_settings, "DELETE", f"/api/users/{user}")
 
 
 @PROBE
@@ -160,7 +194,7 @@ def test_apply_of_an_invalid_file_exits_2_and_declares_nothing(
 def test_wrong_password_exits_4_with_one_clear_message_and_no_password(
     vhost_settings: Settings, tmp_path: Path
 ) -> None:
-    url = with_password(vhost_settings.url, "not-the-s3cret")
+    url = with_credentials(vhost_settings.url, "not-the-s3cret")
 
     result = jobsys("topology", "apply", write(tmp_path, TOPOLOGY), url=url)
 
@@ -168,6 +202,17 @@ def test_wrong_password_exits_4_with_one_clear_message_and_no_password(
     assert "refused the login" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "not-the-s3cret" not in result.stderr + result.stdout
+    assert queue_names(vhost_settings) == set()
+
+
+def test_apply_without_configure_permission_exits_4_with_the_brokers_refusal(
+    vhost_settings: Settings, tmp_path: Path, no_configure_url: str
+) -> None:
+    result = jobsys("topology", "apply", write(tmp_path, TOPOLOGY), url=no_configure_url)
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "refused an operation: ACCESS_REFUSED" in result.stderr
+    assert "Traceback" not in result.stderr and "reader-pw" not in result.stderr
     assert queue_names(vhost_settings) == set()
 
 
