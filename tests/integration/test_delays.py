@@ -1,0 +1,220 @@
+"""Broker-side delays on a real broker: on time, in delay order, and never dropped as a cycle.
+
+A job must reach its queue no earlier than its delay and at most 1 s + 10 % later. Times are
+taken from just before the publish to the consumer's receipt, so both bounds are conservative.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import aio_pika
+import pytest
+
+from jobsys.connection import BrokerConnection
+from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, decode_envelope
+from jobsys.producer import Producer
+from jobsys.settings import Settings
+from jobsys.topology.declare import apply_topology
+from jobsys.topology.delays import delay_route, level_count
+from jobsys.topology.loader import LoadedTopology, load_topology_text
+from tests.harness.fixtures import node_settings
+from tests.harness.rabbit_node import RabbitNode
+
+QUEUE = "work"
+
+
+def topology(queue_type: str = "classic") -> LoadedTopology:
+    """A small topology: one exchange, one work queue, one job type."""
+    return load_topology_text(
+        f"""
+version: 1
+delays: {{queue_type: {queue_type}}}
+exchanges:
+  jobs: {{type: direct}}
+queues:
+  work: {{type: classic}}
+bindings:
+  - {{exchange: jobs, queue: work, routing_key: work}}
+job_types:
+  tick: {{exchange: jobs, routing_key: work}}
+""",
+        "delays-test.yaml",
+    )
+
+
+def tolerance_s(delay_s: float) -> float:
+    """How late a job may arrive: 1 s plus 10 % of its delay."""
+    return 1.0 + 0.1 * delay_s
+
+
+@dataclass
+class Arrivals:
+    """Jobs as they reach the work queue: (job id, attempt, monotonic time), in order."""
+
+    seen: list[tuple[str, int, float]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        headers = message.headers or {}
+        self.seen.append(
+            (str(headers[HEADER_JOB_ID]), int(headers[HEADER_ATTEMPT]), time.monotonic())  # type: ignore[call-overload]
+        )
+        self.changed.set()
+
+    async def wait_for(self, count: int, timeout_s: float) -> None:
+        """Wait until ``count`` arrivals were seen (fail after ``timeout_s``)."""
+        async with asyncio.timeout(timeout_s):
+            while len(self.seen) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def consume(connection: BrokerConnection, arrivals: Arrivals) -> None:
+    """Record every job reaching the work queue, acking it."""
+    channel = await connection.channel(confirms=False, prefetch=100)
+    queue = await channel.get_queue(QUEUE, ensure=False)
+
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        arrivals.record(message)
+        await message.ack()
+
+    await queue.consume(on_message)
+
+
+async def test_a_delayed_job_arrives_no_earlier_than_its_delay_and_within_tolerance(
+    vhost_settings: Settings,
+) -> None:
+    loaded = topology()
+    delays = {"d0": 0.0, "d1": 1.0, "d2": 2.0, "d3.5": 3.5, "d7": 7.0, "d9": 9.0}
+    arrivals = Arrivals()
+    async with BrokerConnection(vhost_settings) as connection:
+        await apply_topology(connection, loaded, use_management=False)
+        await consume(connection, arrivals)
+        async with Producer(vhost_settings, loaded.topology, connection=connection) as producer:
+            sent: dict[str, float] = {}
+            for job_id, delay_s in delays.items():
+                sent[job_id] = time.monotonic()
+                await producer.publish("tick", {}, delay_s=delay_s, job_id=job_id)
+            await arrivals.wait_for(len(delays), timeout_s=9 + tolerance_s(9) + 2)
+
+    for job_id, _attempt, arrived in arrivals.seen:
+        delay_s = delays[job_id]
+        waited = arrived - sent[job_id]
+        assert waited >= delay_s, f"{job_id} arrived {delay_s - waited:.3f} s early"
+        assert waited <= delay_s + tolerance_s(delay_s), f"{job_id} took {waited:.3f} s"
+
+
+async def test_delays_published_longest_first_arrive_shortest_first(
+    vhost_settings: Settings,
+) -> None:
+    loaded = topology()
+    arrivals = Arrivals()
+    async with BrokerConnection(vhost_settings) as connection:
+        await apply_topology(connection, loaded, use_management=False)
+        await consume(connection, arrivals)
+        async with Producer(vhost_settings, loaded.topology, connection=connection) as producer:
+            sent: dict[str, float] = {}
+            for delay_s in (12, 1, 5, 3):
+                sent[f"after-{delay_s}s"] = time.monotonic()
+                await producer.publish("tick", {}, delay_s=delay_s, job_id=f"after-{delay_s}s")
+            await arrivals.wait_for(4, timeout_s=12 + tolerance_s(12) + 2)
+
+    # No head-of-line blocking: the 12 s job does not hold back the ones behind it.
+    assert [job_id for job_id, _, _ in arrivals.seen] == [
+        "after-1s",
+        "after-3s",
+        "after-5s",
+        "after-12s",
+    ]
+    for job_id, _, arrived in arrivals.seen:
+        delay_s = float(job_id.removeprefix("after-").removesuffix("s"))
+        assert delay_s <= arrived - sent[job_id] <= delay_s + tolerance_s(delay_s)
+
+
+async def test_the_same_delay_used_six_times_in_a_row_never_loses_the_job(
+    vhost_settings: Settings,
+) -> None:
+    # What a retry does: take the job as it arrives (carrying the broker's x-death history
+    # from the delay levels), republish it with attempt + 1 through the same levels, confirm,
+    # then ack. The broker drops, silently, a message whose history shows a cycle.
+    loaded = topology()
+    levels = level_count(loaded.topology.delays.max_delay)
+    route = delay_route(QUEUE, 1.0, levels)
+    jobs, rounds = 20, 6
+    attempts: dict[str, list[int]] = defaultdict(list)
+    done = asyncio.Event()
+    async with BrokerConnection(vhost_settings) as connection:
+        await apply_topology(connection, loaded, use_management=False)
+        async with Producer(vhost_settings, loaded.topology, connection=connection) as producer:
+            channel = await connection.channel(confirms=False, prefetch=jobs)
+            queue = await channel.get_queue(QUEUE, ensure=False)
+
+            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                assert "x-death" in (message.headers or {})  # it did come through the levels
+                envelope = decode_envelope(
+                    message.body,
+                    content_type=message.content_type,
+                    message_type=message.type,
+                    headers=message.headers,
+                    priority=message.priority,
+                    max_bytes=1 << 20,
+                )
+                attempts[envelope.job_id].append(envelope.attempt)
+                if envelope.attempt <= rounds:
+                    retry = dataclasses.replace(envelope, attempt=envelope.attempt + 1)
+                    await producer.publish_envelope(
+                        retry, route.exchange, route.routing_key, body=message.body, delay_s=1.0
+                    )
+                await message.ack()
+                if sum(len(seen) for seen in attempts.values()) == jobs * (rounds + 1):
+                    done.set()
+
+            await queue.consume(on_message)
+            for n in range(jobs):
+                await producer.publish("tick", {"n": n}, delay_s=1.0, job_id=f"job-{n}")
+            async with asyncio.timeout((rounds + 1) * tolerance_s(1.0) + 10):
+                await done.wait()
+
+    expected = list(range(1, rounds + 2))
+    assert {job_id: seen for job_id, seen in attempts.items()} == {
+        f"job-{n}": expected for n in range(jobs)
+    }
+
+
+@pytest.mark.slow
+async def test_delayed_jobs_survive_a_broker_restart(running_own_broker: RabbitNode) -> None:
+    vhost = f"delays-restart-{uuid.uuid4().hex[:8]}"
+    running_own_broker.ctl("add_vhost", vhost)
+    running_own_broker.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    settings = node_settings(running_own_broker.url.rstrip("/") + "/" + vhost)
+    loaded = topology()
+    delay_s = 25.0
+    try:
+        async with BrokerConnection(settings) as connection:
+            await apply_topology(connection, loaded, use_management=False)
+            async with Producer(settings, loaded.topology, connection=connection) as producer:
+                sent = time.monotonic()
+                await producer.publish("tick", {}, delay_s=delay_s, job_id="survivor")
+
+        await asyncio.to_thread(running_own_broker.restart)
+        restarted = time.monotonic()
+
+        arrivals = Arrivals()
+        async with BrokerConnection(settings) as connection:
+            await consume(connection, arrivals)
+            await arrivals.wait_for(1, timeout_s=delay_s + tolerance_s(delay_s) + 60)
+        [(job_id, _attempt, arrived)] = arrivals.seen
+        assert job_id == "survivor"
+        assert arrived - sent >= delay_s
+        if restarted - sent < delay_s:
+            # The job waited out the rest of its delay on the restarted node: still on time.
+            assert arrived - sent <= delay_s + tolerance_s(delay_s)
+    finally:
+        running_own_broker.ensure_running()
+        running_own_broker.ctl("delete_vhost", vhost)
