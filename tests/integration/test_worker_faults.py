@@ -1,0 +1,199 @@
+"""Faults: transient connection loss is survived; drift, wrong credentials and refused access
+end the worker with one clear message and a non-zero exit, never a reconnect loop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from jobsys.connection import BrokerConnection
+from jobsys.settings import Settings
+from jobsys.worker import Worker, WorkerOptions
+from tests.conftest import _management, settings_for_vhost
+from tests.harness.fault_proxy import FaultProxy
+from tests.harness.fixtures import node_settings
+from tests.harness.rabbit_node import RabbitNode
+from tests.integration import worker_apps
+from tests.integration.worker_apps import (
+    PROBE,
+    WORK,
+    WorkerProcess,
+    publish,
+    queue_depth,
+    read_records,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.kill()
+
+
+async def _delete_queue(settings: Settings, name: str) -> None:
+    async with BrokerConnection(settings) as conn:
+        channel = await conn.channel(confirms=False)
+        await channel.queue_delete(name)
+
+
+async def test_missing_queue_at_start_exits_non_zero_with_one_drift_message(
+    vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    await worker_apps.apply(vhost_settings, worker_apps.loaded_topology(tmp_path))
+    await _delete_queue(vhost_settings, WORK)
+    worker = WorkerProcess(tmp_path, vhost_settings)
+    workers.append(worker)
+    assert await worker.wait_exit(20) == 1
+    assert worker.stderr.count("topology drift: queue 'wt.work' does not exist") == 1
+    assert "jobsys topology apply" in worker.stderr
+    assert "Traceback" not in worker.stderr
+
+
+async def test_topology_never_applied_exits_non_zero_with_a_drift_message(
+    vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    worker_apps.loaded_topology(tmp_path)
+    worker = WorkerProcess(tmp_path, vhost_settings)
+    workers.append(worker)
+    assert await worker.wait_exit(20) == 1
+    assert "topology drift:" in worker.stderr and "does not exist" in worker.stderr
+
+
+async def test_wrong_password_exits_4_at_once_with_a_clear_message(
+    vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    worker_apps.loaded_topology(tmp_path)
+    bad = vhost_settings.with_overrides(
+        url=vhost_settings.url.replace("guest:guest@", "guest:wrong-password@")
+    )
+    worker = WorkerProcess(tmp_path, bad)
+    workers.append(worker)
+    assert await worker.wait_exit(20) == 4
+    assert "refused the login" in worker.stderr
+    assert "wrong-password" not in worker.stderr
+
+
+async def test_missing_vhost_exits_4_with_a_clear_message(
+    broker_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    worker_apps.loaded_topology(tmp_path)
+    nowhere = settings_for_vhost(broker_settings, f"jobsys-missing-{uuid.uuid4().hex[:8]}")
+    worker = WorkerProcess(tmp_path, nowhere)
+    workers.append(worker)
+    assert await worker.wait_exit(20) == 4
+    assert "refused virtual host" in worker.stderr
+
+
+async def test_queue_deleted_while_consuming_stops_the_worker_with_a_drift_message(
+    vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    await worker_apps.apply(vhost_settings, worker_apps.loaded_topology(tmp_path))
+    worker = WorkerProcess(tmp_path, vhost_settings)
+    workers.append(worker)
+    await worker.wait_for_output("consuming wt.work")
+    await _delete_queue(vhost_settings, WORK)
+    assert await worker.wait_exit(30) == 1, worker.stderr
+    assert "topology drift: queue 'wt.work' does not exist" in worker.stderr
+
+
+async def test_user_deleted_while_consuming_stops_the_worker_with_exit_4(
+    vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    await worker_apps.apply(vhost_settings, worker_apps.loaded_topology(tmp_path))
+    user = f"jobsys-test-{uuid.uuid4().hex[:8]}"
+    _management("PUT", f"/api/users/{user}", {"password": "pw", "tags": ""})
+    try:
+        _management(
+            "PUT",
+            f"/api/permissions/{quote(vhost_settings.vhost, safe='')}/{user}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        as_user = vhost_settings.with_overrides(
+            url=vhost_settings.url.replace("guest:guest@", f"{user}:pw@")
+        )
+        worker = WorkerProcess(tmp_path, as_user)
+        workers.append(worker)
+        await worker.wait_for_output("consuming wt.work")
+    finally:
+        # Deleting a user closes its connections; the reconnect is then refused.
+        _management("DELETE", f"/api/users/{user}")
+    assert await worker.wait_exit(30) == 4, worker.stderr
+    assert "refused the login" in worker.stderr
+
+
+async def test_worker_reconnects_through_connection_resets_and_finishes_every_job(
+    vhost_settings: Settings, fault_proxy: FaultProxy
+) -> None:
+    loaded = worker_apps.loaded_topology()
+    await worker_apps.apply(vhost_settings, loaded)
+    PROBE.reset()
+    via_proxy = vhost_settings.with_overrides(
+        url=fault_proxy.url(vhost=quote(vhost_settings.vhost, safe="")), heartbeat_s=2
+    )
+    worker = Worker(worker_apps.app, loaded, via_proxy, WorkerOptions(concurrency=4, prefetch=8))
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 15)
+        first = await publish(vhost_settings, loaded, "echo", [{"n": i} for i in range(50)])
+        await wait_until(lambda: set(PROBE.done) >= set(first), what="first batch done")
+        fault_proxy.set_mode("reset")
+        await asyncio.sleep(0.5)  # let the worker notice the loss (what it waits for is absent)
+        fault_proxy.set_mode("pass")
+        second = await publish(vhost_settings, loaded, "echo", [{"n": i} for i in range(50)])
+        fault_proxy.reset_connections()
+        third = await publish(vhost_settings, loaded, "echo", [{"n": i} for i in range(50)])
+        await wait_until(
+            lambda: set(PROBE.done) >= set(first + second + third),
+            timeout_s=60,
+            what="every job done after the resets",
+        )
+        assert not task.done()
+        assert fault_proxy.connection_count >= 3
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+    assert await queue_depth(vhost_settings, WORK) == 0
+
+
+@pytest.mark.slow
+async def test_worker_resumes_after_a_restart_of_its_broker_node(
+    running_own_broker: RabbitNode, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    node = running_own_broker
+    vhost = f"jobsys-test-{uuid.uuid4().hex[:8]}"
+    node.ctl("add_vhost", vhost)
+    node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    settings = settings_for_vhost(node_settings(node), vhost)
+    loaded = worker_apps.loaded_topology(tmp_path)
+    try:
+        await worker_apps.apply(settings, loaded)
+        worker = WorkerProcess(tmp_path, settings)
+        workers.append(worker)
+        await worker.wait_for_output("consuming wt.work")
+        before = await publish(settings, loaded, "record", [{} for _ in range(20)])
+        await wait_until(lambda: _done(worker) >= set(before), what="jobs before the restart")
+        await asyncio.to_thread(node.restart)
+        after = await publish(settings, loaded, "record", [{} for _ in range(20)])
+        await wait_until(
+            lambda: _done(worker) >= set(after), timeout_s=90, what="jobs after the restart"
+        )
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait_exit(30) == 0, worker.stderr
+    finally:
+        node.ensure_running()
+        node.ctl("delete_vhost", vhost)
+
+
+def _done(worker: WorkerProcess) -> set[str]:
+    return {job_id for kind, job_id in read_records(worker.record) if kind == "done"}
