@@ -25,6 +25,7 @@ import subprocess
 import time
 import weakref
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -416,7 +417,6 @@ class RabbitCluster:
                         "leader",
                         "--formatter",
                         "json",
-                        "--no-table-headers",
                         "--quiet",
                     )
                 )
@@ -430,15 +430,12 @@ class RabbitCluster:
         raise NodeError(f"no leader found for quorum queue {queue!r}: {'; '.join(errors)}")
 
     def close(self) -> None:
-        """Stop every node; keep going when one fails."""
-        first: BaseException | None = None
-        for node in reversed(list(self)):
-            try:
-                node.close()
-            except Exception as exc:
-                first = first or exc
-        if first is not None:
-            raise first
+        """Stop every node (in parallel); keep going when one fails."""
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            futures = [pool.submit(node.close) for node in self]
+        errors = [exc for future in futures if (exc := future.exception()) is not None]
+        if errors:
+            raise errors[0]
 
 
 def _pids_with_env(entry: str) -> list[int]:
