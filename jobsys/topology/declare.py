@@ -90,8 +90,8 @@ class PlanItem:
         if self.action == "match":
             return f"{sign} {what} matches"
         if self.action == "conflict":
-            diffs = "; ".join(d.describe() for d in self.differences) or self.note
-            return f"{sign} {what}: {diffs}"
+            details = [d.describe() for d in self.differences]
+            return f"{sign} {what}: {'; '.join([*details, self.note] if self.note else details)}"
         if self.action == "ensure":
             return f"{sign} ensure {what} (bindings are checked only through the management API)"
         return f"{sign} extra {what} (not in the file; apply leaves it alone)"
@@ -332,27 +332,28 @@ async def _probe(conn: BrokerConnection, kind: Kind, spec: ExchangeSpec | QueueS
         return PlanItem("create", kind, spec.name, spec)
     sent = properties(spec)
     differences: dict[str, Difference] = {}
+    note = ""
     for _ in range(_MAX_PROBES):
         try:
             await _declare(channel, spec, passive=False, overrides=sent)
+            break
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            channel = await _open_channel(conn)  # the broker closed the old one
             found = parse_inequivalent(_reason(exc), sent)
             if found is None or found.argument in differences:
+                # Not a difference probing can walk past: show the broker's own words.
                 note = _reason(exc).removeprefix("PRECONDITION_FAILED - ")
-                differences.setdefault("", Difference("(unparsed)", note, None))
                 break
             want = properties(spec).get(found.argument)
             differences[found.argument] = Difference(found.argument, found.current, want)
             _set_or_drop(sent, found.argument, found.current)
-            channel = await _open_channel(conn)
         except aiormq.exceptions.ChannelLockedResource:
+            channel = await _open_channel(conn)
             note = "exclusive to another connection; cannot compare"
-            return PlanItem("conflict", kind, spec.name, spec, note=note)
-        else:
             break
     await _close_quietly(channel)
-    if differences:
-        return PlanItem("conflict", kind, spec.name, spec, tuple(differences.values()))
+    if differences or note:
+        return PlanItem("conflict", kind, spec.name, spec, tuple(differences.values()), note)
     return PlanItem("match", kind, spec.name, spec)
 
 
