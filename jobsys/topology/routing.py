@@ -9,7 +9,6 @@ present and equal; ``any`` needs one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 
 from jobsys.topology.entities import ArgValue, BindingSpec
 
@@ -24,19 +23,27 @@ def _words(key: str) -> tuple[str, ...]:
     return tuple(key.split(".")) if key else ()
 
 
-@lru_cache(maxsize=4096)
 def _match_words(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        # zero words, or swallow one and stay on '#'
-        return _match_words(rest, words) or (bool(words) and _match_words(pattern, words[1:]))
-    if not words:
-        return False
-    if head == "*" or head == words[0]:
-        return _match_words(rest, words[1:])
-    return False
+    # Glob matching with '#' as "any run of words" and '*' as "one word", in one pass with
+    # backtracking to the last '#': linear in practice, no recursion, nothing to cache.
+    p = w = 0
+    last_hash, resume_at = -1, 0
+    while w < len(words):
+        if p < len(pattern) and pattern[p] == "#":
+            last_hash, resume_at = p, w
+            p += 1
+        elif p < len(pattern) and pattern[p] in ("*", words[w]):
+            p += 1
+            w += 1
+        elif last_hash >= 0:
+            # let the last '#' swallow one more word and try again from there
+            resume_at += 1
+            p, w = last_hash + 1, resume_at
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "#":
+        p += 1
+    return p == len(pattern)
 
 
 def headers_match(binding_args: Mapping[str, ArgValue], headers: Mapping[str, object]) -> bool:
