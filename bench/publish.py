@@ -1,0 +1,168 @@
+"""Publish throughput: jobsys against raw aio-pika doing the same work, in the same run.
+
+Four runs against one durable classic queue, every message persistent, ``mandatory`` and
+confirmed, the same ~200-byte JSON payload:
+
+* raw one-by-one: aio-pika ``exchange.publish(Message(...), mandatory=True)``, awaiting each;
+* jobsys one-by-one: ``await producer.publish(...)`` for each job;
+* raw gathered: every aio-pika publish started at once, confirms awaited with ``gather``;
+* jobsys ``publish_many``: the same jobs with a bounded window of confirms in flight.
+
+Run with ``.venv/bin/python -m bench.publish [-n 5000] [--rounds 3] [--url AMQP_URL]``. The
+queue and exchange get unique names and are deleted afterwards. Each figure is the best of
+``--rounds`` rounds; the rounds interleave raw and jobsys so both see the same broker state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+
+from jobsys.producer import JobRequest, Producer, Receipt
+from jobsys.settings import Settings
+from jobsys.topology.model import Topology
+
+JOB_TYPE = "bench_job"
+
+
+def _payload(i: int) -> dict[str, object]:
+    # About 200 bytes encoded, like a typical small job.
+    return {
+        "index": i,
+        "to": "someone@example.com",
+        "subject": "Your weekly report is ready",
+        "template": "weekly-report-v2",
+        "locale": "en-GB",
+        "tags": ["report", "weekly", "email"],
+        "note": "x" * 60,
+    }
+
+
+def _topology(exchange: str, queue: str) -> Topology:
+    return Topology.model_validate(
+        {
+            "version": 1,
+            "exchanges": {exchange: {"type": "direct"}},
+            "queues": {queue: {"type": "classic"}},
+            "bindings": [{"exchange": exchange, "queue": queue, "routing_key": queue}],
+            "job_types": {JOB_TYPE: {"exchange": exchange, "routing_key": queue}},
+        }
+    )
+
+
+async def _timed(label: str, n: int, work: Callable[[], Awaitable[int]]) -> float:
+    start = time.perf_counter()
+    confirmed = await work()
+    elapsed = time.perf_counter() - start
+    if confirmed != n:
+        raise SystemExit(f"{label}: only {confirmed} of {n} confirmed")
+    return n / elapsed
+
+
+async def run(url: str, n: int, rounds: int) -> dict[str, float]:
+    """Run every variant ``rounds`` times; return the best jobs/s of each."""
+    token = uuid.uuid4().hex[:8]
+    exchange_name, queue_name = f"bench.publish-{token}", f"bench.publish-{token}"
+    settings = Settings(url=url)
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    exchange = await channel.declare_exchange(exchange_name, "direct", durable=True)
+    queue = await channel.declare_queue(
+        queue_name, durable=True, arguments={"x-queue-type": "classic"}
+    )
+    await queue.bind(exchange, queue_name)
+
+    def body(i: int) -> bytes:
+        # Raw aio-pika encodes each payload too: both sides do the same work per job.
+        return json.dumps(_payload(i), separators=(",", ":")).encode()
+
+    async def raw_one_by_one() -> int:
+        for i in range(n):
+            await exchange.publish(
+                aio_pika.Message(
+                    body(i),
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    type=JOB_TYPE,
+                ),
+                queue_name,
+                mandatory=True,
+            )
+        return n
+
+    async def raw_gathered() -> int:
+        results = await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        body(i),
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        type=JOB_TYPE,
+                    ),
+                    queue_name,
+                    mandatory=True,
+                )
+                for i in range(n)
+            )
+        )
+        return len(results)
+
+    producer = Producer(settings, _topology(exchange_name, queue_name))
+    await producer.open()
+
+    async def jobsys_one_by_one() -> int:
+        for i in range(n):
+            await producer.publish(JOB_TYPE, _payload(i))
+        return n
+
+    async def jobsys_many() -> int:
+        results = await producer.publish_many(JobRequest(JOB_TYPE, _payload(i)) for i in range(n))
+        return sum(isinstance(r, Receipt) for r in results)
+
+    variants: dict[str, Callable[[], Awaitable[int]]] = {
+        "raw aio-pika, one by one": raw_one_by_one,
+        "jobsys publish, one by one": jobsys_one_by_one,
+        "raw aio-pika, gathered": raw_gathered,
+        "jobsys publish_many": jobsys_many,
+    }
+    best: dict[str, float] = dict.fromkeys(variants, 0.0)
+    try:
+        for _ in range(rounds):
+            for label, work in variants.items():
+                rate = await _timed(label, n, work)
+                best[label] = max(best[label], rate)
+                await queue.purge()
+    finally:
+        await producer.close()
+        await queue.delete(if_unused=False, if_empty=False)
+        await exchange.delete()
+        await connection.close()
+    return best
+
+
+def main() -> None:
+    """Parse arguments, run, print jobs/s and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=5000, help="jobs per run (default 5000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; best counts (default 3)")
+    parser.add_argument("--url", default=Settings.from_env().url, help="broker URL")
+    args = parser.parse_args()
+    best = asyncio.run(run(args.url, args.n, args.rounds))
+    print(f"publish benchmark: {args.n} persistent confirmed jobs per run, best of {args.rounds}")
+    for label, rate in best.items():
+        print(f"  {label:<28} {rate:9,.0f} jobs/s")
+    one = best["jobsys publish, one by one"] / best["raw aio-pika, one by one"]
+    many = best["jobsys publish_many"] / best["raw aio-pika, gathered"]
+    print(f"  one by one:   jobsys / raw = {one:.2f}x (target >= 1.30x)")
+    print(f"  publish_many: jobsys / raw gathered = {many:.2f}x (target >= 1.00x)")
+
+
+if __name__ == "__main__":
+    main()

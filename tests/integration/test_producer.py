@@ -1,0 +1,334 @@
+"""Publishing against the real broker: receipts only for confirmed, routed jobs; one typed
+error for each way a publish goes wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from jobsys.connection import BrokerConnection
+from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, Envelope
+from jobsys.errors import (
+    AccessRefused,
+    PayloadTooLargeError,
+    PayloadValidationError,
+    PublishOutcomeUnknown,
+    QueueFullError,
+    UnknownJobTypeError,
+    UnroutableError,
+)
+from jobsys.producer import JobRequest, Producer, Receipt
+from jobsys.settings import Settings
+from jobsys.topology.declare import apply_topology
+from jobsys.topology.loader import LoadedTopology, load_topology_text
+from tests.harness.fault_proxy import FaultProxy
+
+TOPOLOGY: dict[str, Any] = {
+    "version": 1,
+    "exchanges": {"jobs": {"type": "topic"}, "fan": {"type": "fanout"}},
+    "queues": {
+        "emails": {"type": "classic", "max_priority": 10},
+        "tiny": {"type": "classic", "max_length": 2, "overflow": "reject-publish"},
+        "audit": {"type": "classic"},
+        "archive": {"type": "classic"},
+    },
+    "bindings": [
+        {"exchange": "jobs", "queue": "emails", "routing_key": "email.#"},
+        {"exchange": "jobs", "queue": "tiny", "routing_key": "tiny"},
+        {"exchange": "fan", "queue": "audit"},
+        {"exchange": "fan", "queue": "archive"},
+    ],
+    "job_types": {
+        "send_email": {"exchange": "jobs", "routing_key": "email.send", "priority": 3},
+        "squeeze": {"exchange": "jobs", "routing_key": "tiny"},
+        "audit_event": {"exchange": "fan"},
+    },
+}
+
+
+class Email(BaseModel):
+    to: str
+
+
+async def declare(settings: Settings, topology: dict[str, Any] = TOPOLOGY) -> LoadedTopology:
+    """Declare ``topology`` in the test's vhost and return it loaded."""
+    loaded = load_topology_text(yaml.safe_dump(topology), "test-topology.yaml")
+    async with BrokerConnection(settings) as conn:
+        await apply_topology(conn, loaded, use_management=False)
+    return loaded
+
+
+async def drain(settings: Settings, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Every message now in ``queue`` (acked, so the queue ends empty)."""
+    connection = await aio_pika.connect(settings.url)
+    try:
+        channel = await connection.channel()
+        q = await channel.get_queue(queue, ensure=False)
+        messages = []
+        while (message := await q.get(fail=False, no_ack=True)) is not None:
+            messages.append(message)
+        return messages
+    finally:
+        await connection.close()
+
+
+async def wait_for_messages(
+    settings: Settings, queue: str, count: int, timeout_s: float = 15.0
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Consume until ``count`` messages arrived in ``queue`` (fails after ``timeout_s``)."""
+    connection = await aio_pika.connect(settings.url)
+    try:
+        channel = await connection.channel()
+        q = await channel.get_queue(queue, ensure=False)
+        got: list[aio_pika.abc.AbstractIncomingMessage] = []
+        async with asyncio.timeout(timeout_s), q.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                got.append(message)
+                if len(got) == count:
+                    break
+        return got
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def producer(vhost_settings: Settings) -> AsyncIterator[Producer]:
+    loaded = await declare(vhost_settings)
+    async with Producer(vhost_settings, loaded.topology, models={"send_email": Email}) as p:
+        yield p
+
+
+async def test_a_receipt_means_the_job_is_in_its_queue_persistent_and_described(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    receipt = await producer.publish("send_email", {"to": "a@example.com"}, job_id="job-1")
+    assert receipt == Receipt("job-1", "send_email", "jobs", "email.send", receipt.message_id, None)
+    [message] = await drain(vhost_settings, "emails")
+    assert json.loads(message.body) == {"to": "a@example.com"}
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.type == "send_email"
+    assert message.content_type == "application/json"
+    assert message.content_encoding == "utf-8"
+    assert message.message_id == receipt.message_id
+    assert message.priority == 3
+    assert message.timestamp is not None
+    assert message.headers[HEADER_JOB_ID] == "job-1"
+    assert message.headers[HEADER_ATTEMPT] == 1
+
+
+async def test_each_publish_attempt_gets_its_own_message_id_under_one_job_id(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    first = await producer.publish("send_email", {"to": "a@b.c"}, job_id="same")
+    second = await producer.publish("send_email", {"to": "a@b.c"}, job_id="same")
+    assert first.message_id != second.message_id
+    messages = await drain(vhost_settings, "emails")
+    assert [m.headers[HEADER_JOB_ID] for m in messages] == ["same", "same"]
+
+
+async def test_unknown_job_type_invalid_payload_and_bad_header_are_refused_before_any_io(
+    vhost_settings: Settings,
+) -> None:
+    loaded = await declare(vhost_settings)
+    # Never opened: these errors cannot have come from the broker.
+    producer = Producer(vhost_settings, loaded.topology, models={"send_email": Email})
+    with pytest.raises(UnknownJobTypeError, match="audit_event, send_email, squeeze"):
+        await producer.publish("send_fax", {})
+    with pytest.raises(PayloadValidationError, match="to: Field required"):
+        await producer.publish("send_email", {"too": "a@b.c"})
+    with pytest.raises(PayloadValidationError, match="reserved"):
+        await producer.publish("audit_event", {}, headers={"x-death": []})
+
+
+async def test_a_too_large_payload_is_refused_and_the_producer_keeps_publishing(
+    vhost_settings: Settings,
+) -> None:
+    loaded = await declare(vhost_settings)
+    settings = vhost_settings.with_overrides(max_payload_bytes=1000)
+    async with Producer(settings, loaded.topology) as producer:
+        with pytest.raises(PayloadTooLargeError, match="limit is 1000 bytes"):
+            await producer.publish("audit_event", {"blob": "x" * 5000})
+        receipt = await producer.publish("audit_event", {"small": True})
+    assert len(await drain(vhost_settings, "audit")) == 1
+    assert receipt.job_type == "audit_event"
+
+
+async def test_a_job_type_whose_binding_was_removed_is_unroutable_never_a_success(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    connection = await aio_pika.connect(vhost_settings.url)
+    channel = await connection.channel()
+    queue = await channel.get_queue("emails", ensure=False)
+    await queue.unbind("jobs", "email.#")
+    await connection.close()
+    with pytest.raises(UnroutableError) as info:
+        await producer.publish("send_email", {"to": "a@b.c"}, job_id="lost-1")
+    assert info.value.job_id == "lost-1"
+    assert "no binding on exchange 'jobs' matched routing key 'email.send'" in str(info.value)
+    # The channel survives a return: the next job of a routable type is confirmed.
+    await producer.publish("audit_event", {})
+    assert len(await drain(vhost_settings, "audit")) == 1
+
+
+async def test_a_full_queue_under_reject_publish_says_which_queue_is_full(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    await producer.publish("squeeze", {"n": 1})
+    await producer.publish("squeeze", {"n": 2})
+    with pytest.raises(QueueFullError, match="queue tiny is full") as info:
+        await producer.publish("squeeze", {"n": 3}, job_id="third")
+    assert info.value.job_id == "third"
+    assert [json.loads(m.body)["n"] for m in await drain(vhost_settings, "tiny")] == [1, 2]
+
+
+async def test_publish_many_reports_each_job_and_every_receipt_is_in_the_queue(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    requests = [JobRequest("audit_event", {"i": i}, job_id=f"a-{i}") for i in range(1500)]
+    requests.insert(10, JobRequest("send_email", {"nope": 1}))
+    requests.insert(20, JobRequest("no_such_type", {}))
+    results = await producer.publish_many(requests, window=64)
+    assert len(results) == len(requests)
+    assert isinstance(results[10], PayloadValidationError)
+    assert isinstance(results[20], UnknownJobTypeError)
+    receipts = [r for r in results if isinstance(r, Receipt)]
+    assert len(receipts) == 1500
+    queued = {m.headers[HEADER_JOB_ID] for m in await drain(vhost_settings, "audit")}
+    assert queued == {r.job_id for r in receipts}
+
+
+async def test_publish_many_reports_a_full_queue_per_job(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    results = await producer.publish_many(
+        [JobRequest("squeeze", {"n": n}) for n in range(5)], window=1
+    )
+    assert [type(r).__name__ for r in results] == ["Receipt"] * 2 + ["QueueFullError"] * 3
+
+
+async def test_a_delayed_job_waits_in_the_broker_then_reaches_its_queue(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    receipt = await producer.publish("send_email", {"to": "later@b.c"}, delay_s=2)
+    assert receipt.delay_s == 2.0
+    assert receipt.exchange.startswith("jobsys.delay.")
+    assert await drain(vhost_settings, "emails") == []
+    [message] = await wait_for_messages(vhost_settings, "emails", 1)
+    assert loop.time() - started >= 1.9
+    assert message.headers[HEADER_JOB_ID] == receipt.job_id
+    assert message.type == "send_email"
+
+
+async def test_a_delayed_job_that_fans_out_reaches_every_queue_once(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    receipt = await producer.publish("audit_event", {"e": 1}, delay_s=1)
+    for queue in ("audit", "archive"):
+        [message] = await wait_for_messages(vhost_settings, queue, 1)
+        assert message.headers[HEADER_JOB_ID] == receipt.job_id
+
+
+async def test_publish_envelope_republishes_without_broker_death_headers(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    envelope = Envelope(
+        "retry-1", "send_email", {"to": "a@b.c"}, attempt=2, headers={"tenant": "acme"}
+    )
+    receipt = await producer.publish_envelope(
+        envelope,
+        "jobs",
+        "email.send",
+        body=b'{"to":"a@b.c"}',
+        extra_headers={"x-death": [], "x-first-death-queue": "emails", "jobsys-note": "n"},
+    )
+    assert receipt.job_id == "retry-1"
+    [message] = await drain(vhost_settings, "emails")
+    assert message.body == b'{"to":"a@b.c"}'
+    assert message.headers[HEADER_ATTEMPT] == 2
+    assert message.headers["tenant"] == "acme"
+    assert message.headers["jobsys-note"] == "n"
+    assert not any(name.startswith("x-") for name in message.headers)
+    with pytest.raises(UnroutableError):
+        await producer.publish_envelope(envelope, "jobs", "nowhere")
+
+
+async def test_a_producer_on_a_shared_connection_leaves_it_open(vhost_settings: Settings) -> None:
+    loaded = await declare(vhost_settings)
+    async with BrokerConnection(vhost_settings) as conn:
+        async with Producer(vhost_settings, loaded.topology, connection=conn) as producer:
+            await producer.publish("audit_event", {})
+        assert not conn.connection.is_closed
+        async with Producer(vhost_settings, loaded.topology, connection=conn) as again:
+            await again.publish("audit_event", {})
+    assert len(await drain(vhost_settings, "audit")) == 2
+
+
+async def test_a_cancelled_publish_raises_cancelled_not_outcome_unknown(
+    producer: Producer,
+) -> None:
+    task = asyncio.create_task(producer.publish("audit_event", {}))
+    await asyncio.sleep(0)  # the frame is queued; the confirm is a round trip away
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_wrong_credentials_and_a_missing_vhost_are_fatal_and_clear(
+    vhost_settings: Settings,
+) -> None:
+    loaded = await declare(vhost_settings)
+    wrong_password = vhost_settings.with_overrides(
+        url=vhost_settings.url.replace("guest:guest", "guest:wrong"), connect_deadline_s=20.0
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(AccessRefused, match="wrong username or password") as info:
+        await Producer(wrong_password, loaded.topology).open()
+    assert "wrong" not in str(info.value).replace("wrong username", "")
+    assert loop.time() - started < 10  # fatal: no reconnect loop until the deadline
+    missing = Settings(url="amqp://guest:guest@127.0.0.1:5672/jobsys-no-such-vhost")
+    with pytest.raises(AccessRefused, match="jobsys-no-such-vhost"):
+        await Producer(missing, loaded.topology).open()
+
+
+async def test_connection_lost_before_the_confirm_is_outcome_unknown_and_it_reconnects(
+    vhost_settings: Settings, fault_proxy: FaultProxy
+) -> None:
+    loaded = await declare(vhost_settings)
+    settings = vhost_settings.with_overrides(
+        url=fault_proxy.url(vhost=vhost_settings.vhost), publish_timeout_s=20.0
+    )
+    async with Producer(settings, loaded.topology) as producer:
+        # Hold every frame back so the confirms cannot arrive before the reset.
+        fault_proxy.set_latency(200)
+        pending = asyncio.create_task(
+            producer.publish_many(
+                [JobRequest("audit_event", {"i": i}, job_id=f"j{i}") for i in range(50)]
+            )
+        )
+        await asyncio.sleep(0.05)
+        fault_proxy.set_mode("reset")
+        results = await pending
+        fault_proxy.set_latency(0)
+        fault_proxy.set_mode("pass")
+        unknown = [r for r in results if isinstance(r, PublishOutcomeUnknown)]
+        assert unknown, results
+        assert all(isinstance(r, Receipt | PublishOutcomeUnknown) for r in results), results
+        assert "resubmitting with the same job id is safe" in str(unknown[0])
+        assert unknown[0].job_id is not None
+        # The robust connection comes back and the producer publishes again.
+        receipt = await producer.publish("audit_event", {"after": True})
+    queued = {m.headers[HEADER_JOB_ID] for m in await drain(vhost_settings, "audit")}
+    confirmed = {r.job_id for r in results if isinstance(r, Receipt)}
+    assert confirmed <= queued
+    assert receipt.job_id in queued
