@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.entities import desired_entities
@@ -25,7 +26,7 @@ job_types:
 """
 
 
-def export(vhost: str = "/") -> dict[str, list[dict[str, object]]]:
+def export(vhost: str = "/") -> dict[str, Any]:
     return export_definitions(desired_entities(load_topology_text(TEXT).topology), vhost)
 
 
