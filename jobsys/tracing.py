@@ -78,6 +78,16 @@ def _tracer() -> trace.Tracer:
     return tracer
 
 
+def _recording(tracer: trace.Tracer) -> bool:
+    """False for the API's no-op tracers, whose spans would drop every attribute anyway."""
+    if isinstance(tracer, trace.NoOpTracer):
+        return False
+    if isinstance(tracer, trace.ProxyTracer):
+        # Delegates to a no-op tracer until an SDK provider is installed.
+        return not isinstance(getattr(tracer, "_tracer", None), trace.NoOpTracer)
+    return True
+
+
 def _instrumentation_failed(exc: BaseException) -> None:
     if not _state.disabled:
         _state.disabled = True
@@ -183,12 +193,14 @@ class PublishSpan:
             return self._span
         try:
             parent = self._parent if self._parent is not None else otel_context.get_current()
-            span = _tracer().start_span(
-                f"publish {self._name_exchange}", context=parent, kind=SpanKind.PRODUCER
+            tracer = _tracer()
+            span = tracer.start_span(
+                f"publish {self._name_exchange}",
+                context=parent,
+                kind=SpanKind.PRODUCER,
+                attributes=self._attributes() if _recording(tracer) else None,
             )
             self._span = span
-            if span.is_recording():
-                span.set_attributes(self._attributes())
             previous = trace.get_current_span(parent).get_span_context()
             if self._kind in ("retry", "dead_letter") and previous.is_valid:
                 # The parent of a retry or dead-letter publish is the attempt that failed.
@@ -319,32 +331,40 @@ class Attempt:
         headers = self._headers or {}
         parent = extract(headers)
         previous = parse_span_context(headers.get(HEADER_PREVIOUS_ATTEMPT))
-        links = [Link(previous, {"jobsys.link": "previous_attempt"})] if previous else None
-        span = _tracer().start_span(
-            f"process {queue}", context=parent, kind=SpanKind.CONSUMER, links=links
+        links = [Link(previous)] if previous else None
+        tracer = _tracer()
+        # Attributes go in with the span (samplers see them); building them is skipped when
+        # nothing records, which is the whole cost of tracing without an SDK.
+        attributes = self._attributes(queue, queued_s) if _recording(tracer) else None
+        span = tracer.start_span(
+            f"process {queue}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes=attributes,
         )
         self.span = span
-        if span.is_recording():
-            job_type, job_id, _queue, attempt, message_id, _published, exchange, key = self._info
-            attributes: dict[str, Any] = {
-                "messaging.system": "rabbitmq",
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": exchange or _DEFAULT_EXCHANGE,
-                "messaging.destination.subscription.name": queue,
-                "messaging.rabbitmq.destination.routing_key": key,
-                "jobsys.job.id": job_id,
-                "jobsys.job.type": job_type,
-                "jobsys.job.attempt": attempt,
-                "jobsys.queue": queue,
-            }
-            if message_id:
-                attributes["messaging.message.id"] = message_id
-            if queued_s is not None:
-                attributes["jobsys.queued_ms"] = max(0.0, queued_s * 1000)
-            span.set_attributes(attributes)
         # Current while the handler runs: its own spans and any retry publish become children.
         self._token = otel_context.attach(trace.set_span_in_context(span, parent))
+
+    def _attributes(self, queue: str, queued_s: float | None) -> dict[str, Any]:
+        job_type, job_id, _queue, attempt, message_id, _published, exchange, key = self._info
+        attributes: dict[str, Any] = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": exchange or _DEFAULT_EXCHANGE,
+            "messaging.destination.subscription.name": queue,
+            "messaging.rabbitmq.destination.routing_key": key,
+            "jobsys.job.id": job_id,
+            "jobsys.job.type": job_type,
+            "jobsys.job.attempt": attempt,
+        }
+        if message_id:
+            attributes["messaging.message.id"] = message_id
+        if queued_s is not None:
+            attributes["jobsys.queued_ms"] = max(0.0, queued_s * 1000)
+        return attributes
 
     def __exit__(
         self,
