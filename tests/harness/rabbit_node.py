@@ -90,8 +90,8 @@ class RabbitNode:
 
     def launch(self) -> None:
         """Start the node's process without waiting for it to boot (see ``wait_ready``)."""
-        if self.is_running():
-            return
+        if self._lock_file is not None and self.is_running():
+            return  # started by this object; a node we do not hold the lock for is a leftover
         self._acquire_lock()
         self._kill_pids(self.pids())  # leftovers of a crashed run, or a frozen node
         self._reap()
@@ -337,9 +337,12 @@ class RabbitNode:
                     handle.seek(0)
                     holder = handle.read().strip() or "unknown"
                     handle.close()
-                    raise NodeError(
-                        f"{self.name} is in use by another test session (pid {holder})"
-                    ) from None
+                    where = (
+                        "another RabbitNode in this process (use the own_broker fixture)"
+                        if holder == str(os.getpid())
+                        else f"another test session (pid {holder})"
+                    )
+                    raise NodeError(f"{self.name} is in use by {where}") from None
                 time.sleep(0.5)
         handle.seek(0)
         handle.truncate()
