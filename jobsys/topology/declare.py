@@ -28,7 +28,7 @@ import aiormq.abc
 import aiormq.exceptions
 
 from jobsys.connection import BrokerConnection, translate_error
-from jobsys.errors import TopologyConflictError
+from jobsys.errors import ConnectionFailed, TopologyConflictError
 from jobsys.topology.entities import (
     ArgValue,
     BindingSpec,
@@ -461,7 +461,11 @@ async def _declare(
 
 
 async def _open_channel(conn: BrokerConnection) -> aiormq.abc.AbstractChannel:
-    amqp: aiormq.abc.AbstractConnection = conn.connection.transport.connection  # type: ignore[union-attr]
+    """A plain (not robust) channel on ``conn``'s current AMQP connection."""
+    transport = conn.connection.transport
+    if transport is None:  # the robust connection is between reconnects
+        raise ConnectionFailed(f"lost the connection to {conn.settings.masked_url}")
+    amqp: aiormq.abc.AbstractConnection = transport.connection
     try:
         return await amqp.channel()
     except (Exception, asyncio.CancelledError) as exc:
