@@ -27,6 +27,7 @@ from jobsys.errors import (
 )
 from jobsys.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
+from jobsys.sync_producer import SyncProducer
 
 __all__ = [
     "AccessRefused",
@@ -51,6 +52,7 @@ __all__ = [
     "Reject",
     "Retry",
     "Settings",
+    "SyncProducer",
     "TopologyConflictError",
     "TopologyError",
     "TopologyLoadError",
