@@ -35,7 +35,8 @@ def format_duration(seconds: float) -> str:
     if seconds < 1:
         return f"{round(seconds * 1000)}ms"
     if seconds < 120 or seconds != int(seconds):
-        return f"{seconds:g}s"
+        # Fixed notation: '{:g}' would print 4194303.5 as 4.1943e+06.
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
     total = int(seconds)
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):

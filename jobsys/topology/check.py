@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from jobsys.duration import format_duration
 from jobsys.topology.entities import ArgValue, BindingSpec
 from jobsys.topology.model import (
     DEAD_LETTER_SUFFIX,
@@ -200,8 +201,8 @@ def _check_retry_delays(topology: Topology, name: str, job_type: JobType) -> Ite
     if longest > topology.delays.max_delay:
         yield Problem(
             ("job_types", name, "retry"),
-            f"a retry delay of {longest:g}s is longer than delays.max_delay "
-            f"({topology.delays.max_delay:g}s)",
+            f"a retry delay of {format_duration(longest)} is longer than delays.max_delay "
+            f"({format_duration(topology.delays.max_delay)})",
         )
 
 

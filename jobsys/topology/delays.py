@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from jobsys.duration import format_duration
 from jobsys.errors import ConfigError
 
 #: One delay unit, in seconds. Delays round *up* to whole units: never earlier than asked.
@@ -77,7 +78,8 @@ def delay_route(queue: str, delay_s: float, levels: int) -> DelayRoute:
     limit = 2**levels - 1
     if units > limit:
         raise ConfigError(
-            f"a delay of {delay_s:g}s is longer than the topology allows ({limit * UNIT_S:g}s); "
+            f"a delay of {format_duration(delay_s)} is longer than the topology allows "
+            f"({format_duration(limit * UNIT_S)}); "
             "raise delays.max_delay"
         )
     bits = format(units, f"0{levels}b")

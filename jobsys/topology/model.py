@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from jobsys.duration import parse_duration_s
+from jobsys.duration import format_duration, parse_duration_s
 
 #: Seconds, written in the file as a number or as ``250ms``, ``90s``, ``5m``, ``2h``, ``30d``.
 Duration = Annotated[float, BeforeValidator(parse_duration_s)]
@@ -95,7 +95,10 @@ class ExponentialBackoff(_Frozen):
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> ExponentialBackoff:
         if self.max < self.initial:
-            raise ValueError(f"max ({self.max:g}s) is below initial ({self.initial:g}s)")
+            raise ValueError(
+                f"max ({format_duration(self.max)}) is below initial "
+                f"({format_duration(self.initial)})"
+            )
         return self
 
 
