@@ -138,7 +138,7 @@ def test_the_longest_delay_the_levels_can_hold_is_accepted_and_one_more_second_i
         delay_route("q", 2**LEVELS_30D, LEVELS_30D)
 
     assert str(caught.value) == (
-        "a delay of 4.1943e+06s is longer than the topology allows (4.1943e+06s); "
+        "a delay of 48d13h5m4s is longer than the topology allows (48d13h5m3s); "
         "raise delays.max_delay"
     )
 
