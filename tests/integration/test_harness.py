@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import aio_pika
 import pytest
@@ -216,3 +219,31 @@ async def test_cluster_of_three_elects_a_new_quorum_leader_when_the_leader_is_ki
     assert set(cluster.running_nodes()) == names
     survivor = next(node for node in cluster if node.name != leader)
     survivor.ctl("delete_queue", queue_name)
+
+
+_LEAVE_NODE_BEHIND = """
+import os, signal, sys
+from tests.harness.rabbit_node import RabbitNode
+RabbitNode(6, sys.argv[1]).start()
+os.kill(os.getpid(), signal.SIGKILL)  # no finalizer, no atexit: the node is left running
+"""
+
+
+@pytest.mark.slow
+def test_start_replaces_a_node_left_running_by_a_killed_session(tmp_path: Path):
+    subprocess.run(
+        [sys.executable, "-c", _LEAVE_NODE_BEHIND, str(tmp_path / "dead-session")],
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+        check=False,
+    )
+    node = RabbitNode(6, tmp_path / "new-session")
+    leftover = set(node.pids())
+    assert leftover, "the helper process did not leave a node behind"
+    try:
+        node.start()
+        assert not leftover & set(node.pids())
+        assert "rabbit6@localhost" in node.ctl("status")  # our cookie: it is our node now
+    finally:
+        node.close()
+    assert not node.pids()
