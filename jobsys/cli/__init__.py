@@ -20,11 +20,13 @@ def _register() -> None:
     # the only place that knows them all.
     from jobsys.cli import delays as delays_cli
     from jobsys.cli import dlq as dlq_cli
+    from jobsys.cli import publish as publish_cli
     from jobsys.cli import status as status_cli
     from jobsys.cli import topology as topology_cli
     from jobsys.cli import worker as worker_cli
 
     main.add_command(topology_cli.topology)
+    main.add_command(publish_cli.publish)
     main.add_command(worker_cli.worker)
     main.add_command(dlq_cli.dlq_group)
     main.add_command(delays_cli.delays_group)
