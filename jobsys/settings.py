@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from jobsys.errors import ConfigError
 
@@ -21,19 +21,16 @@ def mask_url(url: str) -> str:
     """Return ``url`` with its password replaced by ``***``; safe for logs and errors."""
     try:
         parts = urlsplit(url)
-        port = parts.port
+        password = parts.password
     except ValueError:
-        # A bad port or bracket: the URL cannot be rebuilt, and it may hold a password.
+        # An unbalanced bracket: the URL cannot be taken apart, and it may hold a password.
         return "<unparseable URL>"
-    if parts.password is None:
+    if password is None:
         return url
-    user = quote(parts.username or "", safe="")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if port is not None:
-        netloc += f":{port}"
+    # Rebuild from the raw netloc: parts.username is still percent-encoded, and quoting it
+    # again would show a different user name.
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
