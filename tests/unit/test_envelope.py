@@ -1,0 +1,292 @@
+"""The job envelope on the wire: a JSON payload body plus AMQP properties and headers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from jobsys.envelope import (
+    CONTENT_TYPE,
+    HEADER_ATTEMPT,
+    HEADER_JOB_ID,
+    HEADER_PUBLISHED_AT_MS,
+    Envelope,
+    check_user_headers,
+    decode_envelope,
+    decode_payload,
+    encode_payload,
+    new_job_id,
+    new_message_id,
+    strip_death_headers,
+)
+from jobsys.errors import DecodeError, PayloadTooLargeError, PayloadValidationError
+
+LIMIT = 1024 * 1024
+
+
+def decode(
+    body: bytes,
+    *,
+    headers: dict[str, Any] | None = None,
+    content_type: str | None = CONTENT_TYPE,
+    message_type: str | None = "send_email",
+    priority: int | None = None,
+) -> Envelope:
+    if headers is None:
+        headers = {HEADER_JOB_ID: "job-1", HEADER_ATTEMPT: 1}
+    return decode_envelope(
+        body,
+        content_type=content_type,
+        message_type=message_type,
+        headers=headers,
+        priority=priority,
+        max_bytes=LIMIT,
+    )
+
+
+# -- round trip --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"to": "a@example.com", "n": 3, "ok": True, "nested": {"list": [1, 2.5, None]}},
+        {"text": "naïve café ✓ 日本"},
+        [],
+        "just a string",
+        0,
+        None,
+    ],
+)
+def test_a_job_survives_encode_and_decode_unchanged(payload: Any) -> None:
+    envelope = Envelope(
+        job_id="job-1",
+        job_type="send_email",
+        payload=payload,
+        attempt=3,
+        headers={"tenant": "acme"},
+        published_at_ms=1_700_000_000_000,
+        priority=5,
+    )
+
+    body = encode_payload(envelope.payload, LIMIT)
+    decoded = decode(
+        body, headers=envelope.amqp_headers(), priority=envelope.priority, message_type="send_email"
+    )
+
+    assert decoded == envelope
+
+
+def test_the_body_is_compact_utf8_json_readable_by_any_client() -> None:
+    assert encode_payload({"to": "café", "n": [1, 2]}, LIMIT) == '{"to":"café","n":[1,2]}'.encode()
+
+
+def test_amqp_headers_carry_the_job_id_attempt_and_publish_time_besides_the_users_own() -> None:
+    envelope = Envelope("job-1", "t", {}, attempt=2, headers={"tenant": "acme"}, published_at_ms=7)
+
+    assert envelope.amqp_headers() == {
+        "tenant": "acme",
+        HEADER_JOB_ID: "job-1",
+        HEADER_ATTEMPT: 2,
+        HEADER_PUBLISHED_AT_MS: 7,
+    }
+    assert HEADER_ATTEMPT == "jobsys-attempt"  # never an x- header: the broker owns those
+
+
+def test_amqp_headers_stamp_the_publish_time_when_none_was_given() -> None:
+    stamped = Envelope("job-1", "t", {}).amqp_headers()[HEADER_PUBLISHED_AT_MS]
+
+    assert isinstance(stamped, int)
+    assert stamped > 1_600_000_000_000
+
+
+def test_job_ids_and_message_ids_are_fresh_every_time() -> None:
+    assert len({new_job_id() for _ in range(100)}) == 100
+    assert len({new_message_id() for _ in range(100)}) == 100
+
+
+# -- encoding refuses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, {"x": [math.nan]}])
+def test_nan_and_infinity_are_refused_when_encoding(bad: Any) -> None:
+    with pytest.raises(PayloadValidationError, match="not JSON-serialisable"):
+        encode_payload(bad, LIMIT)
+
+
+@pytest.mark.parametrize("bad", [{1, 2}, b"bytes", object(), {"when": math}])
+def test_values_json_cannot_hold_are_refused_when_encoding(bad: Any) -> None:
+    with pytest.raises(PayloadValidationError, match="not JSON-serialisable"):
+        encode_payload(bad, LIMIT)
+
+
+def test_a_payload_over_the_limit_is_refused_with_its_size() -> None:
+    with pytest.raises(PayloadTooLargeError) as caught:
+        encode_payload("x" * 100, 50)
+
+    assert str(caught.value) == "payload is 102 bytes encoded; the limit is 50 bytes"
+    assert encode_payload("x" * 48, 50) == b'"' + b"x" * 48 + b'"'
+
+
+def test_a_payload_nested_too_deeply_is_refused_not_a_recursion_error() -> None:
+    payload: Any = []
+    for _ in range(100_000):
+        payload = [payload]
+
+    with pytest.raises(PayloadValidationError):
+        encode_payload(payload, LIMIT)
+
+
+# -- decoding refuses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity", b'{"x": NaN}'])
+def test_nan_and_infinity_are_refused_when_decoding(constant: bytes) -> None:
+    with pytest.raises(DecodeError, match="is not valid JSON"):
+        decode_payload(constant, CONTENT_TYPE, LIMIT)
+
+
+def test_a_body_nested_too_deeply_is_a_decode_error_not_a_recursion_error() -> None:
+    body = b"[" * 200_000 + b"]" * 200_000
+
+    with pytest.raises(DecodeError) as caught:
+        decode_payload(body, CONTENT_TYPE, LIMIT)
+
+    assert str(caught.value) == "body is JSON nested too deeply"
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_parsed() -> None:
+    with pytest.raises(PayloadTooLargeError) as caught:
+        decode_payload(b"[" * 100, CONTENT_TYPE, 10)
+
+    assert str(caught.value) == "body is 100 bytes; the limit is 10 bytes"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"\xff\xfe", "body is not UTF-8 (byte 0)"),
+        (b"{not json", "body is not JSON: "),
+        (b"", "body is not JSON: "),
+    ],
+)
+def test_a_body_that_is_not_utf8_json_is_a_decode_error(body: bytes, message: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_payload(body, CONTENT_TYPE, LIMIT)
+
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize("content_type", [None, "", CONTENT_TYPE])
+def test_a_json_or_missing_content_type_is_accepted(content_type: str | None) -> None:
+    assert decode_payload(b"[1]", content_type, LIMIT) == [1]
+
+
+@pytest.mark.parametrize("content_type", ["application/x-pickle", "text/plain"])
+def test_another_content_type_is_a_decode_error(content_type: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_payload(b"[1]", content_type, LIMIT)
+
+    assert str(caught.value) == f"content type {content_type!r} is not application/json"
+
+
+@pytest.mark.parametrize("message_type", [None, ""])
+def test_a_message_without_a_job_type_is_a_decode_error(message_type: str | None) -> None:
+    with pytest.raises(DecodeError, match="message has no job type"):
+        decode(b"{}", message_type=message_type)
+
+
+@pytest.mark.parametrize("headers", [{}, {HEADER_JOB_ID: ""}, {HEADER_JOB_ID: 42}])
+def test_a_message_without_a_job_id_is_a_decode_error(headers: dict[str, Any]) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(b"{}", headers=headers)
+
+    assert str(caught.value) == "message has no jobsys-job-id header"
+
+
+def test_a_job_id_header_that_arrives_as_bytes_is_read_as_text() -> None:
+    assert decode(b"{}", headers={HEADER_JOB_ID: b"job-7"}).job_id == "job-7"
+
+
+def test_a_missing_attempt_header_means_the_first_attempt() -> None:
+    assert decode(b"{}", headers={HEADER_JOB_ID: "job-1"}).attempt == 1
+
+
+@pytest.mark.parametrize("attempt", [0, -1, "2", 1.5, True, None])
+def test_an_attempt_header_that_is_not_a_positive_integer_is_a_decode_error(
+    attempt: object,
+) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(b"{}", headers={HEADER_JOB_ID: "job-1", HEADER_ATTEMPT: attempt})
+
+    assert str(caught.value) == (
+        f"header jobsys-attempt must be a positive integer, got {attempt!r}"
+    )
+
+
+def test_decoded_user_headers_leave_out_jobsys_and_broker_headers() -> None:
+    envelope = decode(
+        b"{}",
+        headers={
+            HEADER_JOB_ID: "job-1",
+            HEADER_ATTEMPT: 2,
+            HEADER_PUBLISHED_AT_MS: True,  # not a time: ignored, not trusted
+            "x-death": [{"count": 1}],
+            "traceparent": "00-abc-def-01",
+            "tenant": "acme",
+        },
+    )
+
+    assert envelope.headers == {"traceparent": "00-abc-def-01", "tenant": "acme"}
+    assert envelope.published_at_ms is None
+
+
+# -- headers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x-death", "X-Custom", "jobsys-attempt", "JobSys-Job-Id"])
+def test_header_names_reserved_for_the_broker_or_jobsys_are_refused(name: str) -> None:
+    with pytest.raises(PayloadValidationError) as caught:
+        check_user_headers({name: "v"})
+
+    assert str(caught.value) == (
+        f"header {name!r} is reserved (names starting with 'x-' or 'jobsys-')"
+    )
+
+
+def test_empty_or_non_string_header_names_are_refused() -> None:
+    for headers in ({"": 1}, {1: "v"}):
+        with pytest.raises(PayloadValidationError, match="non-empty strings"):
+            check_user_headers(headers)  # type: ignore[arg-type]
+
+
+def test_ordinary_user_headers_pass_through_as_a_copy() -> None:
+    headers = {"tenant": "acme", "xray": 1}
+
+    checked = check_user_headers(headers)
+
+    assert checked == headers and checked is not headers
+    assert check_user_headers(None) == {}
+
+
+def test_strip_death_headers_removes_the_brokers_dead_letter_history_only() -> None:
+    headers = {
+        "x-death": [{"count": 1}],
+        "x-first-death-queue": "q",
+        "x-first-death-reason": "expired",
+        "x-first-death-exchange": "e",
+        "x-last-death-queue": "q",
+        "x-last-death-reason": "expired",
+        "x-last-death-exchange": "e",
+        "x-custom": "kept",
+        HEADER_ATTEMPT: 3,
+        "tenant": "acme",
+    }
+
+    assert strip_death_headers(headers) == {
+        "x-custom": "kept",
+        HEADER_ATTEMPT: 3,
+        "tenant": "acme",
+    }
