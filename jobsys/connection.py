@@ -62,12 +62,13 @@ def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
         return AccessRefused(f"the broker at {where} refused an operation: {_reason(exc)}")
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         return ConnectionFailed(f"TLS handshake with {where} failed: {exc}")
+    # Before OSError: TimeoutError is one of its subclasses.
+    if isinstance(exc, TimeoutError):
+        return ConnectionFailed(f"timed out talking to the broker at {where}; {START_HINT}")
     if isinstance(exc, aiormq.exceptions.AMQPConnectionError | ConnectionError | OSError):
         return ConnectionFailed(
             f"cannot reach the broker at {where} ({_reason(exc)}); {START_HINT}"
         )
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return ConnectionFailed(f"timed out talking to the broker at {where}; {START_HINT}")
     if isinstance(exc, aiormq.exceptions.AMQPError):
         return BrokerError(f"the broker at {where} answered: {_reason(exc)}")
     return BrokerError(f"unexpected error talking to {where}: {type(exc).__name__}: {exc}")
