@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import time
-import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +34,8 @@ DEFAULT_WATERMARK = "0.4"
 # Far below what an idle node uses, so the memory alarm goes off at once.
 ALARM_WATERMARK = "0.000001"
 
-_live_nodes: weakref.WeakSet[RabbitNode] = weakref.WeakSet()
+# Nodes started by this process and not closed yet; killed at exit if a finalizer never ran.
+_live_nodes: set[RabbitNode] = set()
 
 
 class NodeError(RuntimeError):
@@ -168,6 +168,7 @@ class RabbitNode:
             if self.pids():
                 self.kill()
             self._release_lock()
+            _live_nodes.discard(self)
 
     def freeze(self) -> None:
         """``kill -STOP`` the node: it keeps its sockets open but answers nothing."""
