@@ -62,9 +62,9 @@ class Arrivals:
 
     def record(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         headers = message.headers or {}
-        self.seen.append(
-            (str(headers[HEADER_JOB_ID]), int(headers[HEADER_ATTEMPT]), time.monotonic())  # type: ignore[call-overload]
-        )
+        attempt = headers[HEADER_ATTEMPT]
+        assert isinstance(attempt, int)
+        self.seen.append((str(headers[HEADER_JOB_ID]), attempt, time.monotonic()))
         self.changed.set()
 
     async def wait_for(self, count: int, timeout_s: float) -> None:
@@ -120,9 +120,10 @@ async def test_delays_published_longest_first_arrive_shortest_first(
         await consume(connection, arrivals)
         async with Producer(vhost_settings, loaded.topology, connection=connection) as producer:
             sent: dict[str, float] = {}
-            for delay_s in (12, 1, 5, 3):
-                sent[f"after-{delay_s}s"] = time.monotonic()
-                await producer.publish("tick", {}, delay_s=delay_s, job_id=f"after-{delay_s}s")
+            for delay_s in (12.0, 1.0, 5.0, 3.0):
+                job_id = f"after-{delay_s:g}s"
+                sent[job_id] = time.monotonic()
+                await producer.publish("tick", {}, delay_s=delay_s, job_id=job_id)
             await arrivals.wait_for(4, timeout_s=12 + tolerance_s(12) + 2)
 
     # No head-of-line blocking: the 12 s job does not hold back the ones behind it.
@@ -133,8 +134,8 @@ async def test_delays_published_longest_first_arrive_shortest_first(
         "after-12s",
     ]
     for job_id, _, arrived in arrivals.seen:
-        delay_s = float(job_id.removeprefix("after-").removesuffix("s"))
-        assert delay_s <= arrived - sent[job_id] <= delay_s + tolerance_s(delay_s)
+        wanted = float(job_id.removeprefix("after-").removesuffix("s"))
+        assert wanted <= arrived - sent[job_id] <= wanted + tolerance_s(wanted)
 
 
 async def test_the_same_delay_used_six_times_in_a_row_never_loses_the_job(

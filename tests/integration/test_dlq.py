@@ -312,7 +312,7 @@ async def test_a_job_the_broker_dead_lettered_itself_shows_the_brokers_reason(
     async with BrokerConnection(vhost_settings) as connection:
         channel = await connection.channel(confirms=True)
         exchange = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
-        headers = {HEADER_JOB_ID: "j-1", "x-first-death-reason": "maxlen"}
+        headers: dict[str, Any] = {HEADER_JOB_ID: "j-1", "x-first-death-reason": "maxlen"}
         headers["x-first-death-queue"] = QUEUE
         await exchange.publish(aio_pika.Message(b"{}", headers=headers, type="send_email"), DLQ)
     [job] = (await peek(vhost_settings)).jobs

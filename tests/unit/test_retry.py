@@ -15,9 +15,9 @@ def backoff_policy(**kwargs: object) -> RetryPolicy:
     attempts = kwargs.pop("max_attempts", 10)
     dont_retry = kwargs.pop("dont_retry", [])
     return RetryPolicy(
-        max_attempts=attempts,  # type: ignore[arg-type]
-        backoff=ExponentialBackoff(**kwargs),  # type: ignore[arg-type]
-        dont_retry=dont_retry,  # type: ignore[arg-type]
+        max_attempts=attempts,
+        backoff=ExponentialBackoff(**kwargs),
+        dont_retry=dont_retry,
     )
 
 
