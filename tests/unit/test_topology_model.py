@@ -3,9 +3,13 @@ through the loader, with positions."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pydantic import BaseModel
 
 from jobsys.errors import TopologyLoadError, TopologyValidationError
+from jobsys.topology import model
 from jobsys.topology.check import route_job_type
 from jobsys.topology.loader import load_topology_text
 from jobsys.topology.model import Topology, dead_letter_queue_name
@@ -318,3 +322,23 @@ def test_route_job_type_lists_the_queues_a_job_reaches() -> None:
 
     assert route_job_type(topology, topology.job_types["j"]) == ["q", "r"]
     assert route_job_type(topology, topology.job_types["k"]) == ["q"]
+
+
+def test_docs_topology_md_documents_every_key_of_the_model() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "topology.md").read_text("utf-8")
+    models = [
+        value
+        for value in vars(model).values()
+        if isinstance(value, type)
+        and issubclass(value, BaseModel)
+        and value.__module__ == model.__name__
+    ]
+
+    assert len(models) >= 8
+    missing = {
+        f"{cls.__name__}.{name}"
+        for cls in models
+        for name in cls.model_fields
+        if f"`{name}`" not in docs
+    }
+    assert missing == set()
