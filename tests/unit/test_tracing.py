@@ -7,6 +7,8 @@ from ``publish_span`` to ``consume_span`` and back, the way they travel through 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -396,3 +398,13 @@ def test_consume_span_for_reads_a_raw_delivery_before_it_is_decoded(
     assert consumer.attributes["messaging.rabbitmq.destination.routing_key"] == "email.send"
     assert undecodable.attributes is not None
     assert undecodable.attributes["jobsys.job.type"] == "unknown"
+
+
+def test_importing_tracing_and_metrics_never_loads_the_sdk() -> None:
+    code = (
+        "import sys, jobsys.tracing, jobsys.metrics; "
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
