@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aio_pika
@@ -17,6 +18,7 @@ from jobsys.connection import BrokerConnection
 from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, Envelope
 from jobsys.errors import (
     AccessRefused,
+    BrokerBlockedError,
     PayloadTooLargeError,
     PayloadValidationError,
     PublishOutcomeUnknown,
@@ -28,7 +30,10 @@ from jobsys.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
 from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import LoadedTopology, load_topology_text
+from tests.conftest import settings_for_vhost
 from tests.harness.fault_proxy import FaultProxy
+from tests.harness.fixtures import node_settings
+from tests.harness.rabbit_node import RabbitNode
 
 TOPOLOGY: dict[str, Any] = {
     "version": 1,
@@ -332,3 +337,45 @@ async def test_connection_lost_before_the_confirm_is_outcome_unknown_and_it_reco
     confirmed = {r.job_id for r in results if isinstance(r, Receipt)}
     assert confirmed <= queued
     assert receipt.job_id in queued
+
+
+@pytest.fixture
+def own_vhost_settings(running_own_broker: RabbitNode) -> Iterator[Settings]:
+    """A fresh vhost on the test-owned node (never the shared broker), for faults."""
+    name = f"jobsys-test-{uuid.uuid4().hex[:10]}"
+    running_own_broker.ctl("add_vhost", name)
+    running_own_broker.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    try:
+        yield settings_for_vhost(node_settings(running_own_broker), name)
+    finally:
+        if running_own_broker.is_running():
+            running_own_broker.ctl("delete_vhost", name)
+
+
+async def test_a_broker_blocked_by_a_memory_alarm_times_out_with_that_reason_never_hangs(
+    own_vhost_settings: Settings, running_own_broker: RabbitNode
+) -> None:
+    loaded = await declare(own_vhost_settings)
+    settings = own_vhost_settings.with_overrides(publish_timeout_s=3.0)
+    async with Producer(settings, loaded.topology) as producer:
+        before = await producer.publish("audit_event", {"before": True})
+        await asyncio.to_thread(running_own_broker.set_memory_alarm, True)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(BrokerBlockedError, match="memory or disk alarm") as info:
+                await producer.publish("audit_event", {"during": True}, job_id="blocked-1")
+            assert loop.time() - started < 3.0 + 2.0
+            assert info.value.job_id == "blocked-1"
+            # RabbitMQ blocks a connection when it next publishes; from then on the producer
+            # knows and holds jobs back, so the error can say they were not sent.
+            with pytest.raises(BrokerBlockedError, match="was not published"):
+                await producer.publish("audit_event", {"during": True}, job_id="blocked-2")
+        finally:
+            await asyncio.to_thread(running_own_broker.set_memory_alarm, False)
+        # Once the alarm clears the same producer publishes again.
+        receipt = await producer.publish("audit_event", {"after": True}, job_id="after-1")
+    queued = [m.headers[HEADER_JOB_ID] for m in await drain(own_vhost_settings, "audit")]
+    assert "blocked-2" not in queued
+    assert queued[0] == before.job_id
+    assert queued[-1] == receipt.job_id
