@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -188,3 +191,33 @@ def test_status_command_names_missing_queues(vhost_settings: Settings, tmp_path:
     assert result.exit_code == 0, result.output
     assert "work (missing)" in result.output
     assert "jobsys topology apply" in result.output
+
+
+def test_status_watch_refreshes_until_ctrl_c_and_exits_cleanly(
+    vhost_settings: Settings, tmp_path: Path
+) -> None:
+    topology_file = tmp_path / "topology.yaml"
+    topology_file.write_text(TOPOLOGY)
+    command = [
+        sys.executable,
+        "-m",
+        "jobsys",
+        "status",
+        "--topology",
+        str(topology_file),
+        "--watch",
+        "0.2",
+        "--no-management",
+        "--url",
+        vhost_settings.url,
+    ]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        refreshes = 0
+        for line in process.stdout:
+            refreshes += line.startswith("refreshing every 0.2s")
+            if refreshes == 2:
+                break
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    assert refreshes == 2
