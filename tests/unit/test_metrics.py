@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry import metrics as otel_metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -140,7 +141,7 @@ def test_failing_metrics_never_raise_and_are_logged_once(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Instruments are built lazily from the global meter; make that build fail.
-    monkeypatch.setattr(metrics.otel_metrics, "get_meter", _BrokenMeterProvider().get_meter)
+    monkeypatch.setattr(otel_metrics, "get_meter", _BrokenMeterProvider().get_meter)
     monkeypatch.setattr(metrics, "_state", metrics._State())
     with caplog.at_level(logging.WARNING, logger="jobsys.metrics"):
         for _ in range(3):
