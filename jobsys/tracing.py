@@ -45,7 +45,8 @@ PublishKind = Literal["publish", "retry", "dead_letter", "replay"]
 Outcome = Literal["ok", "retry", "dead_lettered", "requeued", "error"]
 
 _INSTRUMENTATION_NAME = "jobsys"
-#: What RabbitMQ's semantic conventions call the default exchange, whose real name is "".
+#: How a span *name* shows the default exchange; its ``messaging.destination.name`` is "", as
+#: RabbitMQ's semantic conventions ask.
 _DEFAULT_EXCHANGE = "amq.default"
 
 
@@ -211,19 +212,20 @@ class PublishSpan:
         return self._span
 
     def _attributes(self) -> dict[str, Any]:
-        job_id, _exchange, routing_key, message_id, attempt, delay_s = self._attrs
+        job_id, exchange, routing_key, message_id, attempt, delay_s = self._attrs
         attributes: dict[str, Any] = {
             "messaging.system": "rabbitmq",
             "messaging.operation.type": "send",
             "messaging.operation.name": "publish",
-            "messaging.destination.name": self._name_exchange,
-            "messaging.rabbitmq.destination.routing_key": routing_key,
+            "messaging.destination.name": exchange,
             "messaging.message.id": message_id,
             "jobsys.job.id": job_id,
             "jobsys.job.type": self._job_type,
             "jobsys.job.attempt": attempt,
             "jobsys.publish.kind": self._kind,
         }
+        if routing_key:
+            attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
         if delay_s is not None:
             attributes["jobsys.delay_s"] = float(delay_s)
         return attributes
@@ -353,13 +355,14 @@ class Attempt:
             "messaging.system": "rabbitmq",
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
-            "messaging.destination.name": exchange or _DEFAULT_EXCHANGE,
+            "messaging.destination.name": exchange,
             "messaging.destination.subscription.name": queue,
-            "messaging.rabbitmq.destination.routing_key": key,
             "jobsys.job.id": job_id,
             "jobsys.job.type": job_type,
             "jobsys.job.attempt": attempt,
         }
+        if key:
+            attributes["messaging.rabbitmq.destination.routing_key"] = key
         if message_id:
             attributes["messaging.message.id"] = message_id
         if queued_s is not None:

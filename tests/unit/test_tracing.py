@@ -416,3 +416,22 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
+
+
+def test_default_exchange_is_an_empty_destination_name_as_the_conventions_ask(
+    exporter: InMemorySpanExporter,
+) -> None:
+    with publish_span(
+        {},
+        job_type="send_email",
+        job_id=JOB_ID,
+        exchange="",
+        routing_key="",
+        message_id="m",
+        attempt=1,
+    ):
+        pass
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "publish amq.default"
+    assert _attrs(span)["messaging.destination.name"] == ""
+    assert "messaging.rabbitmq.destination.routing_key" not in _attrs(span)
