@@ -176,12 +176,14 @@ async def _publish_rates(producer: Producer, n: int, rounds: int = 10) -> tuple[
 
 async def _sample_lateness(
     settings: Settings, producer: Producer, count: int
-) -> list[tuple[float, float]]:
-    """Publish ``count`` jobs with delays of 1-5 s; return (delay, lateness) per job."""
+) -> list[tuple[float, float, float]]:
+    """Publish ``count`` jobs with delays of 1-5 s; per job: its delay, how late it arrived,
+    and how late measured from the delay actually applied (rounded up to whole seconds)."""
     rng = random.Random(7)
     delays = {f"probe-{i}": rng.uniform(1.0, 5.0) for i in range(count)}
     sent: dict[str, float] = {}
     arrived: dict[str, float] = {}
+    applied: dict[str, float] = {}  # the delay rounded up to whole seconds
     all_in = asyncio.Event()
     async with BrokerConnection(settings) as connection:
         channel = await connection.channel(confirms=False, prefetch=count)
@@ -196,9 +198,13 @@ async def _sample_lateness(
         await queue.consume(on_message)
         for job_id, delay_s in delays.items():
             sent[job_id] = time.monotonic()
-            await producer.publish("probe", {}, delay_s=delay_s, job_id=job_id)
+            receipt = await producer.publish("probe", {}, delay_s=delay_s, job_id=job_id)
+            applied[job_id] = receipt.delay_s or 0.0
         await asyncio.wait_for(all_in.wait(), timeout=30)
-    return [(delays[j], arrived[j] - sent[j] - delays[j]) for j in delays]
+    return [
+        (delays[j], arrived[j] - sent[j] - delays[j], arrived[j] - sent[j] - applied[j])
+        for j in delays
+    ]
 
 
 async def run(url: str, n: int, samples: int) -> None:
@@ -250,12 +256,17 @@ async def run(url: str, n: int, samples: int) -> None:
         if count:
             print(f"  {level_name(level)}: {count}")
     print(f"  total: {sum(c or 0 for c in counts)}")
-    late = sorted(lag for _, lag in lateness)
-    within = sum(1 for delay, lag in lateness if 0 <= lag <= 1.0 + 0.1 * delay)
+    late = sorted(lag for _, lag, _ in lateness)
+    overshoot = sorted(over for _, _, over in lateness)
+    within = sum(1 for delay, lag, _ in lateness if 0 <= lag <= 1.0 + 0.1 * delay)
     print(
         f"sample of {len(late)} delays of 1-5 s while they wait: lateness min {late[0]:.3f} s, "
         f"median {statistics.median(late):.3f} s, max {late[-1]:.3f} s; "
         f"{within}/{len(late)} within [0, 1 s + 10 %]"
+    )
+    print(
+        f"  past the delay rounded up to whole seconds: min {overshoot[0] * 1000:.0f} ms, "
+        f"median {statistics.median(overshoot) * 1000:.0f} ms, max {overshoot[-1] * 1000:.0f} ms"
     )
     if rss_before is not None and rss_after is not None:
         print(
