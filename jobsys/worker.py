@@ -21,16 +21,20 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import socket
+import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiormq.abc
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import ChannelClosed, ChannelInvalidStateError, ChannelNotFoundEntity
+from aiormq import spec
+from aiormq.abc import DeliveredMessage
 
 from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.connection import BrokerConnection, translate_error
@@ -159,10 +163,12 @@ class _Acks:
                 run_end = tag
             else:
                 singles.append(tag)
+        # An ack has no reply in AMQP; not waiting for the socket to drain loses nothing: if
+        # the channel closes before the frame is out, the broker requeues the job anyway.
         if run_end is not None:
-            await self.channel.basic_ack(run_end, multiple=True)
+            await self.channel.basic_ack(run_end, multiple=True, wait=False)
         for tag in singles:
-            await self.channel.basic_ack(tag)
+            await self.channel.basic_ack(tag, wait=False)
 
     async def nack(self, tag: int) -> bool:
         """Requeue ``tag``; False when the channel is gone (it was requeued anyway)."""
@@ -176,8 +182,10 @@ class _Acks:
 
 @dataclass
 class _Job:
-    message: AbstractIncomingMessage
+    message: DeliveredMessage
     acks: _Acks
+    tag: int = 0
+    redelivered: bool = False
     job_id: str = "?"
     job_type: str = "?"
     attempt: int = 1
@@ -188,12 +196,12 @@ class _Pool:
     queue: str
     concurrency: int
     prefetch: int
+    consumer_tag: str
     channel: AbstractRobustChannel | None = None
-    consumer: AbstractQueue | None = None
-    consumer_tag: str | None = None
     acks: _Acks | None = None
     running: int = 0
-    waiting: deque[AbstractIncomingMessage] = field(default_factory=deque)
+    waiting: deque[_Job] = field(default_factory=deque)
+    consuming: bool = False
 
 
 class Worker:
@@ -260,14 +268,15 @@ class Worker:
         prefetch = self.options.prefetch or max(defaults.prefetch, concurrency)
         if prefetch < concurrency:
             raise ConfigError(f"prefetch ({prefetch}) is below concurrency ({concurrency})")
-        return _Pool(name, concurrency, prefetch)
+        tag = f"jobsys.{socket.gethostname()}.{os.getpid()}.{name}.{uuid.uuid4().hex[:8]}"
+        return _Pool(name, concurrency, prefetch, tag)
 
     async def _start(self) -> None:
         await self._connection.open()
         if self._loaded is not None:
             self._loaded.check_broker_version(self._connection.server_version)
         watch = self._watch = _FaultWatch(
-            self._connection, [p.queue for p in self.pools], self._fail
+            self._connection, [p.queue for p in self.pools], self._fail, self._resubscribe_all
         )
         await watch.check_entities()
         watch.attach()
@@ -278,15 +287,38 @@ class Worker:
         await self._producer.open()
         for pool in self.pools:
             pool.channel = await self._connection.channel(confirms=False, prefetch=pool.prefetch)
-            queue = pool.consumer = await pool.channel.get_queue(pool.queue, ensure=True)
+            # A passive declare, which the robust channel repeats after every reconnect.
+            await pool.channel.get_queue(pool.queue, ensure=True)
             await watch.watch_channel(pool.channel)
-            pool.consumer_tag = await queue.consume(functools.partial(self._on_message, pool))
+            pool.channel.reopen_callbacks.add(functools.partial(self._on_reopen, pool))
+            pool.consuming = True
+            await self._subscribe(pool)
             log.info(
                 "consuming %s (concurrency %d, prefetch %d)",
                 pool.queue,
                 pool.concurrency,
                 pool.prefetch,
             )
+
+    async def _subscribe(self, pool: _Pool) -> None:
+        # Consuming on the aiormq channel under the robust one skips aio-pika's per-delivery
+        # message object and second task; the robust channel still restores QoS and the
+        # queue check, and ``_on_reopen`` consumes again on each new channel.
+        assert pool.channel is not None
+        underlay = cast(aiormq.Channel, await pool.channel.get_underlay_channel())
+        if pool.consuming and pool.consumer_tag not in underlay.consumers:
+            await underlay.basic_consume(
+                pool.queue,
+                functools.partial(self._on_message, pool),
+                consumer_tag=pool.consumer_tag,
+            )
+
+    async def _on_reopen(self, pool: _Pool, *_: Any) -> None:
+        await self._subscribe(pool)
+
+    async def _resubscribe_all(self) -> None:
+        for pool in self.pools:
+            await self._subscribe(pool)
 
     def _fail(self, error: JobsysError) -> None:
         if self._fatal is None:
@@ -321,10 +353,11 @@ class Worker:
 
     async def _drain(self) -> None:
         for pool in self.pools:
-            if pool.consumer is not None and pool.consumer_tag is not None:
-                # Cancelling also keeps the robust channel from restoring the consumer.
+            pool.consuming = False  # and no reopen consumes again
+            if pool.channel is not None:
                 with contextlib.suppress(Exception):
-                    await pool.consumer.cancel(pool.consumer_tag)
+                    underlay = await pool.channel.get_underlay_channel()
+                    await underlay.basic_cancel(pool.consumer_tag)
             await self._requeue_waiting(pool)
         if not self._running:
             return
@@ -345,8 +378,7 @@ class Worker:
 
     async def _requeue_waiting(self, pool: _Pool) -> None:
         while pool.waiting:
-            message = pool.waiting.popleft()
-            await self._settle(_Job(message, self._acks_for(pool, message)), REQUEUE, pool)
+            await self._settle(pool.waiting.popleft(), REQUEUE, pool)
 
     async def _shutdown(self) -> None:
         self.stats.unfinished = len(self._running)
@@ -370,53 +402,60 @@ class Worker:
 
     # -- one delivery ----------------------------------------------------------------------
 
-    def _acks_for(self, pool: _Pool, message: AbstractIncomingMessage) -> _Acks:
+    def _acks_for(self, pool: _Pool, message: DeliveredMessage) -> _Acks:
         channel = message.channel
         if pool.acks is None or pool.acks.channel is not channel:
             pool.acks = _Acks(channel)  # the channel reopened: delivery tags start again
         return pool.acks
 
-    async def _on_message(self, pool: _Pool, message: AbstractIncomingMessage) -> None:
-        try:
-            acks = self._acks_for(pool, message)
-        except ChannelInvalidStateError:
-            return  # the channel closed already: the broker requeued this delivery
-        acks.track(message.delivery_tag or 0)
+    async def _on_message(self, pool: _Pool, message: DeliveredMessage) -> None:
+        delivery = _deliver(message)
+        job = _Job(
+            message,
+            self._acks_for(pool, message),
+            delivery.delivery_tag or 0,
+            bool(delivery.redelivered),
+        )
+        job.acks.track(job.tag)
         if self._stop.is_set():
-            await self._settle(_Job(message, acks), REQUEUE, pool)
+            await self._settle(job, REQUEUE, pool)
             return
         if pool.running >= pool.concurrency:
-            pool.waiting.append(message)
+            pool.waiting.append(job)
             return
         task = asyncio.current_task()
         assert task is not None
         pool.running += 1
         self._running.add(task)
         try:
-            next_message: AbstractIncomingMessage | None = message
-            while next_message is not None:
-                job = _Job(next_message, self._acks_for(pool, next_message))
-                await self._settle(job, await self._process(job, pool.queue), pool)
-                next_message = None
-                if pool.waiting and not self._stop.is_set():
-                    next_message = pool.waiting.popleft()
-        except ChannelInvalidStateError:
-            pass
+            next_job: _Job | None = job
+            while next_job is not None:
+                await self._settle(next_job, await self._process(next_job, pool.queue), pool)
+                next_job = self._next_waiting(pool)
         finally:
             pool.running -= 1
             self._running.discard(task)
             if not self._running:
                 self._idle.set()
 
+    def _next_waiting(self, pool: _Pool) -> _Job | None:
+        while pool.waiting and not self._stop.is_set():
+            job = pool.waiting.popleft()
+            # A job held on a channel that has closed since is back in its queue already.
+            if not job.acks.channel.is_closed:
+                return job
+        return None
+
     async def _process(self, job: _Job, queue: str) -> Outcome:
         message = job.message
+        props = message.header.properties
         try:
             envelope = decode_envelope(
                 message.body,
-                content_type=message.content_type,
-                message_type=message.type,
-                headers=message.headers,
-                priority=message.priority,
+                content_type=props.content_type,
+                message_type=props.message_type,
+                headers=props.headers,
+                priority=props.priority,
                 max_bytes=self.settings.max_payload_bytes,
             )
             job.job_id, job.job_type, job.attempt = (
@@ -434,7 +473,7 @@ class Worker:
             envelope.attempt,
             envelope.headers,
             queue,
-            bool(message.redelivered),
+            job.redelivered,
         )
         try:
             await self._call(spec, payload, ctx)
@@ -473,7 +512,7 @@ class Worker:
 
     async def _settle(self, job: _Job, outcome: Outcome, pool: _Pool) -> None:
         """The one place a delivery is acked, dead-lettered or requeued."""
-        tag = job.message.delivery_tag or 0
+        tag = job.tag
         if outcome.kind == "ack":
             if await job.acks.ack(tag):
                 self.stats.done += 1
@@ -518,13 +557,14 @@ class Worker:
         """Publish a copy of the job (same body, the broker's death history stripped, the
         reason added) to ``queue``'s dead-letter queue and await the confirm."""
         message = job.message
+        props = message.header.properties
         assert outcome.error is not None and self._producer is not None
         record = record_for(
             outcome.error,
             attempts=job.attempt,
             failed_at_ms=now_ms(),
-            exchange=message.exchange or "",
-            routing_key=message.routing_key or "",
+            exchange=_deliver(message).exchange,
+            routing_key=_deliver(message).routing_key or "",
             queue=queue,
             worker_host=self._host,
             with_traceback=outcome.with_traceback,
@@ -532,11 +572,11 @@ class Worker:
         # A job that could not be decoded has no envelope; this one only carries its identity
         # through the producer, and the original headers (added last) win over its own.
         envelope = Envelope(
-            job_id=job.job_id if job.job_id != "?" else (message.message_id or new_job_id()),
-            job_type=message.type or job.job_type,
+            job_id=job.job_id if job.job_id != "?" else (props.message_id or new_job_id()),
+            job_type=props.message_type or job.job_type,
             payload=None,
             attempt=job.attempt,
-            priority=message.priority,
+            priority=props.priority,
         )
         try:
             await self._producer.publish_envelope(
@@ -544,7 +584,7 @@ class Worker:
                 DEAD_LETTER_EXCHANGE,
                 dead_letter_queue_name(queue),
                 body=message.body,
-                extra_headers=dead_letter_headers(message.headers, record),
+                extra_headers=dead_letter_headers(props.headers, record),
                 queues=(dead_letter_queue_name(queue),),
             )
         except JobsysError as exc:
@@ -558,6 +598,11 @@ class Worker:
         return True
 
 
+def _deliver(message: DeliveredMessage) -> spec.Basic.Deliver:
+    # A consumer only ever receives basic.deliver (never get-ok or return).
+    return cast(spec.Basic.Deliver, message.delivery)
+
+
 class _FaultWatch:
     """Turns faults that aio-pika's robust connection would retry forever (refused access,
     a vanished queue or exchange) into one fatal error instead of a silent loop."""
@@ -569,7 +614,9 @@ class _FaultWatch:
         connection: BrokerConnection,
         queues: list[str],
         on_fatal: Callable[[JobsysError], None],
+        on_cancelled: Callable[[], Awaitable[None]],
     ) -> None:
+        self._on_cancelled = on_cancelled
         self._connection = connection
         self._queues = queues
         self._on_fatal = on_fatal
@@ -617,7 +664,12 @@ class _FaultWatch:
 
     def _on_cancel(self, frame: Any) -> None:
         log.warning("the broker cancelled a consumer; checking the topology")
-        self._spawn(self._check_or_fail(self._connection))
+        self._spawn(self._consume_again())
+
+    async def _consume_again(self) -> None:
+        if await self._check_or_fail(self._connection):
+            with contextlib.suppress(Exception):
+                await self._on_cancelled()
 
     def _on_connection_lost(self, *_: Any) -> None:
         if self._closed:
@@ -632,13 +684,15 @@ class _FaultWatch:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _check_or_fail(self, connection: BrokerConnection) -> None:
+    async def _check_or_fail(self, connection: BrokerConnection) -> bool:
         try:
             await self.check_entities(connection)
         except (TopologyError, AccessRefused) as exc:
             self._on_fatal(exc)
+            return False
         except JobsysError:
-            pass  # transient: the robust connection keeps trying
+            return False  # transient: the robust connection keeps trying
+        return True
 
     def _healthy(self) -> bool:
         conn = self._connection.connection
