@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from types import TracebackType
 from typing import Any, cast
 
@@ -38,6 +41,7 @@ import aiormq.abc
 import aiormq.exceptions
 from aio_pika import RobustChannel
 from pamqp import commands as spec
+from pamqp import encode
 from pydantic import BaseModel, ValidationError
 
 from jobsys.connection import BrokerConnection
@@ -143,6 +147,7 @@ class Producer:
         self._own_connection = connection is None
         self._connection = connection
         self._channel: RobustChannel | None = None
+        self._live: _LiveChannel | None = None
         self._open_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -163,7 +168,7 @@ class Producer:
 
     async def close(self) -> None:
         """Close the channel, and the connection if the producer opened it; safe to call twice."""
-        channel, self._channel = self._channel, None
+        channel, self._channel, self._live = self._channel, None, None
         if channel is not None and not channel.is_closed:
             await channel.close()
         if self._own_connection and self._connection is not None:
@@ -316,9 +321,14 @@ class Producer:
         delay_s: float | None,
     ) -> Receipt:
         timeout_s = self.settings.publish_timeout_s
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        channel = await self._ready_channel(job_id, job_type, deadline)
-        await self._wait_unblocked(channel, job_id, job_type, deadline)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        live = self._live
+        if live is None or live.channel.is_closed:
+            live = await self._reopened(job_id, job_type, deadline)
+        if not live.unblocked.is_set():
+            await self._wait_unblocked(live.unblocked, job_id, job_type, deadline)
+        channel = live.channel
         try:
             await channel.basic_publish(
                 body,
@@ -326,7 +336,7 @@ class Producer:
                 routing_key=routing_key,
                 properties=props,
                 mandatory=True,
-                timeout=max(0.001, deadline - asyncio.get_running_loop().time()),
+                timeout=max(0.001, deadline - loop.time()),
                 # Waiting for the socket to drain costs a loop turn per publish and proves
                 # nothing: the confirm below is what counts, and it is always awaited.
                 wait=False,
@@ -338,7 +348,7 @@ class Producer:
             # heartbeat timeout) though nobody cancelled the caller.
             raise self._unknown(job_id, job_type, "the connection was lost") from None
         except TimeoutError:
-            if _is_blocked(channel):
+            if not live.unblocked.is_set():
                 raise BrokerBlockedError(
                     f"the broker blocked publishing (memory or disk alarm) and job {job_id} "
                     f"({job_type}) was not confirmed within {timeout_s:g}s; it may still be "
@@ -371,39 +381,37 @@ class Producer:
             raise self._unknown(job_id, job_type, _reply(exc)) from None
         return Receipt(job_id, job_type, exchange, routing_key, props.message_id or "", delay_s)
 
-    async def _ready_channel(self, job_id: str, job_type: str, deadline: float) -> aiormq.Channel:
-        """The live aiormq channel; during a reconnect, wait for it until ``deadline``."""
+    async def _reopened(self, job_id: str, job_type: str, deadline: float) -> _LiveChannel:
+        """The live aiormq channel under the robust one; while the connection is being
+        restored, wait for it until ``deadline`` (the job is not sent if it does not come)."""
         robust = self._channel
         if robust is None:
             raise ConnectionFailed("the producer is not open: call open() or use `async with`")
-        if not robust.is_closed:
-            return cast(aiormq.Channel, await robust.get_underlay_channel())
         try:
             async with asyncio.timeout_at(deadline):
-                while True:
-                    # The robust connection reconnects and reopens the channel by itself.
+                # The robust connection reconnects and reopens the channel by itself.
+                while robust.is_closed:
                     await robust.ready()
-                    if not robust.is_closed:
-                        return cast(aiormq.Channel, await robust.get_underlay_channel())
-                    await asyncio.sleep(0.05)  # restored, then closed again: let it settle
+                    if robust.is_closed:
+                        await asyncio.sleep(0.05)  # restored, then closed again: let it settle
+                channel = cast(aiormq.Channel, await robust.get_underlay_channel())
         except TimeoutError:
             raise ConnectionFailed(
                 f"job {job_id} ({job_type}) was not published: the connection to "
                 f"{self.settings.masked_url} did not come back within "
                 f"{self.settings.publish_timeout_s:g}s"
             ) from None
+        self._live = _LiveChannel(channel, _unblocked_event(channel))
+        return self._live
 
     async def _wait_unblocked(
-        self, channel: aiormq.abc.AbstractChannel, job_id: str, job_type: str, deadline: float
+        self, unblocked: asyncio.Event, job_id: str, job_type: str, deadline: float
     ) -> None:
         """Hold a publish back while the broker blocks the connection, so that on timeout
         the job is known not to have been sent."""
-        event = _unblocked_event(channel)
-        if event is None or event.is_set():
-            return
         try:
             async with asyncio.timeout_at(deadline):
-                await event.wait()
+                await unblocked.wait()
         except TimeoutError:
             raise BrokerBlockedError(
                 f"the broker blocked publishing (memory or disk alarm) for longer than "
@@ -536,16 +544,93 @@ def _targets(
 def _properties(
     job_type: str, priority: int | None, headers: dict[str, Any]
 ) -> spec.Basic.Properties:
-    return spec.Basic.Properties(
+    """The properties of one publish attempt (a fresh ``message_id``), pre-encoded."""
+    message_id = new_message_id()
+    now = time.time()
+    props = _PreEncodedProperties(
         content_type=CONTENT_TYPE,
         content_encoding=CONTENT_ENCODING,
         headers=headers,
         delivery_mode=PERSISTENT,
         priority=priority,
-        message_id=new_message_id(),
-        timestamp=datetime.now(UTC),
+        message_id=message_id,
+        timestamp=datetime.fromtimestamp(int(now), UTC),
         message_type=job_type,
     )
+    head, middle, tail = _template(job_type, priority)
+    props.encoded = b"".join(
+        (head, _table(headers), middle, _short(message_id), _U64(int(now)), tail)
+    )
+    return props
+
+
+class _PreEncodedProperties(spec.Basic.Properties):
+    """``Basic.Properties`` whose wire form jobsys built itself.
+
+    pamqp encodes every property of every message from scratch; the parts that never change
+    for a job type and priority are encoded once instead (``_template``). The bytes are the
+    ones pamqp would produce (a unit test holds that).
+    """
+
+    __slots__ = ("encoded",)
+    encoded: bytes
+
+    def marshal(self) -> bytes:
+        return self.encoded
+
+
+_FLAGS = spec.Basic.Properties.flags
+_U64 = struct.Struct(">Q").pack
+_U32 = struct.Struct(">I").pack
+
+
+def _table(headers: Mapping[str, Any]) -> bytes:
+    """``headers`` as an AMQP field table, byte for byte as pamqp encodes it, with a short
+    path for the strings and integers jobsys's own headers are made of."""
+    parts = []
+    for key, value in sorted(headers.items()):
+        name = key.encode("utf-8")
+        if len(name) > 128:
+            return encode.field_table(dict(headers))  # pamqp truncates, and warns
+        parts.append(bytes((len(name),)) + name)
+        if type(value) is str:
+            data = value.encode("utf-8")
+            parts.append(b"S" + _U32(len(data)) + data)
+        elif type(value) is int:
+            parts.append(encode.table_integer(value))
+        else:
+            parts.append(encode.encode_table_value(value))
+    body = b"".join(parts)
+    return _U32(len(body)) + body
+
+
+def _short(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return bytes((len(data),)) + data
+
+
+@lru_cache(maxsize=1024)
+def _template(job_type: str, priority: int | None) -> tuple[bytes, bytes, bytes]:
+    """Encoded properties around the per-message parts: flags, content type and encoding
+    (before the headers); delivery mode and priority (before message id and timestamp);
+    the job type (last)."""
+    flags = 0
+    for name in (
+        "content_type",
+        "content_encoding",
+        "headers",
+        "delivery_mode",
+        "message_id",
+        "timestamp",
+        "message_type",
+    ):
+        flags |= _FLAGS[name]
+    middle = bytes((PERSISTENT,))
+    if priority is not None:
+        flags |= _FLAGS["priority"]
+        middle += bytes((priority,))
+    head = struct.pack(">H", flags) + _short(CONTENT_TYPE) + _short(CONTENT_ENCODING)
+    return head, middle, _short(job_type)
 
 
 # -- talking to aiormq -------------------------------------------------------------------------
@@ -557,17 +642,25 @@ def _cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _unblocked_event(channel: aiormq.abc.AbstractChannel) -> asyncio.Event | None:
+def _unblocked_event(channel: aiormq.abc.AbstractChannel) -> asyncio.Event:
     # aiormq tracks connection.blocked/unblocked in a private event and exposes no accessor;
-    # read it defensively so a future aiormq without it only loses the blocked diagnosis.
+    # read it defensively: a future aiormq without it only loses the blocked diagnosis.
     connection = getattr(channel, "connection", None)
     event = getattr(connection, "_Connection__connection_unblocked", None)
-    return event if isinstance(event, asyncio.Event) else None
+    if isinstance(event, asyncio.Event):
+        return event
+    always = asyncio.Event()
+    always.set()
+    return always
 
 
-def _is_blocked(channel: aiormq.abc.AbstractChannel) -> bool:
-    event = _unblocked_event(channel)
-    return event is not None and not event.is_set()
+@dataclass(frozen=True, slots=True)
+class _LiveChannel:
+    """The aiormq channel a robust channel currently runs on, and its connection's
+    "not blocked" event; replaced when the robust connection reopens the channel."""
+
+    channel: aiormq.Channel
+    unblocked: asyncio.Event
 
 
 def _reply(exc: BaseException) -> str:

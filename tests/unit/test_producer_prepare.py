@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from pamqp import commands as spec
 from pydantic import BaseModel, Field
 
 from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS
@@ -15,7 +16,7 @@ from jobsys.errors import (
     PayloadValidationError,
     UnknownJobTypeError,
 )
-from jobsys.producer import JobRequest, PreparedJob, Producer
+from jobsys.producer import JobRequest, PreparedJob, Producer, _properties
 from jobsys.settings import Settings
 from jobsys.topology import delays
 from jobsys.topology.model import Topology
@@ -175,3 +176,44 @@ def test_a_delayed_job_that_fans_out_is_one_message_per_queue() -> None:
 def test_a_negative_nan_or_too_long_delay_is_refused(delay: object) -> None:
     with pytest.raises(ConfigError):
         prepare(delay_s=delay)
+
+
+@pytest.mark.parametrize("priority", [None, 0, 9, 255])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"jobsys-job-id": "j-1", "jobsys-attempt": 1, "jobsys-published-at-ms": 1763900000000},
+        {
+            "tenant": "acmé",
+            "big": 2**40,
+            "neg": -70000,
+            "flag": True,
+            "ratio": 0.5,
+            "nested": {"a": [1, "b"]},
+            "none": None,
+            "jobsys-attempt": 300,
+        },
+        {"k" * 129: "a key pamqp truncates"},
+    ],
+)
+def test_pre_encoded_properties_are_the_bytes_pamqp_would_send(
+    priority: int | None, headers: dict[str, object]
+) -> None:
+    props = _properties("send_email", priority, headers)  # type: ignore[arg-type]
+    reference = spec.Basic.Properties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        headers=headers,  # type: ignore[arg-type]
+        delivery_mode=2,
+        priority=priority,
+        message_id=props.message_id,
+        timestamp=props.timestamp,
+        message_type="send_email",
+    )
+    assert props.marshal() == reference.marshal()
+    decoded = spec.Basic.Properties()
+    flags = int.from_bytes(props.marshal()[:2], "big")
+    decoded.unmarshal(flags, props.marshal()[2:])
+    assert decoded.message_type == "send_email"
+    assert decoded.delivery_mode == 2
+    assert decoded.priority == priority
