@@ -148,6 +148,9 @@ class _Acks:
             flush.set_result(True)
         except _CHANNEL_GONE:
             flush.set_result(False)
+        except BaseException:
+            flush.set_result(False)  # the jobs batched with this one must not wait forever
+            raise
         return bool(flush.result())
 
     async def _send_ready(self) -> None:
@@ -389,6 +392,15 @@ class Worker:
         await asyncio.gather(*self._running, return_exceptions=True)
         if self._watch is not None:
             await self._watch.close()
+        # Closing a channel waits for the broker's close-ok, which follows every ack sent on
+        # it: a job counted as done has really been acked.
+        for pool in self.pools:
+            if pool.channel is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pool.channel.close(), 5)
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.close()
         await self._connection.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -481,6 +493,10 @@ class Worker:
             # Retries come from the job type's retry policy (the retry issue); until it lands a
             # failed attempt, a Retry signal and a Reject all dead-letter with the error.
             return Outcome.dead_letter(exc)
+        except asyncio.CancelledError as exc:
+            if _cancel_requested():
+                raise  # a hard stop: leave the job unsettled, the broker redelivers it
+            return Outcome.dead_letter(exc)  # the handler's own cancellation is a failure
         return ACK
 
     async def _call(self, spec: HandlerSpec, payload: Any, ctx: JobContext) -> None:
@@ -596,6 +612,11 @@ class Worker:
             )
             return False
         return True
+
+
+def _cancel_requested() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _deliver(message: DeliveredMessage) -> spec.Basic.Deliver:

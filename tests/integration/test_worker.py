@@ -261,3 +261,33 @@ async def test_pools_cover_every_queue_a_handled_job_type_reaches_unless_queues_
     assert (other.concurrency, other.prefetch) == (1, 1)
     only = Worker(worker_apps.app, loaded, vhost_settings, WorkerOptions(queues=["wt.other"]))
     assert [p.queue for p in only.pools] == ["wt.other"]
+
+
+class _RecordingChannel:
+    """Records the acks ``_Acks`` sends (no broker involved: this checks jobsys's own
+    coalescing rule, not what the broker does with it)."""
+
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bool]] = []
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        self.sent.append((tag, multiple))
+
+
+async def test_coalesced_acks_never_cover_a_job_that_has_not_finished() -> None:
+    from jobsys.worker import _Acks
+
+    channel = _RecordingChannel()
+    acks = _Acks(channel)  # type: ignore[arg-type]
+    for tag in range(1, 7):
+        acks.track(tag)
+    # 1, 2 and 4, 5 finish in the same loop turn; 3 and 6 are still running.
+    results = await asyncio.gather(acks.ack(1), acks.ack(2), acks.ack(4), acks.ack(5))
+    assert results == [True, True, True, True]
+    assert channel.sent == [(2, True), (4, False), (5, False)]
+    channel.sent.clear()
+    assert await acks.ack(3)
+    assert await acks.ack(6)
+    assert channel.sent == [(3, True), (6, True)]
