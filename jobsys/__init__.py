@@ -1,4 +1,12 @@
-"""jobsys: a job system on RabbitMQ."""
+"""jobsys: a job system on RabbitMQ.
+
+Importing jobsys never connects and never loads the broker client: the names that need
+aio-pika (``Producer``, ``SyncProducer``, ``JobRequest``, ``Receipt``) load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from jobsys.app import App, JobContext
 from jobsys.errors import (
@@ -25,9 +33,27 @@ from jobsys.errors import (
     UnknownJobTypeError,
     UnroutableError,
 )
-from jobsys.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
-from jobsys.sync_producer import SyncProducer
+
+if TYPE_CHECKING:
+    from jobsys.producer import JobRequest, Producer, Receipt
+    from jobsys.sync_producer import SyncProducer
+
+_LAZY = {
+    "JobRequest": "jobsys.producer",
+    "Producer": "jobsys.producer",
+    "Receipt": "jobsys.producer",
+    "SyncProducer": "jobsys.sync_producer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jobsys' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 __all__ = [
     "AccessRefused",
