@@ -70,8 +70,16 @@ def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
             f"cannot reach the broker at {where} ({_reason(exc)}); {START_HINT}"
         )
     if isinstance(exc, aiormq.exceptions.AMQPError):
-        return BrokerError(f"the broker at {where} answered: {_reason(exc)}")
-    return BrokerError(f"unexpected error talking to {where}: {type(exc).__name__}: {exc}")
+        return BrokerError(f"the broker at {where} answered: {_scrub(_reason(exc), settings)}")
+    return BrokerError(
+        f"unexpected error talking to {where}: {type(exc).__name__}: {_scrub(str(exc), settings)}"
+    )
+
+
+def _scrub(text: str, settings: Settings) -> str:
+    """``text`` with the URL's password masked, in case an exception quoted the URL."""
+    password = urlsplit(settings.url).password
+    return text.replace(password, "***") if password else text
 
 
 def _reason(exc: BaseException) -> str:

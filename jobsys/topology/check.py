@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from jobsys.duration import format_duration
+from jobsys.topology import delays
 from jobsys.topology.entities import ArgValue, BindingSpec
 from jobsys.topology.model import (
     DEAD_LETTER_SUFFIX,
@@ -24,6 +25,7 @@ Path = tuple[str | int, ...]
 #: The broker's default consumer_timeout; a job's own deadline must end before it does, or the
 #: broker closes the whole channel and requeues everything on it.
 BROKER_CONSUMER_TIMEOUT_S = 30 * 60.0
+MAX_ROUTING_KEY_BYTES = 255
 _DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -104,6 +106,18 @@ def _check_names(topology: Topology) -> Iterator[Problem]:
                 ("queues", name),
                 f"queue {name!r} clashes with the dead-letter queue of queue "
                 f"{name[: -len(DEAD_LETTER_SUFFIX)]!r}",
+            )
+    levels = delays.level_count(topology.delays.max_delay)
+    for name in topology.queues:
+        # A delayed job's routing key is one word per delay bit, then the queue's name; the
+        # broker refuses routing keys over 255 bytes.
+        key_bytes = len(delays.delivery_binding_key(name, levels).encode("utf-8"))
+        if key_bytes > MAX_ROUTING_KEY_BYTES:
+            yield Problem(
+                ("queues", name),
+                f"queue name is too long for delayed jobs: their routing key would be "
+                f"{key_bytes} bytes (RabbitMQ allows {MAX_ROUTING_KEY_BYTES}); shorten the "
+                "name or lower delays.max_delay",
             )
 
 

@@ -460,3 +460,18 @@ def test_a_classic_queue_with_max_priority_suits_every_broker_version() -> None:
     )
 
     loaded.check_broker_version((3, 10, 8))
+
+
+def test_a_queue_name_too_long_for_delayed_routing_keys_is_reported() -> None:
+    name = "q" * 200
+    text = (
+        "version: 1\n"
+        "delays: {max_delay: 100000000d}\n"
+        f"queues:\n  {name}: {{type: classic}}\n"
+    )
+    with pytest.raises(TopologyLoadError) as caught:
+        load_topology_text(text, "long.yaml")
+    (problem,) = caught.value.problems
+    assert problem.startswith("long.yaml:4:")
+    assert f" queues.{name}: queue name is too long for delayed jobs" in problem
+    assert "RabbitMQ allows 255" in problem
