@@ -123,63 +123,74 @@ REQUEUE = Outcome("requeue")
 class _Acks:
     """Acks for one channel, coalesced: jobs that finish in the same loop turn are acked with
     one ``basic.ack(multiple=True)`` covering a contiguous run of delivery tags. A tag is only
-    covered when every lower tag still unsettled on the channel is also ready, so no job is
-    ever acked before it finished."""
+    covered when every lower tag still unsettled on the channel is ready too, so no job is
+    ever acked before it finished, and none that is being requeued."""
 
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+    def __init__(
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        on_sent: Callable[[list[_Job], list[_Job]], None],
+    ) -> None:
         self.channel = channel
-        self._pending: dict[int, bool] = {}  # delivery tag -> ready to ack; tag order
-        self._flush: asyncio.Future[bool] | None = None
+        self._on_sent = on_sent  # (acked jobs, jobs whose ack found the channel gone)
+        self._pending: dict[int, _Job | None] = {}  # delivery tag -> job once ready; tag order
+        self._scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
 
     def track(self, tag: int) -> None:
         """Note a delivery as unsettled."""
-        self._pending[tag] = False
+        self._pending[tag] = None
 
-    async def ack(self, tag: int) -> bool:
-        """Ack ``tag`` (possibly with others); False when the channel is gone."""
-        self._pending[tag] = True
-        if self._flush is not None:
-            return await asyncio.shield(self._flush)
-        flush = self._flush = asyncio.get_running_loop().create_future()
-        await asyncio.sleep(0)  # let the jobs finishing in this turn join the batch
-        self._flush = None
-        try:
-            await self._send_ready()
-            flush.set_result(True)
-        except _CHANNEL_GONE:
-            flush.set_result(False)
-        except BaseException:
-            flush.set_result(False)  # the jobs batched with this one must not wait forever
-            raise
-        return bool(flush.result())
+    def ack(self, job: _Job) -> None:
+        """Ack ``job`` soon, with the others finishing in this loop turn; ``on_sent`` reports
+        the outcome. Returns at once, so the job's task is free for the next job."""
+        self._pending[job.tag] = job
+        if not self._scheduled:
+            self._scheduled = True
+            task = asyncio.get_running_loop().create_task(self._send_ready())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def flushed(self) -> None:
+        """Wait until every ack asked for so far has been handed to the connection."""
+        while self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
 
     async def _send_ready(self) -> None:
-        run_end: int | None = None
-        singles: list[int] = []
+        self._scheduled = False  # acks from now on go out with the next flush
+        run: list[_Job] = []  # ready jobs below the first unsettled tag: one multiple ack
+        singles: list[_Job] = []  # ready jobs above it: acked one by one
         in_run = True
-        for tag, ready in list(self._pending.items()):
-            if not ready:
+        for tag, job in list(self._pending.items()):
+            if job is None:
                 in_run = False
                 continue
             del self._pending[tag]
-            if in_run:
-                run_end = tag
-            else:
-                singles.append(tag)
-        # An ack has no reply in AMQP; not waiting for the socket to drain loses nothing: if
+            (run if in_run else singles).append(job)
+        sent: list[_Job] = []
+        lost: list[_Job] = []
+        # An ack has no reply in AMQP, so not waiting for the socket to drain loses nothing: if
         # the channel closes before the frame is out, the broker requeues the job anyway.
-        if run_end is not None:
-            await self.channel.basic_ack(run_end, multiple=True, wait=False)
-        for tag in singles:
-            await self.channel.basic_ack(tag, wait=False)
+        batches = [(run[-1].tag, True, run)] if run else []
+        batches += [(job.tag, False, [job]) for job in singles]
+        for tag, multiple, jobs in batches:
+            try:
+                await self.channel.basic_ack(tag, multiple=multiple, wait=False)
+            except _CHANNEL_GONE:
+                lost += jobs
+            else:
+                sent += jobs
+        self._on_sent(sent, lost)
 
     async def nack(self, tag: int) -> bool:
         """Requeue ``tag``; False when the channel is gone (it was requeued anyway)."""
-        self._pending.pop(tag, None)
         try:
             await self.channel.basic_nack(tag, requeue=True)
         except _CHANNEL_GONE:
             return False
+        finally:
+            # Only now: until the nack is out, no multiple ack may cover this tag.
+            self._pending.pop(tag, None)
         return True
 
 
@@ -192,6 +203,7 @@ class _Job:
     job_id: str = "?"
     job_type: str = "?"
     attempt: int = 1
+    dead_lettered: bool = False
 
 
 @dataclass
@@ -395,6 +407,8 @@ class Worker:
         # Closing a channel waits for the broker's close-ok, which follows every ack sent on
         # it: a job counted as done has really been acked.
         for pool in self.pools:
+            if pool.acks is not None:
+                await pool.acks.flushed()
             if pool.channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pool.channel.close(), 5)
@@ -417,7 +431,8 @@ class Worker:
     def _acks_for(self, pool: _Pool, message: DeliveredMessage) -> _Acks:
         channel = message.channel
         if pool.acks is None or pool.acks.channel is not channel:
-            pool.acks = _Acks(channel)  # the channel reopened: delivery tags start again
+            # The channel reopened (or this is the first delivery): delivery tags start again.
+            pool.acks = _Acks(channel, self._on_acks_sent)
         return pool.acks
 
     async def _on_message(self, pool: _Pool, message: DeliveredMessage) -> None:
@@ -479,16 +494,20 @@ class Worker:
             payload = spec.parse_payload(envelope.payload)
         except MessageError as exc:
             return Outcome.dead_letter(exc, with_traceback=False)
-        ctx = JobContext(
-            envelope.job_id,
-            envelope.job_type,
-            envelope.attempt,
-            envelope.headers,
-            queue,
-            job.redelivered,
-        )
+        if spec.wants_context:
+            ctx = JobContext(
+                envelope.job_id,
+                envelope.job_type,
+                envelope.attempt,
+                envelope.headers,
+                queue,
+                job.redelivered,
+            )
+            args: tuple[Any, ...] = (payload, ctx)
+        else:
+            args = (payload,)
         try:
-            await self._call(spec, payload, ctx)
+            await self._call(spec, args, job)
         except (Exception, HandlerSignal) as exc:
             # Retries come from the job type's retry policy (the retry issue); until it lands a
             # failed attempt, a Retry signal and a Reject all dead-letter with the error.
@@ -499,9 +518,8 @@ class Worker:
             return Outcome.dead_letter(exc)  # the handler's own cancellation is a failure
         return ACK
 
-    async def _call(self, spec: HandlerSpec, payload: Any, ctx: JobContext) -> None:
-        timeout_s = self._timeouts.get(ctx.job_type, _DEFAULT_TIMEOUT_S)
-        args = (payload, ctx) if spec.wants_context else (payload,)
+    async def _call(self, spec: HandlerSpec, args: tuple[Any, ...], job: _Job) -> None:
+        timeout_s = self._timeouts.get(job.job_type, _DEFAULT_TIMEOUT_S)
         try:
             async with asyncio.timeout(timeout_s) as deadline:
                 if spec.is_async:
@@ -516,8 +534,8 @@ class Worker:
                 log.warning(
                     "job %s (%s): sync handler overran its deadline; its thread runs on in the "
                     "background and its result is ignored",
-                    ctx.job_id,
-                    ctx.job_type,
+                    job.job_id,
+                    job.job_type,
                 )
             raise TimeoutError(
                 f"job exceeded its deadline of {format_duration(timeout_s)} "
@@ -528,18 +546,14 @@ class Worker:
 
     async def _settle(self, job: _Job, outcome: Outcome, pool: _Pool) -> None:
         """The one place a delivery is acked, dead-lettered or requeued."""
-        tag = job.tag
         if outcome.kind == "ack":
-            if await job.acks.ack(tag):
-                self.stats.done += 1
-                self._count_settled()
-            else:
-                self._lost(job)
+            job.acks.ack(job)  # counted as done in _on_acks_sent, once the ack is out
         elif outcome.kind in ("dead_letter", "retry"):
             assert outcome.error is not None
             if not await self._publish_dead_letter(job, outcome, pool.queue):
-                await job.acks.nack(tag)  # keep the job: better twice than never
+                await job.acks.nack(job.tag)  # keep the job: better twice than never
                 return
+            job.dead_lettered = True
             self.stats.dead_lettered += 1
             log.warning(
                 "job %s (%s) dead-lettered to %s: %s",
@@ -548,20 +562,22 @@ class Worker:
                 dead_letter_queue_name(pool.queue),
                 type(outcome.error).__name__,
             )
-            if not await job.acks.ack(tag):
-                self._lost(job)
+            job.acks.ack(job)
             self._count_settled()
         else:
             self.stats.requeued += 1
-            await job.acks.nack(tag)
+            await job.acks.nack(job.tag)
 
-    def _lost(self, job: _Job) -> None:
-        self.stats.lost_acks += 1
-        log.warning(
-            "job %s (%s): ack failed because the channel was lost; the broker requeued the job",
-            job.job_id,
-            job.job_type,
-        )
+    def _on_acks_sent(self, sent: list[_Job], lost: list[_Job]) -> None:
+        self.stats.done += sum(1 for job in sent if not job.dead_lettered)
+        for job in lost:
+            self.stats.lost_acks += 1
+            log.warning(
+                "job %s (%s): ack failed because the channel was lost; the broker requeued the job",
+                job.job_id,
+                job.job_type,
+            )
+        self._count_settled()
 
     def _count_settled(self) -> None:
         limit = self.options.max_jobs

@@ -277,17 +277,26 @@ class _RecordingChannel:
 
 
 async def test_coalesced_acks_never_cover_a_job_that_has_not_finished() -> None:
-    from jobsys.worker import _Acks
+    from jobsys.worker import _Acks, _Job
 
     channel = _RecordingChannel()
-    acks = _Acks(channel)  # type: ignore[arg-type]
-    for tag in range(1, 7):
+    reported: list[tuple[list[int], list[int]]] = []
+    acks = _Acks(
+        channel,  # type: ignore[arg-type]
+        lambda sent, lost: reported.append(([j.tag for j in sent], [j.tag for j in lost])),
+    )
+    jobs = {tag: _Job(None, acks, tag) for tag in range(1, 7)}  # type: ignore[arg-type]
+    for tag in jobs:
         acks.track(tag)
     # 1, 2 and 4, 5 finish in the same loop turn; 3 and 6 are still running.
-    results = await asyncio.gather(acks.ack(1), acks.ack(2), acks.ack(4), acks.ack(5))
-    assert results == [True, True, True, True]
+    for tag in (1, 2, 4, 5):
+        acks.ack(jobs[tag])
+    await acks.flushed()
     assert channel.sent == [(2, True), (4, False), (5, False)]
+    assert reported == [([1, 2, 4, 5], [])]
     channel.sent.clear()
-    assert await acks.ack(3)
-    assert await acks.ack(6)
+    acks.ack(jobs[3])
+    await acks.flushed()
+    acks.ack(jobs[6])
+    await acks.flushed()
     assert channel.sent == [(3, True), (6, True)]
