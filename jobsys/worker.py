@@ -355,7 +355,13 @@ class Worker:
     async def run(self) -> WorkerStats:
         """Serve until stopped; returns the stats (``graceful`` says how it ended)."""
         try:
-            await self._start()
+            try:
+                await self._start()
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _cancel_requested():
+                    raise
+                # e.g. basic.consume refused for lack of read permission: one clear error.
+                raise translate_error(exc, self.settings) from None
             self.ready.set()
             await self._stop.wait()
             if self._fatal is None:

@@ -132,6 +132,30 @@ async def test_user_deleted_while_consuming_stops_the_worker_with_exit_4(
     assert "refused the login" in worker.stderr
 
 
+async def test_user_without_read_permission_exits_4_with_a_clear_message(
+    vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    await worker_apps.apply(vhost_settings, worker_apps.loaded_topology(tmp_path))
+    user = f"jobsys-test-{uuid.uuid4().hex[:8]}"
+    _management("PUT", f"/api/users/{user}", {"password": "pw", "tags": ""})
+    try:
+        _management(
+            "PUT",
+            f"/api/permissions/{quote(vhost_settings.vhost, safe='')}/{user}",
+            {"configure": ".*", "write": ".*", "read": "^$"},
+        )
+        as_user = vhost_settings.with_overrides(
+            url=vhost_settings.url.replace("guest:guest@", f"{user}:pw@")
+        )
+        worker = WorkerProcess(tmp_path, as_user)
+        workers.append(worker)
+        assert await worker.wait_exit(20) == 4, worker.stderr
+    finally:
+        _management("DELETE", f"/api/users/{user}")
+    assert "refused" in worker.stderr and "ACCESS_REFUSED" in worker.stderr
+    assert "Traceback" not in worker.stderr
+
+
 async def test_worker_reconnects_through_connection_resets_and_finishes_every_job(
     vhost_settings: Settings, fault_proxy: FaultProxy
 ) -> None:
