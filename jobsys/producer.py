@@ -227,17 +227,13 @@ class Producer:
             # A fixed set of lanes pulling from one cursor keeps ``window`` confirms in flight
             # without creating a task per job.
             for index in cursor:
-                results[index] = await self._publish_or_error(pending[index])
+                try:
+                    results[index] = await self._publish_prepared(self.prepare(pending[index]))
+                except JobsysError as exc:
+                    results[index] = exc
 
         await asyncio.gather(*(lane() for _ in range(min(window, len(pending)))))
         return [r for r in results if r is not None]
-
-    async def _publish_or_error(self, request: JobRequest) -> PublishResult:
-        try:
-            job = self.prepare(request)
-            return await self._publish_prepared(job)
-        except JobsysError as exc:
-            return exc
 
     async def publish_envelope(
         self,
