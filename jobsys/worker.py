@@ -249,7 +249,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self._fatal: JobsysError | None = None
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: set[asyncio.Task[None]] = set()  # job runners
+        self._in_progress = 0  # jobs between start and settlement
         self._idle = asyncio.Event()
         self._connection = BrokerConnection(settings)
         self._producer: Producer | None = None
@@ -402,8 +403,8 @@ class Worker:
             await self._settle(pool.waiting.popleft(), REQUEUE, pool)
 
     async def _shutdown(self) -> None:
-        self.stats.unfinished = len(self._running)
-        if self._running:
+        self.stats.unfinished = self._in_progress
+        if self._in_progress:
             self.graceful = False
         for task in list(self._running):
             task.cancel()  # not settled: closing the channel returns the job to its queue
@@ -453,23 +454,32 @@ class Worker:
         if self._stop.is_set():
             await self._settle(job, REQUEUE, pool)
             return
-        if pool.running >= pool.concurrency:
-            pool.waiting.append(job)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        pool.running += 1
-        self._running.add(task)
-        try:
-            next_job: _Job | None = job
-            while next_job is not None:
-                await self._settle(next_job, await self._process(next_job, pool.queue), pool)
-                next_job = self._next_waiting(pool)
-        finally:
-            pool.running -= 1
-            self._running.discard(task)
-            if not self._running:
-                self._idle.set()
+        pool.waiting.append(job)
+        if pool.running < pool.concurrency:
+            # Handlers run in tasks of jobsys's own, not in aiormq's delivery task: aiormq
+            # cancels those when the channel closes, and a handler should rather finish across
+            # a reconnect (its ack then fails and is logged; the broker redelivers the job).
+            pool.running += 1
+            runner = asyncio.get_running_loop().create_task(self._run_jobs(pool))
+            self._running.add(runner)
+            runner.add_done_callback(functools.partial(self._runner_done, pool))
+
+    async def _run_jobs(self, pool: _Pool) -> None:
+        # One runner takes waiting jobs one after the other; at most ``concurrency`` runners.
+        while (job := self._next_waiting(pool)) is not None:
+            self._in_progress += 1
+            try:
+                await self._settle(job, await self._process(job, pool.queue), pool)
+            finally:
+                self._in_progress -= 1
+
+    def _runner_done(self, pool: _Pool, runner: asyncio.Task[None]) -> None:
+        pool.running -= 1
+        self._running.discard(runner)
+        if not self._running:
+            self._idle.set()
+        if not runner.cancelled() and runner.exception() is not None:
+            log.error("a job runner of %s failed", pool.queue, exc_info=runner.exception())
 
     def _next_waiting(self, pool: _Pool) -> _Job | None:
         while pool.waiting and not self._stop.is_set():

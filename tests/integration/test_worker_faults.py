@@ -190,6 +190,40 @@ async def test_worker_reconnects_through_connection_resets_and_finishes_every_jo
     assert await queue_depth(vhost_settings, WORK) == 0
 
 
+async def test_ack_after_the_channel_reopened_is_logged_and_the_job_is_redelivered(
+    vhost_settings: Settings, fault_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded = worker_apps.loaded_topology()
+    await worker_apps.apply(vhost_settings, loaded)
+    PROBE.reset()
+    PROBE.release = asyncio.Event()
+    via_proxy = vhost_settings.with_overrides(
+        url=fault_proxy.url(vhost=quote(vhost_settings.vhost, safe="")), heartbeat_s=2
+    )
+    worker = Worker(worker_apps.app, loaded, via_proxy, WorkerOptions(concurrency=1, prefetch=1))
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 15)
+        [job_id] = await publish(vhost_settings, loaded, "hold", [{}])
+        await wait_until(lambda: PROBE.running == 1, what="the job running")
+        connections = fault_proxy.connection_count
+        fault_proxy.reset_connections()
+        # The broker requeues the job and delivers it again on the new channel, where it
+        # waits behind the first run (concurrency 1); then the first run finishes.
+        await wait_until(
+            lambda: fault_proxy.connection_count > connections, what="a new connection"
+        )
+        PROBE.release.set()
+        await wait_until(lambda: worker.stats.lost_acks == 1, what="the lost ack")
+        await wait_until(lambda: PROBE.done == [job_id, job_id], what="the redelivered run")
+        await wait_until(lambda: worker.stats.done == 1, what="the second run acked")
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+    assert "the broker requeued the job" in caplog.text
+    assert await queue_depth(vhost_settings, WORK) == 0
+
+
 @pytest.mark.slow
 async def test_worker_resumes_after_a_restart_of_its_broker_node(
     running_own_broker: RabbitNode, tmp_path: Path, workers: list[WorkerProcess]
