@@ -199,7 +199,7 @@ def test_a_negative_nan_or_too_long_delay_is_refused(delay: object) -> None:
 def test_pre_encoded_properties_are_the_bytes_pamqp_would_send(
     priority: int | None, headers: dict[str, object]
 ) -> None:
-    props = _properties("send_email", priority, headers)  # type: ignore[arg-type]
+    props = _properties("send_email", priority, headers)
     reference = spec.Basic.Properties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
