@@ -215,7 +215,8 @@ class Producer:
         not stop the others). A job is a ``Receipt`` only if the broker confirmed it.
 
         Jobs are sent in request order as far as the window allows; jobs in flight together
-        have no order among them.
+        have no order among them. ``requests`` is read into a list first, so pass very large
+        streams in chunks (as ``jobsys publish --file`` does).
         """
         if window < 1:
             raise ValueError("window must be at least 1")

@@ -19,6 +19,7 @@ from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, Envelope
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
+    ConnectionFailed,
     PayloadTooLargeError,
     PayloadValidationError,
     PublishOutcomeUnknown,
@@ -379,3 +380,32 @@ async def test_a_broker_blocked_by_a_memory_alarm_times_out_with_that_reason_nev
     assert "blocked-2" not in queued
     assert queued[0] == before.job_id
     assert queued[-1] == receipt.job_id
+
+
+async def test_the_first_connect_retries_a_broker_that_is_not_up_yet_until_it_is(
+    vhost_settings: Settings, fault_proxy: FaultProxy
+) -> None:
+    loaded = await declare(vhost_settings)
+    settings = vhost_settings.with_overrides(
+        url=fault_proxy.url(vhost=vhost_settings.vhost), connect_deadline_s=30.0
+    )
+    fault_proxy.set_mode("reset")  # the broker "refuses" connections for now
+    opening = asyncio.create_task(Producer(settings, loaded.topology).open())
+    await asyncio.to_thread(fault_proxy.wait_for_connections, 1)
+    assert not opening.done()
+    fault_proxy.set_mode("pass")
+    producer = await asyncio.wait_for(opening, timeout=20)
+    try:
+        await producer.publish("audit_event", {})
+    finally:
+        await producer.close()
+
+
+async def test_an_unreachable_broker_fails_clearly_once_the_connect_deadline_passes() -> None:
+    settings = Settings(
+        url="amqp://guest:secret@127.0.0.1:1/", connect_deadline_s=1.0, connect_timeout_s=1.0
+    )
+    topology = load_topology_text(yaml.safe_dump(TOPOLOGY)).topology
+    with pytest.raises(ConnectionFailed, match="cannot reach the broker") as info:
+        await Producer(settings, topology).open()
+    assert "secret" not in str(info.value)
