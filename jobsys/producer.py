@@ -202,6 +202,11 @@ class Producer:
 
         Pass ``job_id`` to make a resubmission after ``PublishOutcomeUnknown`` safe: consumers
         see the same id twice at worst. Raises the errors listed in the module docstring.
+
+        A delayed job whose type fans out to N queues is published N times, once per queue
+        through the delay levels, and the receipt comes only when all N were confirmed; if
+        one fails, the error is raised and the queues before it may already hold the job
+        (resubmitting with the same job id is safe).
         """
         request = JobRequest(job_type, payload, priority, delay_s, job_id, headers)
         job = self.prepare(request)
