@@ -1,18 +1,27 @@
 """Per-queue consumer pools with manual acks, prefetch limits, deadlines and graceful shutdown.
 
-Each queue gets a pool: its own channel with ``basic.qos(prefetch)``, and at most
-``concurrency`` handlers running at once (aio-pika starts one task per delivery, so without a
-bound concurrency would equal prefetch). Deliveries beyond that wait in the pool, already
-prefetched; on shutdown they are requeued without having started.
+Each queue gets a pool: its own channel with ``basic.qos(prefetch)`` and at most
+``concurrency`` handlers running at once, in runner tasks of the worker's own (aiormq starts a
+task per delivery, so without a bound concurrency would equal prefetch). Deliveries beyond
+that wait in the pool, already prefetched; on shutdown they are requeued without having run.
 
 Every delivery ends in ``_settle()``, the one place that acks, dead-letters or requeues.
 A dead-lettered job is published to its queue's dead-letter queue, confirmed, and only then is
-the original acked; if that publish fails the original is requeued, so nothing is lost.
+the original acked; if that publish fails the original is requeued, so nothing is lost. Acks
+of jobs finishing in the same event-loop turn are coalesced (``_Acks``).
 
 Deadlines: each attempt runs under its job type's ``timeout`` (shorter than the broker's
 ``consumer_timeout``, which the topology check enforces). A sync handler runs in a thread and
 cannot be stopped: when it overruns, the attempt is settled as failed at the deadline and the
 thread finishes in the background, its result ignored.
+
+Faults: the robust connection restores channels and QoS after a transient loss and the pools
+consume again; what it would retry forever (refused access, a queue that no longer exists) is
+turned into one fatal error by ``_FaultWatch``.
+
+For a supervisor: ``Worker.run()`` in a child process, ``request_stop()`` (or SIGTERM through
+``jobsys.cli.worker.serve``) drains it, ``WorkerOptions.max_jobs`` recycles it after so many
+jobs, and ``stats.settled`` counts the jobs it finished.
 """
 
 from __future__ import annotations

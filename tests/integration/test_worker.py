@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -300,3 +301,47 @@ async def test_coalesced_acks_never_cover_a_job_that_has_not_finished() -> None:
     acks.ack(jobs[6])
     await acks.flushed()
     assert channel.sent == [(3, True), (6, True)]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_colon", "expected MODULE:OBJECT"),
+        ("tests.integration.no_such_module:app", "cannot import"),
+        ("tests.integration.worker_apps:PROBE", "is not a jobsys App"),
+    ],
+)
+def test_worker_command_refuses_a_bad_app_target_with_exit_2(
+    tmp_path: Path, target: str, message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from jobsys.cli import main
+
+    worker_apps.loaded_topology(tmp_path)
+    result = CliRunner().invoke(
+        main, ["worker", target, "--topology", str(tmp_path / "topology.yaml")]
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_worker_command_refuses_a_queue_that_is_not_in_the_topology(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from jobsys.cli import main
+
+    worker_apps.loaded_topology(tmp_path)
+    result = CliRunner().invoke(
+        main,
+        [
+            "worker",
+            "tests.integration.worker_apps:app",
+            "--topology",
+            str(tmp_path / "topology.yaml"),
+            "--queue",
+            "nope",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "queue(s) not in the topology: nope" in result.output
