@@ -19,6 +19,7 @@ def _register() -> None:
     # Each command group lives in its own module; importing them here keeps `jobsys.cli`
     # the only place that knows them all.
     from jobsys.cli import delays as delays_cli
+    from jobsys.cli import demo as demo_cli
     from jobsys.cli import dlq as dlq_cli
     from jobsys.cli import publish as publish_cli
     from jobsys.cli import status as status_cli
@@ -31,6 +32,7 @@ def _register() -> None:
     main.add_command(dlq_cli.dlq_group)
     main.add_command(delays_cli.delays_group)
     main.add_command(status_cli.status)
+    main.add_command(demo_cli.demo)
 
 
 _register()
