@@ -16,6 +16,7 @@ from jobsys.errors import (
     ConfigError,
     ConnectionFailed,
     JobsysError,
+    MessageError,
     TopologyConflictError,
     TopologyLoadError,
 )
@@ -80,7 +81,7 @@ def exit_code_for(exc: JobsysError) -> int:
     """The exit code a command ends with for ``exc``."""
     if isinstance(exc, TopologyConflictError):
         return EXIT_CONFLICT
-    if isinstance(exc, TopologyLoadError | ConfigError):
+    if isinstance(exc, TopologyLoadError | ConfigError | MessageError):
         return EXIT_INVALID
     if isinstance(exc, ConnectionFailed | AccessRefused):
         return EXIT_BROKER

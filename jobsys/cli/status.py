@@ -20,8 +20,9 @@ from jobsys.topology.model import Topology
     "--topology",
     "topology_file",
     required=True,
+    envvar="JOBSYS_TOPOLOGY",
     type=click.Path(dir_okay=False),
-    help="The topology file whose queues to show.",
+    help="The topology file whose queues to show. Env: JOBSYS_TOPOLOGY.",
 )
 @click.option(
     "--watch",
