@@ -71,6 +71,10 @@ class Ledger:
                 self.failure.pop(job_id, None)
         return state
 
+    def mark(self, job_id: str, state: PublishState) -> None:
+        """Record a publish made outside a ``Producer`` (e.g. a raw message, confirmed)."""
+        self.publish_state[job_id] = state
+
     def record_many(
         self, job_ids: Iterable[str], results: Iterable[Receipt | BaseException]
     ) -> None:

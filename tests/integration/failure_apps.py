@@ -185,6 +185,20 @@ async def publish_raw(
         )
 
 
+async def drain(settings: Settings, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Every message now in ``queue``, taken out (acked)."""
+    connection = await aio_pika.connect(settings.url)
+    try:
+        channel = await connection.channel()
+        q = await channel.get_queue(queue, ensure=False)
+        messages = []
+        while (message := await q.get(fail=False, no_ack=True)) is not None:
+            messages.append(message)
+        return messages
+    finally:
+        await connection.close()
+
+
 async def queue_depth(settings: Settings, queue: str = WORK) -> int:
     """Ready messages in ``queue``."""
     connection = await aio_pika.connect(settings.url)
