@@ -8,7 +8,7 @@ that wait in the pool, already prefetched; on shutdown they are requeued without
 Every delivery ends in ``_settle()``, the one place that acks, dead-letters or requeues.
 A dead-lettered job is published to its queue's dead-letter queue, confirmed, and only then is
 the original acked; if that publish fails the original is requeued, so nothing is lost. Acks
-of jobs finishing in the same event-loop turn are coalesced (``_Acks``).
+of jobs finishing in the same event-loop turn are coalesced (``jobsys.acks``).
 
 Deadlines: each attempt runs under its job type's ``timeout`` (shorter than the broker's
 ``consumer_timeout``, which the topology check enforces). A sync handler runs in a thread and
@@ -17,7 +17,7 @@ thread finishes in the background, its result ignored.
 
 Faults: the robust connection restores channels and QoS after a transient loss and the pools
 consume again; what it would retry forever (refused access, a queue that no longer exists) is
-turned into one fatal error by ``_FaultWatch``.
+turned into one fatal error by ``jobsys.fault_watch``.
 
 For a supervisor: ``Worker.run()`` in a child process, ``request_stop()`` (or SIGTERM through
 ``jobsys.cli.worker.serve``) drains it, ``WorkerOptions.max_jobs`` recycles it after so many
@@ -34,41 +34,38 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, cast
 
-import aiormq.abc
+import aiormq
 from aio_pika.abc import AbstractRobustChannel
-from aio_pika.exceptions import ChannelClosed, ChannelInvalidStateError, ChannelNotFoundEntity
-from aiormq import spec
 from aiormq.abc import DeliveredMessage
 
-from jobsys.app import App, HandlerSpec, JobContext
-from jobsys.connection import BrokerConnection, translate_error
-from jobsys.deadletter import dead_letter_headers, record_for
-from jobsys.duration import format_duration
-from jobsys.envelope import Envelope, decode_envelope, new_job_id, now_ms
-from jobsys.errors import (
-    AccessRefused,
-    ConfigError,
-    HandlerSignal,
-    JobsysError,
-    MessageError,
-    TopologyError,
+from jobsys.acks import Acks
+from jobsys.app import App
+from jobsys.attempt import (
+    ACK,
+    REQUEUE,
+    AttemptRunner,
+    Job,
+    Outcome,
+    cancel_requested,
+    deliver_frame,
 )
+from jobsys.connection import BrokerConnection, translate_error
+from jobsys.duration import format_duration
+from jobsys.errors import ConfigError, JobsysError
+from jobsys.fault_watch import FaultWatch
 from jobsys.producer import Producer
+from jobsys.republish import Republisher
 from jobsys.settings import Settings
 from jobsys.topology.check import route_job_type
 from jobsys.topology.loader import LoadedTopology
-from jobsys.topology.model import DEAD_LETTER_EXCHANGE, Topology, dead_letter_queue_name
+from jobsys.topology.model import Topology, dead_letter_queue_name
 
 log = logging.getLogger(__name__)
-
-_DEFAULT_TIMEOUT_S = 300.0
-# Errors that mean the delivery's channel is gone: the broker has already requeued the job.
-_CHANNEL_GONE = (ChannelInvalidStateError, ChannelClosed, aiormq.exceptions.AMQPConnectionError)
 
 
 @dataclass(frozen=True)
@@ -109,112 +106,6 @@ class WorkerStats:
         return line
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one delivery is settled."""
-
-    kind: Literal["ack", "dead_letter", "retry", "requeue"]
-    error: BaseException | None = None
-    # A handler's traceback helps; a decoding error's traceback only shows jobsys's own code.
-    with_traceback: bool = True
-    delay_s: float | None = None  # for "retry", reserved for the retry policy
-
-    @classmethod
-    def dead_letter(cls, error: BaseException, *, with_traceback: bool = True) -> Outcome:
-        """Dead-letter at once with ``error`` as the reason."""
-        return cls("dead_letter", error=error, with_traceback=with_traceback)
-
-
-ACK = Outcome("ack")
-REQUEUE = Outcome("requeue")
-
-
-class _Acks:
-    """Acks for one channel, coalesced: jobs that finish in the same loop turn are acked with
-    one ``basic.ack(multiple=True)`` covering a contiguous run of delivery tags. A tag is only
-    covered when every lower tag still unsettled on the channel is ready too, so no job is
-    ever acked before it finished, and none that is being requeued."""
-
-    def __init__(
-        self,
-        channel: aiormq.abc.AbstractChannel,
-        on_sent: Callable[[list[_Job], list[_Job]], None],
-    ) -> None:
-        self.channel = channel
-        self._on_sent = on_sent  # (acked jobs, jobs whose ack found the channel gone)
-        self._pending: dict[int, _Job | None] = {}  # delivery tag -> job once ready; tag order
-        self._scheduled = False
-        self._flushes: set[asyncio.Task[None]] = set()
-
-    def track(self, tag: int) -> None:
-        """Note a delivery as unsettled."""
-        self._pending[tag] = None
-
-    def ack(self, job: _Job) -> None:
-        """Ack ``job`` soon, with the others finishing in this loop turn; ``on_sent`` reports
-        the outcome. Returns at once, so the job's task is free for the next job."""
-        self._pending[job.tag] = job
-        if not self._scheduled:
-            self._scheduled = True
-            task = asyncio.get_running_loop().create_task(self._send_ready())
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-
-    async def flushed(self) -> None:
-        """Wait until every ack asked for so far has been handed to the connection."""
-        while self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
-
-    async def _send_ready(self) -> None:
-        self._scheduled = False  # acks from now on go out with the next flush
-        run: list[_Job] = []  # ready jobs below the first unsettled tag: one multiple ack
-        singles: list[_Job] = []  # ready jobs above it: acked one by one
-        in_run = True
-        for tag, job in list(self._pending.items()):
-            if job is None:
-                in_run = False
-                continue
-            del self._pending[tag]
-            (run if in_run else singles).append(job)
-        sent: list[_Job] = []
-        lost: list[_Job] = []
-        # An ack has no reply in AMQP, so not waiting for the socket to drain loses nothing: if
-        # the channel closes before the frame is out, the broker requeues the job anyway.
-        batches = [(run[-1].tag, True, run)] if run else []
-        batches += [(job.tag, False, [job]) for job in singles]
-        for tag, multiple, jobs in batches:
-            try:
-                await self.channel.basic_ack(tag, multiple=multiple, wait=False)
-            except _CHANNEL_GONE:
-                lost += jobs
-            else:
-                sent += jobs
-        self._on_sent(sent, lost)
-
-    async def nack(self, tag: int) -> bool:
-        """Requeue ``tag``; False when the channel is gone (it was requeued anyway)."""
-        try:
-            await self.channel.basic_nack(tag, requeue=True)
-        except _CHANNEL_GONE:
-            return False
-        finally:
-            # Only now: until the nack is out, no multiple ack may cover this tag.
-            self._pending.pop(tag, None)
-        return True
-
-
-@dataclass
-class _Job:
-    message: DeliveredMessage
-    acks: _Acks
-    tag: int = 0
-    redelivered: bool = False
-    job_id: str = "?"
-    job_type: str = "?"
-    attempt: int = 1
-    dead_lettered: bool = False
-
-
 @dataclass
 class _Pool:
     queue: str
@@ -222,9 +113,9 @@ class _Pool:
     prefetch: int
     consumer_tag: str
     channel: AbstractRobustChannel | None = None
-    acks: _Acks | None = None
+    acks: Acks[Job] | None = None
     running: int = 0
-    waiting: deque[_Job] = field(default_factory=deque)
+    waiting: deque[Job] = field(default_factory=deque)
     consuming: bool = False
 
 
@@ -252,7 +143,6 @@ class Worker:
         self.stats = WorkerStats()
         self.graceful = True
         self.pools = [self._pool_for(name) for name in self._queue_names()]
-        self._host = socket.gethostname()
         #: Set once every pool is consuming.
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -263,9 +153,9 @@ class Worker:
         self._idle = asyncio.Event()
         self._connection = BrokerConnection(settings)
         self._producer: Producer | None = None
-        self._watch: _FaultWatch | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._timeouts = {name: jt.timeout for name, jt in self.topology.job_types.items()}
+        self._watch: FaultWatch | None = None
+        self._runner = AttemptRunner(app, self.topology, settings)
+        self._republisher: Republisher | None = None
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -300,16 +190,17 @@ class Worker:
         await self._connection.open()
         if self._loaded is not None:
             self._loaded.check_broker_version(self._connection.server_version)
-        watch = self._watch = _FaultWatch(
+        watch = self._watch = FaultWatch(
             self._connection, [p.queue for p in self.pools], self._fail, self._resubscribe_all
         )
         await watch.check_entities()
         watch.attach()
         if any(not spec.is_async for spec in self.app):
             workers = sum(p.concurrency for p in self.pools)
-            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="jobsys-handler")
+            self._runner.executor = ThreadPoolExecutor(workers, thread_name_prefix="jobsys-handler")
         self._producer = Producer(self.settings, self.topology, connection=self._connection)
         await self._producer.open()
+        self._republisher = Republisher(self._producer)
         for pool in self.pools:
             pool.channel = await self._connection.channel(confirms=False, prefetch=pool.prefetch)
             # A passive declare, which the robust channel repeats after every reconnect.
@@ -368,7 +259,7 @@ class Worker:
             try:
                 await self._start()
             except (Exception, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) and _cancel_requested():
+                if isinstance(exc, asyncio.CancelledError) and cancel_requested():
                     raise
                 # e.g. basic.consume refused for lack of read permission: one clear error.
                 raise translate_error(exc, self.settings) from None
@@ -432,28 +323,29 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._producer.close()
         await self._connection.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._runner.executor is not None:
+            self._runner.executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def lingering_threads(self) -> int:
         """Sync handlers still running past their deadline or past shutdown."""
-        if self._executor is None:
+        executor = self._runner.executor
+        if executor is None:
             return 0
-        return sum(1 for t in self._executor._threads if t.is_alive())
+        return sum(1 for t in executor._threads if t.is_alive())
 
     # -- one delivery ----------------------------------------------------------------------
 
-    def _acks_for(self, pool: _Pool, message: DeliveredMessage) -> _Acks:
+    def _acks_for(self, pool: _Pool, message: DeliveredMessage) -> Acks[Job]:
         channel = message.channel
         if pool.acks is None or pool.acks.channel is not channel:
             # The channel reopened (or this is the first delivery): delivery tags start again.
-            pool.acks = _Acks(channel, self._on_acks_sent)
+            pool.acks = Acks(channel, self._on_acks_sent)
         return pool.acks
 
     async def _on_message(self, pool: _Pool, message: DeliveredMessage) -> None:
-        delivery = _deliver(message)
-        job = _Job(
+        delivery = deliver_frame(message)
+        job = Job(
             message,
             self._acks_for(pool, message),
             delivery.delivery_tag or 0,
@@ -478,7 +370,7 @@ class Worker:
         while (job := self._next_waiting(pool)) is not None:
             self._in_progress += 1
             try:
-                await self._settle(job, await self._process(job, pool.queue), pool)
+                await self._settle(job, await self._runner.run(job, pool.queue), pool)
             finally:
                 self._in_progress -= 1
 
@@ -490,7 +382,7 @@ class Worker:
         if not runner.cancelled() and runner.exception() is not None:
             log.error("a job runner of %s failed", pool.queue, exc_info=runner.exception())
 
-    def _next_waiting(self, pool: _Pool) -> _Job | None:
+    def _next_waiting(self, pool: _Pool) -> Job | None:
         while pool.waiting and not self._stop.is_set():
             job = pool.waiting.popleft()
             # A job held on a channel that has closed since is back in its queue already.
@@ -498,87 +390,19 @@ class Worker:
                 return job
         return None
 
-    async def _process(self, job: _Job, queue: str) -> Outcome:
-        message = job.message
-        props = message.header.properties
-        try:
-            envelope = decode_envelope(
-                message.body,
-                content_type=props.content_type,
-                message_type=props.message_type,
-                headers=props.headers,
-                priority=props.priority,
-                max_bytes=self.settings.max_payload_bytes,
-            )
-            job.job_id, job.job_type, job.attempt = (
-                envelope.job_id,
-                envelope.job_type,
-                envelope.attempt,
-            )
-            spec = self.app.get(envelope.job_type)
-            payload = spec.parse_payload(envelope.payload)
-        except MessageError as exc:
-            return Outcome.dead_letter(exc, with_traceback=False)
-        if spec.wants_context:
-            ctx = JobContext(
-                envelope.job_id,
-                envelope.job_type,
-                envelope.attempt,
-                envelope.headers,
-                queue,
-                job.redelivered,
-            )
-            args: tuple[Any, ...] = (payload, ctx)
-        else:
-            args = (payload,)
-        try:
-            await self._call(spec, args, job)
-        except (Exception, HandlerSignal) as exc:
-            # Retries come from the job type's retry policy (the retry issue); until it lands a
-            # failed attempt, a Retry signal and a Reject all dead-letter with the error.
-            return Outcome.dead_letter(exc)
-        except asyncio.CancelledError as exc:
-            if _cancel_requested():
-                raise  # a hard stop: leave the job unsettled, the broker redelivers it
-            return Outcome.dead_letter(exc)  # the handler's own cancellation is a failure
-        return ACK
-
-    async def _call(self, spec: HandlerSpec, args: tuple[Any, ...], job: _Job) -> None:
-        timeout_s = self._timeouts.get(job.job_type, _DEFAULT_TIMEOUT_S)
-        try:
-            async with asyncio.timeout(timeout_s) as deadline:
-                if spec.is_async:
-                    await spec.func(*args)
-                else:
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(self._executor, spec.func, *args)
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the handler's own TimeoutError
-            if not spec.is_async:
-                log.warning(
-                    "job %s (%s): sync handler overran its deadline; its thread runs on in the "
-                    "background and its result is ignored",
-                    job.job_id,
-                    job.job_type,
-                )
-            raise TimeoutError(
-                f"job exceeded its deadline of {format_duration(timeout_s)} "
-                f"(the job type's timeout)"
-            ) from None
-
     # -- settlement ------------------------------------------------------------------------
 
-    async def _settle(self, job: _Job, outcome: Outcome, pool: _Pool) -> None:
+    async def _settle(self, job: Job, outcome: Outcome, pool: _Pool) -> None:
         """The one place a delivery is acked, dead-lettered or requeued."""
         if outcome.kind == "ack":
             job.acks.ack(job)  # counted as done in _on_acks_sent, once the ack is out
         elif outcome.kind in ("dead_letter", "retry"):
             assert outcome.error is not None
-            if not await self._publish_dead_letter(job, outcome, pool.queue):
+            assert self._republisher is not None
+            if not await self._republisher.dead_letter(job, outcome, pool.queue):
                 await job.acks.nack(job.tag)  # keep the job: better twice than never
                 return
-            job.dead_lettered = True
+            job.counted = True
             self.stats.dead_lettered += 1
             log.warning(
                 "job %s (%s) dead-lettered to %s: %s",
@@ -593,8 +417,8 @@ class Worker:
             self.stats.requeued += 1
             await job.acks.nack(job.tag)
 
-    def _on_acks_sent(self, sent: list[_Job], lost: list[_Job]) -> None:
-        self.stats.done += sum(1 for job in sent if not job.dead_lettered)
+    def _on_acks_sent(self, sent: list[Job], lost: list[Job]) -> None:
+        self.stats.done += sum(1 for job in sent if not job.counted)
         for job in lost:
             self.stats.lost_acks += 1
             log.warning(
@@ -609,180 +433,6 @@ class Worker:
         if limit is not None and self.stats.settled >= limit and not self._stop.is_set():
             log.info("reached %d jobs; draining", limit)
             self._stop.set()
-
-    async def _publish_dead_letter(self, job: _Job, outcome: Outcome, queue: str) -> bool:
-        """Publish a copy of the job (same body, the broker's death history stripped, the
-        reason added) to ``queue``'s dead-letter queue and await the confirm."""
-        message = job.message
-        props = message.header.properties
-        assert outcome.error is not None and self._producer is not None
-        record = record_for(
-            outcome.error,
-            attempts=job.attempt,
-            failed_at_ms=now_ms(),
-            exchange=_deliver(message).exchange,
-            routing_key=_deliver(message).routing_key or "",
-            queue=queue,
-            worker_host=self._host,
-            with_traceback=outcome.with_traceback,
-        )
-        # A job that could not be decoded has no envelope; this one only carries its identity
-        # through the producer, and the original headers (added last) win over its own.
-        envelope = Envelope(
-            job_id=job.job_id if job.job_id != "?" else (props.message_id or new_job_id()),
-            job_type=props.message_type or job.job_type,
-            payload=None,
-            attempt=job.attempt,
-            priority=props.priority,
-        )
-        try:
-            await self._producer.publish_envelope(
-                envelope,
-                DEAD_LETTER_EXCHANGE,
-                dead_letter_queue_name(queue),
-                body=message.body,
-                extra_headers=dead_letter_headers(props.headers, record),
-                queues=(dead_letter_queue_name(queue),),
-            )
-        except JobsysError as exc:
-            log.error(
-                "job %s (%s): dead-letter publish failed, requeueing the job: %s",
-                job.job_id,
-                job.job_type,
-                exc,
-            )
-            return False
-        return True
-
-
-def _cancel_requested() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _deliver(message: DeliveredMessage) -> spec.Basic.Deliver:
-    # A consumer only ever receives basic.deliver (never get-ok or return).
-    return cast(spec.Basic.Deliver, message.delivery)
-
-
-class _FaultWatch:
-    """Turns faults that aio-pika's robust connection would retry forever (refused access,
-    a vanished queue or exchange) into one fatal error instead of a silent loop."""
-
-    PROBE_INTERVAL_S = 2.0
-
-    def __init__(
-        self,
-        connection: BrokerConnection,
-        queues: list[str],
-        on_fatal: Callable[[JobsysError], None],
-        on_cancelled: Callable[[], Awaitable[None]],
-    ) -> None:
-        self._on_cancelled = on_cancelled
-        self._connection = connection
-        self._queues = queues
-        self._on_fatal = on_fatal
-        self._channels: list[AbstractRobustChannel] = []
-        self._probe: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
-
-    async def check_entities(self, connection: BrokerConnection | None = None) -> None:
-        """Raise a drift error for the first queue or exchange the broker does not have."""
-        conn = connection or self._connection
-        wanted = [("exchange", DEAD_LETTER_EXCHANGE)] + [("queue", q) for q in self._queues]
-        for kind, name in wanted:
-            channel = await conn.channel(confirms=False)
-            try:
-                if kind == "queue":
-                    await channel.get_queue(name, ensure=True)
-                else:
-                    await channel.get_exchange(name, ensure=True)
-            except ChannelNotFoundEntity:
-                raise TopologyError(
-                    f"topology drift: {kind} {name!r} does not exist; "
-                    "run `jobsys topology apply FILE`"
-                ) from None
-            except aiormq.exceptions.AMQPError as exc:
-                raise translate_error(exc, conn.settings) from None
-            finally:
-                with contextlib.suppress(Exception):
-                    await channel.close()
-
-    def attach(self) -> None:
-        """Start watching the connection for losses."""
-        self._connection.connection.close_callbacks.add(self._on_connection_lost)
-
-    async def watch_channel(self, channel: AbstractRobustChannel) -> None:
-        """Notice when the broker cancels a consumer on ``channel`` (e.g. queue deleted)."""
-        self._channels.append(channel)
-        channel.reopen_callbacks.add(self._hook_cancel)
-        await self._hook_cancel(channel)
-
-    async def _hook_cancel(self, channel: Any, *_: Any) -> None:
-        # Each reopen brings a new aiormq channel under the robust one; hook every one.
-        underlay = await channel.get_underlay_channel()
-        underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
-
-    def _on_cancel(self, frame: Any) -> None:
-        log.warning("the broker cancelled a consumer; checking the topology")
-        self._spawn(self._consume_again())
-
-    async def _consume_again(self) -> None:
-        if await self._check_or_fail(self._connection):
-            with contextlib.suppress(Exception):
-                await self._on_cancelled()
-
-    def _on_connection_lost(self, *_: Any) -> None:
-        if self._closed:
-            return
-        if self._probe is None or self._probe.done():
-            log.warning("connection to the broker lost; reconnecting")
-            self._probe = self._spawn(self._probe_until_healthy())
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _check_or_fail(self, connection: BrokerConnection) -> bool:
-        try:
-            await self.check_entities(connection)
-        except (TopologyError, AccessRefused) as exc:
-            self._on_fatal(exc)
-            return False
-        except JobsysError:
-            return False  # transient: the robust connection keeps trying
-        return True
-
-    def _healthy(self) -> bool:
-        conn = self._connection.connection
-        return conn.connected.is_set() and not any(ch.is_closed for ch in self._channels)
-
-    async def _probe_until_healthy(self) -> None:
-        # A separate, short-lived connection shows what the robust one would only retry.
-        settings = self._connection.settings.with_overrides(connect_deadline_s=1.0)
-        while True:
-            await asyncio.sleep(self.PROBE_INTERVAL_S)
-            if self._healthy():
-                log.warning("reconnected to the broker; consuming again")
-                return
-            try:
-                async with BrokerConnection(settings) as probe:
-                    await self._check_or_fail(probe)
-            except AccessRefused as exc:
-                self._on_fatal(exc)
-                return
-            except JobsysError:
-                continue
-
-    async def close(self) -> None:
-        """Stop watching."""
-        self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 __all__ = ["ACK", "REQUEUE", "Outcome", "Worker", "WorkerOptions", "WorkerStats"]

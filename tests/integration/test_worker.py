@@ -265,7 +265,7 @@ async def test_pools_cover_every_queue_a_handled_job_type_reaches_unless_queues_
 
 
 class _RecordingChannel:
-    """Records the acks ``_Acks`` sends (no broker involved: this checks jobsys's own
+    """Records the acks ``Acks`` sends (no broker involved: this checks jobsys's own
     coalescing rule, not what the broker does with it)."""
 
     is_closed = False
@@ -278,15 +278,16 @@ class _RecordingChannel:
 
 
 async def test_coalesced_acks_never_cover_a_job_that_has_not_finished() -> None:
-    from jobsys.worker import _Acks, _Job
+    from jobsys.acks import Acks
+    from jobsys.attempt import Job
 
     channel = _RecordingChannel()
     reported: list[tuple[list[int], list[int]]] = []
-    acks = _Acks(
+    acks: Acks[Job] = Acks(
         channel,  # type: ignore[arg-type]
         lambda sent, lost: reported.append(([j.tag for j in sent], [j.tag for j in lost])),
     )
-    jobs = {tag: _Job(None, acks, tag) for tag in range(1, 7)}  # type: ignore[arg-type]
+    jobs = {tag: Job(None, acks, tag) for tag in range(1, 7)}  # type: ignore[arg-type]
     for tag in jobs:
         acks.track(tag)
     # 1, 2 and 4, 5 finish in the same loop turn; 3 and 6 are still running.

@@ -1,0 +1,145 @@
+"""Faults aio-pika's robust connection would retry forever, turned into one fatal error.
+
+Refused access, or a queue or exchange that no longer exists, would keep a robust connection
+reconnecting (or a consumer silently cancelled) without end. ``FaultWatch`` notices a lost
+connection or a cancelled consumer, checks the topology on a separate short-lived connection,
+and reports what cannot heal as one ``JobsysError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiormq.exceptions
+from aio_pika.abc import AbstractRobustChannel
+from aio_pika.exceptions import ChannelNotFoundEntity
+
+from jobsys.connection import BrokerConnection, translate_error
+from jobsys.errors import AccessRefused, JobsysError, TopologyError
+from jobsys.topology.model import DEAD_LETTER_EXCHANGE
+
+log = logging.getLogger(__name__)
+
+
+class FaultWatch:
+    """Turns faults that aio-pika's robust connection would retry forever (refused access,
+    a vanished queue or exchange) into one fatal error instead of a silent loop."""
+
+    PROBE_INTERVAL_S = 2.0
+
+    def __init__(
+        self,
+        connection: BrokerConnection,
+        queues: list[str],
+        on_fatal: Callable[[JobsysError], None],
+        on_cancelled: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._on_cancelled = on_cancelled
+        self._connection = connection
+        self._queues = queues
+        self._on_fatal = on_fatal
+        self._channels: list[AbstractRobustChannel] = []
+        self._probe: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def check_entities(self, connection: BrokerConnection | None = None) -> None:
+        """Raise a drift error for the first queue or exchange the broker does not have."""
+        conn = connection or self._connection
+        wanted = [("exchange", DEAD_LETTER_EXCHANGE)] + [("queue", q) for q in self._queues]
+        for kind, name in wanted:
+            channel = await conn.channel(confirms=False)
+            try:
+                if kind == "queue":
+                    await channel.get_queue(name, ensure=True)
+                else:
+                    await channel.get_exchange(name, ensure=True)
+            except ChannelNotFoundEntity:
+                raise TopologyError(
+                    f"topology drift: {kind} {name!r} does not exist; "
+                    "run `jobsys topology apply FILE`"
+                ) from None
+            except aiormq.exceptions.AMQPError as exc:
+                raise translate_error(exc, conn.settings) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+    def attach(self) -> None:
+        """Start watching the connection for losses."""
+        self._connection.connection.close_callbacks.add(self._on_connection_lost)
+
+    async def watch_channel(self, channel: AbstractRobustChannel) -> None:
+        """Notice when the broker cancels a consumer on ``channel`` (e.g. queue deleted)."""
+        self._channels.append(channel)
+        channel.reopen_callbacks.add(self._hook_cancel)
+        await self._hook_cancel(channel)
+
+    async def _hook_cancel(self, channel: Any, *_: Any) -> None:
+        # Each reopen brings a new aiormq channel under the robust one; hook every one.
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
+
+    def _on_cancel(self, frame: Any) -> None:
+        log.warning("the broker cancelled a consumer; checking the topology")
+        self._spawn(self._consume_again())
+
+    async def _consume_again(self) -> None:
+        if await self._check_or_fail(self._connection):
+            with contextlib.suppress(Exception):
+                await self._on_cancelled()
+
+    def _on_connection_lost(self, *_: Any) -> None:
+        if self._closed:
+            return
+        if self._probe is None or self._probe.done():
+            log.warning("connection to the broker lost; reconnecting")
+            self._probe = self._spawn(self._probe_until_healthy())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _check_or_fail(self, connection: BrokerConnection) -> bool:
+        try:
+            await self.check_entities(connection)
+        except (TopologyError, AccessRefused) as exc:
+            self._on_fatal(exc)
+            return False
+        except JobsysError:
+            return False  # transient: the robust connection keeps trying
+        return True
+
+    def _healthy(self) -> bool:
+        conn = self._connection.connection
+        return conn.connected.is_set() and not any(ch.is_closed for ch in self._channels)
+
+    async def _probe_until_healthy(self) -> None:
+        # A separate, short-lived connection shows what the robust one would only retry.
+        settings = self._connection.settings.with_overrides(connect_deadline_s=1.0)
+        while True:
+            await asyncio.sleep(self.PROBE_INTERVAL_S)
+            if self._healthy():
+                log.warning("reconnected to the broker; consuming again")
+                return
+            try:
+                async with BrokerConnection(settings) as probe:
+                    await self._check_or_fail(probe)
+            except AccessRefused as exc:
+                self._on_fatal(exc)
+                return
+            except JobsysError:
+                continue
+
+    async def close(self) -> None:
+        """Stop watching."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
