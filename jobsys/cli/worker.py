@@ -1,9 +1,12 @@
-"""``jobsys worker APP_MODULE:OBJECT --topology FILE``: run consumer pools for an app."""
+"""``jobsys worker APP_MODULE:OBJECT --topology FILE``: run consumer pools for an app.
+
+With ``--processes P`` (or ``--max-memory``) the command becomes a supervisor of P worker
+processes (``jobsys.supervisor``); without, it is one worker in this process.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import signal
@@ -21,31 +24,21 @@ from jobsys.cli.common import (
 )
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import parse_duration_s
-from jobsys.errors import JobsysError
+from jobsys.errors import ConfigError, JobsysError
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from jobsys.worker import Worker, WorkerOptions
+from jobsys.worker_process import ChildSpec, load_app
 
 log = logging.getLogger(__name__)
 
 
 def import_app(target: str) -> App:
     """The ``App`` named by ``module:attribute`` (the current directory is importable)."""
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise click.BadParameter("expected MODULE:OBJECT, e.g. myapp.jobs:app", param_hint="APP")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
-    app = getattr(module, attribute, None)
-    if not isinstance(app, App):
-        raise click.BadParameter(
-            f"{target} is not a jobsys App (got {type(app).__name__})", param_hint="APP"
-        )
-    return app
+        return load_app(target)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="APP") from exc
 
 
 def _grace(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
@@ -102,14 +95,37 @@ async def serve(
     callback=_grace,
     help="How long running jobs may take to finish after SIGTERM.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    help="Run this many worker processes under a supervisor that restarts crashed ones.",
+)
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(1),
+    metavar="K",
+    help="Drain and exit after K jobs (under --processes, a fresh process takes over).",
+)
+@click.option(
+    "--max-memory",
+    type=click.IntRange(1),
+    metavar="MB",
+    help="Drain a worker process whose resident memory exceeds MB and start a fresh one "
+    "(implies a supervisor; --processes defaults to 1).",
+)
 @connection_options
+@click.pass_context
 def worker(
+    ctx: click.Context,
     app_target: str,
     topology_file: str,
     queues: tuple[str, ...],
     concurrency: int | None,
     prefetch: int | None,
     grace: float,
+    processes: int | None,
+    max_jobs: int | None,
+    max_memory: int | None,
     url: str | None,
     ca_file: str | None,
     insecure: bool,
@@ -119,12 +135,33 @@ def worker(
     SIGTERM or SIGINT stops taking jobs, lets running ones finish within --grace, requeues
     the rest and exits 0; a second signal, or the grace period running out, exits 1 and the
     unfinished jobs are redelivered.
+
+    With --processes P, a supervisor runs P worker processes: it restarts one that crashes,
+    replaces one that reached --max-jobs or --max-memory, forwards SIGTERM to all of them and
+    exits 0 when all drained.
     """
     app = import_app(app_target)
     loaded = load_or_exit(topology_file)
     settings = build_settings(url, ca_file, insecure)
+    if processes is not None or max_memory is not None:
+        spec = ChildSpec(
+            app_target=app_target,
+            topology_file=os.path.abspath(topology_file),
+            queues=queues,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            grace_s=grace,
+            max_jobs=max_jobs,
+            verbose=int(ctx.find_root().params.get("verbose") or 0),
+        )
+        _exit(_supervise(spec, settings, processes or 1, max_memory))
+        return
     options = WorkerOptions(
-        queues=queues, concurrency=concurrency, prefetch=prefetch, grace_s=grace
+        queues=queues,
+        concurrency=concurrency,
+        prefetch=prefetch,
+        grace_s=grace,
+        max_jobs=max_jobs,
     )
     try:
         code, running = asyncio.run(serve(app, loaded, settings, options))
@@ -138,6 +175,22 @@ def worker(
         click.echo(f"{running.lingering_threads} sync handler(s) still running; exiting", err=True)
         _exit(code, hard=True)
     _exit(code)
+
+
+def _supervise(
+    spec: ChildSpec, settings: Settings, processes: int, max_memory_mb: int | None
+) -> int:
+    from jobsys.supervisor import Supervisor, SupervisorOptions
+
+    # The children read the broker settings from the environment: a password never shows on
+    # a command line (``ps``).
+    env = dict(os.environ, JOBSYS_URL=settings.url)
+    if settings.ca_file:
+        env["JOBSYS_CA_FILE"] = settings.ca_file
+    if settings.insecure_tls:
+        env["JOBSYS_INSECURE_TLS"] = "1"
+    options = SupervisorOptions(processes=processes, max_memory_mb=max_memory_mb)
+    return Supervisor(spec, options, env, echo=lambda line: click.echo(line, err=True)).run()
 
 
 def _exit(code: int, *, hard: bool = False) -> None:
