@@ -221,6 +221,7 @@ class Supervisor:
                     for slot, due in list(self._due.items()):
                         if now >= due:
                             del self._due[slot]
+                            self.tally.restarted += 1
                             self._start(slot)
                     if now >= next_memory_check:
                         self._check_memory(now)
@@ -288,7 +289,6 @@ class Supervisor:
             log.info("worker process %d recycled (%s); starting a replacement", pid, why)
             self._start(child.slot)
             return
-        self.tally.restarted += 1
         backoff = self._backoff[child.slot]
         if now - child.started > self.options.crash_window_s:
             backoff.reset()  # it ran well for a while: this is not a loop

@@ -1,0 +1,195 @@
+"""The supervisor's pure parts (restart backoff, crash-loop guard, what a child is told) and its
+loop, driven by small stand-in children that need no broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from jobsys import errors
+from jobsys.cli import main
+from jobsys.cli import worker as worker_cli
+from jobsys.cli.common import exit_code_for as cli_exit_code_for
+from jobsys.settings import Settings
+from jobsys.supervisor import Backoff, CrashGuard, Supervisor, SupervisorOptions, describe_exit
+from jobsys.worker_process import ChildSpec, exit_code_for
+from tests.integration import supervisor_apps
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_restart_backoff_doubles_from_one_second_up_to_thirty_and_starts_over_after_reset() -> None:
+    backoff = Backoff(1.0, 30.0)
+
+    delays = [backoff.next_delay() for _ in range(7)]
+    backoff.reset()
+
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff.next_delay() == 1
+
+
+def test_crash_guard_trips_on_the_sixth_crash_within_a_minute_but_not_when_spread_out() -> None:
+    guard = CrashGuard(limit=5, window_s=60.0)
+    assert [guard.record(t) for t in (0, 10, 20, 30, 40)] == [False] * 5
+    assert guard.record(50) is True
+
+    spread = CrashGuard(limit=5, window_s=60.0)
+    assert not any(spread.record(t * 15.0) for t in range(20))
+
+
+def test_exit_descriptions_name_the_signal_that_killed_a_child() -> None:
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
+    assert describe_exit(3) == "exit code 3"
+
+
+def test_a_child_spec_round_trips_through_its_command_line_and_carries_no_url() -> None:
+    spec = ChildSpec("pkg.mod:app", "/t/topology.yaml", ("a", "b"), 3, 6, 12.5, 100, 1)
+
+    command = spec.command()
+
+    assert command[:3] == [sys.executable, "-m", "jobsys.worker_process"]
+    assert ChildSpec.from_json(command[3]) == spec
+    assert "amqp" not in " ".join(command)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.TopologyConflictError("x"),
+        errors.TopologyLoadError("x"),
+        errors.ConfigError("x"),
+        errors.DecodeError("x"),
+        errors.ConnectionFailed("x"),
+        errors.AccessRefused("x"),
+        errors.TopologyError("topology drift"),
+        errors.JobsysError("x"),
+    ],
+)
+def test_a_child_exits_with_the_same_code_as_the_command_line_for_each_error(
+    error: errors.JobsysError,
+) -> None:
+    assert exit_code_for(error) == cli_exit_code_for(error)
+
+
+def test_worker_command_forwards_its_options_to_the_children_and_the_url_through_the_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(supervisor_apps.TOPOLOGY_YAML, encoding="utf-8")
+    seen: dict[str, Any] = {}
+
+    def fake_supervise(spec: ChildSpec, settings: Settings, processes: int, mb: Any) -> int:
+        seen.update(spec=spec, url=settings.url, processes=processes, mb=mb)
+        return 0
+
+    monkeypatch.setattr(worker_cli, "_supervise", fake_supervise)
+    args = ["-v", "worker", "tests.integration.supervisor_apps:app", "--topology", str(topology)]
+    args += ["--queue", "sv.work", "--concurrency", "3", "--prefetch", "9", "--grace", "5s"]
+    args += ["--processes", "2", "--max-jobs", "50", "--max-memory", "120"]
+    args += ["--url", "amqp://u:secret@h:5672/v"]
+
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 0, result.output
+    assert seen["spec"] == ChildSpec(
+        "tests.integration.supervisor_apps:app",
+        str(topology.resolve()),
+        ("sv.work",),
+        3,
+        9,
+        5.0,
+        50,
+        1,
+    )
+    assert (seen["url"], seen["processes"], seen["mb"]) == ("amqp://u:secret@h:5672/v", 2, 120)
+
+
+# -- the loop, with stand-in children ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ScriptSpec(ChildSpec):
+    """A child that runs ``script`` instead of a worker."""
+
+    script: str = ""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", self.script]
+
+
+_REPORT = (
+    "import json, os\n"
+    "def report(**fields):\n"
+    "    os.write(int(os.environ['JOBSYS_SUPERVISOR_FD']), json.dumps(fields).encode() + b'\\n')\n"
+)
+_FAST = SupervisorOptions(processes=2, restart_initial_s=0.01, restart_max_s=0.02, crash_limit=3)
+
+
+def _run(script: str, options: SupervisorOptions = _FAST) -> tuple[int, list[str], Supervisor]:
+    lines: list[str] = []
+    supervisor = Supervisor(
+        _ScriptSpec("x:app", "t.yaml", script=_REPORT + script), options, os.environ, lines.append
+    )
+    return supervisor.run(), lines, supervisor
+
+
+def test_children_that_keep_crashing_trip_the_crash_loop_guard_and_the_supervisor_exits_1() -> None:
+    code, lines, supervisor = _run("raise SystemExit(7)")
+
+    assert code == 1
+    assert any("crashed more than 3 times" in line for line in lines), lines
+    # Two children, then restarts, until the fourth crash; a restart still waiting is dropped.
+    assert supervisor.tally.started >= 3
+    assert supervisor.tally.restarted == supervisor.tally.started - 2
+
+
+def test_a_fatal_report_stops_every_child_and_is_printed_once_with_its_exit_code() -> None:
+    script = (
+        "import time\nreport(outcome='fatal', code=4, error='access refused')\nraise SystemExit(4)"
+    )
+
+    code, lines, supervisor = _run(script)
+
+    assert code == 4
+    assert [line for line in lines if line.startswith("error:")] == ["error: access refused"]
+    assert supervisor.tally.started == 2 and supervisor.tally.restarted == 0
+
+
+def test_a_crash_is_restarted_and_sigterm_drains_every_child_and_exits_0(tmp_path: Path) -> None:
+    marker = tmp_path / "crashed-once"
+    script = (
+        "import os, signal, sys, time\n"
+        f"marker = {str(marker)!r}\n"
+        "if not os.path.exists(marker):\n"
+        "    open(marker, 'w').close()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "def stop(*_):\n"
+        "    report(outcome='stopped', reason='signal', graceful=True, done=2)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code, lines, supervisor = _run(
+            script, SupervisorOptions(processes=2, restart_initial_s=0.1)
+        )
+    finally:
+        timer.cancel()
+
+    assert code == 0, lines
+    assert supervisor.tally.restarted >= 1
+    assert sum(supervisor.tally.jobs.values()) == 4
+    assert lines[-1].startswith("supervisor stopped: ")
+    assert json.dumps(lines)  # plain strings only
