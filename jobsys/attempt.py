@@ -21,6 +21,7 @@ from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.duration import format_duration
 from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, decode_envelope
 from jobsys.errors import HandlerSignal, MessageError
+from jobsys.retry import RetryAfter, decide
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 
@@ -111,6 +112,7 @@ class AttemptRunner:
 
     async def run(self, job: Job, queue: str) -> Outcome:
         """Run one attempt of ``job`` (consumed from ``queue``) and return its outcome."""
+        job.identify()
         message = job.message
         props = message.header.properties
         try:
@@ -154,10 +156,18 @@ class AttemptRunner:
         return ACK
 
     def failed(self, job: Job, error: BaseException, *, with_traceback: bool = True) -> Outcome:
-        """The outcome of an attempt that failed with ``error``."""
-        # Retries come from the job type's retry policy (the retry issue); until it lands a
-        # failed attempt, a Retry signal and a Reject all dead-letter with the error.
-        return Outcome.dead_letter(error, with_traceback=with_traceback)
+        """The outcome of an attempt that failed with ``error``, as the job type's retry
+        policy decides (bad input and ``Reject`` dead-letter at once)."""
+        job_type = self.topology.job_types.get(job.job_type)
+        decision = decide(
+            job_type.retry if job_type is not None else None,
+            job.attempt,
+            error,
+            max_delay_s=self.topology.delays.max_delay,
+        )
+        if isinstance(decision, RetryAfter):
+            return Outcome.retry(error, decision.delay_s, decision.reason)
+        return Outcome.dead_letter(error, with_traceback=with_traceback, reason=decision.reason)
 
     async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], job: Job) -> None:
         timeout_s = self._timeouts.get(job.job_type, _DEFAULT_TIMEOUT_S)

@@ -20,10 +20,12 @@ from jobsys.envelope import (
     DL_ORIGINAL_EXCHANGE,
     DL_ORIGINAL_QUEUE,
     DL_ORIGINAL_ROUTING_KEY,
+    DL_REASON,
     DL_TEXT_LIMIT,
     DL_TRACEBACK,
     DL_TRACEBACK_LIMIT,
     DL_WORKER_HOST,
+    HEADER_FIRST_FAILED_AT_MS,
     strip_death_headers,
 )
 
@@ -44,6 +46,9 @@ class DeadLetterRecord:
     routing_key: str
     queue: str
     worker_host: str
+    #: When the first attempt failed (the same as ``failed_at_ms`` for a job never retried).
+    first_failed_at_ms: int | None = None
+    reason: str | None = None  # the retry policy's verdict
 
 
 def truncate(text: str, limit: int) -> str:
@@ -80,6 +85,8 @@ def record_for(
     queue: str,
     worker_host: str,
     with_traceback: bool,
+    first_failed_at_ms: int | None = None,
+    reason: str | None = None,
 ) -> DeadLetterRecord:
     """A record for ``exc``; ``with_traceback`` is off for message errors (bad input), whose
     traceback would only show jobsys's own decoding code."""
@@ -93,6 +100,8 @@ def record_for(
         routing_key=routing_key,
         queue=queue,
         worker_host=worker_host,
+        first_failed_at_ms=first_failed_at_ms,
+        reason=truncate(reason, DL_TEXT_LIMIT) if reason is not None else None,
     )
 
 
@@ -113,4 +122,8 @@ def dead_letter_headers(
     headers[DL_ORIGINAL_ROUTING_KEY] = record.routing_key
     headers[DL_ORIGINAL_QUEUE] = record.queue
     headers[DL_WORKER_HOST] = record.worker_host
+    if record.first_failed_at_ms is not None:
+        headers[HEADER_FIRST_FAILED_AT_MS] = record.first_failed_at_ms
+    if record.reason is not None:
+        headers[DL_REASON] = record.reason
     return headers

@@ -35,6 +35,7 @@ from jobsys.envelope import (
     DL_ORIGINAL_EXCHANGE,
     DL_ORIGINAL_QUEUE,
     DL_ORIGINAL_ROUTING_KEY,
+    DL_REASON,
     DL_TRACEBACK,
     DL_WORKER_HOST,
     HEADER_ATTEMPT,
@@ -62,6 +63,7 @@ DEAD_LETTER_HEADERS = frozenset(
         DL_ORIGINAL_ROUTING_KEY,
         DL_ORIGINAL_QUEUE,
         DL_WORKER_HOST,
+        DL_REASON,
         HEADER_FIRST_FAILED_AT_MS,
     }
 )

@@ -39,6 +39,8 @@ DL_ORIGINAL_EXCHANGE = "jobsys-original-exchange"
 DL_ORIGINAL_ROUTING_KEY = "jobsys-original-routing-key"
 DL_ORIGINAL_QUEUE = "jobsys-original-queue"
 DL_WORKER_HOST = "jobsys-worker-host"
+#: Why the job was given up on, e.g. "gave up after 3 attempts: TimeoutError".
+DL_REASON = "jobsys-dead-letter-reason"
 DL_TEXT_LIMIT = 1024
 DL_TRACEBACK_LIMIT = 4096
 _BROKER_DEATH_HEADERS = ("x-death",)

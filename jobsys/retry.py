@@ -52,10 +52,11 @@ def decide(
 
     In order: ``Reject`` and ``MessageError`` (bad input cannot get better) dead-letter at
     once; so does an error whose class, or any base class, is named in ``dont_retry``; the last
-    allowed attempt dead-letters ("gave up after N attempts"); ``Retry(delay_s=...)`` waits
-    exactly that long; otherwise the policy's schedule decides. Delays are never negative and
-    never above ``max_delay_s``: pass the topology's ``delays.max_delay`` (the default is the
-    model's default, 30 days), so a retry can always be published through the delay levels.
+    allowed attempt dead-letters ("gave up after N attempts: ErrorType");
+    ``Retry(delay_s=...)`` waits exactly that long; otherwise the policy's schedule decides.
+    Delays are never negative and never above ``max_delay_s``: pass the topology's
+    ``delays.max_delay`` (the default is the model's default, 30 days), so a retry can always
+    be published through the delay levels.
     ``rng`` makes jitter reproducible in tests.
     """
     if attempt < 1:
@@ -69,7 +70,8 @@ def decide(
     if blocked is not None:
         return DeadLetter(f"{type(error).__name__} is not retried (dont_retry: {blocked})")
     if attempt >= policy.max_attempts:
-        return DeadLetter(f"gave up after {attempt} attempt{'s' if attempt != 1 else ''}")
+        plural = "s" if attempt != 1 else ""
+        return DeadLetter(f"gave up after {attempt} attempt{plural}: {type(error).__name__}")
     if isinstance(error, Retry) and error.delay_s is not None:
         return RetryAfter(_bounded(error.delay_s, max_delay_s), f"retry requested: {error.reason}")
     delay = _scheduled_delay(policy, attempt, rng or random.Random())

@@ -5,9 +5,11 @@ Each queue gets a pool: its own channel with ``basic.qos(prefetch)`` and at most
 task per delivery, so without a bound concurrency would equal prefetch). Deliveries beyond
 that wait in the pool, already prefetched; on shutdown they are requeued without having run.
 
-Every delivery ends in ``_settle()``, the one place that acks, dead-letters or requeues.
-A dead-lettered job is published to its queue's dead-letter queue, confirmed, and only then is
-the original acked; if that publish fails the original is requeued, so nothing is lost. Acks
+Every delivery ends in ``_settle()``, the one place that acks, retries, dead-letters or
+requeues. A failed attempt is retried or dead-lettered as the job type's retry policy says
+(``jobsys.retry``): the job is republished (to its own queue through the delay levels, or to
+its queue's dead-letter queue), confirmed, and only then is the original acked; if that publish
+fails the original is requeued, so nothing is lost. Acks
 of jobs finishing in the same event-loop turn are coalesced (``jobsys.acks``).
 
 Deadlines: each attempt runs under its job type's ``timeout`` (shorter than the broker's
@@ -85,6 +87,7 @@ class WorkerStats:
     """What a worker did; a supervisor reads ``settled`` to count jobs done."""
 
     done: int = 0
+    retried: int = 0
     dead_lettered: int = 0
     requeued: int = 0
     unfinished: int = 0
@@ -92,8 +95,9 @@ class WorkerStats:
 
     @property
     def settled(self) -> int:
-        """Jobs finished one way or the other (acked or dead-lettered)."""
-        return self.done + self.dead_lettered
+        """Deliveries finished one way or the other: done, retried (republished for a later
+        attempt) or dead-lettered."""
+        return self.done + self.retried + self.dead_lettered
 
     def summary(self) -> str:
         """One line for the end of a run."""
@@ -101,6 +105,8 @@ class WorkerStats:
             f"worker stopped: {self.done} done, {self.dead_lettered} dead-lettered, "
             f"{self.requeued} requeued, {self.unfinished} unfinished"
         )
+        if self.retried:
+            line += f", {self.retried} attempts failed and retried"
         if self.lost_acks:
             line += f", {self.lost_acks} redelivered after a lost channel"
         return line
@@ -392,30 +398,50 @@ class Worker:
 
     # -- settlement ------------------------------------------------------------------------
 
-    async def _settle(self, job: Job, outcome: Outcome, pool: _Pool) -> None:
-        """The one place a delivery is acked, dead-lettered or requeued."""
+    async def _settle(self, job: Job, outcome: Outcome, pool: _Pool) -> Outcome:
+        """The one place a delivery is acked, retried, dead-lettered or requeued. A retry or a
+        dead-letter publishes first and acks the original only once the broker confirmed the
+        copy; if it did not, the original is requeued. Returns the outcome applied."""
         if outcome.kind == "ack":
             job.acks.ack(job)  # counted as done in _on_acks_sent, once the ack is out
-        elif outcome.kind in ("dead_letter", "retry"):
-            assert outcome.error is not None
-            assert self._republisher is not None
-            if not await self._republisher.dead_letter(job, outcome, pool.queue):
-                await job.acks.nack(job.tag)  # keep the job: better twice than never
-                return
-            job.counted = True
+            return outcome
+        if outcome.kind == "requeue":
+            self.stats.requeued += 1
+            await job.acks.nack(job.tag)
+            return outcome
+        assert self._republisher is not None and outcome.error is not None
+        if outcome.kind == "retry":
+            published = await self._republisher.retry(job, outcome, pool.queue)
+        else:
+            published = await self._republisher.dead_letter(job, outcome, pool.queue)
+        if not published:
+            await job.acks.nack(job.tag)  # keep the job: better twice than never
+            return Outcome("requeue", error=outcome.error)
+        job.counted = True
+        error_type = type(outcome.error).__name__
+        if outcome.kind == "retry":
+            self.stats.retried += 1
+            log.info(
+                "job %s (%s): attempt %d failed (%s); retrying in %s",
+                job.job_id,
+                job.job_type,
+                job.attempt,
+                error_type,
+                format_duration(outcome.delay_s or 0.0),
+            )
+        else:
             self.stats.dead_lettered += 1
             log.warning(
-                "job %s (%s) dead-lettered to %s: %s",
+                "job %s (%s) dead-lettered to %s: %s (%s)",
                 job.job_id,
                 job.job_type,
                 dead_letter_queue_name(pool.queue),
-                type(outcome.error).__name__,
+                error_type,
+                outcome.reason or "no retry",
             )
-            job.acks.ack(job)
-            self._count_settled()
-        else:
-            self.stats.requeued += 1
-            await job.acks.nack(job.tag)
+        job.acks.ack(job)
+        self._count_settled()
+        return outcome
 
     def _on_acks_sent(self, sent: list[Job], lost: list[Job]) -> None:
         self.stats.done += sum(1 for job in sent if not job.counted)

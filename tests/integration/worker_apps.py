@@ -30,6 +30,8 @@ from jobsys.settings import Settings
 from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import LoadedTopology, load_topology, load_topology_text
 
+# Job types whose handlers fail take ``retry: {max_attempts: 1}``: these tests are about one
+# attempt's settlement; tests/integration/test_retries.py covers retries.
 TOPOLOGY_YAML = """\
 version: 1
 exchanges:
@@ -47,11 +49,12 @@ bindings:
 job_types:
   echo: {exchange: wt.jobs, routing_key: work, timeout: 10s}
   email: {exchange: wt.jobs, routing_key: work, timeout: 10s}
-  boom: {exchange: wt.jobs, routing_key: work, timeout: 10s}
+  boom: {exchange: wt.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 1}}
   refuse: {exchange: wt.jobs, routing_key: work, timeout: 10s}
-  slow: {exchange: wt.jobs, routing_key: work, timeout: 500ms}
+  slow: {exchange: wt.jobs, routing_key: work, timeout: 500ms, retry: {max_attempts: 1}}
   sync_echo: {exchange: wt.jobs, routing_key: work, timeout: 10s}
-  sync_slow: {exchange: wt.jobs, routing_key: work, timeout: 500ms}
+  sync_slow:
+    {exchange: wt.jobs, routing_key: work, timeout: 500ms, retry: {max_attempts: 1}}
   hold: {exchange: wt.jobs, routing_key: work, timeout: 60s}
   record: {exchange: wt.jobs, routing_key: work, timeout: 60s}
   orphan: {exchange: wt.jobs, routing_key: work, timeout: 10s}

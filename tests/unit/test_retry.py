@@ -39,7 +39,7 @@ def test_a_failure_before_the_last_attempt_is_retried() -> None:
 
 def test_the_last_attempt_dead_letters_saying_how_many_attempts_ran() -> None:
     decision = decide(RetryPolicy(max_attempts=3), 3, RuntimeError("boom"))
-    assert decision == DeadLetter("gave up after 3 attempts")
+    assert decision == DeadLetter("gave up after 3 attempts: RuntimeError")
 
 
 def test_max_attempts_counts_every_run_so_a_policy_of_three_retries_twice() -> None:
@@ -50,7 +50,7 @@ def test_max_attempts_counts_every_run_so_a_policy_of_three_retries_twice() -> N
 
 def test_max_attempts_of_one_never_retries() -> None:
     assert decide(RetryPolicy(max_attempts=1), 1, RuntimeError()) == DeadLetter(
-        "gave up after 1 attempt"
+        "gave up after 1 attempt: RuntimeError"
     )
 
 
@@ -156,7 +156,7 @@ def test_no_policy_means_the_models_default_policy() -> None:
     assert default.max_attempts == 3
     assert planned_delays(None) == planned_delays(default) == [1.0, 2.0]
     assert isinstance(decide(None, 2, RuntimeError()), RetryAfter)
-    assert decide(None, 3, RuntimeError()) == DeadLetter("gave up after 3 attempts")
+    assert decide(None, 3, RuntimeError()) == DeadLetter("gave up after 3 attempts: RuntimeError")
 
 
 def test_the_default_schedule_jitters_by_ten_percent() -> None:
@@ -246,7 +246,7 @@ def test_retry_without_a_delay_uses_the_backoff() -> None:
 
 def test_retry_is_still_bounded_by_max_attempts() -> None:
     decision = decide(RetryPolicy(max_attempts=2), 2, Retry(delay_s=1.0))
-    assert decision == DeadLetter("gave up after 2 attempts")
+    assert decision == DeadLetter("gave up after 2 attempts: Retry")
 
 
 def test_a_retry_delay_is_clamped_to_zero_and_to_the_max_delay() -> None:
