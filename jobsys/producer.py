@@ -27,12 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
 from types import TracebackType
 from typing import Any, cast
 
@@ -41,51 +37,28 @@ import aiormq.abc
 import aiormq.exceptions
 from aio_pika import RobustChannel
 from pamqp import commands as spec
-from pamqp import encode
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from jobsys.amqp_properties import message_properties
 from jobsys.connection import BrokerConnection
-from jobsys.envelope import (
-    CONTENT_ENCODING,
-    CONTENT_TYPE,
-    Envelope,
-    check_user_headers,
-    encode_payload,
-    new_job_id,
-    new_message_id,
-    strip_death_headers,
-)
+from jobsys.envelope import Envelope, encode_payload, new_message_id, strip_death_headers
 from jobsys.errors import (
     BrokerBlockedError,
-    ConfigError,
     ConnectionFailed,
     JobsysError,
-    PayloadValidationError,
-    PublishOutcomeUnknown,
-    QueueFullError,
-    UnknownJobTypeError,
-    UnroutableError,
 )
+from jobsys.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
+from jobsys.publish_errors import CONNECTION_LOST, publish_error, unknown
 from jobsys.settings import Settings
 from jobsys.topology import delays
-from jobsys.topology.check import route_job_type
 from jobsys.topology.model import Topology
 
-__all__ = ["JobRequest", "Producer", "PublishResult", "Receipt"]
+__all__ = ["JobRequest", "PreparedJob", "Producer", "PublishResult", "Receipt"]
 
 log = logging.getLogger(__name__)
 
-PERSISTENT = 2
 #: Confirms ``publish_many`` keeps in flight at once.
 DEFAULT_WINDOW = 512
-_UNKNOWN = "outcome unknown — resubmitting with the same job id is safe"
-_CONNECTION_LOST = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    aiormq.exceptions.AMQPChannelError,
-    ConnectionError,
-    OSError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +76,6 @@ class Receipt:
     routing_key: str
     message_id: str
     delay_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """One job for ``publish_many``: the arguments of ``publish``."""
-
-    job_type: str
-    payload: Any
-    priority: int | None = None
-    delay_s: float | None = None
-    job_id: str | None = None
-    headers: Mapping[str, Any] | None = None
 
 
 #: What ``publish_many`` reports per job: its receipt, or the error that job met.
@@ -266,19 +227,19 @@ class Producer:
         headers = envelope.amqp_headers()
         if extra_headers:
             headers.update(extra_headers)
-        headers = strip_death_headers(headers)
-        priority = envelope.priority
-        props = _properties(envelope.job_type, priority, headers)
-        return await self._send(
+        outgoing = _Outgoing(
             envelope.job_id,
             envelope.job_type,
             exchange,
             routing_key,
             body,
-            props,
+            envelope.priority,
+            strip_death_headers(headers),
             tuple(queues),
             delay_s,
+            envelope.attempt,
         )
+        return await self._send(outgoing)
 
     def prepare(self, request: JobRequest) -> PreparedJob:
         """Validate and encode ``request`` without any I/O (what ``publish`` does first)."""
@@ -294,48 +255,47 @@ class Producer:
         receipt: Receipt | None = None
         # A delayed job that fans out goes once per target queue; all must be confirmed.
         for exchange, routing_key, queues in job.targets:
-            props = _properties(job.job_type, job.priority, job.headers)
-            sent = await self._send(
+            outgoing = _Outgoing(
                 job.job_id,
                 job.job_type,
                 exchange,
                 routing_key,
                 job.body,
-                props,
+                job.priority,
+                job.headers,
                 queues,
                 job.delay_s,
             )
+            sent = await self._send(outgoing)
             receipt = receipt or sent
         assert receipt is not None  # prepare_job always yields a target
         return receipt
 
     # -- the one place a message goes out -----------------------------------------------------
 
-    async def _send(
-        self,
-        job_id: str,
-        job_type: str,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        props: spec.Basic.Properties,
-        queues: tuple[str, ...],
-        delay_s: float | None,
-    ) -> Receipt:
+    async def _send(self, out: _Outgoing) -> Receipt:
+        message_id = new_message_id()
+        props = message_properties(out.job_type, out.priority, out.headers, message_id)
+        await self._publish(out, props)
+        return Receipt(
+            out.job_id, out.job_type, out.exchange, out.routing_key, message_id, out.delay_s
+        )
+
+    async def _publish(self, out: _Outgoing, props: spec.Basic.Properties) -> None:
+        """Publish and await the confirm; every failure becomes one typed error."""
         timeout_s = self.settings.publish_timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         live = self._live
         if live is None or live.channel.is_closed:
-            live = await self._reopened(job_id, job_type, deadline)
+            live = await self._reopened(out.job_id, out.job_type, deadline)
         if not live.unblocked.is_set():
-            await self._wait_unblocked(live.unblocked, job_id, job_type, deadline)
-        channel = live.channel
+            await self._wait_unblocked(live.unblocked, out.job_id, out.job_type, deadline)
         try:
-            await channel.basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
+            await live.channel.basic_publish(
+                out.body,
+                exchange=out.exchange,
+                routing_key=out.routing_key,
                 properties=props,
                 mandatory=True,
                 timeout=max(0.001, deadline - loop.time()),
@@ -348,40 +308,18 @@ class Producer:
                 raise
             # aiormq cancels pending confirms when it declares the connection dead (e.g. a
             # heartbeat timeout) though nobody cancelled the caller.
-            raise self._unknown(job_id, job_type, "the connection was lost") from None
-        except TimeoutError:
-            if not live.unblocked.is_set():
-                raise BrokerBlockedError(
-                    f"the broker blocked publishing (memory or disk alarm) and job {job_id} "
-                    f"({job_type}) was not confirmed within {timeout_s:g}s; it may still be "
-                    "published when the alarm clears — resubmitting with the same job id is safe",
-                    job_id=job_id,
-                ) from None
-            raise self._unknown(job_id, job_type, f"no confirm within {timeout_s:g}s") from None
-        except aiormq.exceptions.PublishError as exc:
-            raise UnroutableError(
-                f"job {job_id} ({job_type}) is unroutable: no binding on exchange "
-                f"{exchange!r} matched routing key {routing_key!r} ({_reply(exc)}); "
-                "it was not published",
-                job_id=job_id,
+            raise unknown(out.job_id, out.job_type, "the connection was lost") from None
+        except (TimeoutError, aiormq.exceptions.AMQPError, *CONNECTION_LOST) as exc:
+            raise publish_error(
+                exc,
+                job_id=out.job_id,
+                job_type=out.job_type,
+                exchange=out.exchange,
+                routing_key=out.routing_key,
+                queues=out.queues,
+                blocked=not live.unblocked.is_set(),
+                timeout_s=timeout_s,
             ) from None
-        except aiormq.exceptions.DeliveryError:
-            # A basic.nack: the broker refused the message, e.g. reject-publish overflow.
-            shown = ", ".join(queues) if queues else f"behind exchange {exchange!r}"
-            raise QueueFullError(
-                f"queue {shown} is full: the broker refused job {job_id} ({job_type}); "
-                "it was not published — retry later or raise the queue's max_length",
-                job_id=job_id,
-            ) from None
-        except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            raise UnroutableError(
-                f"job {job_id} ({job_type}) was not published: {_reply(exc)} — "
-                "has the topology been applied (`jobsys topology apply`)?",
-                job_id=job_id,
-            ) from None
-        except _CONNECTION_LOST as exc:
-            raise self._unknown(job_id, job_type, _reply(exc)) from None
-        return Receipt(job_id, job_type, exchange, routing_key, props.message_id or "", delay_s)
 
     async def _reopened(self, job_id: str, job_type: str, deadline: float) -> _LiveChannel:
         """The live aiormq channel under the robust one; while the connection is being
@@ -422,218 +360,6 @@ class Producer:
                 job_id=job_id,
             ) from None
 
-    def _unknown(self, job_id: str, job_type: str, why: str) -> PublishOutcomeUnknown:
-        log.warning("publish outcome unknown for job %s (%s): %s", job_id, job_type, why)
-        return PublishOutcomeUnknown(f"job {job_id} ({job_type}): {why}; {_UNKNOWN}", job_id=job_id)
-
-
-# -- preparation: everything checked before any I/O -----------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class JobRoute:
-    """Where a job type goes, worked out once per producer from the topology."""
-
-    exchange: str
-    routing_key: str
-    priority: int | None
-    static_headers: Mapping[str, Any]  # a headers exchange's match headers
-    queues: tuple[str, ...]  # the work queues it reaches, as the broker would route it
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedJob:
-    """A job ready to send: validated, encoded, with its targets."""
-
-    job_id: str
-    job_type: str
-    body: bytes
-    priority: int | None
-    headers: dict[str, Any]
-    #: (exchange, routing key, queues) per message; several only for a delayed fan-out.
-    targets: tuple[tuple[str, str, tuple[str, ...]], ...]
-    delay_s: float | None
-
-
-def build_routes(topology: Topology) -> dict[str, JobRoute]:
-    """Each job type's route, from the topology (pure)."""
-    return {
-        name: JobRoute(
-            exchange=spec_.exchange,
-            routing_key=spec_.routing_key,
-            priority=spec_.priority,
-            static_headers=dict(spec_.headers or {}),
-            queues=tuple(route_job_type(topology, spec_)),
-        )
-        for name, spec_ in topology.job_types.items()
-    }
-
-
-def prepare_job(
-    request: JobRequest,
-    routes: Mapping[str, JobRoute],
-    models: Mapping[str, type[BaseModel]],
-    max_bytes: int,
-    delay_levels: int,
-) -> PreparedJob:
-    """Validate and encode ``request`` (pure); raises ``UnknownJobTypeError``,
-    ``PayloadValidationError``, ``PayloadTooLargeError`` or ``ConfigError``."""
-    route = routes.get(request.job_type)
-    if route is None:
-        known = ", ".join(sorted(routes)) or "none"
-        raise UnknownJobTypeError(
-            f"unknown job type {request.job_type!r}; the topology knows: {known}"
-        )
-    payload = request.payload
-    model = models.get(request.job_type)
-    if model is not None:
-        payload = _validated(model, request.job_type, payload)
-    body = encode_payload(payload, max_bytes)
-    priority = route.priority if request.priority is None else request.priority
-    if priority is not None and (
-        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
-    ):
-        raise ConfigError(f"priority must be an integer from 0 to 255, got {priority!r}")
-    job_id = request.job_id or new_job_id()
-    headers = check_user_headers(request.headers)
-    if route.static_headers:
-        # A headers exchange routes on these, so they win over the caller's.
-        headers.update(route.static_headers)
-    envelope = Envelope(job_id, request.job_type, None, headers=headers)
-    targets, delay_s = _targets(route, request.delay_s, delay_levels)
-    return PreparedJob(
-        job_id=job_id,
-        job_type=request.job_type,
-        body=body,
-        priority=priority,
-        headers=envelope.amqp_headers(),
-        targets=targets,
-        delay_s=delay_s,
-    )
-
-
-def _validated(model: type[BaseModel], job_type: str, payload: Any) -> Any:
-    try:
-        instance = payload if isinstance(payload, model) else model.model_validate(payload)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(step) for step in error['loc']) or '(payload)'}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        raise PayloadValidationError(
-            f"payload for job type {job_type!r} is invalid: {problems}"
-        ) from None
-    return instance.model_dump(mode="json")
-
-
-def _targets(
-    route: JobRoute, delay_s: float | None, levels: int
-) -> tuple[tuple[tuple[str, str, tuple[str, ...]], ...], float | None]:
-    if delay_s is None:
-        return ((route.exchange, route.routing_key, route.queues),), None
-    if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
-        raise ConfigError(f"a delay must be a number of seconds, got {delay_s!r}")
-    if delay_s == 0:
-        return ((route.exchange, route.routing_key, route.queues),), None
-    # Through the delay levels a job reaches its queues by name, so one message per queue.
-    plans = [(queue, delays.delay_route(queue, delay_s, levels)) for queue in route.queues]
-    if not plans:
-        raise ConfigError("this job type reaches no queue, so it cannot be delayed")
-    targets = tuple((plan.exchange, plan.routing_key, (queue,)) for queue, plan in plans)
-    return targets, plans[0][1].delay_s
-
-
-def _properties(
-    job_type: str, priority: int | None, headers: dict[str, Any]
-) -> spec.Basic.Properties:
-    """The properties of one publish attempt (a fresh ``message_id``), pre-encoded."""
-    message_id = new_message_id()
-    now = time.time()
-    props = _PreEncodedProperties(
-        content_type=CONTENT_TYPE,
-        content_encoding=CONTENT_ENCODING,
-        headers=headers,
-        delivery_mode=PERSISTENT,
-        priority=priority,
-        message_id=message_id,
-        timestamp=datetime.fromtimestamp(int(now), UTC),
-        message_type=job_type,
-    )
-    head, middle, tail = _template(job_type, priority)
-    props.encoded = b"".join(
-        (head, _table(headers), middle, _short(message_id), _U64(int(now)), tail)
-    )
-    return props
-
-
-class _PreEncodedProperties(spec.Basic.Properties):
-    """``Basic.Properties`` whose wire form jobsys built itself.
-
-    pamqp encodes every property of every message from scratch; the parts that never change
-    for a job type and priority are encoded once instead (``_template``). The bytes are the
-    ones pamqp would produce (a unit test holds that).
-    """
-
-    __slots__ = ("encoded",)
-    encoded: bytes
-
-    def marshal(self) -> bytes:
-        return self.encoded
-
-
-_FLAGS = spec.Basic.Properties.flags
-_U64 = struct.Struct(">Q").pack
-_U32 = struct.Struct(">I").pack
-
-
-def _table(headers: Mapping[str, Any]) -> bytes:
-    """``headers`` as an AMQP field table, byte for byte as pamqp encodes it, with a short
-    path for the strings and integers jobsys's own headers are made of."""
-    parts = []
-    for key, value in sorted(headers.items()):
-        name = key.encode("utf-8")
-        if len(name) > 128:
-            return encode.field_table(dict(headers))  # pamqp truncates, and warns
-        parts.append(bytes((len(name),)) + name)
-        if type(value) is str:
-            data = value.encode("utf-8")
-            parts.append(b"S" + _U32(len(data)) + data)
-        elif type(value) is int:
-            parts.append(encode.table_integer(value))
-        else:
-            parts.append(encode.encode_table_value(value))
-    body = b"".join(parts)
-    return _U32(len(body)) + body
-
-
-def _short(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return bytes((len(data),)) + data
-
-
-@lru_cache(maxsize=1024)
-def _template(job_type: str, priority: int | None) -> tuple[bytes, bytes, bytes]:
-    """Encoded properties around the per-message parts: flags, content type and encoding
-    (before the headers); delivery mode and priority (before message id and timestamp);
-    the job type (last)."""
-    flags = 0
-    for name in (
-        "content_type",
-        "content_encoding",
-        "headers",
-        "delivery_mode",
-        "message_id",
-        "timestamp",
-        "message_type",
-    ):
-        flags |= _FLAGS[name]
-    middle = bytes((PERSISTENT,))
-    if priority is not None:
-        flags |= _FLAGS["priority"]
-        middle += bytes((priority,))
-    head = struct.pack(">H", flags) + _short(CONTENT_TYPE) + _short(CONTENT_ENCODING)
-    return head, middle, _short(job_type)
-
 
 # -- talking to aiormq -------------------------------------------------------------------------
 
@@ -657,14 +383,25 @@ def _unblocked_event(channel: aiormq.abc.AbstractChannel) -> asyncio.Event:
 
 
 @dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """One message to send: a job, to one exchange with one routing key."""
+
+    job_id: str
+    job_type: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    priority: int | None
+    headers: dict[str, Any]
+    queues: tuple[str, ...]  # the queues it is meant for, named in error messages
+    delay_s: float | None
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class _LiveChannel:
     """The aiormq channel a robust channel currently runs on, and its connection's
     "not blocked" event; replaced when the robust connection reopens the channel."""
 
     channel: aiormq.Channel
     unblocked: asyncio.Event
-
-
-def _reply(exc: BaseException) -> str:
-    text = " ".join(str(arg) for arg in exc.args if isinstance(arg, str | int))
-    return text or type(exc).__name__

@@ -9,14 +9,15 @@ import pytest
 from pamqp import commands as spec
 from pydantic import BaseModel, Field
 
-from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS
+from jobsys.amqp_properties import message_properties
+from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS, new_message_id
 from jobsys.errors import (
     ConfigError,
     PayloadTooLargeError,
     PayloadValidationError,
     UnknownJobTypeError,
 )
-from jobsys.producer import JobRequest, PreparedJob, Producer, _properties
+from jobsys.producer import JobRequest, PreparedJob, Producer
 from jobsys.settings import Settings
 from jobsys.topology import delays
 from jobsys.topology.model import Topology
@@ -199,7 +200,7 @@ def test_a_negative_nan_or_too_long_delay_is_refused(delay: object) -> None:
 def test_pre_encoded_properties_are_the_bytes_pamqp_would_send(
     priority: int | None, headers: dict[str, object]
 ) -> None:
-    props = _properties("send_email", priority, headers)
+    props = message_properties("send_email", priority, headers, new_message_id())
     reference = spec.Basic.Properties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,

@@ -1,0 +1,146 @@
+"""Preparing a job for publishing, without any I/O (pure): the job type's route from the
+topology, the payload validated and encoded, the priority and delay checked, the delay levels
+worked out for a delayed job. Whatever can be refused is refused here, before a connection is
+even needed; ``Producer.publish`` then only sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from jobsys.envelope import Envelope, check_user_headers, encode_payload, new_job_id
+from jobsys.errors import ConfigError, PayloadValidationError, UnknownJobTypeError
+from jobsys.topology import delays
+from jobsys.topology.check import route_job_type
+from jobsys.topology.model import Topology
+
+__all__ = ["JobRequest", "JobRoute", "PreparedJob", "build_routes", "prepare_job"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """One job for ``publish_many``: the arguments of ``publish``."""
+
+    job_type: str
+    payload: Any
+    priority: int | None = None
+    delay_s: float | None = None
+    job_id: str | None = None
+    headers: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRoute:
+    """Where a job type goes, worked out once per producer from the topology."""
+
+    exchange: str
+    routing_key: str
+    priority: int | None
+    static_headers: Mapping[str, Any]  # a headers exchange's match headers
+    queues: tuple[str, ...]  # the work queues it reaches, as the broker would route it
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    """A job ready to send: validated, encoded, with its targets."""
+
+    job_id: str
+    job_type: str
+    body: bytes
+    priority: int | None
+    headers: dict[str, Any]
+    #: (exchange, routing key, queues) per message; several only for a delayed fan-out.
+    targets: tuple[tuple[str, str, tuple[str, ...]], ...]
+    delay_s: float | None
+
+
+def build_routes(topology: Topology) -> dict[str, JobRoute]:
+    """Each job type's route, from the topology (pure)."""
+    return {
+        name: JobRoute(
+            exchange=spec_.exchange,
+            routing_key=spec_.routing_key,
+            priority=spec_.priority,
+            static_headers=dict(spec_.headers or {}),
+            queues=tuple(route_job_type(topology, spec_)),
+        )
+        for name, spec_ in topology.job_types.items()
+    }
+
+
+def prepare_job(
+    request: JobRequest,
+    routes: Mapping[str, JobRoute],
+    models: Mapping[str, type[BaseModel]],
+    max_bytes: int,
+    delay_levels: int,
+) -> PreparedJob:
+    """Validate and encode ``request`` (pure); raises ``UnknownJobTypeError``,
+    ``PayloadValidationError``, ``PayloadTooLargeError`` or ``ConfigError``."""
+    route = routes.get(request.job_type)
+    if route is None:
+        known = ", ".join(sorted(routes)) or "none"
+        raise UnknownJobTypeError(
+            f"unknown job type {request.job_type!r}; the topology knows: {known}"
+        )
+    payload = request.payload
+    model = models.get(request.job_type)
+    if model is not None:
+        payload = _validated(model, request.job_type, payload)
+    body = encode_payload(payload, max_bytes)
+    priority = route.priority if request.priority is None else request.priority
+    if priority is not None and (
+        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
+    ):
+        raise ConfigError(f"priority must be an integer from 0 to 255, got {priority!r}")
+    job_id = request.job_id or new_job_id()
+    headers = check_user_headers(request.headers)
+    if route.static_headers:
+        # A headers exchange routes on these, so they win over the caller's.
+        headers.update(route.static_headers)
+    envelope = Envelope(job_id, request.job_type, None, headers=headers)
+    targets, delay_s = _targets(route, request.delay_s, delay_levels)
+    return PreparedJob(
+        job_id=job_id,
+        job_type=request.job_type,
+        body=body,
+        priority=priority,
+        headers=envelope.amqp_headers(),
+        targets=targets,
+        delay_s=delay_s,
+    )
+
+
+def _validated(model: type[BaseModel], job_type: str, payload: Any) -> Any:
+    try:
+        instance = payload if isinstance(payload, model) else model.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(step) for step in error['loc']) or '(payload)'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise PayloadValidationError(
+            f"payload for job type {job_type!r} is invalid: {problems}"
+        ) from None
+    return instance.model_dump(mode="json")
+
+
+def _targets(
+    route: JobRoute, delay_s: float | None, levels: int
+) -> tuple[tuple[tuple[str, str, tuple[str, ...]], ...], float | None]:
+    if delay_s is None:
+        return ((route.exchange, route.routing_key, route.queues),), None
+    if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
+        raise ConfigError(f"a delay must be a number of seconds, got {delay_s!r}")
+    if delay_s == 0:
+        return ((route.exchange, route.routing_key, route.queues),), None
+    # Through the delay levels a job reaches its queues by name, so one message per queue.
+    plans = [(queue, delays.delay_route(queue, delay_s, levels)) for queue in route.queues]
+    if not plans:
+        raise ConfigError("this job type reaches no queue, so it cannot be delayed")
+    targets = tuple((plan.exchange, plan.routing_key, (queue,)) for queue, plan in plans)
+    return targets, plans[0][1].delay_s
