@@ -22,6 +22,7 @@ from typing import Any
 
 import aio_pika
 import yaml
+from aio_pika.abc import FieldValue
 from pydantic import BaseModel
 
 from jobsys.app import App, JobContext
@@ -179,7 +180,7 @@ async def publish_raw(
     async with BrokerConnection(settings) as conn:
         channel = await conn.channel(confirms=True)
         exchange = await channel.get_exchange(EXCHANGE, ensure=False)
-        headers = {HEADER_JOB_ID: job_id}
+        headers: dict[str, FieldValue] = {HEADER_JOB_ID: job_id}
         await exchange.publish(
             aio_pika.Message(body, headers=headers, delivery_mode=2, **props), routing_key
         )
