@@ -9,6 +9,7 @@ planned delay and at most the planned delay + 1 s + 10 %.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 from collections import defaultdict
@@ -155,7 +156,7 @@ def _runs(job_id: str, count: int) -> Callable[[], bool]:
 
 def _gaps(job_id: str) -> list[float]:
     starts = [started for _, _, started in RUNS[job_id]]
-    return [later - earlier for earlier, later in zip(starts, starts[1:], strict=False)]
+    return [later - earlier for earlier, later in itertools.pairwise(starts)]
 
 
 def _on_time(gap_s: float, planned_s: float) -> bool:
@@ -258,7 +259,7 @@ async def test_jobs_retried_through_the_same_delay_level_again_and_again_are_nev
     )
     assert {job_id: len(RUNS[job_id]) for job_id in ids} == {job_id: 5 for job_id in ids}
     dead = await drain_dead(vhost_settings, f"{WORK}.dead")
-    assert sorted(message.headers[HEADER_JOB_ID] for message in dead) == sorted(ids)
+    assert sorted(str(message.headers[HEADER_JOB_ID]) for message in dead) == sorted(ids)
     assert {message.headers[DL_ATTEMPTS] for message in dead} == {5}
 
 
