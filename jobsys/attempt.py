@@ -19,7 +19,12 @@ from aiormq.abc import DeliveredMessage
 from jobsys.acks import Acks
 from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.duration import format_duration
-from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, decode_envelope
+from jobsys.envelope import (
+    HEADER_ATTEMPT,
+    HEADER_JOB_ID,
+    HEADER_PUBLISHED_AT_MS,
+    decode_envelope,
+)
 from jobsys.errors import HandlerSignal, MessageError
 from jobsys.retry import RetryAfter, decide
 from jobsys.settings import Settings
@@ -69,6 +74,7 @@ class Job:
     job_id: str = "?"
     job_type: str = "?"
     attempt: int = 1
+    published_at_ms: int | None = None
     #: Already counted in the stats (dead-lettered or retried): its ack is not a "done".
     counted: bool = False
 
@@ -87,6 +93,9 @@ class Job:
         attempt = headers.get(HEADER_ATTEMPT)
         if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1:
             self.attempt = attempt
+        published = headers.get(HEADER_PUBLISHED_AT_MS)
+        if isinstance(published, int) and not isinstance(published, bool) and published > 0:
+            self.published_at_ms = published
 
 
 def deliver_frame(message: DeliveredMessage) -> spec.Basic.Deliver:
@@ -111,8 +120,8 @@ class AttemptRunner:
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
 
     async def run(self, job: Job, queue: str) -> Outcome:
-        """Run one attempt of ``job`` (consumed from ``queue``) and return its outcome."""
-        job.identify()
+        """Run one attempt of ``job`` (consumed from ``queue``, already identified) and return
+        its outcome."""
         message = job.message
         props = message.header.properties
         try:

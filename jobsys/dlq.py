@@ -26,6 +26,7 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from jobsys import tracing
 from jobsys.connection import BrokerConnection, translate_error
 from jobsys.envelope import (
     DL_ATTEMPTS,
@@ -291,10 +292,7 @@ async def _replay_batch(
         return
     timeout = connection.settings.publish_timeout_s
     results = await asyncio.gather(
-        *(
-            delivery.publish(_replayed(message), routing_key, mandatory=True, timeout=timeout)
-            for message in batch
-        ),
+        *(_replay_one(message, delivery, routing_key, timeout) for message in batch),
         return_exceptions=True,
     )
     failure: JobsysError | None = None
@@ -312,18 +310,44 @@ async def _replay_batch(
         raise failure
 
 
-def _replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
+async def _replay_one(
+    message: AbstractIncomingMessage,
+    delivery: aio_pika.abc.AbstractExchange,
+    routing_key: str,
+    timeout_s: float,
+) -> None:
+    headers = replay_headers(_headers(message))
+    # A fresh id per publish attempt: aiormq matches a return to its publish by it.
+    message_id = new_message_id()
+    # The replay continues the job's trace, as a child of its dead-letter publish.
+    with tracing.publish_span(
+        headers,
+        job_type=message.type or "unknown",
+        job_id=_text(headers.get(HEADER_JOB_ID)) or "unknown",
+        exchange=DELIVERY_EXCHANGE,
+        routing_key=routing_key,
+        message_id=message_id,
+        attempt=1,
+        kind="replay",
+        parent=tracing.extract(message.headers),
+    ):
+        replayed = _replayed(message, headers, message_id)
+        await delivery.publish(replayed, routing_key, mandatory=True, timeout=timeout_s)
+
+
+def _replayed(
+    message: AbstractIncomingMessage, headers: dict[str, Any], message_id: str
+) -> aio_pika.Message:
     return aio_pika.Message(
         body=message.body,
-        headers=replay_headers(_headers(message)),
+        headers=headers,
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         priority=message.priority,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
-        # A fresh id per publish attempt: aiormq matches a return to its publish by it.
-        message_id=new_message_id(),
+        message_id=message_id,
         timestamp=message.timestamp,
         type=message.type,
         app_id=message.app_id,

@@ -36,9 +36,11 @@ import aiormq
 import aiormq.abc
 import aiormq.exceptions
 from aio_pika import RobustChannel
+from opentelemetry.context import Context
 from pamqp import commands as spec
 from pydantic import BaseModel
 
+from jobsys import tracing
 from jobsys.amqp_properties import message_properties
 from jobsys.connection import BrokerConnection
 from jobsys.envelope import Envelope, encode_payload, new_message_id, strip_death_headers
@@ -212,6 +214,8 @@ class Producer:
         extra_headers: Mapping[str, Any] | None = None,
         queues: Iterable[str] = (),
         delay_s: float | None = None,
+        trace_kind: tracing.PublishKind = "publish",
+        trace_parent: Context | None = None,
     ) -> Receipt:
         """Publish an existing job (a retry, a dead-letter record, a replay) to ``exchange``
         with ``routing_key``, with the same confirm, return and nack handling as ``publish``.
@@ -221,6 +225,9 @@ class Producer:
         added after the envelope's headers, and broker death headers are stripped so a
         republished job is never silently dropped as a dead-letter cycle. ``queues`` names
         the queues the message is meant for, used only in error messages.
+
+        The publish gets a PRODUCER span of ``trace_kind`` (``retry``, ``dead_letter``...),
+        child of ``trace_parent`` (default: the current context, e.g. the running attempt).
         """
         if body is None:
             body = encode_payload(envelope.payload, self.settings.max_payload_bytes)
@@ -238,6 +245,8 @@ class Producer:
             tuple(queues),
             delay_s,
             envelope.attempt,
+            trace_kind,
+            trace_parent,
         )
         return await self._send(outgoing)
 
@@ -275,8 +284,21 @@ class Producer:
 
     async def _send(self, out: _Outgoing) -> Receipt:
         message_id = new_message_id()
-        props = message_properties(out.job_type, out.priority, out.headers, message_id)
-        await self._publish(out, props)
+        # The span writes traceparent into the headers, so it opens before they are encoded.
+        with tracing.publish_span(
+            out.headers,
+            job_type=out.job_type,
+            job_id=out.job_id,
+            exchange=out.exchange,
+            routing_key=out.routing_key,
+            message_id=message_id,
+            attempt=out.attempt,
+            delay_s=out.delay_s,
+            kind=out.kind,
+            parent=out.parent,
+        ):
+            props = message_properties(out.job_type, out.priority, out.headers, message_id)
+            await self._publish(out, props)
         return Receipt(
             out.job_id, out.job_type, out.exchange, out.routing_key, message_id, out.delay_s
         )
@@ -396,6 +418,8 @@ class _Outgoing:
     queues: tuple[str, ...]  # the queues it is meant for, named in error messages
     delay_s: float | None
     attempt: int = 1
+    kind: tracing.PublishKind = "publish"
+    parent: Context | None = None  # of the PRODUCER span; None: the current context
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,7 @@ class Republisher:
                 extra_headers=carried,
                 queues=(queue,),
                 delay_s=route.delay_s,
+                trace_kind="retry",
             )
         except JobsysError as exc:
             # Unroutable, refused or unknown: the original is requeued, so the job is not lost.
@@ -129,6 +130,7 @@ class Republisher:
                 body=message.body,
                 extra_headers=dead_letter_headers(original, record),
                 queues=(dead_letter_queue_name(queue),),
+                trace_kind="dead_letter",
             )
         except JobsysError as exc:
             log.error(

@@ -32,19 +32,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import socket
-import uuid
-from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import aiormq
-from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 
+from jobsys import tracing
 from jobsys.acks import Acks
 from jobsys.app import App
 from jobsys.attempt import (
@@ -58,71 +52,24 @@ from jobsys.attempt import (
 )
 from jobsys.connection import BrokerConnection, translate_error
 from jobsys.duration import format_duration
-from jobsys.errors import ConfigError, JobsysError
+from jobsys.errors import JobsysError
 from jobsys.fault_watch import FaultWatch
+from jobsys.pools import Pool, WorkerOptions, WorkerStats, plan_pools
 from jobsys.producer import Producer
 from jobsys.republish import Republisher
 from jobsys.settings import Settings
-from jobsys.topology.check import route_job_type
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology, dead_letter_queue_name
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """What to consume and how; ``None`` takes the topology file's per-queue defaults."""
-
-    queues: Sequence[str] = ()  # empty: every queue reached by a job type with a handler
-    concurrency: int | None = None
-    prefetch: int | None = None
-    grace_s: float = 30.0
-    #: Drain and stop after this many settled jobs (a supervisor recycles the process).
-    max_jobs: int | None = None
-
-
-@dataclass
-class WorkerStats:
-    """What a worker did; a supervisor reads ``settled`` to count jobs done."""
-
-    done: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    requeued: int = 0
-    unfinished: int = 0
-    lost_acks: int = 0
-
-    @property
-    def settled(self) -> int:
-        """Deliveries finished one way or the other: done, retried (republished for a later
-        attempt) or dead-lettered."""
-        return self.done + self.retried + self.dead_lettered
-
-    def summary(self) -> str:
-        """One line for the end of a run."""
-        line = (
-            f"worker stopped: {self.done} done, {self.dead_lettered} dead-lettered, "
-            f"{self.requeued} requeued, {self.unfinished} unfinished"
-        )
-        if self.retried:
-            line += f", {self.retried} attempts failed and retried"
-        if self.lost_acks:
-            line += f", {self.lost_acks} redelivered after a lost channel"
-        return line
-
-
-@dataclass
-class _Pool:
-    queue: str
-    concurrency: int
-    prefetch: int
-    consumer_tag: str
-    channel: AbstractRobustChannel | None = None
-    acks: Acks[Job] | None = None
-    running: int = 0
-    waiting: deque[Job] = field(default_factory=deque)
-    consuming: bool = False
+#: How each settlement shows on the attempt's span and in the metrics.
+_TRACE_OUTCOMES: dict[str, tracing.Outcome] = {
+    "ack": "ok",
+    "retry": "retry",
+    "dead_letter": "dead_lettered",
+    "requeue": "requeued",
+}
 
 
 class Worker:
@@ -148,7 +95,7 @@ class Worker:
         self.options = options or WorkerOptions()
         self.stats = WorkerStats()
         self.graceful = True
-        self.pools = [self._pool_for(name) for name in self._queue_names()]
+        self.pools = plan_pools(app, self.topology, self.options)
         #: Set once every pool is consuming.
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -164,33 +111,6 @@ class Worker:
         self._republisher: Republisher | None = None
 
     # -- setup -----------------------------------------------------------------------------
-
-    def _queue_names(self) -> list[str]:
-        for job_type in self.app.job_types:
-            if job_type not in self.topology.job_types:
-                log.warning("handler for job type %r, which the topology does not have", job_type)
-        if self.options.queues:
-            unknown = [q for q in self.options.queues if q not in self.topology.queues]
-            if unknown:
-                raise ConfigError(f"queue(s) not in the topology: {', '.join(unknown)}")
-            return list(dict.fromkeys(self.options.queues))
-        names: list[str] = []
-        for job_type in self.app.job_types:
-            spec = self.topology.job_types.get(job_type)
-            if spec is not None:
-                names += [q for q in route_job_type(self.topology, spec) if q not in names]
-        if not names:
-            raise ConfigError("no queue to consume: no handler's job type reaches a queue")
-        return names
-
-    def _pool_for(self, name: str) -> _Pool:
-        defaults = self.topology.queues[name].consumer
-        concurrency = self.options.concurrency or defaults.concurrency
-        prefetch = self.options.prefetch or max(defaults.prefetch, concurrency)
-        if prefetch < concurrency:
-            raise ConfigError(f"prefetch ({prefetch}) is below concurrency ({concurrency})")
-        tag = f"jobsys.{socket.gethostname()}.{os.getpid()}.{name}.{uuid.uuid4().hex[:8]}"
-        return _Pool(name, concurrency, prefetch, tag)
 
     async def _start(self) -> None:
         await self._connection.open()
@@ -222,7 +142,7 @@ class Worker:
                 pool.prefetch,
             )
 
-    async def _subscribe(self, pool: _Pool) -> None:
+    async def _subscribe(self, pool: Pool) -> None:
         # Consuming on the aiormq channel under the robust one skips aio-pika's per-delivery
         # message object and second task; the robust channel still restores QoS and the
         # queue check, and ``_on_reopen`` consumes again on each new channel.
@@ -235,7 +155,7 @@ class Worker:
                 consumer_tag=pool.consumer_tag,
             )
 
-    async def _on_reopen(self, pool: _Pool, *_: Any) -> None:
+    async def _on_reopen(self, pool: Pool, *_: Any) -> None:
         await self._subscribe(pool)
 
     async def _resubscribe_all(self) -> None:
@@ -304,7 +224,7 @@ class Worker:
                 log.warning("grace period of %s ran out", format_duration(self.options.grace_s))
             self.graceful = False
 
-    async def _requeue_waiting(self, pool: _Pool) -> None:
+    async def _requeue_waiting(self, pool: Pool) -> None:
         while pool.waiting:
             await self._settle(pool.waiting.popleft(), REQUEUE, pool)
 
@@ -342,14 +262,14 @@ class Worker:
 
     # -- one delivery ----------------------------------------------------------------------
 
-    def _acks_for(self, pool: _Pool, message: DeliveredMessage) -> Acks[Job]:
+    def _acks_for(self, pool: Pool, message: DeliveredMessage) -> Acks[Job]:
         channel = message.channel
         if pool.acks is None or pool.acks.channel is not channel:
             # The channel reopened (or this is the first delivery): delivery tags start again.
             pool.acks = Acks(channel, self._on_acks_sent)
         return pool.acks
 
-    async def _on_message(self, pool: _Pool, message: DeliveredMessage) -> None:
+    async def _on_message(self, pool: Pool, message: DeliveredMessage) -> None:
         delivery = deliver_frame(message)
         job = Job(
             message,
@@ -371,16 +291,35 @@ class Worker:
             self._running.add(runner)
             runner.add_done_callback(functools.partial(self._runner_done, pool))
 
-    async def _run_jobs(self, pool: _Pool) -> None:
+    async def _run_jobs(self, pool: Pool) -> None:
         # One runner takes waiting jobs one after the other; at most ``concurrency`` runners.
         while (job := self._next_waiting(pool)) is not None:
             self._in_progress += 1
             try:
-                await self._settle(job, await self._runner.run(job, pool.queue), pool)
+                await self._attempt(job, pool)
             finally:
                 self._in_progress -= 1
 
-    def _runner_done(self, pool: _Pool, runner: asyncio.Task[None]) -> None:
+    async def _attempt(self, job: Job, pool: Pool) -> None:
+        job.identify()
+        message = job.message
+        deliver = deliver_frame(message)
+        # Settled inside the span: a retry or dead-letter publish is a child of the attempt.
+        with tracing.consume_span(
+            message.header.properties.headers,
+            job_type=job.job_type if job.job_type != "?" else "unknown",
+            job_id=job.job_id if job.job_id != "?" else "unknown",
+            queue=pool.queue,
+            attempt=job.attempt,
+            message_id=message.header.properties.message_id,
+            published_at_ms=job.published_at_ms,
+            exchange=deliver.exchange or "",
+            routing_key=deliver.routing_key or "",
+        ) as attempt:
+            settled = await self._settle(job, await self._runner.run(job, pool.queue), pool)
+            attempt.set_outcome(_TRACE_OUTCOMES[settled.kind], settled.error)
+
+    def _runner_done(self, pool: Pool, runner: asyncio.Task[None]) -> None:
         pool.running -= 1
         self._running.discard(runner)
         if not self._running:
@@ -388,7 +327,7 @@ class Worker:
         if not runner.cancelled() and runner.exception() is not None:
             log.error("a job runner of %s failed", pool.queue, exc_info=runner.exception())
 
-    def _next_waiting(self, pool: _Pool) -> Job | None:
+    def _next_waiting(self, pool: Pool) -> Job | None:
         while pool.waiting and not self._stop.is_set():
             job = pool.waiting.popleft()
             # A job held on a channel that has closed since is back in its queue already.
@@ -398,7 +337,7 @@ class Worker:
 
     # -- settlement ------------------------------------------------------------------------
 
-    async def _settle(self, job: Job, outcome: Outcome, pool: _Pool) -> Outcome:
+    async def _settle(self, job: Job, outcome: Outcome, pool: Pool) -> Outcome:
         """The one place a delivery is acked, retried, dead-lettered or requeued. A retry or a
         dead-letter publishes first and acks the original only once the broker confirmed the
         copy; if it did not, the original is requeued. Returns the outcome applied."""
