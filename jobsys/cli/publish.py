@@ -127,8 +127,12 @@ def publish(
 
 def _guard(body: Any) -> int:
     """Run a command body; a ``JobsysError`` becomes one message and an exit code."""
+    # Imported here: the OpenTelemetry SDK is only loaded by a command that publishes.
+    from jobsys.telemetry_setup import configure_from_env
+
     try:
-        return int(asyncio.run(body()))
+        with configure_from_env("jobsys-publish"):
+            return int(asyncio.run(body()))
     except JobsysError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         # A bad job is bad input (2); the rest as every command maps them.
