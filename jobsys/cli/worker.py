@@ -163,8 +163,12 @@ def worker(
         grace_s=grace,
         max_jobs=max_jobs,
     )
+    # Imported here: the OpenTelemetry SDK is only loaded by a command that runs a worker.
+    from jobsys.telemetry_setup import configure_from_env
+
     try:
-        code, running = asyncio.run(serve(app, loaded, settings, options))
+        with configure_from_env("jobsys-worker"):
+            code, running = asyncio.run(serve(app, loaded, settings, options))
     except JobsysError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         _exit(exit_code_for(exc))
