@@ -11,6 +11,7 @@ work queue deleted while consuming, are in ``test_worker_faults.py``.)
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,8 +21,10 @@ from urllib.parse import quote
 import pytest
 
 from jobsys.connection import BrokerConnection
+from jobsys.errors import AccessRefused
 from jobsys.producer import Producer
 from jobsys.settings import Settings
+from jobsys.worker import Worker, WorkerOptions
 from tests.conftest import settings_for_vhost
 from tests.harness.fault_proxy import FaultProxy
 from tests.harness.fixtures import node_settings
@@ -208,15 +211,100 @@ async def test_a_dead_letter_queue_deleted_under_a_worker_stops_it_with_one_drif
     await _delete_queue(vhost_settings, WORK_DEAD)
     await publish_raw(vhost_settings, b"{not json", job_id="poison", type="task")
     try:
-        exit_code = await worker.wait_exit(10)
+        exit_code = await worker.wait_exit(5)
     except AssertionError:
         failures = worker.stderr.count("dead-letter publish failed")
         worker.signal(signal.SIGKILL)
         raise AssertionError(
-            f"the worker is still running after 10s; {failures} failed dead-letter publishes"
+            f"the worker is still running after 5s; {failures} failed dead-letter publishes"
         ) from None
     assert exit_code == EXIT_FAILED, worker.stderr
     assert worker.stderr.count("topology drift") == 1, worker.stderr
     assert "ft.work.dead" in worker.stderr
     # The poison job is not lost: it waits in its work queue.
     assert await queue_depth(vhost_settings, WORK) == 1
+
+
+#: The least privilege of each role, as ``docs/operations.md`` gives it (configure, write, read).
+APPLY_PERMISSIONS = (r"^(ft\..*|jobsys\..*)$",) * 3
+PRODUCER_PERMISSIONS = ("^$", r"^(ft\.jobs|jobsys\.delay\..*)$", "^$")
+WORKER_PERMISSIONS = ("^$", r"^(jobsys\.dead-letter|jobsys\.delay\..*)$", r"^ft\.work$")
+
+
+async def test_apply_producer_and_worker_each_work_with_only_their_documented_permissions(
+    running_own_broker: RabbitNode,
+    node_vhost: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node = running_own_broker
+    users = {}
+    for role, permissions in (
+        ("apply", APPLY_PERMISSIONS),
+        ("producer", PRODUCER_PERMISSIONS),
+        ("worker", WORKER_PERMISSIONS),
+    ):
+        user = users[role] = f"jobsys-{role}-{uuid.uuid4().hex[:6]}"
+        node.ctl("add_user", user, "pw")
+        node.ctl("set_permissions", "-p", node_vhost, user, *permissions)
+
+    def as_user(role: str) -> Settings:
+        url = f"amqp://{users[role]}:pw@127.0.0.1:{node.port}/{quote(node_vhost, safe='')}"
+        return node_settings(url)
+
+    try:
+        loaded = failure_apps.write_topology(tmp_path)
+        await failure_apps.apply(as_user("apply"), loaded)
+        record = tmp_path / "w.record"
+        for name, value in failure_apps.record_env(record).items():
+            monkeypatch.setenv(name, value)
+        ledger = Ledger()
+        worker = Worker(failure_apps.app, loaded, as_user("worker"), WorkerOptions())
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.ready.wait(), 15)
+            async with Producer(as_user("producer"), loaded.topology) as producer:
+                await publish_into(ledger, producer, "task", [{}] * 10, prefix="now")
+                delayed = await producer.publish("task", {}, delay_s=1, job_id="delayed")
+                ledger.record_publish("delayed", delayed)
+                # A job the worker must dead-letter: its only write besides retries.
+                invalid = await producer.publish("strict", {"nom": 1}, job_id="invalid")
+                ledger.record_publish("invalid", invalid)
+            await wait_until(
+                lambda: set(handler_lines(record, "done")) >= ledger.confirmed - {"invalid"},
+                what="every job done, the delayed one too",
+            )
+            await wait_until(lambda: worker.stats.dead_lettered == 1, what="one dead-lettered")
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(task, 30)
+        as_guest = settings_for_vhost(node_settings(node), node_vhost)
+        ledger.read_runs(record)
+        await ledger.read_queue(as_guest.url, WORK)
+        await ledger.read_queue(as_guest.url, WORK_DEAD, dead=True)
+        result = ledger.check()
+        result.assert_ok()
+        assert ledger.dead == {"invalid": 1}
+        assert len(ledger.confirmed) == 12
+    finally:
+        for user in users.values():
+            node.ctl("delete_user", user)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="jobsys/producer.py: a publish refused with ACCESS_REFUSED (no write permission) "
+    "is caught with the lost-connection errors (AMQPChannelError) and raised as "
+    "PublishOutcomeUnknown, 'resubmitting is safe', instead of a fatal AccessRefused",
+)
+async def test_a_producer_without_write_permission_gets_access_refused_not_outcome_unknown(
+    running_own_broker: RabbitNode, node_vhost: str, node_user: str, tmp_path: Path
+) -> None:
+    node = running_own_broker
+    loaded = failure_apps.write_topology(tmp_path)
+    await failure_apps.apply(settings_for_vhost(node_settings(node), node_vhost), loaded)
+    node.ctl("set_permissions", "-p", node_vhost, node_user, "^$", "^$", "^$")
+    url = f"amqp://{node_user}:pw@127.0.0.1:{node.port}/{quote(node_vhost, safe='')}"
+    async with Producer(node_settings(url), loaded.topology) as producer:
+        with pytest.raises(AccessRefused, match="ACCESS_REFUSED"):
+            await producer.publish("task", {}, job_id="refused")
