@@ -13,8 +13,8 @@ at the end. Everything runs in a private vhost (created through the management A
 deleted afterwards).
 
 Run with ``.venv/bin/python -m bench.worker [-n 20000] [--latency-n 2000] [--rate 200]``.
-``--consumer`` picks what a child runs; a mode with several worker processes can be added as
-another consumer kind without touching the measurements.
+``--processes P`` instead compares ``jobsys worker --processes P`` (a supervisor and P worker
+processes) with the single raw consumer, drain only (``bench/worker_processes.py``).
 """
 
 from __future__ import annotations
@@ -279,6 +279,11 @@ async def run(args: argparse.Namespace) -> None:
             await apply_topology(
                 conn, load_topology_text(topology_yaml(token)), use_management=False
             )
+        if args.processes:
+            from bench import worker_processes
+
+            await worker_processes.run(args, url, token)
+            return
         runs: dict[str, list[dict[str, Any]]] = {"raw": [], "jobsys": []}
         for round_no in range(args.rounds):
             for consumer in ("raw", "jobsys"):
@@ -352,6 +357,9 @@ def main() -> None:
     parser.add_argument("--latency-rounds", type=int, default=2, help="latency rounds, pooled")
     parser.add_argument("--rounds", type=int, default=3, help="drain rounds, interleaved")
     parser.add_argument("--url", default=os.environ.get("JOBSYS_URL", DEFAULT_URL))
+    parser.add_argument(
+        "--processes", type=int, help="drain with `jobsys worker --processes P` instead"
+    )
     parser.add_argument("--child", choices=sorted(CONSUMERS), help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("drain", "latency"), help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
