@@ -20,7 +20,8 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 
 from jobsys.connection import BrokerConnection, translate_error
 from jobsys.errors import AccessRefused, JobsysError, TopologyError
-from jobsys.topology.model import DEAD_LETTER_EXCHANGE
+from jobsys.topology.delays import DELIVERY_EXCHANGE
+from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,11 @@ class FaultWatch:
     async def check_entities(self, connection: BrokerConnection | None = None) -> None:
         """Raise a drift error for the first queue or exchange the broker does not have."""
         conn = connection or self._connection
-        wanted = [("exchange", DEAD_LETTER_EXCHANGE)] + [("queue", q) for q in self._queues]
+        # Everything settlement publishes to must be there too: a missing dead-letter queue
+        # or delivery exchange would otherwise only show when the first job fails.
+        wanted = [("exchange", DEAD_LETTER_EXCHANGE), ("exchange", DELIVERY_EXCHANGE)]
+        wanted += [("queue", q) for q in self._queues]
+        wanted += [("queue", dead_letter_queue_name(q)) for q in self._queues]
         for kind, name in wanted:
             channel = await conn.channel(confirms=False)
             try:

@@ -12,6 +12,7 @@ import logging
 import aiormq.exceptions
 
 from jobsys.errors import (
+    AccessRefused,
     BrokerBlockedError,
     JobsysError,
     PublishOutcomeUnknown,
@@ -74,6 +75,13 @@ def publish_error(
             f"queue {shown} is full: the broker refused job {job_id} ({job_type}); "
             "it was not published — retry later or raise the queue's max_length",
             job_id=job_id,
+        )
+    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+        # The broker refused the publish itself (no write permission on the exchange): the
+        # job is certainly not queued, and resubmitting with the same settings cannot help.
+        return AccessRefused(
+            f"job {job_id} ({job_type}) was not published: the broker refused it "
+            f"({reply_text(exc)}); the user needs write permission on exchange {exchange!r}",
         )
     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
         return UnroutableError(

@@ -31,7 +31,7 @@ from jobsys.envelope import (
     new_job_id,
     now_ms,
 )
-from jobsys.errors import JobsysError
+from jobsys.errors import AccessRefused, JobsysError, UnroutableError
 from jobsys.producer import Producer
 from jobsys.topology.delays import delay_route
 from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
@@ -51,7 +51,8 @@ class Republisher:
 
     async def retry(self, job: Job, outcome: Outcome, queue: str) -> bool:
         """Publish the job as attempt ``job.attempt + 1`` to ``queue`` after
-        ``outcome.delay_s`` and await the confirm; False (logged) when it was not confirmed."""
+        ``outcome.delay_s`` and await the confirm; False (logged) when it was not confirmed.
+        Raises ``UnroutableError`` or ``AccessRefused`` when no retry can ever get through."""
         message = job.message
         props = message.header.properties
         original = props.headers or {}
@@ -79,8 +80,10 @@ class Republisher:
                 delay_s=route.delay_s,
                 trace_kind="retry",
             )
+        except (UnroutableError, AccessRefused):
+            raise  # the topology or the permissions are wrong: the worker must stop, not loop
         except JobsysError as exc:
-            # Unroutable, refused or unknown: the original is requeued, so the job is not lost.
+            # Refused (full) or unknown: the original is requeued, so the job is not lost.
             # Only when the outcome is unknown may the retry have gone out too, and the job then
             # runs twice (delivery is at least once; handlers are idempotent by job id).
             log.error(
@@ -95,7 +98,8 @@ class Republisher:
     async def dead_letter(self, job: Job, outcome: Outcome, queue: str) -> bool:
         """Publish a copy of the job (same body, the broker's death history stripped, the
         reason added) to ``queue``'s dead-letter queue and await the confirm; False (logged)
-        when it was not confirmed."""
+        when it was not confirmed. Raises ``UnroutableError`` or ``AccessRefused`` when no
+        dead-letter publish can ever get through (the queue is gone, or may not be written)."""
         message = job.message
         props = message.header.properties
         original = props.headers or {}
@@ -132,6 +136,8 @@ class Republisher:
                 queues=(dead_letter_queue_name(queue),),
                 trace_kind="dead_letter",
             )
+        except (UnroutableError, AccessRefused):
+            raise  # the topology or the permissions are wrong: the worker must stop, not loop
         except JobsysError as exc:
             log.error(
                 "job %s (%s): dead-letter publish failed, requeueing the job: %s",

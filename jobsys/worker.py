@@ -52,7 +52,7 @@ from jobsys.attempt import (
 )
 from jobsys.connection import BrokerConnection, translate_error
 from jobsys.duration import format_duration
-from jobsys.errors import JobsysError
+from jobsys.errors import AccessRefused, JobsysError, TopologyError, UnroutableError
 from jobsys.fault_watch import FaultWatch
 from jobsys.pools import Pool, WorkerOptions, WorkerStats, plan_pools
 from jobsys.producer import Producer
@@ -349,10 +349,18 @@ class Worker:
             await job.acks.nack(job.tag)
             return outcome
         assert self._republisher is not None and outcome.error is not None
-        if outcome.kind == "retry":
-            published = await self._republisher.retry(job, outcome, pool.queue)
-        else:
-            published = await self._republisher.dead_letter(job, outcome, pool.queue)
+        try:
+            if outcome.kind == "retry":
+                published = await self._republisher.retry(job, outcome, pool.queue)
+            else:
+                published = await self._republisher.dead_letter(job, outcome, pool.queue)
+        except (UnroutableError, AccessRefused) as exc:
+            # Requeueing and carrying on would bring the job straight back, forever: keep it
+            # in its queue and stop with one message.
+            self.stats.requeued += 1
+            await job.acks.nack(job.tag)
+            self._fail(_cannot_republish(exc, outcome.kind, pool.queue))
+            return Outcome("requeue", error=outcome.error)
         if not published:
             await job.acks.nack(job.tag)  # keep the job: better twice than never
             return Outcome("requeue", error=outcome.error)
@@ -401,3 +409,18 @@ class Worker:
 
 
 __all__ = ["ACK", "REQUEUE", "Outcome", "Worker", "WorkerOptions", "WorkerStats"]
+
+
+def _cannot_republish(exc: JobsysError, kind: str, queue: str) -> JobsysError:
+    """The fatal error for a retry or dead-letter publish that can never succeed."""
+    if isinstance(exc, AccessRefused):
+        return exc
+    target = (
+        f"dead-letter queue {dead_letter_queue_name(queue)!r}"
+        if kind == "dead_letter"
+        else (f"the delay levels and delivery exchange for queue {queue!r}")
+    )
+    return TopologyError(
+        f"topology drift: the {kind.replace('_', '-')} publish for a job of queue {queue!r} was "
+        f"unroutable ({exc}); {target} is missing — run `jobsys topology apply FILE`"
+    )

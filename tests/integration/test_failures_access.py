@@ -194,12 +194,6 @@ async def test_a_work_queue_deleted_under_a_busy_worker_gives_one_drift_message_
     assert await queue_depth(vhost_settings, WORK_DEAD) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobsys/worker.py: a missing dead-letter queue makes every dead-letter publish "
-    "unroutable, and _settle() requeues the job, which comes straight back: a hot requeue "
-    "loop with one error log per turn instead of one topology-drift error and a stop",
-)
 async def test_a_dead_letter_queue_deleted_under_a_worker_stops_it_with_one_drift_message(
     vhost_settings: Settings, tmp_path: Path, workers: list[FailureWorker]
 ) -> None:
@@ -291,12 +285,6 @@ async def test_apply_producer_and_worker_each_work_with_only_their_documented_pe
             node.ctl("delete_user", user)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobsys/producer.py: a publish refused with ACCESS_REFUSED (no write permission) "
-    "is caught with the lost-connection errors (AMQPChannelError) and raised as "
-    "PublishOutcomeUnknown, 'resubmitting is safe', instead of a fatal AccessRefused",
-)
 async def test_a_producer_without_write_permission_gets_access_refused_not_outcome_unknown(
     running_own_broker: RabbitNode, node_vhost: str, node_user: str, tmp_path: Path
 ) -> None:
