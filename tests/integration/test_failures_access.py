@@ -222,7 +222,11 @@ async def test_a_dead_letter_queue_deleted_under_a_worker_stops_it_with_one_drif
 #: The least privilege of each role, as ``docs/operations.md`` gives it (configure, write, read).
 APPLY_PERMISSIONS = (r"^(ft\..*|jobsys\..*)$",) * 3
 PRODUCER_PERMISSIONS = ("^$", r"^(ft\.jobs|jobsys\.delay\..*)$", "^$")
-WORKER_PERMISSIONS = ("^$", r"^(jobsys\.dead-letter|jobsys\.delay\..*)$", r"^ft\.work$")
+WORKER_PERMISSIONS = (
+    "^$",
+    r"^(jobsys\.dead-letter|jobsys\.delivery|jobsys\.delay\..*)$",
+    r"^ft\.work$",
+)
 
 
 async def test_apply_producer_and_worker_each_work_with_only_their_documented_permissions(
