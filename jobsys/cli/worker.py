@@ -74,8 +74,9 @@ async def serve(
     "--topology",
     "topology_file",
     required=True,
+    envvar="JOBSYS_TOPOLOGY",
     type=click.Path(dir_okay=False),
-    help="The topology file (queues, job types, pool defaults).",
+    help="The topology file (queues, job types, pool defaults). Env: JOBSYS_TOPOLOGY.",
 )
 @click.option(
     "--queue",
