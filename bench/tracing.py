@@ -1,23 +1,29 @@
-"""What tracing costs: worker drain throughput with tracing on vs off, in the same run.
+"""What telemetry costs a worker: drain throughput with tracing on vs off, in the same run.
 
-* off: OpenTelemetry's no-op providers (what a program without an SDK gets);
-* on: the SDK's ``TracerProvider`` with a ``BatchSpanProcessor`` and an exporter that drops
-  everything, plus an SDK ``MeterProvider`` aggregating into an in-memory reader: every span
-  and measurement is built, only the network is left out.
+Every measurement runs in a fresh child process, so one mode never inherits another's
+providers, caches, JIT-warm paths or garbage. Modes:
 
-Each round fills a queue with ``-n`` jobs (published in the same mode, so the messages carry
-``traceparent`` when tracing is on) and times a ``Worker`` draining them with a handler that
-does nothing, from the moment it is consuming to the last ack. Rounds alternate off and on (and
-which goes first) so both see the same broker; the best of ``--rounds`` counts. Target: on / off
->= 0.85.
+* ``off``: no SDK at all (not even imported); tracing and metrics go through the API's no-op
+  proxies, which is what a program that configures no telemetry gets.
+* ``traces``: the SDK's ``TracerProvider`` installed globally with a ``BatchSpanProcessor``
+  and an exporter that drops everything (wrapped as ``jobsys worker`` wraps its exporters).
+  Every span is built, sampled, ended and handed to the export thread; only the network is
+  left out.
+* ``on``: ``traces`` plus an SDK ``MeterProvider`` whose periodic reader collects every 5 s
+  into an exporter that drops everything: the two histograms are recorded per job and the
+  counters are observed at each collection.
 
-It also prints the per-job cost of ``publish_span`` + ``consume_span`` in microseconds, with no
-SDK and with the SDK, without a broker.
+Each child fills the queue with ``-n`` jobs through jobsys's ``Producer`` (so the messages
+carry ``traceparent`` whenever tracing is on), then times the real ``jobsys.worker.Worker``
+draining them with a handler that does nothing, from the moment it is consuming to the last
+ack, and the CPU time the process spent meanwhile (the export thread included). Rounds
+alternate the order of the modes; the median of ``--rounds`` counts, and so does the median
+of the per-round ratios. Target: on / off >= 0.85.
 
-The drain figures only measure tracing once the worker calls ``tracing.consume_span_for``
-(and the producer ``tracing.publish_span``); before that wiring, both modes run the same code.
+Without a broker, each child also times ``publish_span`` and ``consume_span`` (with the
+arguments the producer and the worker pass) in CPU microseconds per job.
 
-Run with ``.venv/bin/python -m bench.tracing [-n 5000] [--rounds 3] [--url AMQP_URL]``. The
+Run with ``.venv/bin/python -m bench.tracing [-n 5000] [--rounds 5] [--url AMQP_URL]``. The
 jobs run in a fresh vhost (created and deleted through the management API).
 """
 
@@ -27,21 +33,17 @@ import argparse
 import asyncio
 import base64
 import json
+import statistics
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from opentelemetry import metrics as otel_metrics
-from opentelemetry import trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
-from jobsys import metrics, tracing
+from jobsys import tracing
 from jobsys.app import App
 from jobsys.connection import BrokerConnection
 from jobsys.producer import JobRequest, Producer
@@ -51,6 +53,7 @@ from jobsys.topology.loader import load_topology_text
 from jobsys.worker import Worker, WorkerOptions
 
 JOB_TYPE = "bench_job"
+MODES = ("off", "traces", "on")
 TOPOLOGY = f"""\
 version: 1
 exchanges:
@@ -66,29 +69,67 @@ job_types:
 """
 
 
-class _DropExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-
-def _use(mode: str) -> TracerProvider | None:
+def _install(mode: str) -> Callable[[], None]:
+    """Install the providers of ``mode`` globally; returns what shuts them down."""
     if mode == "off":
-        tracing.use_tracer_provider(trace.NoOpTracerProvider())
-        metrics.use_meter_provider(otel_metrics.NoOpMeterProvider())
-        return None
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(_DropExporter()))
-    tracing.use_tracer_provider(provider)
-    metrics.use_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
-    return provider
+        return lambda: None
+    from collections.abc import Sequence
+
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        MetricExporter,
+        MetricExportResult,
+        MetricsData,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from jobsys.telemetry_setup import LoggedOnceMetricExporter, LoggedOnceSpanExporter
+
+    class DropSpans(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    class DropMetrics(MetricExporter):
+        def export(
+            self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> MetricExportResult:
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            return None
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(LoggedOnceSpanExporter(DropSpans())))
+    trace.set_tracer_provider(tracer_provider)
+    providers: list[Any] = [tracer_provider]
+    if mode == "on":
+        reader = PeriodicExportingMetricReader(
+            LoggedOnceMetricExporter(DropMetrics()), export_interval_millis=5000
+        )
+        meter_provider = MeterProvider(metric_readers=[reader])
+        otel_metrics.set_meter_provider(meter_provider)
+        providers.append(meter_provider)
+
+    def shutdown() -> None:
+        for provider in providers:
+            provider.shutdown()
+
+    return shutdown
 
 
 async def _handle(payload: dict[str, Any]) -> None:
     return None
 
 
-async def _drain_once(settings: Settings, n: int, mode: str) -> float:
-    provider = _use(mode)
+async def _drain(url: str, n: int) -> dict[str, float]:
+    settings = Settings(url=url)
     loaded = load_topology_text(TOPOLOGY)
     async with Producer(settings, loaded.topology) as producer:
         results = await producer.publish_many(
@@ -101,39 +142,74 @@ async def _drain_once(settings: Settings, n: int, mode: str) -> float:
     worker = Worker(app, loaded, settings, WorkerOptions(max_jobs=n, grace_s=60))
     task = asyncio.create_task(worker.run())
     await worker.ready.wait()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     stats = await task
-    elapsed = time.perf_counter() - start
-    if provider is not None:
-        provider.shutdown()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if stats.done != n:
-        raise SystemExit(f"{mode}: the worker finished {stats.done} of {n} jobs")
-    return n / elapsed
+        raise SystemExit(f"the worker finished {stats.done} of {n} jobs")
+    return {"jobs_s": n / elapsed, "cpu_us": cpu / n * 1e6}
 
 
-def _per_job_cost_us(mode: str, n: int = 20_000) -> float:
-    provider = _use(mode)
-    start = time.perf_counter()
+def _span_cost_us(n: int = 20_000) -> dict[str, float]:
+    """CPU microseconds per job of ``publish_span`` and of ``consume_span``, as called by the
+    producer and the worker, without a broker."""
+    published_at_ms = int(time.time() * 1000)
+    carried: list[dict[str, Any]] = []
+    start = time.process_time()
     for i in range(n):
-        headers: dict[str, Any] = {"jobsys-attempt": 1, "jobsys-published-at-ms": 1}
+        headers: dict[str, Any] = {"jobsys-attempt": 1, "jobsys-published-at-ms": published_at_ms}
         with tracing.publish_span(
             headers,
             job_type=JOB_TYPE,
-            job_id="j",
+            job_id=f"job-{i}",
             exchange="bench",
             routing_key="work",
-            message_id=str(i),
+            message_id=f"m-{i}",
             attempt=1,
         ):
             pass
+        carried.append(headers)
+    publish = time.process_time() - start
+    start = time.process_time()
+    for i, headers in enumerate(carried):
         with tracing.consume_span(
-            headers, job_type=JOB_TYPE, job_id="j", queue="bench.work", attempt=1
+            headers,
+            job_type=JOB_TYPE,
+            job_id=f"job-{i}",
+            queue="bench.work",
+            attempt=1,
+            message_id=f"m-{i}",
+            published_at_ms=published_at_ms,
+            exchange="bench",
+            routing_key="work",
         ) as attempt:
             attempt.set_outcome("ok")
-    elapsed = time.perf_counter() - start
-    if provider is not None:
-        provider.shutdown()
-    return elapsed / n * 1e6
+    consume = time.process_time() - start
+    return {"publish_us": publish / n * 1e6, "consume_us": consume / n * 1e6}
+
+
+def _child(mode: str, url: str, n: int) -> None:
+    shutdown = _install(mode)
+    _span_cost_us(2000)  # warm up: first-use caches, the export thread
+    result = _span_cost_us()
+    result.update(asyncio.run(_drain(url, n)))
+    if mode != "off" and "opentelemetry.sdk" not in sys.modules:
+        raise SystemExit("the SDK is not loaded")
+    if mode == "off" and "opentelemetry.sdk.trace" in sys.modules:
+        raise SystemExit("the SDK was loaded in the off mode")
+    shutdown()
+    print(json.dumps(result))
+
+
+def _run_child(mode: str, url: str, n: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.tracing", "--child", mode, "--url", url, "-n", str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _management(url: str, method: str, path: str, body: object | None = None) -> None:
@@ -152,8 +228,8 @@ def _management(url: str, method: str, path: str, body: object | None = None) ->
         pass
 
 
-async def run(url: str, n: int, rounds: int) -> dict[str, float]:
-    """Drain ``n`` jobs per round in each mode; return the best jobs/s of each."""
+def run(url: str, n: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """Each mode once per round in a fresh child, the order rotating; every result by mode."""
     vhost = f"bench-tracing-{uuid.uuid4().hex[:8]}"
     user = unquote(urlsplit(url).username or "guest")
     _management(url, "PUT", f"/api/vhosts/{quote(vhost, safe='')}")
@@ -164,40 +240,74 @@ async def run(url: str, n: int, rounds: int) -> dict[str, float]:
         {"configure": ".*", "write": ".*", "read": ".*"},
     )
     parts = urlsplit(url)
-    settings = Settings(url=urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", "")))
-    best = {"off": 0.0, "on": 0.0}
+    vhost_url = urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     try:
-        async with BrokerConnection(settings) as conn:
-            await apply_topology(conn, load_topology_text(TOPOLOGY), use_management=False)
+        asyncio.run(_declare(vhost_url))
         for round_ in range(rounds):
-            # Alternate which mode goes first: the broker is still writing the last round's
-            # messages away when the next fill starts, which slows whoever runs second.
-            for mode in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
-                best[mode] = max(best[mode], await _drain_once(settings, n, mode))
+            # Rotate which mode goes first: the broker is still writing the last run's
+            # messages away when the next fill starts, which slows whoever runs next.
+            order = MODES[round_ % len(MODES) :] + MODES[: round_ % len(MODES)]
+            for mode in order:
+                results[mode].append(_run_child(mode, vhost_url, n))
+                print(f"  round {round_ + 1} {mode:6} {results[mode][-1]}", file=sys.stderr)
     finally:
         _management(url, "DELETE", f"/api/vhosts/{quote(vhost, safe='')}")
-        tracing.use_tracer_provider(None)
-        metrics.use_meter_provider(None)
-    return best
+    return results
+
+
+async def _declare(url: str) -> None:
+    async with BrokerConnection(Settings(url=url)) as conn:
+        await apply_topology(conn, load_topology_text(TOPOLOGY), use_management=False)
+
+
+def _median(results: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in results)
+
+
+def report(results: dict[str, list[dict[str, float]]], n: int) -> None:
+    """Print the medians, the per-round ratios and the per-job costs."""
+    rounds = len(results["off"])
+    print(f"tracing benchmark: {n} jobs drained per run, {rounds} rounds, medians")
+    labels = {
+        "off": "off (no SDK)",
+        "traces": "traces (SDK, no-op exporter)",
+        "on": "traces + metrics (SDK, no-op exporters)",
+    }
+    for mode in MODES:
+        print(
+            f"  {labels[mode]:40} {_median(results[mode], 'jobs_s'):8,.0f} jobs/s"
+            f"  {_median(results[mode], 'cpu_us'):6.0f} us CPU/job"
+        )
+    for mode in ("traces", "on"):
+        pairs = list(zip(results[mode], results["off"], strict=True))
+        ratios = [on["jobs_s"] / off["jobs_s"] for on, off in pairs]
+        extra = [on["cpu_us"] - off["cpu_us"] for on, off in pairs]
+        print(
+            f"  {mode:6} / off = {statistics.median(ratios):.2f}x"
+            f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.85x),"
+            f" +{statistics.median(extra):.0f} us CPU/job"
+        )
+    print("  span CPU per job, no broker (publish_span / consume_span):")
+    for mode in MODES:
+        print(
+            f"    {labels[mode]:38} {_median(results[mode], 'publish_us'):6.1f} us"
+            f" / {_median(results[mode], 'consume_us'):6.1f} us"
+        )
 
 
 def main() -> None:
     """Parse arguments, run, print jobs/s and the ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000, help="jobs per run (default 5000)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; best counts (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--url", default=Settings.from_env().url, help="broker URL")
+    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    cost = {mode: _per_job_cost_us(mode) for mode in ("off", "on")}
-    best = asyncio.run(run(args.url, args.n, args.rounds))
-    print(f"tracing benchmark: {args.n} jobs drained per run, best of {args.rounds}")
-    print(f"  tracing off (no SDK)              {best['off']:9,.0f} jobs/s")
-    print(f"  tracing on (SDK, no-op exporter)  {best['on']:9,.0f} jobs/s")
-    print(f"  on / off = {best['on'] / best['off']:.2f}x (target >= 0.85x)")
-    print(
-        f"  publish_span + consume_span per job: {cost['off']:.1f} us without an SDK, "
-        f"{cost['on']:.1f} us with it"
-    )
+    if args.child:
+        _child(args.child, args.url, args.n)
+        return
+    report(run(args.url, args.n, args.rounds), args.n)
 
 
 if __name__ == "__main__":

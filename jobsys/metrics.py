@@ -34,6 +34,8 @@ _INSTRUMENTATION_NAME = "jobsys"
 _OUTCOME_COUNTERS = {"ok": "succeeded", "retry": "retried", "dead_lettered": "dead_lettered"}
 _PER_QUEUE = ("job_type", "queue")
 _PER_EXCHANGE = ("job_type", "exchange", "kind")
+#: Cached attribute dicts per histogram before the cache starts over (a guard, not a limit).
+_ATTRIBUTE_SETS = 1024
 
 
 class _Counts:
@@ -94,6 +96,33 @@ class _Instruments:
             unit="s",
             description="Time from publish to the start of an attempt (delays included)",
         )
+        # Histogram attributes built once per key: the SDK copies them, never changes them.
+        self.latency_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self.duration_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
+
+    def latency_attributes_of(self, job_type: str, queue: str) -> dict[str, str]:
+        """The latency histogram's attributes for ``job_type`` on ``queue``."""
+        key = (job_type, queue)
+        attributes = self.latency_attributes.get(key)
+        if attributes is None:
+            if len(self.latency_attributes) >= _ATTRIBUTE_SETS:
+                self.latency_attributes.clear()
+            attributes = self.latency_attributes[key] = {"job_type": job_type, "queue": queue}
+        return attributes
+
+    def duration_attributes_of(self, job_type: str, queue: str, outcome: str) -> dict[str, str]:
+        """The duration histogram's attributes for one outcome of ``job_type`` on ``queue``."""
+        key = (job_type, queue, outcome)
+        attributes = self.duration_attributes.get(key)
+        if attributes is None:
+            if len(self.duration_attributes) >= _ATTRIBUTE_SETS:
+                self.duration_attributes.clear()
+            attributes = self.duration_attributes[key] = {
+                "job_type": job_type,
+                "queue": queue,
+                "outcome": outcome,
+            }
+        return attributes
 
 
 class _State:
@@ -165,7 +194,9 @@ def record_started(job_type: str, queue: str, queued_s: float | None) -> None:
         _add(instruments.counts.in_flight, key)
         if queued_s is not None:
             # Clocks of producer and worker differ a little; a negative wait means "none".
-            instruments.latency.record(max(0.0, queued_s), {"job_type": job_type, "queue": queue})
+            instruments.latency.record(
+                max(0.0, queued_s), instruments.latency_attributes_of(job_type, queue)
+            )
     except Exception as exc:
         _failed(exc)
 
@@ -181,7 +212,7 @@ def record_finished(job_type: str, queue: str, outcome: str, duration_s: float) 
         key = (job_type, queue)
         _add(instruments.counts.in_flight, key, -1)
         instruments.duration.record(
-            duration_s, {"job_type": job_type, "queue": queue, "outcome": outcome}
+            duration_s, instruments.duration_attributes_of(job_type, queue, outcome)
         )
         counter = _OUTCOME_COUNTERS.get(outcome)
         if counter is not None:
