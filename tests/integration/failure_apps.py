@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,12 +30,13 @@ from jobsys.settings import Settings
 from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import LoadedTopology, load_topology
 from tests.harness.ledger import Ledger
+from tests.harness.worker_subprocess import WorkerSubprocess
+from tests.harness.worker_subprocess import wait_until as harness_wait_until
 
 WORK = "ft.work"
 WORK_DEAD = "ft.work.dead"
 EXCHANGE = "ft.jobs"
 APP_TARGET = "tests.integration.failure_apps:app"
-_REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
 app = App()
 
@@ -213,74 +211,24 @@ async def queue_depth(settings: Settings, queue: str = WORK) -> int:
 
 async def wait_until(check: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> None:
     """Poll ``check`` (sync or async) until it is truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
-        await asyncio.sleep(0.05)
+    await harness_wait_until(check, timeout_s, what)
 
 
-class FailureWorker:
+class FailureWorker(WorkerSubprocess):
     """``jobsys worker tests.integration.failure_apps:app`` in a subprocess; its handlers
     write to ``tmp_path/<name>.record`` and its stderr goes to ``tmp_path/<name>.stderr``."""
 
+    output_timeout_s = 30.0
+
     def __init__(self, tmp_path: Path, settings: Settings, *args: str, name: str = "w") -> None:
         self.record = tmp_path / f"{name}.record"
-        self.stderr_path = tmp_path / f"{name}.stderr"
-        env = dict(os.environ)
-        env.update(record_env(self.record), JOBSYS_URL=settings.url)
-        command = [
-            sys.executable,
-            "-m",
-            "jobsys",
-            "-v",
-            "worker",
+        super().__init__(
             APP_TARGET,
-            "--topology",
-            str(tmp_path / "topology.yaml"),
-            *args,
-        ]
-        with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=_REPO_ROOT
-            )
-
-    @property
-    def stderr(self) -> str:
-        """Everything the worker wrote to stderr so far."""
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    async def wait_for_output(self, text: str, timeout_s: float = 30.0) -> None:
-        """Wait until ``text`` appears on stderr (fails early if the worker exits)."""
-
-        def seen() -> bool:
-            if text in self.stderr:
-                return True
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.stderr}")
-            return False
-
-        await wait_until(seen, timeout_s, what=repr(text))
-
-    async def wait_exit(self, timeout_s: float = 30.0) -> int:
-        """The exit code, waiting at most ``timeout_s``."""
-        await wait_until(lambda: self.proc.poll() is not None, timeout_s, what="worker exit")
-        return self.proc.returncode
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the worker."""
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        """Stop the worker if it still runs (test cleanup)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            tmp_path / "topology.yaml",
+            tmp_path / f"{name}.stderr",
+            {**record_env(self.record), "JOBSYS_URL": settings.url},
+            args,
+        )
 
 
 def in_flight(record: Path) -> set[str]:

@@ -10,8 +10,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,41 +18,26 @@ import pytest
 
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology
+from tests.harness.worker_subprocess import WorkerSubprocess
 from tests.integration import supervisor_apps
 from tests.integration.supervisor_apps import WORK, read_records
 from tests.integration.worker_apps import apply, publish, queue_depth, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-_REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-class SupervisorProcess:
+class SupervisorProcess(WorkerSubprocess):
     """``jobsys -v worker ... --processes P`` in a subprocess, stderr in a file."""
 
     def __init__(self, tmp_path: Path, settings: Settings, *args: str) -> None:
         self.record = tmp_path / "record.txt"
-        self.stderr_path = tmp_path / "supervisor.stderr"
-        env = dict(os.environ, JOBSYS_URL=settings.url, JOBSYS_TEST_RECORD=str(self.record))
-        command = [
-            sys.executable,
-            "-m",
-            "jobsys",
-            "-v",
-            "worker",
+        super().__init__(
             "tests.integration.supervisor_apps:app",
-            "--topology",
-            str(tmp_path / "topology.yaml"),
-            *args,
-        ]
-        with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=_REPO_ROOT
-            )
-
-    @property
-    def stderr(self) -> str:
-        """Everything the supervisor and its children wrote to stderr so far."""
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+            tmp_path / "topology.yaml",
+            tmp_path / "supervisor.stderr",
+            {"JOBSYS_URL": settings.url, "JOBSYS_TEST_RECORD": str(self.record)},
+            args,
+        )
 
     def children(self) -> list[int]:
         """The pids of the running worker processes."""

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,8 @@ from jobsys.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import LoadedTopology, load_topology, load_topology_text
+from tests.harness.worker_subprocess import WorkerSubprocess
+from tests.harness.worker_subprocess import wait_until as wait_until
 
 # Job types whose handlers fail take ``retry: {max_attempts: 1}``: these tests are about one
 # attempt's settlement; tests/integration/test_retries.py covers retries.
@@ -62,7 +61,6 @@ job_types:
 """
 
 WORK = "wt.work"
-_REPO_ROOT = str(Path(__file__).resolve().parents[2])
 WORK_DEAD = "wt.work.dead"
 
 
@@ -242,72 +240,16 @@ async def drain_dead(settings: Settings, queue: str = WORK_DEAD) -> list[aio_pik
     return messages  # type: ignore[return-value]
 
 
-async def wait_until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "") -> None:
-    """Poll ``check`` (sync or async) until it is truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
-        await asyncio.sleep(0.05)
-
-
-class WorkerProcess:
-    """``jobsys worker`` in a subprocess, with its stderr in a file the test can poll."""
+class WorkerProcess(WorkerSubprocess):
+    """``jobsys worker tests.integration.worker_apps:app`` in a subprocess; handlers record to
+    ``tmp_path/record.txt``, stderr goes to ``tmp_path/<name>.stderr``."""
 
     def __init__(self, tmp_path: Path, settings: Settings, *args: str, name: str = "w") -> None:
         self.record = tmp_path / "record.txt"
-        self.stderr_path = tmp_path / f"{name}.stderr"
-        env = dict(os.environ)
-        env.update(JOBSYS_URL=settings.url, JOBSYS_TEST_RECORD=str(self.record))
-        command = [
-            sys.executable,
-            "-m",
-            "jobsys",
-            "-v",
-            "worker",
+        super().__init__(
             "tests.integration.worker_apps:app",
-            "--topology",
-            str(tmp_path / "topology.yaml"),
-            *args,
-        ]
-        with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=_REPO_ROOT
-            )
-
-    @property
-    def stderr(self) -> str:
-        """Everything the worker wrote to stderr so far."""
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    async def wait_for_output(self, text: str, timeout_s: float = 20.0) -> None:
-        """Wait until ``text`` appears on stderr (fails early if the worker exits)."""
-
-        def seen() -> bool:
-            if text in self.stderr:
-                return True
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.stderr}")
-            return False
-
-        await wait_until(seen, timeout_s, what=repr(text))
-
-    async def wait_exit(self, timeout_s: float = 30.0) -> int:
-        """The exit code, waiting at most ``timeout_s``."""
-        await wait_until(lambda: self.proc.poll() is not None, timeout_s, what="worker exit")
-        return self.proc.returncode
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the worker."""
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        """Stop the worker if it still runs (test cleanup)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            tmp_path / "topology.yaml",
+            tmp_path / f"{name}.stderr",
+            {"JOBSYS_URL": settings.url, "JOBSYS_TEST_RECORD": str(self.record)},
+            args,
+        )
