@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from jobsys.errors import TopologyLoadError, TopologyValidationError
 from jobsys.topology.check import Problem, check_broker_support, check_topology
 from jobsys.topology.model import Topology
+from jobsys.topology.partial import sound_part_problems
 
 MAX_FILE_BYTES = 1024 * 1024
 #: Nodes built, aliases expanded every time they are used; a "billion laughs" stops here.
@@ -96,16 +97,24 @@ def load_topology_text(text: str, filename: str = "<string>") -> LoadedTopology:
     try:
         topology = Topology.model_validate(data)
     except ValidationError as exc:
-        problems += _shape_problems(
+        shape = _shape_problems(
             filename, exc, builder.value_positions, builder.key_positions, builder.refused_paths
         )
-        raise TopologyLoadError(sorted(problems, key=_by_position)) from None
-    if problems:
-        raise TopologyLoadError(problems)
+        # The entries that are well formed are still checked against each other, so that one
+        # run reports every problem the file has.
+        paths = [_clean_loc(error["loc"]) for error in exc.errors(include_url=False)]
+        cross = [
+            f"{_locate(filename, p.path, builder.value_positions, builder.key_positions)}: "
+            f"{_dotted(p.path)}: {p.message}"
+            for p in sound_part_problems(data, paths)
+        ]
+        raise TopologyLoadError(sorted({*problems, *shape, *cross}, key=_by_position)) from None
     loaded = LoadedTopology(topology, filename, builder.value_positions, builder.key_positions)
-    cross_problems = check_topology(topology)
+    cross_problems = [loaded._format(p) for p in check_topology(topology)]
+    if problems:
+        raise TopologyLoadError(sorted({*problems, *cross_problems}, key=_by_position))
     if cross_problems:
-        raise TopologyValidationError([loaded._format(p) for p in cross_problems])
+        raise TopologyValidationError(cross_problems)
     return loaded
 
 

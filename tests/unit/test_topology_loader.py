@@ -366,6 +366,92 @@ def test_dangling_references_and_unroutable_job_types_are_all_reported_at_once()
     ]
 
 
+def test_shape_and_cross_reference_problems_are_reported_in_one_run() -> None:
+    text = """\
+version: 1
+exchanges:
+  jobs: {type: topic}
+queues:
+  emails: {type: classic, max_lenght: 10}
+bindings:
+  - {exchange: jobs, queue: emails, routing_key: "email.#"}
+job_types:
+  send_email: {exchange: jobs, routing_key: email.send, timeout: 45m}
+  send_sms: {exchange: sms, routing_key: sms.send}
+"""
+
+    assert problems_of(text) == [
+        "t.yaml:5:27: queues.emails.max_lenght: unknown key 'max_lenght'; did you mean "
+        "'max_length'?",
+        "t.yaml:9:66: job_types.send_email.timeout: timeout must be above 0 and below 30m, the "
+        "broker's default consumer_timeout",
+        "t.yaml:10:24: job_types.send_sms.exchange: exchange 'sms' is not declared "
+        "(declared: jobs)",
+    ]
+
+
+def test_a_reference_to_a_malformed_entry_is_not_reported_as_undeclared() -> None:
+    text = """\
+version: 1
+exchanges:
+  jobs: {type: topical}
+queues:
+  emails: {type: classic, durable: maybe}
+bindings:
+  - {exchange: jobs, queue: emails, routing_key: "email.#"}
+job_types:
+  send_email: {exchange: jobs, routing_key: email.send}
+"""
+
+    problems = problems_of(text)
+
+    assert [p.split(": ")[1] for p in problems] == ["exchanges.jobs.type", "queues.emails.durable"]
+
+
+def test_routing_is_not_judged_while_a_binding_is_malformed() -> None:
+    text = """\
+version: 1
+exchanges:
+  jobs: {type: topic}
+queues:
+  emails: {type: classic}
+bindings:
+  - {exchange: jobs, queue: emails, routing_key: "#", extra: 1}
+  - {exchange: job, queue: emails, routing_key: "email.#"}
+job_types:
+  send_email: {exchange: jobs, routing_key: email.send}
+"""
+
+    assert problems_of(text) == [
+        "t.yaml:7:55: bindings.0.extra: unknown key 'extra'; expected one of: exchange, queue, "
+        "routing_key, match, headers",
+        "t.yaml:8:16: bindings.1.exchange: exchange 'job' is not declared (declared: jobs)",
+    ]
+
+
+def test_a_duplicate_key_does_not_hide_cross_reference_problems() -> None:
+    text = MINIMAL.replace(
+        "  emails: {type: classic}\n", "  emails: {type: classic}\n  emails: {type: classic}\n"
+    ).replace("exchange: jobs, routing_key: email.send", "exchange: jobz, routing_key: email.send")
+
+    assert problems_of(text) == [
+        "t.yaml:6:3: queues.emails: duplicate key (first at line 5, column 3)",
+        "t.yaml:10:26: job_types.send_email.exchange: exchange 'jobz' is not declared "
+        "(declared: jobs)",
+    ]
+
+
+def test_an_error_outside_the_named_entries_leaves_cross_references_for_the_next_run() -> None:
+    text = (
+        MINIMAL.replace(
+            "exchange: jobs, routing_key: email.send", "exchange: jobz, routing_key: email.send"
+        )
+        + "delays: {max_delay: 1d}\n"
+    )
+
+    assert problems_of(text) == ["t.yaml:10:1: delays: max_delay must be at least 30d"]
+
+
 def test_a_job_type_that_reaches_no_queue_is_reported_with_its_position() -> None:
     text = MINIMAL.replace("routing_key: email.send", "routing_key: mail.send")
 
@@ -464,11 +550,7 @@ def test_a_classic_queue_with_max_priority_suits_every_broker_version() -> None:
 
 def test_a_queue_name_too_long_for_delayed_routing_keys_is_reported() -> None:
     name = "q" * 200
-    text = (
-        "version: 1\n"
-        "delays: {max_delay: 100000000d}\n"
-        f"queues:\n  {name}: {{type: classic}}\n"
-    )
+    text = f"version: 1\ndelays: {{max_delay: 100000000d}}\nqueues:\n  {name}: {{type: classic}}\n"
     with pytest.raises(TopologyLoadError) as caught:
         load_topology_text(text, "long.yaml")
     (problem,) = caught.value.problems
