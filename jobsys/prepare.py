@@ -6,13 +6,22 @@ even needed; ``Producer.publish`` then only sends.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from jobsys.envelope import Envelope, check_user_headers, encode_payload, new_job_id
+from jobsys.duration import format_duration
+from jobsys.envelope import (
+    DL_ORIGINAL_EXCHANGE,
+    DL_ORIGINAL_ROUTING_KEY,
+    Envelope,
+    check_user_headers,
+    encode_payload,
+    new_job_id,
+)
 from jobsys.errors import ConfigError, PayloadValidationError, UnknownJobTypeError
 from jobsys.topology import delays
 from jobsys.topology.check import route_job_type
@@ -42,6 +51,7 @@ class JobRoute:
     priority: int | None
     static_headers: Mapping[str, Any]  # a headers exchange's match headers
     queues: tuple[str, ...]  # the work queues it reaches, as the broker would route it
+    max_delay_s: float = 30 * 86400.0  # the longest delay the topology allows (delays.max_delay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,7 @@ def build_routes(topology: Topology) -> dict[str, JobRoute]:
             priority=spec_.priority,
             static_headers=dict(spec_.headers or {}),
             queues=tuple(route_job_type(topology, spec_)),
+            max_delay_s=topology.delays.max_delay,
         )
         for name, spec_ in topology.job_types.items()
     }
@@ -102,8 +113,13 @@ def prepare_job(
     if route.static_headers:
         # A headers exchange routes on these, so they win over the caller's.
         headers.update(route.static_headers)
-    envelope = Envelope(job_id, request.job_type, None, headers=headers)
     targets, delay_s = _targets(route, request.delay_s, delay_levels)
+    if delay_s is not None:
+        # A delayed job arrives through the delivery exchange; its dead-letter record must
+        # still name the exchange and routing key it was published for.
+        headers[DL_ORIGINAL_EXCHANGE] = route.exchange
+        headers[DL_ORIGINAL_ROUTING_KEY] = route.routing_key
+    envelope = Envelope(job_id, request.job_type, None, headers=headers)
     return PreparedJob(
         job_id=job_id,
         job_type=request.job_type,
@@ -138,6 +154,11 @@ def _targets(
         raise ConfigError(f"a delay must be a number of seconds, got {delay_s!r}")
     if delay_s == 0:
         return ((route.exchange, route.routing_key, route.queues),), None
+    if math.isfinite(delay_s) and delay_s > route.max_delay_s:
+        raise ConfigError(
+            f"a delay of {format_duration(delay_s)} is longer than delays.max_delay "
+            f"({format_duration(route.max_delay_s)}) in the topology"
+        )
     # Through the delay levels a job reaches its queues by name, so one message per queue.
     plans = [(queue, delays.delay_route(queue, delay_s, levels)) for queue in route.queues]
     if not plans:

@@ -115,8 +115,10 @@ def _scheduled_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> f
         return nominal
     # Jitter spreads a burst of failures so their retries do not arrive together; it never
     # pushes a delay past the policy's own max.
-    jittered = nominal * (1.0 + rng.uniform(-backoff.jitter, backoff.jitter))
-    return min(jittered, float(backoff.max))
+    jittered = min(nominal * (1.0 + rng.uniform(-backoff.jitter, backoff.jitter)), backoff.max)
+    # Delays are kept in whole seconds and a fraction would be rounded up: 1 s with +5 % jitter
+    # would wait 2 s. Rounding to the nearest second keeps the schedule the policy describes.
+    return max(1.0, float(round(jittered))) if nominal >= 1.0 else jittered
 
 
 def _bounded(delay_s: float, max_delay_s: float) -> float:

@@ -173,6 +173,24 @@ def test_a_delayed_job_that_fans_out_is_one_message_per_queue() -> None:
     assert all(key.endswith(queues[0]) for _, key, queues in job.targets)
 
 
+def test_a_delayed_job_names_the_exchange_and_key_it_was_published_for() -> None:
+    # It arrives through the delivery exchange; a dead-letter record must still say where it
+    # was sent.
+    job = prepare(delay_s=90)
+    assert job.headers["jobsys-original-exchange"] == "jobs"
+    assert job.headers["jobsys-original-routing-key"] == "email.send"
+    assert "jobsys-original-exchange" not in prepare().headers
+
+
+def test_a_delay_over_delays_max_delay_is_refused_though_the_levels_could_hold_it() -> None:
+    # 30 days are 22 levels, enough for about 48 days; the topology's limit is what counts.
+    levels = delays.level_count(TOPOLOGY.delays.max_delay)
+    assert 40 * 86400 < 2**levels - 1
+    with pytest.raises(ConfigError, match=r"longer than delays.max_delay \(30d\)"):
+        prepare(delay_s=40 * 86400.0)
+    assert prepare(delay_s=30 * 86400.0).delay_s == 30 * 86400.0
+
+
 @pytest.mark.parametrize("delay", [-1.0, math.nan, math.inf, 10 * 365 * 86400.0, "5s"])
 def test_a_negative_nan_or_too_long_delay_is_refused(delay: object) -> None:
     with pytest.raises(ConfigError):

@@ -98,6 +98,15 @@ def test_jitter_stays_within_its_fraction_of_the_nominal_delay() -> None:
     assert min(seen) < 17.0 and max(seen) > 23.0
 
 
+def test_small_jitter_on_whole_seconds_keeps_the_planned_schedule() -> None:
+    # Delays run in whole seconds and fractions round up: 1 s + 5 % must not become 2 s.
+    policy = backoff_policy(initial=1.0, multiplier=2.0, max=3600.0, jitter=0.1)
+    rng = random.Random(11)
+    for _ in range(200):
+        delays = [decide(policy, n, RuntimeError(), rng=rng) for n in (1, 2, 3)]
+        assert [d.delay_s for d in delays if isinstance(d, RetryAfter)] == [1, 2, 4]
+
+
 def test_jitter_never_pushes_a_delay_past_the_backoff_max() -> None:
     policy = backoff_policy(initial=10.0, multiplier=2.0, max=10.0, jitter=0.5)
     rng = random.Random(1)
