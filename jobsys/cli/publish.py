@@ -104,7 +104,9 @@ def publish(
 ) -> None:
     """Publish JOB_TYPE with PAYLOAD_JSON, or every line of --file, and wait for the broker
     to confirm each job; prints the job ids of the confirmed jobs."""
-    if (payload_json is None) == (jobs_file is None):
+    if payload_json is None and jobs_file is None:
+        raise click.UsageError("give the payload as PAYLOAD_JSON (e.g. '{}'), or --file FILE")
+    if payload_json is not None and jobs_file is not None:
         raise click.UsageError("give either PAYLOAD_JSON or --file, not both")
     if jobs_file is not None and job_id is not None:
         raise click.UsageError("--job-id names one job; it cannot be used with --file")

@@ -87,6 +87,14 @@ def test_bad_json_and_a_bad_delay_are_usage_errors(
     assert "not a duration" in result.stderr
 
 
+def test_a_missing_payload_says_how_to_give_one(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "send_email")
+    assert result.exit_code == 2
+    assert "give the payload as PAYLOAD_JSON" in result.stderr
+
+
 def test_a_full_queue_exits_1_with_the_reason(vhost_settings: Settings, topology_file: str) -> None:
     for _ in range(2):
         assert run_cli(vhost_settings, topology_file, "squeeze", "{}").exit_code == 0
