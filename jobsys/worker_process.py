@@ -77,7 +77,9 @@ def load_app(target: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
-    app = getattr(module, attribute, None)
+    if not hasattr(module, attribute):
+        raise ConfigError(f"module {module_name!r} has no {attribute!r}")
+    app = getattr(module, attribute)
     if not isinstance(app, App):
         raise ConfigError(f"{target} is not a jobsys App (got {type(app).__name__})")
     return app

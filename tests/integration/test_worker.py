@@ -310,6 +310,7 @@ async def test_coalesced_acks_never_cover_a_job_that_has_not_finished() -> None:
         ("no_colon", "expected MODULE:OBJECT"),
         ("tests.integration.no_such_module:app", "cannot import"),
         ("tests.integration.worker_apps:PROBE", "is not a jobsys App"),
+        ("tests.integration.worker_apps:nothere", "module 'tests.integration.worker_apps' has no"),
     ],
 )
 def test_worker_command_refuses_a_bad_app_target_with_exit_2(
