@@ -124,7 +124,10 @@ async def test_user_deleted_while_consuming_stops_the_worker_with_exit_4(
         )
         worker = WorkerProcess(tmp_path, as_user)
         workers.append(worker)
+        # Both pools started: a connection lost while the worker is still starting is a start
+        # failure ("cannot reach the broker"), not the refused reconnect this test is about.
         await worker.wait_for_output("consuming wt.work")
+        await worker.wait_for_output("consuming wt.other")
     finally:
         # Deleting a user closes its connections; the reconnect is then refused.
         _management("DELETE", f"/api/users/{user}")
@@ -239,6 +242,7 @@ async def test_worker_resumes_after_a_restart_of_its_broker_node(
         worker = WorkerProcess(tmp_path, settings)
         workers.append(worker)
         await worker.wait_for_output("consuming wt.work")
+        await worker.wait_for_output("consuming wt.other")  # started, before the restart
         before = await publish(settings, loaded, "record", [{} for _ in range(20)])
         await wait_until(lambda: _done(worker) >= set(before), what="jobs before the restart")
         await asyncio.to_thread(node.restart)
