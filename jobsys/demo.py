@@ -18,6 +18,7 @@ from jobsys import demo_app, dlq
 from jobsys.app import JobContext
 from jobsys.connection import BrokerConnection
 from jobsys.envelope import Envelope, new_job_id
+from jobsys.errors import TopologyConflictError
 from jobsys.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.declare import apply_topology
@@ -63,7 +64,16 @@ async def run_demo(settings: Settings, loaded: LoadedTopology, echo: Echo) -> in
     topology = loaded.topology
     echo(f"jobsys demo: {loaded.filename} on {settings.masked_url}\n")
     async with BrokerConnection(settings) as connection:
-        result = await apply_topology(connection, loaded)
+        try:
+            result = await apply_topology(connection, loaded)
+        except TopologyConflictError:
+            # Left by an older demo: the demo's own queues, which it may tell how to reset.
+            echo(
+                "the demo's entities on this broker come from an older jobsys; delete the demo "
+                "queues named below (e.g. `rabbitmqctl delete_queue demo.emails`) and run "
+                "the demo again\n"
+            )
+            raise
         created = len(result.created)
         echo(
             f"1. topology applied: {created} entities created"
