@@ -105,6 +105,12 @@ class Producer:
         self.topology = topology
         self.models: dict[str, type[BaseModel]] = dict(models or {})
         self._routes: dict[str, JobRoute] = build_routes(topology)
+        #: Queues that dead-letter the publishes they refuse when full (reject-publish-dlx).
+        self._refusals_dead_lettered = frozenset(
+            name
+            for name, queue in topology.queues.items()
+            if queue.overflow == "reject-publish-dlx"
+        )
         #: How many delay levels the topology declares (for ``delays.delay_route``).
         self.delay_levels = delays.level_count(topology.delays.max_delay)
         self._own_connection = connection is None
@@ -339,6 +345,7 @@ class Producer:
                 exchange=out.exchange,
                 routing_key=out.routing_key,
                 queues=out.queues,
+                refusals_dead_lettered=self._refusals_dead_lettered,
                 blocked=not live.unblocked.is_set(),
                 timeout_s=timeout_s,
             ) from None

@@ -19,6 +19,7 @@ from jobsys.errors import (
     QueueFullError,
     UnroutableError,
 )
+from jobsys.topology.model import DEAD_LETTER_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def publish_error(
     queues: tuple[str, ...],
     blocked: bool,
     timeout_s: float,
+    refusals_dead_lettered: frozenset[str] = frozenset(),
 ) -> JobsysError:
     """The typed error for ``exc``, raised by publishing ``job_id`` and awaiting its confirm;
     ``blocked`` says whether the broker was blocking the connection at the time."""
@@ -71,9 +73,16 @@ def publish_error(
     if isinstance(exc, aiormq.exceptions.DeliveryError):
         # A basic.nack: the broker refused the message, e.g. reject-publish overflow.
         shown = ", ".join(queues) if queues else f"behind exchange {exchange!r}"
+        copies = [f"{q}{DEAD_LETTER_SUFFIX}" for q in queues if q in refusals_dead_lettered]
+        copied = (
+            f"; under reject-publish-dlx the broker put the refused copy in {', '.join(copies)} "
+            "(reason maxlen): if you resubmit, do not replay that copy too"
+            if copies
+            else ""
+        )
         return QueueFullError(
             f"queue {shown} is full: the broker refused job {job_id} ({job_type}); "
-            "it was not published — retry later or raise the queue's max_length",
+            f"it was not published — retry later or raise the queue's max_length{copied}",
             job_id=job_id,
         )
     if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):

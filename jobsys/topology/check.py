@@ -128,6 +128,17 @@ def _check_queues(topology: Topology) -> Iterator[Problem]:
             yield Problem((*path, "durable"), "quorum queues are always durable")
         if queue.type == "classic" and queue.delivery_limit is not None:
             yield Problem((*path, "delivery_limit"), "delivery_limit needs a quorum queue")
+        if queue.type == "classic" and queue.overflow == "reject-publish":
+            # Delayed jobs and retries reach a queue by the broker's own dead-lettering, and a
+            # full classic queue under reject-publish drops those without a trace (checked on
+            # RabbitMQ 3.10, from classic and quorum at-least-once delay levels alike).
+            yield Problem(
+                (*path, "overflow"),
+                "a full classic queue under reject-publish silently drops the delayed jobs and "
+                "retries that reach it; use reject-publish-dlx (refused publishes still fail "
+                "with QueueFullError, and the broker keeps a copy in the dead-letter queue), "
+                "drop-head, or a quorum queue",
+            )
         if queue.type == "quorum" and queue.overflow == "reject-publish-dlx":
             yield Problem(
                 (*path, "overflow"),

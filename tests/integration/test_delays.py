@@ -219,3 +219,48 @@ async def test_delayed_jobs_survive_a_broker_restart(running_own_broker: RabbitN
     finally:
         running_own_broker.ensure_running()
         running_own_broker.ctl("delete_vhost", vhost)
+
+
+@pytest.mark.parametrize(
+    ("queue_spec", "lands_in"),
+    [
+        ("{type: classic, max_length: 1, overflow: reject-publish-dlx}", "work.dead"),
+        ("{type: classic, max_length: 1, overflow: drop-head}", "work"),  # the filler goes
+        ("{type: quorum, max_length: 1, overflow: reject-publish}", "work"),
+    ],
+)
+async def test_a_delayed_job_reaching_a_full_queue_is_never_dropped(
+    vhost_settings: Settings, queue_spec: str, lands_in: str
+) -> None:
+    # The only configuration where the broker drops it, a classic queue under reject-publish,
+    # is refused by `topology validate`; each one allowed keeps the job somewhere.
+    loaded = load_topology_text(
+        f"""
+version: 1
+exchanges:
+  jobs: {{type: direct}}
+queues:
+  work: {queue_spec}
+bindings:
+  - {{exchange: jobs, queue: work, routing_key: work}}
+job_types:
+  tick: {{exchange: jobs, routing_key: work}}
+""",
+        "full-queue.yaml",
+    )
+    async with BrokerConnection(vhost_settings) as connection:
+        await apply_topology(connection, loaded, use_management=False)
+        async with Producer(vhost_settings, loaded.topology, connection=connection) as producer:
+            await producer.publish("tick", {}, job_id="filler")
+            await producer.publish("tick", {}, delay_s=1, job_id="delayed")
+        # Nothing is read before the delay is over: the queue must still be full then.
+        await asyncio.sleep(1 + tolerance_s(1) + 0.5)
+        channel = await connection.channel(confirms=False, prefetch=10)
+        found: dict[str, list[str]] = {"work": [], "work.dead": []}
+        for name, ids in found.items():
+            queue = await channel.get_queue(name, ensure=False)
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                ids.append(str((message.headers or {})[HEADER_JOB_ID]))
+    assert "delayed" in found[lands_in], found
+    everywhere = found["work"] + found["work.dead"]
+    assert sorted(everywhere) == ["delayed", "filler"], found  # each kept, and once

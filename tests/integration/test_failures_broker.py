@@ -65,7 +65,9 @@ async def test_jobs_a_full_queue_nacked_are_never_reported_published_or_found_qu
     vhost_settings: Settings, tmp_path: Path
 ) -> None:
     limit = 100
-    loaded = failure_apps.write_topology(tmp_path, failure_apps.topology(max_length=limit))
+    # Quorum: a classic queue under reject-publish would drop delayed jobs and retries.
+    spec = failure_apps.topology(max_length=limit, queue_type="quorum")
+    loaded = failure_apps.write_topology(tmp_path, spec)
     await failure_apps.apply(vhost_settings, loaded)
     ledger = Ledger()
     async with Producer(vhost_settings, loaded.topology) as producer:
@@ -79,9 +81,11 @@ async def test_jobs_a_full_queue_nacked_are_never_reported_published_or_found_qu
     result = ledger.check()
     print(f"queue full: {result.summary()}")
     result.assert_ok()
-    # A classic queue holds its limit exactly: every confirmed job is there, no nacked one is.
-    assert len(ledger.confirmed) == limit == sum(ledger.queued.values())
-    assert len(ledger.failed) == 600 - limit
+    # Every confirmed job is there and no nacked one is. A quorum queue may take a few more
+    # than its limit while publishes are in flight together.
+    assert len(ledger.confirmed) == sum(ledger.queued.values())
+    assert limit <= len(ledger.confirmed) < 600
+    assert len(ledger.failed) == 600 - len(ledger.confirmed)
     assert set(ledger.failure.values()) == {"QueueFullError"}
 
 

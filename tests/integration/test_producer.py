@@ -41,7 +41,7 @@ TOPOLOGY: dict[str, Any] = {
     "exchanges": {"jobs": {"type": "topic"}, "fan": {"type": "fanout"}},
     "queues": {
         "emails": {"type": "classic", "max_priority": 10},
-        "tiny": {"type": "classic", "max_length": 2, "overflow": "reject-publish"},
+        "tiny": {"type": "classic", "max_length": 2, "overflow": "reject-publish-dlx"},
         "audit": {"type": "classic"},
         "archive": {"type": "classic"},
     },
@@ -184,7 +184,7 @@ async def test_a_job_type_whose_binding_was_removed_is_unroutable_never_a_succes
     assert len(await drain(vhost_settings, "audit")) == 1
 
 
-async def test_a_full_queue_under_reject_publish_says_which_queue_is_full(
+async def test_a_full_queue_refusing_publishes_says_which_queue_is_full(
     producer: Producer, vhost_settings: Settings
 ) -> None:
     await producer.publish("squeeze", {"n": 1})
@@ -193,6 +193,9 @@ async def test_a_full_queue_under_reject_publish_says_which_queue_is_full(
         await producer.publish("squeeze", {"n": 3}, job_id="third")
     assert info.value.job_id == "third"
     assert [json.loads(m.body)["n"] for m in await drain(vhost_settings, "tiny")] == [1, 2]
+    # Under reject-publish-dlx the broker keeps the refused copy, and the error says where.
+    assert "copy in tiny.dead" in str(info.value)
+    assert [json.loads(m.body)["n"] for m in await drain(vhost_settings, "tiny.dead")] == [3]
 
 
 async def test_publish_many_reports_each_job_and_every_receipt_is_in_the_queue(

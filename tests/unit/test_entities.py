@@ -24,7 +24,7 @@ queues:
     max_priority: 10
     max_length: 1000
     max_length_bytes: 1048576
-    overflow: reject-publish
+    overflow: reject-publish-dlx
     message_ttl: 1.5s
   billing:
     type: quorum
@@ -55,7 +55,7 @@ def test_a_classic_work_queue_gets_every_argument_it_asked_for_and_its_dead_lett
             "x-max-priority": 10,
             "x-max-length": 1000,
             "x-max-length-bytes": 1048576,
-            "x-overflow": "reject-publish",
+            "x-overflow": "reject-publish-dlx",
             "x-message-ttl": 1500,
         },
         role="work",

@@ -183,6 +183,13 @@ def test_delay_levels_must_cover_at_least_thirty_days() -> None:
             "t.yaml:6:38: queues.q.delivery_limit: delivery_limit needs a quorum queue",
         ),
         (
+            "{type: classic, overflow: reject-publish, max_length: 5}",
+            "t.yaml:6:32: queues.q.overflow: a full classic queue under reject-publish silently "
+            "drops the delayed jobs and retries that reach it; use reject-publish-dlx (refused "
+            "publishes still fail with QueueFullError, and the broker keeps a copy in the "
+            "dead-letter queue), drop-head, or a quorum queue",
+        ),
+        (
             "{type: quorum, overflow: reject-publish-dlx, max_length: 5}",
             "t.yaml:6:31: queues.q.overflow: quorum queues do not support reject-publish-dlx; "
             "use reject-publish",
