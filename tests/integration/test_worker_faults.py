@@ -4,6 +4,7 @@ end the worker with one clear message and a non-zero exit, never a reconnect loo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import uuid
 from collections.abc import Iterator
@@ -107,30 +108,35 @@ async def test_queue_deleted_while_consuming_stops_the_worker_with_a_drift_messa
     assert "topology drift: queue 'wt.work' does not exist" in worker.stderr
 
 
-async def test_user_deleted_while_consuming_stops_the_worker_with_exit_4(
-    vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
-) -> None:
-    await worker_apps.apply(vhost_settings, worker_apps.loaded_topology(tmp_path))
+@contextlib.contextmanager
+def _temporary_user(settings: Settings, *, read: str = ".*") -> Iterator[Settings]:
+    """A user with full configure and write and ``read`` permissions on the test's vhost,
+    deleted when the block ends (which closes its connections); yields its settings."""
     user = f"jobsys-test-{uuid.uuid4().hex[:8]}"
     _management("PUT", f"/api/users/{user}", {"password": "pw", "tags": ""})
     try:
         _management(
             "PUT",
-            f"/api/permissions/{quote(vhost_settings.vhost, safe='')}/{user}",
-            {"configure": ".*", "write": ".*", "read": ".*"},
+            f"/api/permissions/{quote(settings.vhost, safe='')}/{user}",
+            {"configure": ".*", "write": ".*", "read": read},
         )
-        as_user = vhost_settings.with_overrides(
-            url=vhost_settings.url.replace("guest:guest@", f"{user}:pw@")
-        )
+        yield settings.with_overrides(url=settings.url.replace("guest:guest@", f"{user}:pw@"))
+    finally:
+        _management("DELETE", f"/api/users/{user}")
+
+
+async def test_user_deleted_while_consuming_stops_the_worker_with_exit_4(
+    vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    await worker_apps.apply(vhost_settings, worker_apps.loaded_topology(tmp_path))
+    with _temporary_user(vhost_settings) as as_user:
         worker = WorkerProcess(tmp_path, as_user)
         workers.append(worker)
         # Both pools started: a connection lost while the worker is still starting is a start
         # failure ("cannot reach the broker"), not the refused reconnect this test is about.
         await worker.wait_for_output("consuming wt.work")
         await worker.wait_for_output("consuming wt.other")
-    finally:
-        # Deleting a user closes its connections; the reconnect is then refused.
-        _management("DELETE", f"/api/users/{user}")
+    # Deleting the user closed its connections; the reconnect is then refused.
     assert await worker.wait_exit(30) == 4, worker.stderr
     assert "refused the login" in worker.stderr
 
@@ -139,22 +145,10 @@ async def test_user_without_read_permission_exits_4_with_a_clear_message(
     vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
     await worker_apps.apply(vhost_settings, worker_apps.loaded_topology(tmp_path))
-    user = f"jobsys-test-{uuid.uuid4().hex[:8]}"
-    _management("PUT", f"/api/users/{user}", {"password": "pw", "tags": ""})
-    try:
-        _management(
-            "PUT",
-            f"/api/permissions/{quote(vhost_settings.vhost, safe='')}/{user}",
-            {"configure": ".*", "write": ".*", "read": "^$"},
-        )
-        as_user = vhost_settings.with_overrides(
-            url=vhost_settings.url.replace("guest:guest@", f"{user}:pw@")
-        )
+    with _temporary_user(vhost_settings, read="^$") as as_user:
         worker = WorkerProcess(tmp_path, as_user)
         workers.append(worker)
         assert await worker.wait_exit(20) == 4, worker.stderr
-    finally:
-        _management("DELETE", f"/api/users/{user}")
     assert "refused" in worker.stderr and "ACCESS_REFUSED" in worker.stderr
     assert "Traceback" not in worker.stderr
 
