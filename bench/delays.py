@@ -37,14 +37,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aio_pika
 
 from jobsys.app import App
+from jobsys.broker.connection import BrokerConnection
 from jobsys.cli.delays import waiting_per_level
-from jobsys.connection import BrokerConnection
-from jobsys.envelope import HEADER_JOB_ID
-from jobsys.producer import JobRequest, Producer
+from jobsys.ops.declare import apply_topology
+from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
-from jobsys.topology.declare import apply_topology
 from jobsys.topology.delays import level_count, level_name
 from jobsys.topology.loader import load_topology_text
+from jobsys.wire.envelope import HEADER_JOB_ID
 
 TOPOLOGY = """
 version: 1

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import aio_pika
 
-from jobsys.producer import DEFAULT_WINDOW, JobRequest, Producer, Receipt
+from jobsys.publish.producer import DEFAULT_WINDOW, JobRequest, Producer, Receipt
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 

@@ -14,7 +14,7 @@ providers, caches, JIT-warm paths or garbage. Modes:
   counters are observed at each collection.
 
 Each child fills the queue with ``-n`` jobs through jobsys's ``Producer`` (so the messages
-carry ``traceparent`` whenever tracing is on), then times the real ``jobsys.worker.Worker``
+carry ``traceparent`` whenever tracing is on), then times the real ``jobsys.consume.worker.Worker``
 draining them with a handler that does nothing, from the moment it is consuming to the last
 ack, and the CPU time the process spent meanwhile (the export thread included). Rounds
 alternate the order of the modes; the median of ``--rounds`` counts, and so does the median
@@ -43,14 +43,14 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from jobsys import tracing
 from jobsys.app import App
-from jobsys.connection import BrokerConnection
-from jobsys.producer import JobRequest, Producer
+from jobsys.broker.connection import BrokerConnection
+from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.observe import tracing
+from jobsys.ops.declare import apply_topology
+from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
-from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import load_topology_text
-from jobsys.worker import Worker, WorkerOptions
 
 JOB_TYPE = "bench_job"
 MODES = ("off", "traces", "on")
@@ -87,7 +87,7 @@ def _install(mode: str) -> Callable[[], None]:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from jobsys.telemetry_setup import LoggedOnceMetricExporter, LoggedOnceSpanExporter
+    from jobsys.observe.telemetry_setup import LoggedOnceMetricExporter, LoggedOnceSpanExporter
 
     class DropSpans(SpanExporter):
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

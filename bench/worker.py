@@ -87,9 +87,9 @@ def _memory() -> dict[str, float]:
 async def child_jobsys(url: str, token: str, mode: str, n: int) -> dict[str, Any]:
     """Run a jobsys worker with a no-op handler until ``n`` jobs are done."""
     from jobsys.app import App
+    from jobsys.consume.worker import Worker, WorkerOptions
     from jobsys.settings import Settings
     from jobsys.topology.loader import load_topology_text
-    from jobsys.worker import Worker, WorkerOptions
 
     loaded = load_topology_text(topology_yaml(token), "bench.yaml")
     app = App()
@@ -208,7 +208,7 @@ async def _finish_child(proc: Any) -> dict[str, Any]:
 
 
 async def _fill(url: str, token: str, n: int) -> None:
-    from jobsys.producer import JobRequest, Producer
+    from jobsys.publish.producer import JobRequest, Producer
     from jobsys.settings import Settings
     from jobsys.topology.loader import load_topology_text
 
@@ -233,7 +233,7 @@ async def drain(consumer: str, url: str, token: str, n: int) -> dict[str, Any]:
 
 async def latency(consumer: str, url: str, token: str, n: int, rate: float) -> dict[str, Any]:
     """Publish ``n`` jobs at ``rate`` per second while ``consumer`` runs them."""
-    from jobsys.producer import Producer
+    from jobsys.publish.producer import Producer
     from jobsys.settings import Settings
     from jobsys.topology.loader import load_topology_text
 
@@ -260,9 +260,9 @@ def _percentiles(ms: list[float]) -> tuple[float, float]:
 
 async def run(args: argparse.Namespace) -> None:
     """Run every measurement, raw and jobsys interleaved, and print figures and ratios."""
-    from jobsys.connection import BrokerConnection
+    from jobsys.broker.connection import BrokerConnection
+    from jobsys.ops.declare import apply_topology
     from jobsys.settings import Settings
-    from jobsys.topology.declare import apply_topology
     from jobsys.topology.loader import load_topology_text
 
     vhost = f"jobsys-bench-{uuid.uuid4().hex[:8]}"

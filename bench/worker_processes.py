@@ -48,7 +48,7 @@ def _children(pid: int) -> list[int]:
 
 async def _wait_empty(url: str, queue: str, on_poll: Any) -> None:
     # One connection for all polls: a connection per poll would load the broker being measured.
-    from jobsys.connection import BrokerConnection
+    from jobsys.broker.connection import BrokerConnection
     from jobsys.settings import Settings
 
     async with BrokerConnection(Settings(url=url)) as conn:

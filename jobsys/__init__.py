@@ -36,14 +36,14 @@ from jobsys.errors import (
 from jobsys.settings import Settings
 
 if TYPE_CHECKING:
-    from jobsys.producer import JobRequest, Producer, Receipt
-    from jobsys.sync_producer import SyncProducer
+    from jobsys.publish.producer import JobRequest, Producer, Receipt
+    from jobsys.publish.sync import SyncProducer
 
 _LAZY = {
-    "JobRequest": "jobsys.producer",
-    "Producer": "jobsys.producer",
-    "Receipt": "jobsys.producer",
-    "SyncProducer": "jobsys.sync_producer",
+    "JobRequest": "jobsys.publish.producer",
+    "Producer": "jobsys.publish.producer",
+    "Receipt": "jobsys.publish.producer",
+    "SyncProducer": "jobsys.publish.sync",
 }
 
 

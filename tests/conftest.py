@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
-from jobsys.connection import START_HINT, BrokerConnection
+from jobsys.broker.connection import START_HINT, BrokerConnection
 from jobsys.errors import JobsysError
 from jobsys.settings import Settings
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiormq.exceptions
 import click
 
+from jobsys.broker.connection import BrokerConnection, translate_error
 from jobsys.cli.common import build_settings, connection_options, run
 from jobsys.cli.topology import load_or_exit
-from jobsys.connection import BrokerConnection, translate_error
 from jobsys.duration import format_duration
 from jobsys.topology.delays import level_count, level_name, level_ttl_ms
 

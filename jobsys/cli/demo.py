@@ -19,7 +19,7 @@ DEFAULT_TOPOLOGY = "topology/example.yaml"
     default=DEFAULT_TOPOLOGY,
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="The demo topology (its job types need the handlers in jobsys.demo_app).",
+    help="The demo topology (its job types need the handlers in jobsys.cli.demo_app).",
 )
 @connection_options
 def demo(topology_file: str, url: str | None, ca_file: str | None, insecure: bool) -> None:
@@ -33,7 +33,7 @@ def demo(topology_file: str, url: str | None, ca_file: str | None, insecure: boo
 
     @run
     async def body() -> int:
-        from jobsys.demo import run_demo  # loads the worker and producer only when needed
+        from jobsys.cli.demo_run import run_demo  # loads the worker and producer only when needed
 
         return await run_demo(settings, loaded, click.echo)
 

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import click
 
-from jobsys import dlq
+from jobsys.broker.connection import BrokerConnection
 from jobsys.cli.common import EXIT_FAILED, EXIT_INVALID, build_settings, connection_options, run
 from jobsys.cli.topology import load_or_exit
-from jobsys.connection import BrokerConnection
+from jobsys.ops import dlq
 from jobsys.topology.delays import level_count
 from jobsys.topology.model import dead_letter_queue_name
 

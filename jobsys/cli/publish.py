@@ -26,7 +26,7 @@ from jobsys.cli.common import (
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import parse_duration_s
 from jobsys.errors import JobsysError, MessageError, PublishOutcomeUnknown
-from jobsys.producer import JobRequest, Producer, Receipt
+from jobsys.publish.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 
@@ -130,7 +130,7 @@ def publish(
 def _guard(body: Any) -> int:
     """Run a command body; a ``JobsysError`` becomes one message and an exit code."""
     # Imported here: the OpenTelemetry SDK is only loaded by a command that publishes.
-    from jobsys.telemetry_setup import configure_from_env
+    from jobsys.observe.telemetry_setup import configure_from_env
 
     try:
         with configure_from_env("jobsys-publish"):

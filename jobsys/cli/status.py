@@ -10,8 +10,8 @@ import click
 
 from jobsys.cli.common import build_settings, connection_options, run
 from jobsys.cli.topology import load_or_exit
+from jobsys.ops.status import StatusReader, render_status
 from jobsys.settings import Settings
-from jobsys.status import StatusReader, render_status
 from jobsys.topology.model import Topology
 
 

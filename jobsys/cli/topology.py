@@ -6,6 +6,7 @@ import json
 
 import click
 
+from jobsys.broker.connection import BrokerConnection
 from jobsys.cli.common import (
     EXIT_CONFLICT,
     EXIT_INVALID,
@@ -13,11 +14,10 @@ from jobsys.cli.common import (
     connection_options,
     run,
 )
-from jobsys.connection import BrokerConnection
 from jobsys.errors import TopologyLoadError
+from jobsys.ops.declare import ACTIONS, ApplyResult, Plan, apply_topology, plan_topology
 from jobsys.settings import Settings
 from jobsys.topology.check import route_job_type
-from jobsys.topology.declare import ACTIONS, ApplyResult, Plan, apply_topology, plan_topology
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.loader import LoadedTopology, load_topology

@@ -1,7 +1,7 @@
 """``jobsys worker APP_MODULE:OBJECT --topology FILE``: run consumer pools for an app.
 
 With ``--processes P`` (or ``--max-memory``) the command becomes a supervisor of P worker
-processes (``jobsys.supervisor``); without, it is one worker in this process.
+processes (``jobsys.process.supervisor``); without, it is one worker in this process.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from jobsys.cli.common import (
     exit_code_for,
 )
 from jobsys.cli.topology import load_or_exit
+from jobsys.consume.worker import Worker, WorkerOptions
 from jobsys.duration import parse_duration_s
 from jobsys.errors import ConfigError, JobsysError
+from jobsys.process.child import ChildSpec, load_app
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
-from jobsys.worker import Worker, WorkerOptions
-from jobsys.worker_process import ChildSpec, load_app
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def worker(
         max_jobs=max_jobs,
     )
     # Imported here: the OpenTelemetry SDK is only loaded by a command that runs a worker.
-    from jobsys.telemetry_setup import configure_from_env
+    from jobsys.observe.telemetry_setup import configure_from_env
 
     try:
         with configure_from_env("jobsys-worker"):
@@ -185,7 +185,7 @@ def worker(
 def _supervise(
     spec: ChildSpec, settings: Settings, processes: int, max_memory_mb: int | None
 ) -> int:
-    from jobsys.supervisor import Supervisor, SupervisorOptions
+    from jobsys.process.supervisor import Supervisor, SupervisorOptions
 
     # The children read the broker settings from the environment: a password never shows on
     # a command line (``ps``).

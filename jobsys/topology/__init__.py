@@ -1,1 +1,3 @@
-"""The topology file: model, loader, checks, routing simulation, delay plan, declare."""
+"""The topology file and everything derived from it: model, loader, checks, routing simulation,
+delay levels, entities, definitions. Pure: nothing here does I/O.
+"""

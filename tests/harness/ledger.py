@@ -30,7 +30,6 @@ from typing import Literal
 
 import aio_pika
 
-from jobsys.envelope import HEADER_JOB_ID
 from jobsys.errors import (
     JobsysError,
     MessageError,
@@ -38,7 +37,8 @@ from jobsys.errors import (
     QueueFullError,
     UnroutableError,
 )
-from jobsys.producer import Receipt
+from jobsys.publish.producer import Receipt
+from jobsys.wire.envelope import HEADER_JOB_ID
 
 PublishState = Literal["confirmed", "unknown", "failed"]
 #: How many job ids a failure message shows per category.

@@ -23,12 +23,12 @@ from aio_pika.abc import FieldValue
 from pydantic import BaseModel
 
 from jobsys.app import App, JobContext
-from jobsys.connection import BrokerConnection
-from jobsys.envelope import HEADER_JOB_ID
-from jobsys.producer import JobRequest, Producer
+from jobsys.broker.connection import BrokerConnection
+from jobsys.ops.declare import apply_topology
+from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
-from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import LoadedTopology, load_topology
+from jobsys.wire.envelope import HEADER_JOB_ID
 from tests.harness.ledger import Ledger
 from tests.harness.worker_subprocess import WorkerSubprocess
 from tests.harness.worker_subprocess import wait_until as harness_wait_until

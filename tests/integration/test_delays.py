@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 import aio_pika
 import pytest
 
-from jobsys.connection import BrokerConnection
-from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, decode_envelope
-from jobsys.producer import Producer
+from jobsys.broker.connection import BrokerConnection
+from jobsys.ops.declare import apply_topology
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from jobsys.topology.declare import apply_topology
 from jobsys.topology.delays import delay_route, level_count
 from jobsys.topology.loader import LoadedTopology, load_topology_text
+from jobsys.wire.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, decode_envelope
 from tests.harness.fixtures import node_settings
 from tests.harness.rabbit_node import RabbitNode
 

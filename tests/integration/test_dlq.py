@@ -9,9 +9,15 @@ from typing import Any
 import aio_pika
 import pytest
 
-from jobsys import dlq
-from jobsys.connection import BrokerConnection
-from jobsys.envelope import (
+from jobsys.broker.connection import BrokerConnection
+from jobsys.errors import TopologyError
+from jobsys.ops import dlq
+from jobsys.ops.declare import apply_topology
+from jobsys.settings import Settings
+from jobsys.topology.delays import level_count
+from jobsys.topology.loader import LoadedTopology, load_topology_text
+from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
+from jobsys.wire.envelope import (
     DL_ATTEMPTS,
     DL_ERROR_MESSAGE,
     DL_ERROR_TYPE,
@@ -29,12 +35,6 @@ from jobsys.envelope import (
     new_job_id,
     new_message_id,
 )
-from jobsys.errors import TopologyError
-from jobsys.settings import Settings
-from jobsys.topology.declare import apply_topology
-from jobsys.topology.delays import level_count
-from jobsys.topology.loader import LoadedTopology, load_topology_text
-from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
 
 QUEUE = "work"
 DLQ = dead_letter_queue_name(QUEUE)

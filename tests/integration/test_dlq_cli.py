@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from jobsys.broker.connection import BrokerConnection
 from jobsys.cli import main
-from jobsys.connection import BrokerConnection
 from jobsys.settings import Settings
 from tests.integration.test_dlq import (
     DLQ,
@@ -178,7 +178,7 @@ def test_delays_status_counts_jobs_per_level_and_flags_missing_levels(
     asyncio.run(apply(vhost_settings))
 
     async def publish_delayed() -> None:
-        from jobsys.producer import Producer
+        from jobsys.publish.producer import Producer
         from tests.integration.test_dlq import loaded_topology
 
         async with Producer(vhost_settings, loaded_topology().topology) as producer:

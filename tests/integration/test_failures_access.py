@@ -20,11 +20,11 @@ from urllib.parse import quote
 
 import pytest
 
-from jobsys.connection import BrokerConnection
+from jobsys.broker.connection import BrokerConnection
+from jobsys.consume.worker import Worker, WorkerOptions
 from jobsys.errors import AccessRefused
-from jobsys.producer import Producer
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from jobsys.worker import Worker, WorkerOptions
 from tests.conftest import settings_for_vhost
 from tests.harness.fault_proxy import FaultProxy
 from tests.harness.fixtures import node_settings

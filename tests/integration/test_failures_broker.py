@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from jobsys.consume.worker import Worker, WorkerOptions
 from jobsys.errors import ConnectionFailed, JobsysError, PublishOutcomeUnknown, QueueFullError
-from jobsys.producer import JobRequest, Producer, Receipt
+from jobsys.publish.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
-from jobsys.worker import Worker, WorkerOptions
 from tests.conftest import settings_for_vhost
 from tests.harness.fixtures import node_settings
 from tests.harness.ledger import Ledger

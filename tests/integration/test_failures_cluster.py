@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from jobsys.envelope import DL_ERROR_TYPE, HEADER_JOB_ID
-from jobsys.producer import JobRequest, Producer
-from jobsys.worker import Worker, WorkerOptions
+from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.publish.producer import JobRequest, Producer
+from jobsys.wire.envelope import DL_ERROR_TYPE, HEADER_JOB_ID
 from tests.conftest import settings_for_vhost
 from tests.harness.fixtures import node_settings
 from tests.harness.ledger import Ledger

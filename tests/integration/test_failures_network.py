@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 import pytest
 
-from jobsys.producer import Producer
+from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from jobsys.worker import Worker, WorkerOptions
 from tests.harness.fault_proxy import FaultProxy
 from tests.harness.ledger import Ledger
 from tests.integration import failure_apps

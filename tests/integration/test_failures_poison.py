@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from jobsys.envelope import DL_ERROR_MESSAGE, DL_ERROR_TYPE, DL_ORIGINAL_QUEUE, HEADER_JOB_ID
-from jobsys.producer import Producer
+from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from jobsys.worker import Worker, WorkerOptions
+from jobsys.wire.envelope import DL_ERROR_MESSAGE, DL_ERROR_TYPE, DL_ORIGINAL_QUEUE, HEADER_JOB_ID
 from tests.harness.ledger import Ledger
 from tests.integration import failure_apps
 from tests.integration.failure_apps import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jobsys.producer import Producer
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from tests.harness.ledger import Ledger

@@ -13,7 +13,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractConnection
 
-from jobsys.connection import BrokerConnection
+from jobsys.broker.connection import BrokerConnection
 from tests.harness.fault_proxy import FaultProxy
 from tests.harness.fixtures import node_settings
 from tests.harness.rabbit_node import RabbitCluster, RabbitNode

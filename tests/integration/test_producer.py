@@ -14,8 +14,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from jobsys.connection import BrokerConnection
-from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, Envelope
+from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
@@ -27,10 +26,11 @@ from jobsys.errors import (
     UnknownJobTypeError,
     UnroutableError,
 )
-from jobsys.producer import JobRequest, Producer, Receipt
+from jobsys.ops.declare import apply_topology
+from jobsys.publish.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
-from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import LoadedTopology, load_topology_text
+from jobsys.wire.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, Envelope
 from tests.conftest import settings_for_vhost
 from tests.harness.fault_proxy import FaultProxy
 from tests.harness.fixtures import node_settings

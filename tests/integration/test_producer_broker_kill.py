@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import aio_pika
 import pytest
 
-from jobsys.envelope import HEADER_JOB_ID
 from jobsys.errors import ConnectionFailed, JobsysError, PublishOutcomeUnknown
-from jobsys.producer import Producer, Receipt
+from jobsys.publish.producer import Producer, Receipt
 from jobsys.settings import Settings
+from jobsys.wire.envelope import HEADER_JOB_ID
 from tests.conftest import settings_for_vhost
 from tests.harness.fixtures import node_settings
 from tests.harness.rabbit_node import RabbitNode

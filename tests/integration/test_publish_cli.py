@@ -12,8 +12,8 @@ import yaml
 from click.testing import CliRunner, Result
 
 from jobsys.cli import main
-from jobsys.envelope import HEADER_JOB_ID
 from jobsys.settings import Settings
+from jobsys.wire.envelope import HEADER_JOB_ID
 from tests.integration.test_producer import TOPOLOGY, declare, drain
 
 

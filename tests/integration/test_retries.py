@@ -18,9 +18,13 @@ from typing import Any
 
 import pytest
 
-from jobsys import dlq
 from jobsys.app import App, JobContext
-from jobsys.envelope import (
+from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.errors import Reject, Retry
+from jobsys.ops import dlq
+from jobsys.settings import Settings
+from jobsys.topology.loader import LoadedTopology, load_topology_text
+from jobsys.wire.envelope import (
     DL_ATTEMPTS,
     DL_ERROR_MESSAGE,
     DL_ERROR_TYPE,
@@ -35,10 +39,6 @@ from jobsys.envelope import (
     HEADER_FIRST_FAILED_AT_MS,
     HEADER_JOB_ID,
 )
-from jobsys.errors import Reject, Retry
-from jobsys.settings import Settings
-from jobsys.topology.loader import LoadedTopology, load_topology_text
-from jobsys.worker import Worker, WorkerOptions
 from tests.integration.worker_apps import apply, drain_dead, publish, queue_depth, wait_until
 
 pytestmark = pytest.mark.timeout(90)

@@ -14,12 +14,12 @@ import aio_pika
 import pytest
 from click.testing import CliRunner
 
+from jobsys.broker.connection import BrokerConnection
 from jobsys.cli import main
-from jobsys.connection import BrokerConnection
+from jobsys.ops.declare import apply_topology
+from jobsys.ops.status import QueueStatus, StatusReader, StatusReport
 from jobsys.settings import Settings
-from jobsys.status import QueueStatus, StatusReader, StatusReport
 from jobsys.topology import delays
-from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import LoadedTopology, load_topology_text
 from jobsys.topology.model import DEAD_LETTER_EXCHANGE
 

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pydantic import BaseModel
 
-from jobsys.envelope import HEADER_JOB_ID
 from jobsys.errors import (
     AccessRefused,
     ConnectionFailed,
@@ -18,10 +17,11 @@ from jobsys.errors import (
     QueueFullError,
     UnknownJobTypeError,
 )
-from jobsys.producer import JobRequest, Receipt
+from jobsys.publish.producer import JobRequest, Receipt
+from jobsys.publish.sync import SyncProducer
 from jobsys.settings import Settings
-from jobsys.sync_producer import SyncProducer
 from jobsys.topology.model import Topology
+from jobsys.wire.envelope import HEADER_JOB_ID
 from tests.integration.test_producer import declare, drain
 
 

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
-from jobsys.connection import BrokerConnection
+from jobsys.broker.connection import BrokerConnection
+from jobsys.broker.management import ManagementClient, VhostSnapshot, management_endpoint
 from jobsys.errors import TopologyConflictError, TopologyValidationError
+from jobsys.ops.declare import Plan, apply_topology, plan_topology
 from jobsys.settings import Settings
-from jobsys.topology.declare import Plan, apply_topology, plan_topology
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.loader import LoadedTopology, load_topology_text
-from jobsys.topology.management import ManagementClient, VhostSnapshot, management_endpoint
 
 BASE = """
 version: 1

@@ -18,9 +18,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aio_pika
 import pytest
 
-from jobsys.connection import BrokerConnection
+from jobsys.broker.connection import BrokerConnection
+from jobsys.broker.management import ManagementClient, management_endpoint
 from jobsys.settings import Settings
-from jobsys.topology.management import ManagementClient, management_endpoint
 
 JOBSYS = str(Path(sys.executable).with_name("jobsys"))
 

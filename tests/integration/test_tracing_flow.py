@@ -14,13 +14,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from jobsys import dlq, tracing
 from jobsys.app import App, JobContext
-from jobsys.connection import BrokerConnection
+from jobsys.broker.connection import BrokerConnection
+from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.observe import tracing
+from jobsys.ops import dlq
 from jobsys.settings import Settings
 from jobsys.topology.delays import level_count
 from jobsys.topology.loader import LoadedTopology, load_topology_text
-from jobsys.worker import Worker, WorkerOptions
 from tests.integration.worker_apps import apply, publish, wait_until
 
 pytestmark = pytest.mark.timeout(60)

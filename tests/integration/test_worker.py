@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from jobsys.envelope import (
+from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.settings import Settings
+from jobsys.topology.loader import LoadedTopology
+from jobsys.wire.envelope import (
     DL_ATTEMPTS,
     DL_ERROR_MESSAGE,
     DL_ERROR_TYPE,
@@ -22,9 +25,6 @@ from jobsys.envelope import (
     DL_WORKER_HOST,
     HEADER_JOB_ID,
 )
-from jobsys.settings import Settings
-from jobsys.topology.loader import LoadedTopology
-from jobsys.worker import Worker, WorkerOptions
 from tests.integration import worker_apps
 from tests.integration.worker_apps import (
     PROBE,
@@ -278,8 +278,8 @@ class _RecordingChannel:
 
 
 async def test_coalesced_acks_never_cover_a_job_that_has_not_finished() -> None:
-    from jobsys.acks import Acks
-    from jobsys.attempt import Job
+    from jobsys.consume.acks import Acks
+    from jobsys.consume.attempt import Job
 
     channel = _RecordingChannel()
     reported: list[tuple[list[int], list[int]]] = []

@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 import pytest
 
-from jobsys.connection import BrokerConnection
+from jobsys.broker.connection import BrokerConnection
+from jobsys.consume.worker import Worker, WorkerOptions
 from jobsys.settings import Settings
-from jobsys.worker import Worker, WorkerOptions
 from tests.conftest import _management, settings_for_vhost
 from tests.harness.fault_proxy import FaultProxy
 from tests.harness.fixtures import node_settings

@@ -19,13 +19,13 @@ import aio_pika
 from pydantic import BaseModel
 
 from jobsys.app import App, JobContext
-from jobsys.connection import BrokerConnection
-from jobsys.envelope import HEADER_JOB_ID, new_job_id
+from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import Reject
-from jobsys.producer import JobRequest, Producer
+from jobsys.ops.declare import apply_topology
+from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
-from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import LoadedTopology, load_topology, load_topology_text
+from jobsys.wire.envelope import HEADER_JOB_ID, new_job_id
 from tests.harness.worker_subprocess import WorkerSubprocess
 from tests.harness.worker_subprocess import wait_until as wait_until
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from jobsys.deadletter import (
+from jobsys.errors import DecodeError
+from jobsys.wire.deadletter import (
     dead_letter_headers,
     error_type_name,
     format_traceback,
     record_for,
     truncate,
 )
-from jobsys.envelope import (
+from jobsys.wire.envelope import (
     DL_ATTEMPTS,
     DL_ERROR_MESSAGE,
     DL_ERROR_TYPE,
@@ -19,7 +20,6 @@ from jobsys.envelope import (
     DL_TRACEBACK_LIMIT,
     HEADER_JOB_ID,
 )
-from jobsys.errors import DecodeError
 
 
 def _raised(exc: BaseException) -> BaseException:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from jobsys.envelope import (
+from jobsys.errors import DecodeError, PayloadTooLargeError, PayloadValidationError
+from jobsys.wire.envelope import (
     CONTENT_TYPE,
     HEADER_ATTEMPT,
     HEADER_JOB_ID,
@@ -21,7 +22,6 @@ from jobsys.envelope import (
     new_message_id,
     strip_death_headers,
 )
-from jobsys.errors import DecodeError, PayloadTooLargeError, PayloadValidationError
 
 LIMIT = 1024 * 1024
 

@@ -8,7 +8,7 @@ import ssl
 import aiormq.exceptions as amqp
 import pytest
 
-from jobsys.connection import START_HINT, translate_error
+from jobsys.broker.connection import START_HINT, translate_error
 from jobsys.errors import (
     AccessRefused,
     BrokerError,

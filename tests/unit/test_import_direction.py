@@ -22,9 +22,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / "jobsys"
 PURE_CORE = (
     "jobsys.errors",
     "jobsys.settings",
-    "jobsys.envelope",
+    "jobsys.wire.envelope",
     "jobsys.duration",
-    "jobsys.retry",
+    "jobsys.consume.retry",
     "jobsys.topology.model",
     "jobsys.topology.loader",
     "jobsys.topology.check",
@@ -34,18 +34,18 @@ PURE_CORE = (
 )
 #: Modules that talk to RabbitMQ (or export telemetry); the pure core never reaches them.
 IO_MODULES = (
-    "jobsys.connection",
-    "jobsys.producer",
-    "jobsys.sync_producer",
-    "jobsys.worker",
-    "jobsys.supervisor",
-    "jobsys.dlq",
-    "jobsys.topology.declare",
-    "jobsys.tracing",
+    "jobsys.broker.connection",
+    "jobsys.publish.producer",
+    "jobsys.publish.sync",
+    "jobsys.consume.worker",
+    "jobsys.process.supervisor",
+    "jobsys.ops.dlq",
+    "jobsys.ops.declare",
+    "jobsys.observe.tracing",
 )
 BROKER_CLIENTS = ("aio_pika", "aiormq", "pamqp")
 #: Programs, not library code: they may import the command line.
-CLI_USERS = ("jobsys.__main__", "jobsys.demo")
+CLI_USERS = ("jobsys.__main__", "jobsys.cli.demo_run")
 
 
 def module_name(path: Path) -> str:
@@ -146,14 +146,14 @@ def reachable(module: str) -> dict[str, list[str]]:
 def test_the_checker_sees_the_imports_that_are_there() -> None:
     assert "jobsys.topology.check" in direct_imports("jobsys.topology.loader")
     assert "jobsys.topology.delays" in direct_imports("jobsys.topology.entities")
-    assert "aio_pika" in direct_imports("jobsys.connection")
+    assert "aio_pika" in direct_imports("jobsys.broker.connection")
     assert reachable("jobsys.topology.loader")["jobsys.topology.entities"] == [
         "jobsys.topology.loader",
         "jobsys.topology.check",
         "jobsys.topology.entities",
     ]
     assert "jobsys.cli" in direct_imports("jobsys.__main__")
-    assert reachable("jobsys.worker")["aio_pika"][0] == "jobsys.worker"
+    assert reachable("jobsys.consume.worker")["aio_pika"][0] == "jobsys.consume.worker"
 
 
 def test_the_checker_resolves_relative_and_package_imports_and_skips_type_checking() -> None:
@@ -202,9 +202,9 @@ def test_errors_imports_no_other_jobsys_module() -> None:
     assert {name for name in direct_imports("jobsys.errors") if name.startswith("jobsys")} == set()
 
 
-@pytest.mark.parametrize("module", existing(("jobsys.producer", "jobsys.sync_producer")))
+@pytest.mark.parametrize("module", existing(("jobsys.publish.producer", "jobsys.publish.sync")))
 def test_the_producer_never_imports_the_worker(module: str) -> None:
-    chain = reachable(module).get("jobsys.worker")
+    chain = reachable(module).get("jobsys.consume.worker")
 
     assert chain is None, " -> ".join(chain or [])
 

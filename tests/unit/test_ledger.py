@@ -13,7 +13,7 @@ from jobsys.errors import (
     PublishOutcomeUnknown,
     QueueFullError,
 )
-from jobsys.producer import Receipt
+from jobsys.publish.producer import Receipt
 from tests.harness.ledger import Ledger, publish_state_of
 
 

@@ -11,8 +11,8 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from jobsys import metrics, tracing
-from jobsys.envelope import HEADER_PUBLISHED_AT_MS, now_ms
+from jobsys.observe import metrics, tracing
+from jobsys.wire.envelope import HEADER_PUBLISHED_AT_MS, now_ms
 
 
 @pytest.fixture
@@ -143,8 +143,8 @@ def test_failing_metrics_never_raise_and_are_logged_once(
     # Instruments are built lazily from the global meter; make that build fail.
     monkeypatch.setattr(otel_metrics, "get_meter", _BrokenMeterProvider().get_meter)
     monkeypatch.setattr(metrics, "_state", metrics._State())
-    with caplog.at_level(logging.WARNING, logger="jobsys.metrics"):
+    with caplog.at_level(logging.WARNING, logger="jobsys.observe.metrics"):
         for _ in range(3):
             metrics.record_started("a", "q", 0.1)
             metrics.record_finished("a", "q", "ok", 0.1)
-    assert len([r for r in caplog.records if r.name == "jobsys.metrics"]) == 1
+    assert len([r for r in caplog.records if r.name == "jobsys.observe.metrics"]) == 1

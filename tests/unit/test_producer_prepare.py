@@ -9,18 +9,23 @@ import pytest
 from pamqp import commands as spec
 from pydantic import BaseModel, Field
 
-from jobsys.amqp_properties import message_properties
-from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS, new_message_id
 from jobsys.errors import (
     ConfigError,
     PayloadTooLargeError,
     PayloadValidationError,
     UnknownJobTypeError,
 )
-from jobsys.producer import JobRequest, PreparedJob, Producer
+from jobsys.publish.producer import JobRequest, PreparedJob, Producer
+from jobsys.publish.properties import message_properties
 from jobsys.settings import Settings
 from jobsys.topology import delays
 from jobsys.topology.model import Topology
+from jobsys.wire.envelope import (
+    HEADER_ATTEMPT,
+    HEADER_JOB_ID,
+    HEADER_PUBLISHED_AT_MS,
+    new_message_id,
+)
 
 TOPOLOGY = Topology.model_validate(
     {

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from jobsys.consume.retry import DEFAULT_MAX_DELAY_S, DeadLetter, RetryAfter, decide, planned_delays
 from jobsys.errors import DecodeError, PayloadValidationError, Reject, Retry
-from jobsys.retry import DEFAULT_MAX_DELAY_S, DeadLetter, RetryAfter, decide, planned_delays
 from jobsys.topology.model import ExponentialBackoff, RetryPolicy
 
 

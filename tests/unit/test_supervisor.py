@@ -19,9 +19,15 @@ from jobsys import errors
 from jobsys.cli import main
 from jobsys.cli import worker as worker_cli
 from jobsys.cli.common import exit_code_for as cli_exit_code_for
+from jobsys.process.child import ChildSpec, exit_code_for
+from jobsys.process.supervisor import (
+    Backoff,
+    CrashGuard,
+    Supervisor,
+    SupervisorOptions,
+    describe_exit,
+)
 from jobsys.settings import Settings
-from jobsys.supervisor import Backoff, CrashGuard, Supervisor, SupervisorOptions, describe_exit
-from jobsys.worker_process import ChildSpec, exit_code_for
 from tests.integration import supervisor_apps
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,7 +62,7 @@ def test_a_child_spec_round_trips_through_its_command_line_and_carries_no_url() 
 
     command = spec.command()
 
-    assert command[:3] == [sys.executable, "-m", "jobsys.worker_process"]
+    assert command[:3] == [sys.executable, "-m", "jobsys.process.child"]
     assert ChildSpec.from_json(command[3]) == spec
     assert "amqp" not in " ".join(command)
 

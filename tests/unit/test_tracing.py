@@ -22,10 +22,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from jobsys import tracing
-from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS
-from jobsys.telemetry_setup import LoggedOnceSpanExporter, Telemetry, configure_from_env
-from jobsys.tracing import HEADER_PREVIOUS_ATTEMPT, consume_span, extract, publish_span
+from jobsys.observe import tracing
+from jobsys.observe.telemetry_setup import LoggedOnceSpanExporter, Telemetry, configure_from_env
+from jobsys.observe.tracing import HEADER_PREVIOUS_ATTEMPT, consume_span, extract, publish_span
+from jobsys.wire.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS
 
 JOB_ID = "5f0c8e3a-0000-4000-8000-000000000001"
 QUEUE = "emails"
@@ -290,7 +290,7 @@ def test_failing_instrumentation_never_fails_the_job_and_is_logged_once(
     provider.add_span_processor(_BrokenProcessor())
     tracing.use_tracer_provider(provider)
     try:
-        with caplog.at_level(logging.WARNING, logger="jobsys.tracing"):
+        with caplog.at_level(logging.WARNING, logger="jobsys.observe.tracing"):
             for attempt in (1, 2, 3):
                 headers = _publish({}, attempt)
                 _attempt(headers, "ok")
@@ -363,7 +363,7 @@ def test_otlp_without_the_optional_extra_says_how_to_install_it(
     if _installed("opentelemetry.exporter.otlp.proto.http"):
         pytest.skip("the otlp extra is installed here")
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
-    with caplog.at_level(logging.WARNING, logger="jobsys.telemetry_setup"):
+    with caplog.at_level(logging.WARNING, logger="jobsys.observe.telemetry_setup"):
         telemetry = configure_from_env("jobsys-worker", env, set_global=False)
     assert telemetry == Telemetry()
     assert any("jobsys[otlp]" in r.getMessage() for r in caplog.records)
@@ -399,7 +399,7 @@ def test_consume_span_for_reads_a_raw_delivery_before_it_is_decoded(
 
 def test_importing_tracing_and_metrics_never_loads_the_sdk() -> None:
     code = (
-        "import sys, jobsys.tracing, jobsys.metrics; "
+        "import sys, jobsys.observe.tracing, jobsys.observe.metrics; "
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -44,8 +44,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from jobsys import metrics
-from jobsys.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS
+from jobsys.observe import metrics
+from jobsys.wire.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractRobustChannel
 
-from jobsys.acks import Acks
 from jobsys.app import App
-from jobsys.attempt import Job
+from jobsys.consume.acks import Acks
+from jobsys.consume.attempt import Job
 from jobsys.errors import ConfigError
 from jobsys.topology.check import route_job_type
 from jobsys.topology.model import Topology

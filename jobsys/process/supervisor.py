@@ -1,7 +1,7 @@
 """Several worker processes under one supervisor: ``jobsys worker --processes P``.
 
 The supervisor starts P children, each an ordinary single-process worker run by this module's
-lightweight child entry point (``python -m jobsys.worker_process SPEC``), which imports
+lightweight child entry point (``python -m jobsys.process.child SPEC``), which imports
 neither click nor the command line, nor the OpenTelemetry SDK unless ``OTEL_*`` asks for it.
 
 - A child that crashes (non-zero exit without a report, or killed by a signal) is restarted
@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobsys.worker_process import REPORT_FD_ENV, ChildSpec
+from jobsys.process.child import REPORT_FD_ENV, ChildSpec
 
 log = logging.getLogger(__name__)
 

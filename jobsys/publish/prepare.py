@@ -14,7 +14,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from jobsys.duration import format_duration
-from jobsys.envelope import (
+from jobsys.errors import ConfigError, PayloadValidationError, UnknownJobTypeError
+from jobsys.topology import delays
+from jobsys.topology.check import route_job_type
+from jobsys.topology.model import Topology
+from jobsys.wire.envelope import (
     DL_ORIGINAL_EXCHANGE,
     DL_ORIGINAL_ROUTING_KEY,
     Envelope,
@@ -22,10 +26,6 @@ from jobsys.envelope import (
     encode_payload,
     new_job_id,
 )
-from jobsys.errors import ConfigError, PayloadValidationError, UnknownJobTypeError
-from jobsys.topology import delays
-from jobsys.topology.check import route_job_type
-from jobsys.topology.model import Topology
 
 __all__ = ["JobRequest", "JobRoute", "PreparedJob", "build_routes", "prepare_job"]
 

@@ -16,19 +16,19 @@ from typing import Any, Literal, cast
 from aiormq import spec
 from aiormq.abc import DeliveredMessage
 
-from jobsys.acks import Acks
 from jobsys.app import App, HandlerSpec, JobContext
+from jobsys.consume.acks import Acks
+from jobsys.consume.retry import RetryAfter, decide
 from jobsys.duration import format_duration
-from jobsys.envelope import (
+from jobsys.errors import HandlerSignal, MessageError
+from jobsys.settings import Settings
+from jobsys.topology.model import Topology
+from jobsys.wire.envelope import (
     HEADER_ATTEMPT,
     HEADER_JOB_ID,
     HEADER_PUBLISHED_AT_MS,
     decode_envelope,
 )
-from jobsys.errors import HandlerSignal, MessageError
-from jobsys.retry import RetryAfter, decide
-from jobsys.settings import Settings
-from jobsys.topology.model import Topology
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import ChannelNotFoundEntity
 
-from jobsys.connection import BrokerConnection, translate_error
+from jobsys.broker.connection import BrokerConnection, translate_error
 from jobsys.errors import AccessRefused, JobsysError, TopologyError
 from jobsys.topology.delays import DELIVERY_EXCHANGE
 from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name

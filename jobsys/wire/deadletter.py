@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jobsys.envelope import (
+from jobsys.wire.envelope import (
     DL_ATTEMPTS,
     DL_ERROR_MESSAGE,
     DL_ERROR_TYPE,

@@ -40,20 +40,20 @@ from opentelemetry.context import Context
 from pamqp import commands as spec
 from pydantic import BaseModel
 
-from jobsys import tracing
-from jobsys.amqp_properties import message_properties
-from jobsys.connection import BrokerConnection
-from jobsys.envelope import Envelope, encode_payload, new_message_id, strip_death_headers
+from jobsys.broker.connection import BrokerConnection
+from jobsys.broker.publish_errors import CONNECTION_LOST, publish_error, unknown
 from jobsys.errors import (
     BrokerBlockedError,
     ConnectionFailed,
     JobsysError,
 )
-from jobsys.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
-from jobsys.publish_errors import CONNECTION_LOST, publish_error, unknown
+from jobsys.observe import tracing
+from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
+from jobsys.publish.properties import message_properties
 from jobsys.settings import Settings
 from jobsys.topology import delays
 from jobsys.topology.model import Topology
+from jobsys.wire.envelope import Envelope, encode_payload, new_message_id, strip_death_headers
 
 __all__ = ["JobRequest", "PreparedJob", "Producer", "PublishResult", "Receipt"]
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from jobsys.errors import ConnectionFailed
-from jobsys.producer import DEFAULT_WINDOW, JobRequest, Producer, PublishResult, Receipt
+from jobsys.publish.producer import DEFAULT_WINDOW, JobRequest, Producer, PublishResult, Receipt
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 

@@ -26,9 +26,12 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from jobsys import tracing
-from jobsys.connection import BrokerConnection, translate_error
-from jobsys.envelope import (
+from jobsys.broker.connection import BrokerConnection, translate_error
+from jobsys.errors import JobsysError, PublishError, TopologyError, UnroutableError
+from jobsys.observe import tracing
+from jobsys.topology.delays import DELIVERY_EXCHANGE, delay_route
+from jobsys.topology.model import dead_letter_queue_name
+from jobsys.wire.envelope import (
     DL_ATTEMPTS,
     DL_ERROR_MESSAGE,
     DL_ERROR_TYPE,
@@ -45,9 +48,6 @@ from jobsys.envelope import (
     HEADER_REPLAYS,
     new_message_id,
 )
-from jobsys.errors import JobsysError, PublishError, TopologyError, UnroutableError
-from jobsys.topology.delays import DELIVERY_EXCHANGE, delay_route
-from jobsys.topology.model import dead_letter_queue_name
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,13 @@ import aiormq
 import aiormq.abc
 import aiormq.exceptions
 
-from jobsys.connection import BrokerConnection, translate_error
+from jobsys.broker.connection import BrokerConnection, translate_error
+from jobsys.broker.management import (
+    ManagementClient,
+    ManagementUnavailable,
+    VhostSnapshot,
+    management_endpoint,
+)
 from jobsys.errors import ConnectionFailed, TopologyConflictError
 from jobsys.topology.entities import (
     ArgValue,
@@ -38,12 +44,6 @@ from jobsys.topology.entities import (
     desired_entities,
 )
 from jobsys.topology.loader import LoadedTopology
-from jobsys.topology.management import (
-    ManagementClient,
-    ManagementUnavailable,
-    VhostSnapshot,
-    management_endpoint,
-)
 
 Action = Literal["create", "match", "conflict", "extra", "ensure"]
 Kind = Literal["exchange", "queue", "binding"]

@@ -17,7 +17,7 @@ from typing import Any
 from pamqp import commands as spec
 from pamqp import encode
 
-from jobsys.envelope import CONTENT_ENCODING, CONTENT_TYPE
+from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE
 
 #: ``delivery_mode`` of a persistent message.
 PERSISTENT = 2

@@ -22,15 +22,15 @@ import aiormq
 import aiormq.abc
 import aiormq.exceptions
 
-from jobsys.connection import BrokerConnection, translate_error
-from jobsys.settings import Settings
-from jobsys.topology import delays
-from jobsys.topology.entities import desired_entities
-from jobsys.topology.management import (
+from jobsys.broker.connection import BrokerConnection, translate_error
+from jobsys.broker.management import (
     ManagementEndpoint,
     ManagementUnavailable,
     management_endpoint,
 )
+from jobsys.settings import Settings
+from jobsys.topology import delays
+from jobsys.topology.entities import desired_entities
 from jobsys.topology.model import Topology, dead_letter_queue_name
 
 _MANAGEMENT_TIMEOUT_S = 5.0

@@ -1,6 +1,6 @@
 """The handlers of the demo (``jobsys demo``), one per job type of ``topology/example.yaml``.
 
-Run them yourself with ``jobsys worker jobsys.demo_app:app --topology topology/example.yaml``.
+Run them yourself with ``jobsys worker jobsys.cli.demo_app:app --topology topology/example.yaml``.
 Some payloads fail on purpose, to show retries with backoff and dead-lettering:
 
 - ``charge_card`` with ``card: "flaky"`` fails twice (a gateway timeout), then succeeds;

@@ -19,9 +19,13 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from jobsys.attempt import Job, Outcome, deliver_frame
-from jobsys.deadletter import dead_letter_headers, record_for
-from jobsys.envelope import (
+from jobsys.consume.attempt import Job, Outcome, deliver_frame
+from jobsys.errors import AccessRefused, JobsysError, UnroutableError
+from jobsys.publish.producer import Producer
+from jobsys.topology.delays import delay_route
+from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
+from jobsys.wire.deadletter import dead_letter_headers, record_for
+from jobsys.wire.envelope import (
     DL_ORIGINAL_EXCHANGE,
     DL_ORIGINAL_ROUTING_KEY,
     HEADER_ATTEMPT,
@@ -31,10 +35,6 @@ from jobsys.envelope import (
     new_job_id,
     now_ms,
 )
-from jobsys.errors import AccessRefused, JobsysError, UnroutableError
-from jobsys.producer import Producer
-from jobsys.topology.delays import delay_route
-from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
 
 log = logging.getLogger(__name__)
 

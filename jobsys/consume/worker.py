@@ -7,10 +7,10 @@ that wait in the pool, already prefetched; on shutdown they are requeued without
 
 Every delivery ends in ``_settle()``, the one place that acks, retries, dead-letters or
 requeues. A failed attempt is retried or dead-lettered as the job type's retry policy says
-(``jobsys.retry``): the job is republished (to its own queue through the delay levels, or to
+(``jobsys.consume.retry``): the job is republished (to its own queue through the delay levels, or to
 its queue's dead-letter queue), confirmed, and only then is the original acked; if that publish
 fails the original is requeued, so nothing is lost. Acks
-of jobs finishing in the same event-loop turn are coalesced (``jobsys.acks``).
+of jobs finishing in the same event-loop turn are coalesced (``jobsys.consume.acks``).
 
 Deadlines: each attempt runs under its job type's ``timeout`` (shorter than the broker's
 ``consumer_timeout``, which the topology check enforces). A sync handler runs in a thread and
@@ -19,7 +19,7 @@ thread finishes in the background, its result ignored.
 
 Faults: the robust connection restores channels and QoS after a transient loss and the pools
 consume again; what it would retry forever (refused access, a queue that no longer exists) is
-turned into one fatal error by ``jobsys.fault_watch``.
+turned into one fatal error by ``jobsys.consume.fault_watch``.
 
 For a supervisor: ``Worker.run()`` in a child process, ``request_stop()`` (or SIGTERM through
 ``jobsys.cli.worker.serve``) drains it, ``WorkerOptions.max_jobs`` recycles it after so many
@@ -38,10 +38,10 @@ from typing import Any, cast
 import aiormq
 from aiormq.abc import DeliveredMessage
 
-from jobsys import tracing
-from jobsys.acks import Acks
 from jobsys.app import App
-from jobsys.attempt import (
+from jobsys.broker.connection import BrokerConnection, translate_error
+from jobsys.consume.acks import Acks
+from jobsys.consume.attempt import (
     ACK,
     REQUEUE,
     AttemptRunner,
@@ -50,13 +50,13 @@ from jobsys.attempt import (
     cancel_requested,
     deliver_frame,
 )
-from jobsys.connection import BrokerConnection, translate_error
+from jobsys.consume.fault_watch import FaultWatch
+from jobsys.consume.pools import Pool, WorkerOptions, WorkerStats, plan_pools
+from jobsys.consume.republish import Republisher
 from jobsys.duration import format_duration
 from jobsys.errors import AccessRefused, JobsysError, TopologyError, UnroutableError
-from jobsys.fault_watch import FaultWatch
-from jobsys.pools import Pool, WorkerOptions, WorkerStats, plan_pools
-from jobsys.producer import Producer
-from jobsys.republish import Republisher
+from jobsys.observe import tracing
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology, dead_letter_queue_name

@@ -1,4 +1,4 @@
-"""One worker process started by the supervisor: ``python -m jobsys.worker_process SPEC``.
+"""One worker process started by the supervisor: ``python -m jobsys.process.child SPEC``.
 
 A lightweight entry point: it imports no click and none of the command line, and the
 OpenTelemetry SDK only when ``OTEL_*`` variables ask for an exporter, so each of the
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jobsys.app import App
+    from jobsys.consume.worker import Worker
     from jobsys.errors import JobsysError
-    from jobsys.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ChildSpec:
 
     def command(self) -> list[str]:
         """The child's command line."""
-        return [sys.executable, "-m", "jobsys.worker_process", json.dumps(asdict(self))]
+        return [sys.executable, "-m", "jobsys.process.child", json.dumps(asdict(self))]
 
     @classmethod
     def from_json(cls, text: str) -> ChildSpec:
@@ -182,9 +182,9 @@ def _run(spec: ChildSpec, early: list[int]) -> tuple[Worker, int]:
     # Returns the worker and how many stop requests (signals) it got.
     import asyncio
 
+    from jobsys.consume.worker import Worker, WorkerOptions
     from jobsys.settings import Settings
     from jobsys.topology.loader import load_topology
-    from jobsys.worker import Worker, WorkerOptions
 
     app = load_app(spec.app_target)
     loaded = load_topology(spec.topology_file)
@@ -214,7 +214,7 @@ def _run(spec: ChildSpec, early: list[int]) -> tuple[Worker, int]:
         await worker.run()
 
     if _telemetry_wanted(dict(os.environ)):
-        from jobsys.telemetry_setup import configure_from_env
+        from jobsys.observe.telemetry_setup import configure_from_env
 
         with configure_from_env("jobsys-worker"):
             asyncio.run(serve())
@@ -225,5 +225,5 @@ def _run(spec: ChildSpec, early: list[int]) -> tuple[Worker, int]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m jobsys.worker_process SPEC (started by jobsys worker)")
+        sys.exit("usage: python -m jobsys.process.child SPEC (started by jobsys worker)")
     sys.exit(child_main(ChildSpec.from_json(sys.argv[1])))

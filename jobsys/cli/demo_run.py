@@ -14,17 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from jobsys import demo_app, dlq
 from jobsys.app import JobContext
-from jobsys.connection import BrokerConnection
-from jobsys.envelope import Envelope, new_job_id
+from jobsys.broker.connection import BrokerConnection
+from jobsys.cli import demo_app
+from jobsys.consume.worker import Worker, WorkerOptions
 from jobsys.errors import TopologyConflictError
-from jobsys.producer import JobRequest, Producer
+from jobsys.ops import dlq
+from jobsys.ops.declare import apply_topology
+from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
-from jobsys.topology.declare import apply_topology
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import dead_letter_queue_name
-from jobsys.worker import Worker, WorkerOptions
+from jobsys.wire.envelope import Envelope, new_job_id
 
 Echo = Callable[[str], None]
 #: How long the demo waits for every job to end up done or dead-lettered.
@@ -93,7 +94,7 @@ async def run_demo(settings: Settings, loaded: LoadedTopology, echo: Echo) -> in
 
     demo_app.listeners.append(on_event)
     # The demo prints every outcome itself; the worker's own warnings would say it twice.
-    logging.getLogger("jobsys.worker").setLevel(logging.ERROR)
+    logging.getLogger("jobsys.consume.worker").setLevel(logging.ERROR)
     worker = Worker(demo_app.app, loaded, settings, WorkerOptions(grace_s=10))
     worker_task = asyncio.create_task(worker.run())
     try:

@@ -1,0 +1,1 @@
+"""Consuming jobs: the worker, its pools, one attempt, the retry decision, settlement, acks."""

@@ -1,0 +1,1 @@
+"""Observing jobs: OpenTelemetry spans, propagation and metrics; the SDK set up for programs."""

@@ -1,0 +1,1 @@
+"""Operator actions against a live broker: plan and apply a topology, status, dead letters."""

@@ -1,0 +1,1 @@
+"""Publishing jobs: prepare (pure), pre-encoded properties, the Producer and its sync facade."""
