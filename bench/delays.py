@@ -38,8 +38,8 @@ import aio_pika
 
 from jobsys.app import App
 from jobsys.broker.connection import BrokerConnection
-from jobsys.cli.delays import waiting_per_level
 from jobsys.ops.declare import apply_topology
+from jobsys.ops.status import waiting_per_level
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.delays import level_count, level_name

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import aiormq.exceptions
 import click
 
-from jobsys.broker.connection import BrokerConnection, translate_error
+from jobsys.broker.connection import BrokerConnection
 from jobsys.cli.common import build_settings, connection_options, run
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import format_duration
+from jobsys.ops.status import waiting_per_level
 from jobsys.topology.delays import level_count, level_name, level_ttl_ms
 
 NOT_DECLARED = "not declared - run `jobsys topology apply`"
@@ -51,25 +51,3 @@ async def status_command(
     missing = sum(1 for count in counts if count is None)
     note = f" ({missing} of {levels} {NOT_DECLARED})" if missing else ""
     click.echo(f"total: {total} job{'s' if total != 1 else ''} waiting in {levels} levels{note}")
-
-
-async def waiting_per_level(connection: BrokerConnection, levels: int) -> list[int | None]:
-    """Messages in each level's queue, ``None`` where the queue does not exist."""
-    counts: list[int | None] = []
-    channel = await connection.channel(confirms=False)
-    try:
-        for level in range(levels):
-            try:
-                declared = await channel.declare_queue(level_name(level), passive=True)
-                counts.append(int(declared.declaration_result.message_count or 0))
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                counts.append(None)
-                # A failed passive declare closes the channel; go on with a fresh one.
-                await channel.close()
-                channel = await connection.channel(confirms=False)
-            except aiormq.exceptions.AMQPError as exc:
-                raise translate_error(exc, connection.settings) from None
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-    return counts

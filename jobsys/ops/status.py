@@ -187,6 +187,28 @@ class StatusReader:
         return result
 
 
+async def waiting_per_level(connection: BrokerConnection, levels: int) -> list[int | None]:
+    """Messages in each level's queue, ``None`` where the queue does not exist."""
+    counts: list[int | None] = []
+    channel = await connection.channel(confirms=False)
+    try:
+        for level in range(levels):
+            try:
+                declared = await channel.declare_queue(delays.level_name(level), passive=True)
+                counts.append(int(declared.declaration_result.message_count or 0))
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                counts.append(None)
+                # A failed passive declare closes the channel; go on with a fresh one.
+                await channel.close()
+                channel = await connection.channel(confirms=False)
+            except aiormq.exceptions.AMQPError as exc:
+                raise translate_error(exc, connection.settings) from None
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return counts
+
+
 def _queue_names(topology: Topology) -> list[str]:
     return [spec.name for spec in desired_entities(topology).queues]
 
