@@ -44,7 +44,7 @@ from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.delays import level_count, level_name
 from jobsys.topology.loader import load_topology_text
-from jobsys.wire.envelope import HEADER_JOB_ID
+from jobsys.wire.headers import HEADER_JOB_ID
 
 TOPOLOGY = """
 version: 1

@@ -45,7 +45,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from jobsys.app import App
 from jobsys.broker.connection import BrokerConnection
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.options import WorkerOptions
+from jobsys.consume.worker import Worker
 from jobsys.observe import tracing
 from jobsys.ops.declare import apply_topology
 from jobsys.publish.producer import JobRequest, Producer

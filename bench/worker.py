@@ -87,7 +87,8 @@ def _memory() -> dict[str, float]:
 async def child_jobsys(url: str, token: str, mode: str, n: int) -> dict[str, Any]:
     """Run a jobsys worker with a no-op handler until ``n`` jobs are done."""
     from jobsys.app import App
-    from jobsys.consume.worker import Worker, WorkerOptions
+    from jobsys.consume.options import WorkerOptions
+    from jobsys.consume.worker import Worker
     from jobsys.settings import Settings
     from jobsys.topology.loader import load_topology_text
 

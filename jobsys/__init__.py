@@ -1,11 +1,12 @@
 """jobsys: a job system on RabbitMQ.
 
-Importing jobsys never connects and never loads the broker client: the names that need
-aio-pika (``Producer``, ``SyncProducer``, ``JobRequest``, ``Receipt``) load on first use.
+Importing jobsys never connects and never loads the broker client: the names below that need
+aio-pika (the producers, the worker) or the topology loader load on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from jobsys.app import App, JobContext
@@ -36,14 +37,26 @@ from jobsys.errors import (
 from jobsys.settings import Settings
 
 if TYPE_CHECKING:
-    from jobsys.publish.producer import JobRequest, Producer, Receipt
+    from jobsys.consume.options import WorkerOptions, WorkerStats
+    from jobsys.consume.worker import Worker
+    from jobsys.publish.producer import JobRequest, Producer, PublishResult, Receipt
     from jobsys.publish.sync import SyncProducer
+    from jobsys.topology.loader import LoadedTopology, load_topology, load_topology_text
+    from jobsys.topology.model import Topology
 
 _LAZY = {
+    "load_topology": "jobsys.topology.loader",
+    "load_topology_text": "jobsys.topology.loader",
+    "LoadedTopology": "jobsys.topology.loader",
+    "Topology": "jobsys.topology.model",
     "JobRequest": "jobsys.publish.producer",
     "Producer": "jobsys.publish.producer",
+    "PublishResult": "jobsys.publish.producer",
     "Receipt": "jobsys.publish.producer",
     "SyncProducer": "jobsys.publish.sync",
+    "Worker": "jobsys.consume.worker",
+    "WorkerOptions": "jobsys.consume.options",
+    "WorkerStats": "jobsys.consume.options",
 }
 
 
@@ -51,39 +64,50 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'jobsys' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = [
-    "AccessRefused",
-    "App",
-    "BrokerBlockedError",
-    "BrokerError",
-    "ConfigError",
-    "ConnectionFailed",
-    "DecodeError",
-    "HandlerSignal",
-    "JobContext",
-    "JobRequest",
-    "JobsysError",
-    "MessageError",
-    "PayloadTooLargeError",
-    "PayloadValidationError",
-    "Producer",
-    "PublishError",
-    "PublishOutcomeUnknown",
-    "QueueFullError",
-    "Receipt",
-    "Reject",
-    "Retry",
+__all__ = [  # noqa: RUF022 - grouped by topic, not sorted
+    # settings and the topology file
     "Settings",
+    "load_topology",
+    "load_topology_text",
+    "LoadedTopology",
+    "Topology",
+    # handlers
+    "App",
+    "JobContext",
+    "Retry",
+    "Reject",
+    "HandlerSignal",
+    # publishing
+    "Producer",
     "SyncProducer",
-    "TopologyConflictError",
+    "JobRequest",
+    "Receipt",
+    "PublishResult",
+    # consuming
+    "Worker",
+    "WorkerOptions",
+    "WorkerStats",
+    # errors, grouped by what the caller can do
+    "JobsysError",
+    "ConfigError",
     "TopologyError",
     "TopologyLoadError",
     "TopologyValidationError",
-    "UnknownJobTypeError",
+    "TopologyConflictError",
+    "BrokerError",
+    "ConnectionFailed",
+    "AccessRefused",
+    "PublishError",
     "UnroutableError",
+    "QueueFullError",
+    "BrokerBlockedError",
+    "PublishOutcomeUnknown",
+    "MessageError",
+    "DecodeError",
+    "UnknownJobTypeError",
+    "PayloadValidationError",
+    "PayloadTooLargeError",
 ]

@@ -67,9 +67,10 @@ class ConnectionFailed(BrokerError):
     """Raised when the broker cannot be reached (refused, timed out, TLS failure)."""
 
 
-class AccessRefused(ConnectionFailed):
+class AccessRefused(BrokerError):
     """Raised for wrong credentials, a missing vhost or refused permissions. Fatal: retrying
-    with the same settings cannot succeed, so jobsys never loops on it."""
+    with the same settings cannot succeed, so jobsys never loops on it (and it is not a
+    ``ConnectionFailed``, which may heal by itself)."""
 
 
 class PublishError(BrokerError):

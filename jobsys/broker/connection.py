@@ -4,25 +4,30 @@
 after a transient loss) and opens confirm channels that raise on returns. ``translate_error``
 maps aiormq/aio-pika exceptions to jobsys's tree in one table, grouped by what the caller can
 do: fix the settings (``AccessRefused``), wait for the broker (``ConnectionFailed``), or
-resubmit (``PublishOutcomeUnknown``, raised by the producer).
+resubmit (``PublishOutcomeUnknown``, mapped by ``jobsys.broker.confirm``). Code that talks to
+the broker wraps the talk in ``with broker_errors(settings):`` (httpcore's ``map_exceptions``
+is the model) instead of catching and translating on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
+import aiormq.abc
 import aiormq.exceptions
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception,
+    retry_if_exception_type,
     stop_after_delay,
     wait_exponential,
 )
@@ -41,11 +46,13 @@ START_HINT = (
 def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
     """Map an exception from aio-pika/aiormq (or the socket below) to a jobsys error.
 
-    The message names the broker by its masked URL, never with the password.
+    The message names the broker by its masked URL, and any text the exception carries is
+    scrubbed of the password, in case a library quoted the URL.
     """
     where = settings.masked_url
     if isinstance(exc, JobsysError):
         return exc
+    reason = _scrub(_reason(exc), settings)
     if isinstance(
         exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError
     ):
@@ -59,26 +66,61 @@ def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
     if isinstance(
         exc, aiormq.exceptions.ChannelAccessRefused | aiormq.exceptions.ConnectionNotAllowed
     ):
-        return AccessRefused(f"the broker at {where} refused an operation: {_reason(exc)}")
+        return AccessRefused(f"the broker at {where} refused an operation: {reason}")
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return ConnectionFailed(f"TLS handshake with {where} failed: {exc}")
+        return ConnectionFailed(f"TLS handshake with {where} failed: {_scrub(str(exc), settings)}")
     # Before OSError: TimeoutError is one of its subclasses.
     if isinstance(exc, TimeoutError):
         return ConnectionFailed(f"timed out talking to the broker at {where}; {START_HINT}")
     if isinstance(exc, aiormq.exceptions.AMQPConnectionError | ConnectionError | OSError):
-        return ConnectionFailed(
-            f"cannot reach the broker at {where} ({_reason(exc)}); {START_HINT}"
-        )
+        return ConnectionFailed(f"cannot reach the broker at {where} ({reason}); {START_HINT}")
     if isinstance(exc, aiormq.exceptions.AMQPError):
-        return BrokerError(f"the broker at {where} answered: {_scrub(_reason(exc), settings)}")
+        return BrokerError(f"the broker at {where} answered: {reason}")
     return BrokerError(
         f"unexpected error talking to {where}: {type(exc).__name__}: {_scrub(str(exc), settings)}"
     )
 
 
+@contextlib.contextmanager
+def broker_errors(settings: Settings) -> Iterator[None]:
+    """Translate whatever aio-pika, aiormq or the socket raise inside the block into one jobsys
+    error (``translate_error``); jobsys's own errors pass unchanged, and so does a real
+    cancellation of the current task. aiormq also cancels the awaits of a connection it has
+    declared dead; that is no cancellation of ours and is translated like the loss it is."""
+    try:
+        yield
+    except JobsysError:
+        raise
+    except (Exception, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and cancel_requested():
+            raise
+        raise translate_error(exc, settings) from None
+
+
+def cancel_requested() -> bool:
+    """True when somebody really cancelled the current task, not aiormq on its own."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def close_quietly(channel: AbstractChannel | aiormq.abc.AbstractChannel | None) -> None:
+    """Close ``channel`` when it is open; a channel the broker or a lost connection already
+    closed is fine (the broker requeues whatever it held either way)."""
+    if channel is None or channel.is_closed:
+        return
+    try:
+        await channel.close()
+    except Exception:
+        log.debug("closing a channel failed", exc_info=True)
+
+
 def _scrub(text: str, settings: Settings) -> str:
     """``text`` with the URL's password masked, in case an exception quoted the URL."""
-    password = urlsplit(settings.url).password
+    text = text.replace(settings.url, settings.masked_url)
+    try:
+        password = urlsplit(settings.url).password
+    except ValueError:
+        return text
     return text.replace(password, "***") if password else text
 
 
@@ -124,10 +166,7 @@ class BrokerConnection:
         if self._connection is not None:
             return self
         retrying = AsyncRetrying(
-            # AccessRefused subclasses ConnectionFailed but retrying cannot fix it.
-            retry=retry_if_exception(
-                lambda exc: isinstance(exc, ConnectionFailed) and not isinstance(exc, AccessRefused)
-            ),
+            retry=retry_if_exception_type(ConnectionFailed),
             stop=stop_after_delay(self.settings.connect_deadline_s),
             wait=wait_exponential(multiplier=0.2, max=3.0),
             reraise=True,
@@ -138,7 +177,7 @@ class BrokerConnection:
         return self
 
     async def _connect_once(self) -> AbstractRobustConnection:
-        try:
+        with broker_errors(self.settings):
             connection = await asyncio.wait_for(
                 aio_pika.connect_robust(
                     _connection_url(self.settings),
@@ -148,10 +187,6 @@ class BrokerConnection:
                 ),
                 timeout=self.settings.connect_timeout_s + 1,
             )
-        except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and _current_task_cancelling():
-                raise
-            raise translate_error(exc, self.settings) from None
         log.info("connected to %s", self.settings.masked_url)
         return connection
 
@@ -165,7 +200,7 @@ class BrokerConnection:
     @property
     def server_version(self) -> tuple[int, ...]:
         """The broker's version, e.g. ``(3, 10, 8)``."""
-        props: dict[str, Any] = dict(self.connection.transport.connection.server_properties)  # type: ignore[union-attr]
+        props: dict[str, Any] = dict(self.amqp.server_properties)
         raw = props.get("version", "0")
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         numbers = []
@@ -179,17 +214,29 @@ class BrokerConnection:
     ) -> AbstractRobustChannel:
         """A new channel. With ``confirms`` the broker confirms every publish, and a
         mandatory publish that routes nowhere raises instead of returning quietly."""
-        try:
+        with broker_errors(self.settings):
             channel = await self.connection.channel(
                 publisher_confirms=confirms, on_return_raises=confirms
             )
             if prefetch is not None:
                 await channel.set_qos(prefetch_count=prefetch)
-        except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and _current_task_cancelling():
-                raise
-            raise translate_error(exc, self.settings) from None
         return channel
+
+    @property
+    def amqp(self) -> aiormq.abc.AbstractConnection:
+        """The aiormq connection the robust one runs on now (``ConnectionFailed`` between
+        reconnects)."""
+        transport = self.connection.transport
+        if transport is None:  # the robust connection is between reconnects
+            raise ConnectionFailed(f"lost the connection to {self.settings.masked_url}")
+        return transport.connection
+
+    async def plain_channel(self) -> aiormq.abc.AbstractChannel:
+        """A plain aiormq channel, not a robust one: for probes and passive declares that the
+        broker may refuse. A robust channel the broker closed would restore itself by
+        repeating the refused operation, forever."""
+        with broker_errors(self.settings):
+            return await self.amqp.channel()
 
     async def close(self) -> None:
         """Close the connection; safe to call twice."""
@@ -207,9 +254,3 @@ class BrokerConnection:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-def _current_task_cancelling() -> bool:
-    """True when somebody really cancelled the current task (not aiormq's own cancel)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

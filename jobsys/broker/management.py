@@ -1,5 +1,5 @@
-"""A small client for RabbitMQ's management HTTP API: read one vhost's topology, load
-definitions.
+"""A small client for RabbitMQ's management HTTP API: read one vhost's topology and queue
+counts, load definitions.
 
 Standard library only (``urllib`` in a worker thread), so the management plugin stays
 optional: ``declare`` uses it when it answers and falls back to probing over AMQP when not.
@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from jobsys.settings import Settings, mask_url
-from jobsys.topology.entities import ArgValue, BindingSpec
+from jobsys.topology.plan import VhostSnapshot
 
 #: Port of the management plugin's HTTP listener (15671 with TLS).
 MANAGEMENT_PORT = 15672
@@ -72,84 +72,6 @@ def management_endpoint(settings: Settings) -> ManagementEndpoint:
     return ManagementEndpoint(base_url=base, username=username, password=password)
 
 
-@dataclass(frozen=True)
-class VhostSnapshot:
-    """One vhost's exchanges, queues and bindings as the management API lists them."""
-
-    exchanges: list[dict[str, Any]]
-    queues: list[dict[str, Any]]
-    bindings: list[dict[str, Any]]
-
-    def exchange_properties(self, name: str) -> dict[str, ArgValue] | None:
-        """Type, durable, auto_delete, internal and ``x-`` arguments of exchange ``name``
-        (None when there is none), keyed like ``declare.properties``."""
-        raw = _find(self.exchanges, name)
-        if raw is None:
-            return None
-        props: dict[str, ArgValue] = {
-            "type": str(raw.get("type")),
-            "durable": bool(raw.get("durable")),
-            "auto_delete": bool(raw.get("auto_delete")),
-            "internal": bool(raw.get("internal")),
-        }
-        props.update(_arguments(raw))
-        return props
-
-    def queue_properties(self, name: str) -> dict[str, ArgValue] | None:
-        """Durable, auto_delete and ``x-`` arguments of queue ``name`` (None when there is
-        none); ``x-queue-type`` comes from the queue's type when it was declared without."""
-        raw = _find(self.queues, name)
-        if raw is None:
-            return None
-        props: dict[str, ArgValue] = {
-            "durable": bool(raw.get("durable")),
-            "auto_delete": bool(raw.get("auto_delete")),
-        }
-        props.update(_arguments(raw))
-        if "x-queue-type" not in props and raw.get("type"):
-            props["x-queue-type"] = str(raw["type"])
-        return props
-
-    def binding_specs(self) -> list[BindingSpec]:
-        """Every binding but the default exchange's implicit one per queue."""
-        return [_binding_of(raw) for raw in self.bindings if raw.get("source")]
-
-    def extra_exchanges(self, wanted: set[str]) -> list[str]:
-        """Exchanges not in ``wanted``, leaving out the default exchange and ``amq.*``."""
-        names = (str(raw.get("name", "")) for raw in self.exchanges)
-        return [n for n in names if n and not n.startswith("amq.") and n not in wanted]
-
-    def extra_queues(self, wanted: set[str]) -> list[str]:
-        """Queues not in ``wanted``. Exclusive and server-named (``amq.*``) queues belong to
-        running clients, not to a topology, and are left out."""
-        return [
-            str(raw.get("name"))
-            for raw in self.queues
-            if not raw.get("exclusive")
-            and not str(raw.get("name", "")).startswith("amq.")
-            and raw.get("name") not in wanted
-        ]
-
-
-def _find(items: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    return next((item for item in items if item.get("name") == name), None)
-
-
-def _arguments(raw: dict[str, Any]) -> dict[str, ArgValue]:
-    arguments = raw.get("arguments") or {}
-    return {str(k): v for k, v in arguments.items() if isinstance(v, str | int | bool)}
-
-
-def _binding_of(raw: dict[str, Any]) -> BindingSpec:
-    return BindingSpec(
-        str(raw.get("source", "")),
-        str(raw.get("destination", "")),
-        "exchange" if raw.get("destination_type") == "exchange" else "queue",
-        str(raw.get("routing_key", "")),
-        _arguments(raw),
-    )
-
-
 class ManagementClient:
     """Reads and writes one broker's topology over the management API."""
 
@@ -178,6 +100,12 @@ class ManagementClient:
     async def bindings(self, vhost: str) -> list[dict[str, Any]]:
         """The bindings of ``vhost``, including the default exchange's implicit ones."""
         return await self._get_list(f"/api/bindings/{_q(vhost)}")
+
+    async def queue_counts(self, vhost: str) -> list[dict[str, Any]]:
+        """Every queue of ``vhost`` with its depth, consumers and message rates, as the API
+        gives them (raw rows; ``jobsys.ops.status`` reads them)."""
+        columns = "name,messages,messages_ready,messages_unacknowledged,consumers,message_stats"
+        return await self._get_list(f"/api/queues/{_q(vhost)}?columns={columns}")
 
     async def load_definitions(self, vhost: str, definitions: dict[str, Any]) -> None:
         """Load RabbitMQ definitions into ``vhost`` (``POST /api/definitions/{vhost}``)."""

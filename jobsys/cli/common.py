@@ -1,33 +1,41 @@
-"""What every ``jobsys`` command shares: connection options, logging, error -> exit code."""
+"""What every ``jobsys`` command shares: the connection and topology options, and running an
+async body with one clear message per error. Logging and the exit codes come from
+``jobsys.process.serve``, shared with the worker processes."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
 
-from jobsys.errors import (
-    AccessRefused,
-    ConfigError,
-    ConnectionFailed,
-    JobsysError,
-    MessageError,
-    TopologyConflictError,
-    TopologyLoadError,
+from jobsys.errors import ConfigError, JobsysError
+from jobsys.process.serve import (
+    EXIT_BROKER,
+    EXIT_CONFLICT,
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    configure_logging,
+    exit_code_for,
 )
 from jobsys.settings import Settings
 
-#: Exit codes, documented in docs/cli.md.
-EXIT_OK = 0
-EXIT_FAILED = 1  # the work was not (all) done: a publish not confirmed, a worker stopped early
-EXIT_INVALID = 2  # bad input: usage, an invalid topology file, a bad payload
-EXIT_CONFLICT = 3  # the broker's topology differs from the file
-EXIT_BROKER = 4  # the broker could not be reached or refused access
+__all__ = [
+    "EXIT_BROKER",
+    "EXIT_CONFLICT",
+    "EXIT_FAILED",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "build_settings",
+    "configure_logging",
+    "connection_options",
+    "exit_code_for",
+    "run",
+    "topology_option",
+]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +64,18 @@ def connection_options(func: F) -> F:
     return func
 
 
+def topology_option(*, required: bool, help: str) -> Callable[[F], F]:
+    """``--topology FILE`` (env ``JOBSYS_TOPOLOGY``), written once for every command."""
+    return click.option(
+        "--topology",
+        "topology_file",
+        envvar="JOBSYS_TOPOLOGY",
+        required=required,
+        type=click.Path(dir_okay=False),
+        help=f"{help} Env: JOBSYS_TOPOLOGY.",
+    )
+
+
 def build_settings(url: str | None, ca_file: str | None, insecure: bool) -> Settings:
     """Settings from the environment, overridden by command-line options."""
     try:
@@ -63,29 +83,6 @@ def build_settings(url: str | None, ca_file: str | None, insecure: bool) -> Sett
         return base.with_overrides(url=url, ca_file=ca_file, insecure_tls=insecure or None)
     except ConfigError as exc:
         raise click.exceptions.Exit(_fail(str(exc), EXIT_INVALID)) from None
-
-
-def configure_logging(verbose: int) -> None:
-    """Log to stderr; ``-v`` shows jobsys's info, ``-vv`` everything at debug."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    if verbose < 2:
-        # aio-pika logs every failed reconnect attempt with a traceback; jobsys says it once.
-        logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
-        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
-
-
-def exit_code_for(exc: JobsysError) -> int:
-    """The exit code a command ends with for ``exc``."""
-    if isinstance(exc, TopologyConflictError):
-        return EXIT_CONFLICT
-    if isinstance(exc, TopologyLoadError | ConfigError | MessageError):
-        return EXIT_INVALID
-    if isinstance(exc, ConnectionFailed | AccessRefused):
-        return EXIT_BROKER
-    return EXIT_FAILED
 
 
 def _fail(message: str, code: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from jobsys.broker.connection import BrokerConnection
-from jobsys.cli.common import build_settings, connection_options, run
+from jobsys.cli.common import build_settings, connection_options, run, topology_option
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import format_duration
 from jobsys.ops.status import waiting_per_level
@@ -20,14 +20,7 @@ def delays_group() -> None:
 
 
 @delays_group.command(name="status")
-@click.option(
-    "--topology",
-    "topology_file",
-    envvar="JOBSYS_TOPOLOGY",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="Topology file. Env: JOBSYS_TOPOLOGY.",
-)
+@topology_option(required=True, help="The topology file.")
 @connection_options
 @run
 async def status_command(

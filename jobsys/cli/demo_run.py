@@ -25,7 +25,8 @@ from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import dead_letter_queue_name
-from jobsys.wire.envelope import Envelope, new_job_id
+from jobsys.wire.envelope import JobProperties, new_job_id
+from jobsys.wire.headers import identity_headers
 
 Echo = Callable[[str], None]
 #: How long the demo waits for every job to end up done or dead-lettered.
@@ -94,7 +95,7 @@ async def run_demo(settings: Settings, loaded: LoadedTopology, echo: Echo) -> in
 
     demo_app.listeners.append(on_event)
     # The demo prints every outcome itself; the worker's own warnings would say it twice.
-    logging.getLogger("jobsys.consume.worker").setLevel(logging.ERROR)
+    logging.getLogger("jobsys.consume").setLevel(logging.ERROR)
     worker = Worker(demo_app.app, loaded, settings, WorkerOptions(grace_s=10))
     worker_task = asyncio.create_task(worker.run())
     try:
@@ -156,8 +157,13 @@ async def _publish_all(producer: Producer, tally: _Tally, echo: Echo) -> None:
         echo(f"   {request.job_type:<16} {result.job_id[:8]} -> {result.exchange}{extra}")
     # A body that is not JSON, as a buggy producer elsewhere might send it.
     poison_id = new_job_id()
-    await producer.publish_envelope(
-        Envelope(poison_id, "send_email", None), "demo.jobs", "email.send", body=b"\xffnot json"
+    await producer.republish(
+        b"\xffnot json",
+        identity_headers({}, job_id=poison_id),
+        "demo.jobs",
+        "email.send",
+        kept=JobProperties("send_email"),
+        kind="publish",
     )
     tally.published[poison_id] = ("send_email", None)
     echo(f"   {'send_email':<16} {poison_id[:8]} -> demo.jobs, a body that is not JSON")

@@ -13,29 +13,28 @@ from typing import Any, TypeVar
 import click
 
 from jobsys.broker.connection import BrokerConnection
-from jobsys.cli.common import EXIT_FAILED, EXIT_INVALID, build_settings, connection_options, run
+from jobsys.cli.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    build_settings,
+    connection_options,
+    run,
+    topology_option,
+)
 from jobsys.cli.topology import load_or_exit
 from jobsys.ops import dlq
-from jobsys.topology.delays import level_count
-from jobsys.topology.model import dead_letter_queue_name
+from jobsys.publish.producer import Producer
+from jobsys.topology.model import Topology, dead_letter_queue_name
 
 _MESSAGE_WIDTH = 60
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _topology_option(*, required: bool) -> Callable[[F], F]:
-    return click.option(
-        "--topology",
-        "topology_file",
-        envvar="JOBSYS_TOPOLOGY",
-        type=click.Path(dir_okay=False),
-        required=required,
-        help="Topology file; QUEUE must be one of its queues. Env: JOBSYS_TOPOLOGY.",
-    )
+_TOPOLOGY_HELP = "Topology file; QUEUE must be one of its queues."
 
 
-def _check_queue(topology_file: str | None, queue: str) -> int | None:
-    """Exit 2 when QUEUE is not a work queue of the topology; return its delay level count."""
+def _check_queue(topology_file: str | None, queue: str) -> Topology | None:
+    """Exit 2 when QUEUE is not a work queue of the topology; return the topology."""
     if topology_file is None:
         return None
     topology = load_or_exit(topology_file).topology
@@ -50,7 +49,7 @@ def _check_queue(topology_file: str | None, queue: str) -> int | None:
             err=True,
         )
         raise click.exceptions.Exit(EXIT_INVALID)
-    return level_count(topology.delays.max_delay)
+    return topology
 
 
 @click.group(name="dlq")
@@ -63,7 +62,7 @@ def dlq_group() -> None:
 @click.argument("queue")
 @click.option("--job-type", default=None, help="Only jobs of this type.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@_topology_option(required=False)
+@topology_option(required=False, help=_TOPOLOGY_HELP)
 @connection_options
 @run
 async def list_command(
@@ -105,7 +104,7 @@ async def list_command(
 @dlq_group.command(name="show")
 @click.argument("queue")
 @click.argument("job_id")
-@_topology_option(required=False)
+@topology_option(required=False, help=_TOPOLOGY_HELP)
 @connection_options
 @run
 async def show_command(
@@ -153,7 +152,7 @@ async def show_command(
 @click.option(
     "--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Replays per second."
 )
-@_topology_option(required=True)
+@topology_option(required=True, help=_TOPOLOGY_HELP)
 @connection_options
 @run
 async def replay_command(
@@ -172,12 +171,12 @@ async def replay_command(
     Each job is published with a confirm before it leaves the dead-letter queue: interrupted,
     nothing is lost; a job caught between its confirm and its ack may run twice.
     """
-    levels = _check_queue(topology_file, queue)
-    assert levels is not None
+    topology = _check_queue(topology_file, queue)
+    assert topology is not None
     settings = build_settings(url, ca_file, insecure)
     where = dlq.Filter(job_type=job_type, job_id=job_id)
-    async with BrokerConnection(settings) as connection:
-        total = await dlq.count(connection, queue)
+    async with Producer(settings, topology) as producer:
+        total = await dlq.count(producer.connection, queue)
         length = total if limit is None or where != dlq.Filter() else min(total, limit)
         with click.progressbar(
             length=length, label="replaying", file=sys.stderr, show_pos=True
@@ -191,9 +190,8 @@ async def replay_command(
                 done = settled
 
             state = await dlq.replay(
-                connection,
+                producer,
                 queue,
-                levels=levels,
                 where=where,
                 limit=limit,
                 rate=rate,
@@ -209,7 +207,7 @@ async def replay_command(
 @dlq_group.command(name="purge")
 @click.argument("queue")
 @click.option("--yes", is_flag=True, default=False, help="Really delete them.")
-@_topology_option(required=False)
+@topology_option(required=False, help=_TOPOLOGY_HELP)
 @connection_options
 @run
 async def purge_command(

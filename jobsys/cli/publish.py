@@ -22,6 +22,7 @@ from jobsys.cli.common import (
     build_settings,
     connection_options,
     exit_code_for,
+    topology_option,
 )
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import parse_duration_s
@@ -63,14 +64,7 @@ def _headers(ctx: click.Context, param: click.Parameter, values: Sequence[str]) 
 @click.command("publish")
 @click.argument("job_type")
 @click.argument("payload_json", required=False)
-@click.option(
-    "--topology",
-    "topology_file",
-    envvar="JOBSYS_TOPOLOGY",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="The topology file that defines the job type. Env: JOBSYS_TOPOLOGY.",
-)
+@topology_option(required=True, help="The topology file that defines the job type.")
 @click.option(
     "--file",
     "jobs_file",

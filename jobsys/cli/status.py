@@ -8,7 +8,7 @@ import signal
 
 import click
 
-from jobsys.cli.common import build_settings, connection_options, run
+from jobsys.cli.common import build_settings, connection_options, run, topology_option
 from jobsys.cli.topology import load_or_exit
 from jobsys.ops.status import StatusReader, render_status
 from jobsys.settings import Settings
@@ -16,14 +16,7 @@ from jobsys.topology.model import Topology
 
 
 @click.command()
-@click.option(
-    "--topology",
-    "topology_file",
-    required=True,
-    envvar="JOBSYS_TOPOLOGY",
-    type=click.Path(dir_okay=False),
-    help="The topology file whose queues to show. Env: JOBSYS_TOPOLOGY.",
-)
+@topology_option(required=True, help="The topology file whose queues to show.")
 @click.option(
     "--watch",
     type=float,

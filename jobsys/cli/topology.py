@@ -15,12 +15,13 @@ from jobsys.cli.common import (
     run,
 )
 from jobsys.errors import TopologyLoadError
-from jobsys.ops.declare import ACTIONS, ApplyResult, Plan, apply_topology, plan_topology
+from jobsys.ops.declare import apply_topology, plan_topology
 from jobsys.settings import Settings
-from jobsys.topology.check import route_job_type
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.loader import LoadedTopology, load_topology
+from jobsys.topology.plan import ACTIONS, ApplyResult, Plan
+from jobsys.topology.routing import route_job_type
 
 _COLORS = {"create": "green", "conflict": "yellow", "extra": "cyan"}
 _KINDS = (("exchange", "exchanges"), ("queue", "queues"), ("binding", "bindings"))

@@ -9,26 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 import click
 
 from jobsys.app import App
-from jobsys.cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    build_settings,
-    connection_options,
-    exit_code_for,
-)
+from jobsys.cli.common import build_settings, connection_options, topology_option
 from jobsys.cli.topology import load_or_exit
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.options import WorkerOptions
+from jobsys.consume.worker import Worker
 from jobsys.duration import parse_duration_s
 from jobsys.errors import ConfigError, JobsysError
 from jobsys.process.child import ChildSpec, load_app
+from jobsys.process.serve import exit_code_for, serve
 from jobsys.settings import Settings
-from jobsys.topology.loader import LoadedTopology
 
 log = logging.getLogger(__name__)
 
@@ -48,36 +42,9 @@ def _grace(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
-async def serve(
-    app: App, topology: LoadedTopology, settings: Settings, options: WorkerOptions
-) -> tuple[int, Worker]:
-    """Run one worker until SIGTERM/SIGINT; the first signal drains, a second stops at once.
-
-    Returns the exit code and the worker (its ``stats`` say what it did). A supervisor can run
-    this in a child process and send SIGTERM to drain it.
-    """
-    worker = Worker(app, topology, settings, options)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop)
-    try:
-        await worker.run()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    return (EXIT_OK if worker.graceful else EXIT_FAILED), worker
-
-
 @click.command("worker")
 @click.argument("app_target", metavar="APP_MODULE:OBJECT")
-@click.option(
-    "--topology",
-    "topology_file",
-    required=True,
-    envvar="JOBSYS_TOPOLOGY",
-    type=click.Path(dir_okay=False),
-    help="The topology file (queues, job types, pool defaults). Env: JOBSYS_TOPOLOGY.",
-)
+@topology_option(required=True, help="The topology file (queues, job types, pool defaults).")
 @click.option(
     "--queue",
     "queues",
@@ -144,19 +111,6 @@ def worker(
     app = import_app(app_target)
     loaded = load_or_exit(topology_file)
     settings = build_settings(url, ca_file, insecure)
-    if processes is not None or max_memory is not None:
-        spec = ChildSpec(
-            app_target=app_target,
-            topology_file=os.path.abspath(topology_file),
-            queues=queues,
-            concurrency=concurrency,
-            prefetch=prefetch,
-            grace_s=grace,
-            max_jobs=max_jobs,
-            verbose=int(ctx.find_root().params.get("verbose") or 0),
-        )
-        _exit(_supervise(spec, settings, processes or 1, max_memory))
-        return
     options = WorkerOptions(
         queues=queues,
         concurrency=concurrency,
@@ -164,12 +118,22 @@ def worker(
         grace_s=grace,
         max_jobs=max_jobs,
     )
+    if processes is not None or max_memory is not None:
+        spec = ChildSpec(
+            app_target=app_target,
+            topology_file=os.path.abspath(topology_file),
+            options=options,
+            verbose=int(ctx.find_root().params.get("verbose") or 0),
+        )
+        _exit(_supervise(spec, settings, processes or 1, max_memory))
+        return
     # Imported here: the OpenTelemetry SDK is only loaded by a command that runs a worker.
     from jobsys.observe.telemetry_setup import configure_from_env
 
     try:
+        running = Worker(app, loaded, settings, options)
         with configure_from_env("jobsys-worker"):
-            code, running = asyncio.run(serve(app, loaded, settings, options))
+            code = asyncio.run(serve(running))
     except JobsysError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         _exit(exit_code_for(exc))

@@ -9,10 +9,9 @@ that is being requeued.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
-import aiormq.abc
 import aiormq.exceptions
 from aio_pika.exceptions import ChannelClosed, ChannelInvalidStateError
 
@@ -27,6 +26,21 @@ class Tagged(Protocol):
     def tag(self) -> int: ...
 
 
+class AckChannel(Protocol):
+    """What ``Acks`` needs of a channel (an aiormq channel has it; a test fake can too)."""
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    def basic_ack(
+        self, delivery_tag: int, multiple: bool = ..., wait: bool = ...
+    ) -> Awaitable[None]: ...
+
+    def basic_nack(
+        self, delivery_tag: int, multiple: bool = ..., requeue: bool = ..., wait: bool = ...
+    ) -> Awaitable[None]: ...
+
+
 T = TypeVar("T", bound=Tagged)
 
 
@@ -35,7 +49,7 @@ class Acks(Generic[T]):
 
     def __init__(
         self,
-        channel: aiormq.abc.AbstractChannel,
+        channel: AckChannel,
         on_sent: Callable[[list[T], list[T]], None],
     ) -> None:
         self.channel = channel

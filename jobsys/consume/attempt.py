@@ -1,8 +1,8 @@
-"""One attempt at one delivery: read its identity, decode and validate it, run the handler
-under its deadline, and say how the delivery is to be settled (an ``Outcome``).
+"""One attempt at one delivery: decode and validate it, run the handler under its deadline, and
+say how the delivery is to be settled (an ``Outcome``).
 
-Nothing here acks, publishes or requeues: the worker's ``_settle`` does that with the
-``Outcome`` this module returns.
+Nothing here acks, publishes or requeues: ``settle.Settler`` does that with the ``Outcome``
+this module returns. A delivery's identity is read once, by ``Delivery.identify``.
 """
 
 from __future__ import annotations
@@ -11,102 +11,80 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from aiormq import spec
 from aiormq.abc import DeliveredMessage
 
 from jobsys.app import App, HandlerSpec, JobContext
+from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
-from jobsys.consume.retry import RetryAfter, decide
+from jobsys.consume.outcome import ACK, Outcome
+from jobsys.consume.retry import decide
 from jobsys.duration import format_duration
 from jobsys.errors import HandlerSignal, MessageError
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
-from jobsys.wire.envelope import (
-    HEADER_ATTEMPT,
-    HEADER_JOB_ID,
-    HEADER_PUBLISHED_AT_MS,
-    decode_envelope,
-)
+from jobsys.wire.envelope import Identity, JobProperties, decode_envelope, read_identity
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_TIMEOUT_S = 300.0
+_UNKNOWN = Identity(job_id=None, job_type=None)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one delivery is settled."""
-
-    kind: Literal["ack", "dead_letter", "retry", "requeue"]
-    error: BaseException | None = None
-    # A handler's traceback helps; a decoding error's traceback only shows jobsys's own code.
-    with_traceback: bool = True
-    delay_s: float | None = None  # for "retry": how long the job waits before its next attempt
-    reason: str | None = None  # why the job is retried or dead-lettered
-
-    @classmethod
-    def dead_letter(
-        cls, error: BaseException, *, with_traceback: bool = True, reason: str | None = None
-    ) -> Outcome:
-        """Dead-letter with ``error`` as the cause."""
-        return cls("dead_letter", error=error, with_traceback=with_traceback, reason=reason)
-
-    @classmethod
-    def retry(cls, error: BaseException, delay_s: float, reason: str) -> Outcome:
-        """Run the job again after ``delay_s`` seconds."""
-        return cls("retry", error=error, delay_s=delay_s, reason=reason)
-
-
-ACK = Outcome("ack")
-REQUEUE = Outcome("requeue")
-
-
-@dataclass
-class Job:
-    """One delivery being worked on, and what is known about it so far."""
+@dataclass(eq=False)
+class Delivery:
+    """One message delivered to a pool, and what is known about it so far."""
 
     message: DeliveredMessage
-    acks: Acks[Job]
+    acks: Acks[Delivery]
     tag: int = 0
     redelivered: bool = False
-    job_id: str = "?"
-    job_type: str = "?"
-    attempt: int = 1
-    published_at_ms: int | None = None
+    identity: Identity = _UNKNOWN
     #: Already counted in the stats (dead-lettered or retried): its ack is not a "done".
     counted: bool = False
 
-    def identify(self) -> None:
-        """Read the job id, type and attempt from the properties and headers, so that logs and
-        dead-letter headers name the job even when its body cannot be decoded."""
+    def identify(self) -> Identity:
+        """Read the job id, type and attempt from the properties and headers: the one place a
+        delivery's identity is read."""
         props = self.message.header.properties
-        headers = props.headers or {}
-        job_id = headers.get(HEADER_JOB_ID)
-        if isinstance(job_id, bytes):
-            job_id = job_id.decode("utf-8", "replace")
-        if isinstance(job_id, str) and job_id:
-            self.job_id = job_id
-        if props.message_type:
-            self.job_type = props.message_type
-        attempt = headers.get(HEADER_ATTEMPT)
-        if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1:
-            self.attempt = attempt
-        published = headers.get(HEADER_PUBLISHED_AT_MS)
-        if isinstance(published, int) and not isinstance(published, bool) and published > 0:
-            self.published_at_ms = published
+        self.identity = read_identity(props.message_type, props.headers)
+        return self.identity
 
+    @property
+    def job_id(self) -> str | None:
+        """The job id, None when the delivery carries none."""
+        return self.identity.job_id
 
-def deliver_frame(message: DeliveredMessage) -> spec.Basic.Deliver:
-    """The ``basic.deliver`` of ``message`` (a consumer never receives get-ok or return)."""
-    return cast(spec.Basic.Deliver, message.delivery)
+    @property
+    def job_type(self) -> str | None:
+        """The job type, None when the delivery carries none."""
+        return self.identity.job_type
 
+    @property
+    def attempt(self) -> int:
+        """Which run of the job this is, counted from 1."""
+        return self.identity.attempt
 
-def cancel_requested() -> bool:
-    """True when somebody really cancelled the current task (a hard stop)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    @property
+    def deliver(self) -> spec.Basic.Deliver:
+        """The ``basic.deliver`` frame (a consumer never receives get-ok or return)."""
+        return cast(spec.Basic.Deliver, self.message.delivery)
+
+    def kept_properties(self) -> JobProperties:
+        """The properties a retry or dead letter of this delivery keeps."""
+        props = self.message.header.properties
+        return JobProperties(
+            job_type=props.message_type,
+            priority=props.priority,
+            content_type=props.content_type,
+            content_encoding=props.content_encoding,
+            correlation_id=props.correlation_id,
+            reply_to=props.reply_to,
+            app_id=props.app_id,
+            timestamp=props.timestamp,
+        )
 
 
 class AttemptRunner:
@@ -119,29 +97,22 @@ class AttemptRunner:
         self.executor: ThreadPoolExecutor | None = None  # for sync handlers, set by the worker
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
 
-    async def run(self, job: Job, queue: str) -> Outcome:
-        """Run one attempt of ``job`` (consumed from ``queue``, already identified) and return
-        its outcome."""
-        message = job.message
-        props = message.header.properties
+    async def run(self, delivery: Delivery, queue: str) -> Outcome:
+        """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
+        return its outcome."""
+        props = delivery.message.header.properties
         try:
             envelope = decode_envelope(
-                message.body,
+                delivery.message.body,
+                delivery.identity,
                 content_type=props.content_type,
-                message_type=props.message_type,
                 headers=props.headers,
-                priority=props.priority,
                 max_bytes=self.settings.max_payload_bytes,
-            )
-            job.job_id, job.job_type, job.attempt = (
-                envelope.job_id,
-                envelope.job_type,
-                envelope.attempt,
             )
             handler = self.app.get(envelope.job_type)
             payload = handler.parse_payload(envelope.payload)
         except MessageError as exc:
-            return self.failed(job, exc, with_traceback=False)
+            return self.failed(delivery, exc)
         if handler.wants_context:
             ctx = JobContext(
                 envelope.job_id,
@@ -149,37 +120,34 @@ class AttemptRunner:
                 envelope.attempt,
                 envelope.headers,
                 queue,
-                job.redelivered,
+                delivery.redelivered,
             )
             args: tuple[Any, ...] = (payload, ctx)
         else:
             args = (payload,)
         try:
-            await self._call(handler, args, job)
+            await self._call(handler, args, delivery)
         except (Exception, HandlerSignal) as exc:
-            return self.failed(job, exc)
+            return self.failed(delivery, exc)
         except asyncio.CancelledError as exc:
             if cancel_requested():
                 raise  # a hard stop: leave the job unsettled, the broker redelivers it
-            return self.failed(job, exc)  # the handler's own cancellation is a failure
+            return self.failed(delivery, exc)  # the handler's own cancellation is a failure
         return ACK
 
-    def failed(self, job: Job, error: BaseException, *, with_traceback: bool = True) -> Outcome:
+    def failed(self, delivery: Delivery, error: BaseException) -> Outcome:
         """The outcome of an attempt that failed with ``error``, as the job type's retry
         policy decides (bad input and ``Reject`` dead-letter at once)."""
-        job_type = self.topology.job_types.get(job.job_type)
-        decision = decide(
+        job_type = self.topology.job_types.get(delivery.job_type or "")
+        return decide(
             job_type.retry if job_type is not None else None,
-            job.attempt,
+            delivery.attempt,
             error,
             max_delay_s=self.topology.delays.max_delay,
         )
-        if isinstance(decision, RetryAfter):
-            return Outcome.retry(error, decision.delay_s, decision.reason)
-        return Outcome.dead_letter(error, with_traceback=with_traceback, reason=decision.reason)
 
-    async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], job: Job) -> None:
-        timeout_s = self._timeouts.get(job.job_type, _DEFAULT_TIMEOUT_S)
+    async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery) -> None:
+        timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
         try:
             async with asyncio.timeout(timeout_s) as deadline:
                 if handler.is_async:
@@ -194,8 +162,8 @@ class AttemptRunner:
                 log.warning(
                     "job %s (%s): sync handler overran its deadline; its thread runs on in the "
                     "background and its result is ignored",
-                    job.job_id,
-                    job.job_type,
+                    delivery.job_id,
+                    delivery.job_type,
                 )
             raise TimeoutError(
                 f"job exceeded its deadline of {format_duration(timeout_s)} "

@@ -14,11 +14,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import ChannelNotFoundEntity
 
-from jobsys.broker.connection import BrokerConnection, translate_error
+from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
 from jobsys.errors import AccessRefused, JobsysError, TopologyError
 from jobsys.topology.delays import DELIVERY_EXCHANGE
 from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
@@ -59,20 +58,19 @@ class FaultWatch:
         for kind, name in wanted:
             channel = await conn.channel(confirms=False)
             try:
-                if kind == "queue":
-                    await channel.get_queue(name, ensure=True)
-                else:
-                    await channel.get_exchange(name, ensure=True)
-            except ChannelNotFoundEntity:
-                raise TopologyError(
-                    f"topology drift: {kind} {name!r} does not exist; "
-                    "run `jobsys topology apply FILE`"
-                ) from None
-            except aiormq.exceptions.AMQPError as exc:
-                raise translate_error(exc, conn.settings) from None
+                with broker_errors(conn.settings):
+                    try:
+                        if kind == "queue":
+                            await channel.get_queue(name, ensure=True)
+                        else:
+                            await channel.get_exchange(name, ensure=True)
+                    except ChannelNotFoundEntity:
+                        raise TopologyError(
+                            f"topology drift: {kind} {name!r} does not exist; "
+                            "run `jobsys topology apply FILE`"
+                        ) from None
             finally:
-                with contextlib.suppress(Exception):
-                    await channel.close()
+                await close_quietly(channel)
 
     def attach(self) -> None:
         """Start watching the connection for losses."""

@@ -1,5 +1,5 @@
-"""What a worker consumes and how: its options, its pools (one per queue, with their bounds)
-and its stats. Working out the pools is pure; the worker fills in their channels."""
+"""What a worker consumes: its pools, one per queue, with their bounds. Working out the pools
+is pure; the worker fills in their channels."""
 
 from __future__ import annotations
 
@@ -8,75 +8,33 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractRobustChannel
 
 from jobsys.app import App
 from jobsys.consume.acks import Acks
-from jobsys.consume.attempt import Job
+from jobsys.consume.attempt import Delivery
+from jobsys.consume.options import WorkerOptions
 from jobsys.errors import ConfigError
-from jobsys.topology.check import route_job_type
 from jobsys.topology.model import Topology
+from jobsys.topology.routing import route_job_type
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
-    """What to consume and how; ``None`` takes the topology file's per-queue defaults."""
-
-    queues: Sequence[str] = ()  # empty: every queue reached by a job type with a handler
-    concurrency: int | None = None
-    prefetch: int | None = None
-    grace_s: float = 30.0
-    #: Drain and stop after this many settled jobs (a supervisor recycles the process).
-    max_jobs: int | None = None
-
-
-@dataclass
-class WorkerStats:
-    """What a worker did; a supervisor reads ``settled`` to count jobs done."""
-
-    done: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    requeued: int = 0
-    unfinished: int = 0
-    lost_acks: int = 0
-
-    @property
-    def settled(self) -> int:
-        """Deliveries finished one way or the other: done, retried (republished for a later
-        attempt) or dead-lettered."""
-        return self.done + self.retried + self.dead_lettered
-
-    def summary(self) -> str:
-        """One line for the end of a run."""
-        line = (
-            f"worker stopped: {self.done} done, {self.dead_lettered} dead-lettered, "
-            f"{self.requeued} requeued, {self.unfinished} unfinished"
-        )
-        if self.retried:
-            line += f", {self.retried} attempts failed and retried"
-        if self.lost_acks:
-            line += f", {self.lost_acks} redelivered after a lost channel"
-        return line
-
-
 @dataclass
 class Pool:
-    """One queue's consumer pool: its bounds, channel and the jobs it holds."""
+    """One queue's consumer pool: its bounds, channel and the deliveries it holds."""
 
     queue: str
     concurrency: int
     prefetch: int
     consumer_tag: str
     channel: AbstractRobustChannel | None = None
-    acks: Acks[Job] | None = None
+    acks: Acks[Delivery] | None = None
     running: int = 0
-    waiting: deque[Job] = field(default_factory=deque)
+    waiting: deque[Delivery] = field(default_factory=deque)
     consuming: bool = False
 
 

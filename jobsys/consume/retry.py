@@ -1,17 +1,17 @@
 """Retry decisions: (policy, attempt, error) -> retry after N seconds, or dead-letter (pure).
 
-The worker's ``_settle()`` asks ``decide()`` what to do with a job whose handler failed; this
-module never touches the broker. ``attempt`` is the run that just failed, counted from 1, and
-``max_attempts`` counts every run, the first included: with ``max_attempts: 3`` a job runs at
-most three times and waits twice.
+``AttemptRunner.failed`` asks ``decide()`` what to do with a job whose attempt failed, and
+``settle.Settler`` carries the ``Outcome`` out; this module never touches the broker.
+``attempt`` is the run that just failed, counted from 1, and ``max_attempts`` counts every run,
+the first included: with ``max_attempts: 3`` a job runs at most three times and waits twice.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
+from jobsys.consume.outcome import Outcome
 from jobsys.errors import MessageError, Reject, Retry
 from jobsys.topology.model import Delays, ExponentialBackoff, RetryPolicy
 
@@ -22,24 +22,6 @@ DEFAULT_MAX_DELAY_S = Delays().max_delay
 _REASON_LIMIT = 200
 
 
-@dataclass(frozen=True)
-class RetryAfter:
-    """Run the job again after ``delay_s`` seconds, as attempt ``attempt + 1``."""
-
-    delay_s: float
-    reason: str
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """Give up on the job: it goes to its queue's dead-letter queue with ``reason``."""
-
-    reason: str
-
-
-Decision = RetryAfter | DeadLetter
-
-
 def decide(
     policy: RetryPolicy | None,
     attempt: int,
@@ -47,8 +29,9 @@ def decide(
     *,
     rng: random.Random | None = None,
     max_delay_s: float = DEFAULT_MAX_DELAY_S,
-) -> Decision:
-    """What to do after run ``attempt`` of a job failed with ``error``.
+) -> Outcome:
+    """What to do after run ``attempt`` of a job failed with ``error``: a ``retry`` or a
+    ``dead_letter`` outcome.
 
     In order: ``Reject`` and ``MessageError`` (bad input cannot get better) dead-letter at
     once; so does an error whose class, or any base class, is named in ``dont_retry``; the last
@@ -57,26 +40,36 @@ def decide(
     Delays are never negative and never above ``max_delay_s``: pass the topology's
     ``delays.max_delay`` (the default is the model's default, 30 days), so a retry can always
     be published through the delay levels.
+    A dead letter carries the error's traceback unless the error is bad input
+    (``MessageError``), whose traceback would only show jobsys's own decoding code.
     ``rng`` makes jitter reproducible in tests.
     """
     if attempt < 1:
         raise ValueError(f"attempt counts from 1, got {attempt}")
     policy = policy if policy is not None else RetryPolicy()
     if isinstance(error, Reject):
-        return DeadLetter(f"rejected by the handler: {error.reason}")
+        return Outcome.dead_letter(error, reason=f"rejected by the handler: {error.reason}")
     if isinstance(error, MessageError):
-        return DeadLetter(f"{type(error).__name__}: {error}")
+        return Outcome.dead_letter(
+            error, reason=f"{type(error).__name__}: {error}", with_traceback=False
+        )
     blocked = _dont_retry_match(error, policy.dont_retry)
     if blocked is not None:
-        return DeadLetter(f"{type(error).__name__} is not retried (dont_retry: {blocked})")
+        return Outcome.dead_letter(
+            error, reason=f"{type(error).__name__} is not retried (dont_retry: {blocked})"
+        )
     if attempt >= policy.max_attempts:
         plural = "s" if attempt != 1 else ""
-        return DeadLetter(f"gave up after {attempt} attempt{plural}: {type(error).__name__}")
+        return Outcome.dead_letter(
+            error, reason=f"gave up after {attempt} attempt{plural}: {type(error).__name__}"
+        )
     if isinstance(error, Retry) and error.delay_s is not None:
-        return RetryAfter(_bounded(error.delay_s, max_delay_s), f"retry requested: {error.reason}")
+        return Outcome.retry(
+            error, _bounded(error.delay_s, max_delay_s), f"retry requested: {error.reason}"
+        )
     delay = _scheduled_delay(policy, attempt, rng or random.Random())
     reason = error.reason if isinstance(error, Retry) else _describe(error)
-    return RetryAfter(_bounded(delay, max_delay_s), reason)
+    return Outcome.retry(error, _bounded(delay, max_delay_s), reason)
 
 
 def planned_delays(

@@ -22,7 +22,7 @@ consume again; what it would retry forever (refused access, a queue that no long
 turned into one fatal error by ``jobsys.consume.fault_watch``.
 
 For a supervisor: ``Worker.run()`` in a child process, ``request_stop()`` (or SIGTERM through
-``jobsys.cli.worker.serve``) drains it, ``WorkerOptions.max_jobs`` recycles it after so many
+``jobsys.process.serve``) drains it, ``WorkerOptions.max_jobs`` recycles it after so many
 jobs, and ``stats.settled`` counts the jobs it finished.
 """
 
@@ -36,40 +36,27 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import aiormq
+from aiormq import spec
 from aiormq.abc import DeliveredMessage
 
 from jobsys.app import App
-from jobsys.broker.connection import BrokerConnection, translate_error
+from jobsys.broker.connection import BrokerConnection, broker_errors
 from jobsys.consume.acks import Acks
-from jobsys.consume.attempt import (
-    ACK,
-    REQUEUE,
-    AttemptRunner,
-    Job,
-    Outcome,
-    cancel_requested,
-    deliver_frame,
-)
+from jobsys.consume.attempt import AttemptRunner, Delivery
 from jobsys.consume.fault_watch import FaultWatch
-from jobsys.consume.pools import Pool, WorkerOptions, WorkerStats, plan_pools
-from jobsys.consume.republish import Republisher
+from jobsys.consume.options import WorkerOptions, WorkerStats
+from jobsys.consume.outcome import REQUEUE, Outcome
+from jobsys.consume.pools import Pool, plan_pools
+from jobsys.consume.settle import Settler
 from jobsys.duration import format_duration
-from jobsys.errors import AccessRefused, JobsysError, TopologyError, UnroutableError
+from jobsys.errors import JobsysError
 from jobsys.observe import tracing
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
-from jobsys.topology.model import Topology, dead_letter_queue_name
+from jobsys.topology.model import Topology
 
 log = logging.getLogger(__name__)
-
-#: How each settlement shows on the attempt's span and in the metrics.
-_TRACE_OUTCOMES: dict[str, tracing.Outcome] = {
-    "ack": "ok",
-    "retry": "retry",
-    "dead_letter": "dead_lettered",
-    "requeue": "requeued",
-}
 
 
 class Worker:
@@ -108,7 +95,7 @@ class Worker:
         self._producer: Producer | None = None
         self._watch: FaultWatch | None = None
         self._runner = AttemptRunner(app, self.topology, settings)
-        self._republisher: Republisher | None = None
+        self._settler: Settler | None = None
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -126,7 +113,9 @@ class Worker:
             self._runner.executor = ThreadPoolExecutor(workers, thread_name_prefix="jobsys-handler")
         self._producer = Producer(self.settings, self.topology, connection=self._connection)
         await self._producer.open()
-        self._republisher = Republisher(self._producer)
+        self._settler = Settler(
+            self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
+        )
         for pool in self.pools:
             pool.channel = await self._connection.channel(confirms=False, prefetch=pool.prefetch)
             # A passive declare, which the robust channel repeats after every reconnect.
@@ -170,6 +159,12 @@ class Worker:
 
     # -- run and stop ----------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """True once the worker drains or stops (asked to, ``max_jobs`` reached, or a fatal
+        error); it takes no new jobs from then on."""
+        return self._stop.is_set()
+
     def request_stop(self) -> None:
         """Drain gracefully; called a second time, stop at once."""
         if self._stop.is_set():
@@ -182,13 +177,9 @@ class Worker:
     async def run(self) -> WorkerStats:
         """Serve until stopped; returns the stats (``graceful`` says how it ended)."""
         try:
-            try:
+            # e.g. basic.consume refused for lack of read permission: one clear error.
+            with broker_errors(self.settings):
                 await self._start()
-            except (Exception, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) and cancel_requested():
-                    raise
-                # e.g. basic.consume refused for lack of read permission: one clear error.
-                raise translate_error(exc, self.settings) from None
             self.ready.set()
             await self._stop.wait()
             if self._fatal is None:
@@ -228,6 +219,10 @@ class Worker:
         while pool.waiting:
             await self._settle(pool.waiting.popleft(), REQUEUE, pool)
 
+    async def _settle(self, delivery: Delivery, outcome: Outcome, pool: Pool) -> Outcome:
+        assert self._settler is not None
+        return await self._settler.settle(delivery, outcome, pool.queue)
+
     async def _shutdown(self) -> None:
         self.stats.unfinished = self._in_progress
         if self._in_progress:
@@ -262,26 +257,24 @@ class Worker:
 
     # -- one delivery ----------------------------------------------------------------------
 
-    def _acks_for(self, pool: Pool, message: DeliveredMessage) -> Acks[Job]:
+    def _acks_for(self, pool: Pool, message: DeliveredMessage) -> Acks[Delivery]:
         channel = message.channel
         if pool.acks is None or pool.acks.channel is not channel:
             # The channel reopened (or this is the first delivery): delivery tags start again.
-            pool.acks = Acks(channel, self._on_acks_sent)
+            assert self._settler is not None
+            pool.acks = Acks(channel, self._settler.on_acks_sent)
         return pool.acks
 
     async def _on_message(self, pool: Pool, message: DeliveredMessage) -> None:
-        delivery = deliver_frame(message)
-        job = Job(
-            message,
-            self._acks_for(pool, message),
-            delivery.delivery_tag or 0,
-            bool(delivery.redelivered),
-        )
-        job.acks.track(job.tag)
+        acks = self._acks_for(pool, message)
+        # A consumer only ever receives basic.deliver (never get-ok or return).
+        deliver = cast(spec.Basic.Deliver, message.delivery)
+        delivery = Delivery(message, acks, deliver.delivery_tag or 0, bool(deliver.redelivered))
+        acks.track(delivery.tag)
         if self._stop.is_set():
-            await self._settle(job, REQUEUE, pool)
+            await self._settle(delivery, REQUEUE, pool)
             return
-        pool.waiting.append(job)
+        pool.waiting.append(delivery)
         if pool.running < pool.concurrency:
             # Handlers run in tasks of jobsys's own, not in aiormq's delivery task: aiormq
             # cancels those when the channel closes, and a handler should rather finish across
@@ -293,31 +286,32 @@ class Worker:
 
     async def _run_jobs(self, pool: Pool) -> None:
         # One runner takes waiting jobs one after the other; at most ``concurrency`` runners.
-        while (job := self._next_waiting(pool)) is not None:
+        while (delivery := self._next_waiting(pool)) is not None:
             self._in_progress += 1
             try:
-                await self._attempt(job, pool)
+                await self._attempt(delivery, pool)
             finally:
                 self._in_progress -= 1
 
-    async def _attempt(self, job: Job, pool: Pool) -> None:
-        job.identify()
-        message = job.message
-        deliver = deliver_frame(message)
+    async def _attempt(self, delivery: Delivery, pool: Pool) -> None:
+        identity = delivery.identify()
+        message = delivery.message
+        deliver = delivery.deliver
         # Settled inside the span: a retry or dead-letter publish is a child of the attempt.
         with tracing.consume_span(
             message.header.properties.headers,
-            job_type=job.job_type if job.job_type != "?" else "unknown",
-            job_id=job.job_id if job.job_id != "?" else "unknown",
+            job_type=identity.job_type or "unknown",
+            job_id=identity.job_id or "unknown",
             queue=pool.queue,
-            attempt=job.attempt,
+            attempt=identity.attempt,
             message_id=message.header.properties.message_id,
-            published_at_ms=job.published_at_ms,
+            published_at_ms=identity.published_at_ms,
             exchange=deliver.exchange or "",
             routing_key=deliver.routing_key or "",
-        ) as attempt:
-            settled = await self._settle(job, await self._runner.run(job, pool.queue), pool)
-            attempt.set_outcome(_TRACE_OUTCOMES[settled.kind], settled.error)
+        ) as span:
+            outcome = await self._runner.run(delivery, pool.queue)
+            settled = await self._settle(delivery, outcome, pool)
+            span.set_outcome(settled.kind, settled.error)
 
     def _runner_done(self, pool: Pool, runner: asyncio.Task[None]) -> None:
         pool.running -= 1
@@ -327,79 +321,15 @@ class Worker:
         if not runner.cancelled() and runner.exception() is not None:
             log.error("a job runner of %s failed", pool.queue, exc_info=runner.exception())
 
-    def _next_waiting(self, pool: Pool) -> Job | None:
+    def _next_waiting(self, pool: Pool) -> Delivery | None:
         while pool.waiting and not self._stop.is_set():
-            job = pool.waiting.popleft()
+            delivery = pool.waiting.popleft()
             # A job held on a channel that has closed since is back in its queue already.
-            if not job.acks.channel.is_closed:
-                return job
+            if not delivery.acks.channel.is_closed:
+                return delivery
         return None
 
-    # -- settlement ------------------------------------------------------------------------
-
-    async def _settle(self, job: Job, outcome: Outcome, pool: Pool) -> Outcome:
-        """The one place a delivery is acked, retried, dead-lettered or requeued. A retry or a
-        dead-letter publishes first and acks the original only once the broker confirmed the
-        copy; if it did not, the original is requeued. Returns the outcome applied."""
-        if outcome.kind == "ack":
-            job.acks.ack(job)  # counted as done in _on_acks_sent, once the ack is out
-            return outcome
-        if outcome.kind == "requeue":
-            self.stats.requeued += 1
-            await job.acks.nack(job.tag)
-            return outcome
-        assert self._republisher is not None and outcome.error is not None
-        try:
-            if outcome.kind == "retry":
-                published = await self._republisher.retry(job, outcome, pool.queue)
-            else:
-                published = await self._republisher.dead_letter(job, outcome, pool.queue)
-        except (UnroutableError, AccessRefused) as exc:
-            # Requeueing and carrying on would bring the job straight back, forever: keep it
-            # in its queue and stop with one message.
-            self.stats.requeued += 1
-            await job.acks.nack(job.tag)
-            self._fail(_cannot_republish(exc, outcome.kind, pool.queue))
-            return Outcome("requeue", error=outcome.error)
-        if not published:
-            await job.acks.nack(job.tag)  # keep the job: better twice than never
-            return Outcome("requeue", error=outcome.error)
-        job.counted = True
-        error_type = type(outcome.error).__name__
-        if outcome.kind == "retry":
-            self.stats.retried += 1
-            log.info(
-                "job %s (%s): attempt %d failed (%s); retrying in %s",
-                job.job_id,
-                job.job_type,
-                job.attempt,
-                error_type,
-                format_duration(outcome.delay_s or 0.0),
-            )
-        else:
-            self.stats.dead_lettered += 1
-            log.warning(
-                "job %s (%s) dead-lettered to %s: %s (%s)",
-                job.job_id,
-                job.job_type,
-                dead_letter_queue_name(pool.queue),
-                error_type,
-                outcome.reason or "no retry",
-            )
-        job.acks.ack(job)
-        self._count_settled()
-        return outcome
-
-    def _on_acks_sent(self, sent: list[Job], lost: list[Job]) -> None:
-        self.stats.done += sum(1 for job in sent if not job.counted)
-        for job in lost:
-            self.stats.lost_acks += 1
-            log.warning(
-                "job %s (%s): ack failed because the channel was lost; the broker requeued the job",
-                job.job_id,
-                job.job_type,
-            )
-        self._count_settled()
+    # -- counting --------------------------------------------------------------------------
 
     def _count_settled(self) -> None:
         limit = self.options.max_jobs
@@ -408,19 +338,4 @@ class Worker:
             self._stop.set()
 
 
-__all__ = ["ACK", "REQUEUE", "Outcome", "Worker", "WorkerOptions", "WorkerStats"]
-
-
-def _cannot_republish(exc: JobsysError, kind: str, queue: str) -> JobsysError:
-    """The fatal error for a retry or dead-letter publish that can never succeed."""
-    if isinstance(exc, AccessRefused):
-        return exc
-    target = (
-        f"dead-letter queue {dead_letter_queue_name(queue)!r}"
-        if kind == "dead_letter"
-        else (f"the delay levels and delivery exchange for queue {queue!r}")
-    )
-    return TopologyError(
-        f"topology drift: the {kind.replace('_', '-')} publish for a job of queue {queue!r} was "
-        f"unroutable ({exc}); {target} is missing — run `jobsys topology apply FILE`"
-    )
+__all__ = ["Worker", "WorkerOptions", "WorkerStats"]

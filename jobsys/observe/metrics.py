@@ -219,16 +219,3 @@ def record_finished(job_type: str, queue: str, outcome: str, duration_s: float) 
             _add(getattr(instruments.counts, counter), key)
     except Exception as exc:
         _failed(exc)
-
-
-def record_dead_lettered(job_type: str, queue: str) -> None:
-    """Count a job dead-lettered without running (undecodable, unknown type, bad payload).
-
-    Jobs dead-lettered at the end of an attempt are counted by ``record_finished``.
-    """
-    if _state.disabled:
-        return
-    try:
-        _add(_instruments().counts.dead_lettered, (job_type, queue))
-    except Exception as exc:
-        _failed(exc)

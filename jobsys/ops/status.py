@@ -8,22 +8,17 @@ and the consumer count over AMQP; unacked messages and rates are then unknown (s
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote
 
 import aiormq
 import aiormq.abc
 import aiormq.exceptions
+from pamqp import commands as spec
 
-from jobsys.broker.connection import BrokerConnection, translate_error
+from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
 from jobsys.broker.management import (
+    ManagementClient,
     ManagementEndpoint,
     ManagementUnavailable,
     management_endpoint,
@@ -32,8 +27,6 @@ from jobsys.settings import Settings
 from jobsys.topology import delays
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.model import Topology, dead_letter_queue_name
-
-_MANAGEMENT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -119,11 +112,12 @@ class StatusReader:
         names = _queue_names(self.topology)
         if self._endpoint is not None:
             try:
-                counts = await asyncio.to_thread(_management_counts, self._endpoint, self.settings)
+                rows = await ManagementClient(self._endpoint).queue_counts(self.settings.vhost)
             except ManagementUnavailable as exc:
                 self._endpoint = None
                 self._note = f"{exc}; read over AMQP instead (no unacked counts, no rates)"
             else:
+                counts = {str(row.get("name")): _counts_of(row) for row in rows}
                 missing = QueueCounts(None, None, None, exists=False)
                 found = {name: counts.get(name, missing) for name in names}
                 note = f"from the management API at {management_endpoint(self.settings).masked}"
@@ -161,82 +155,46 @@ class StatusReader:
     async def _amqp_counts(self, names: list[str]) -> dict[str, QueueCounts]:
         if self._conn is None:
             self._conn = await BrokerConnection(self.settings).open()
-        conn = self._conn
-        amqp: aiormq.abc.AbstractConnection = conn.connection.transport.connection  # type: ignore[union-attr]
-        channel: aiormq.abc.AbstractChannel | None = None
-        result: dict[str, QueueCounts] = {}
-        try:
-            for name in names:
-                if channel is None or channel.is_closed:
-                    channel = await amqp.channel()
-                try:
-                    ok = await channel.queue_declare(name, passive=True)
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    # The broker closed the channel; the next queue gets a fresh one.
-                    result[name] = QueueCounts(None, None, None, exists=False)
-                    continue
-                result[name] = QueueCounts(ok.message_count, None, ok.consumer_count)
-        except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and _cancelled():
-                raise
-            raise translate_error(exc, self.settings) from None
-        finally:
-            if channel is not None and not channel.is_closed:
-                with contextlib.suppress(aiormq.exceptions.AMQPError):
-                    await channel.close()
-        return result
+        found = await passive_counts(self._conn, names)
+        return {
+            name: QueueCounts(None, None, None, exists=False)
+            if ok is None
+            else QueueCounts(ok.message_count, None, ok.consumer_count)
+            for name, ok in found.items()
+        }
 
 
 async def waiting_per_level(connection: BrokerConnection, levels: int) -> list[int | None]:
     """Messages in each level's queue, ``None`` where the queue does not exist."""
-    counts: list[int | None] = []
-    channel = await connection.channel(confirms=False)
+    names = [delays.level_name(level) for level in range(levels)]
+    found = await passive_counts(connection, names)
+    return [ok.message_count if (ok := found[name]) is not None else None for name in names]
+
+
+async def passive_counts(
+    connection: BrokerConnection, names: list[str]
+) -> dict[str, spec.Queue.DeclareOk | None]:
+    """A passive declare of each queue in ``names`` (None where it does not exist), on plain
+    channels: a robust one would repeat the refused declare after the broker closed it."""
+    result: dict[str, spec.Queue.DeclareOk | None] = {}
+    channel: aiormq.abc.AbstractChannel | None = None
     try:
-        for level in range(levels):
-            try:
-                declared = await channel.declare_queue(delays.level_name(level), passive=True)
-                counts.append(int(declared.declaration_result.message_count or 0))
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                counts.append(None)
-                # A failed passive declare closes the channel; go on with a fresh one.
-                await channel.close()
-                channel = await connection.channel(confirms=False)
-            except aiormq.exceptions.AMQPError as exc:
-                raise translate_error(exc, connection.settings) from None
+        with broker_errors(connection.settings):
+            for name in names:
+                if channel is None or channel.is_closed:
+                    channel = await connection.plain_channel()
+                try:
+                    result[name] = await channel.queue_declare(name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    # The broker closed the channel; the next queue gets a fresh one.
+                    result[name] = None
     finally:
-        if not channel.is_closed:
-            await channel.close()
-    return counts
+        await close_quietly(channel)
+    return result
 
 
 def _queue_names(topology: Topology) -> list[str]:
     return [spec.name for spec in desired_entities(topology).queues]
-
-
-def _management_counts(endpoint: ManagementEndpoint, settings: Settings) -> dict[str, QueueCounts]:
-    """Every queue of the vhost, from one management API request (run in a thread)."""
-    columns = "name,messages,messages_ready,messages_unacknowledged,consumers,message_stats"
-    path = f"/api/queues/{quote(settings.vhost, safe='')}?columns={columns}"
-    token = base64.b64encode(f"{endpoint.username}:{endpoint.password}".encode()).decode()
-    request = urllib.request.Request(
-        endpoint.base_url + path, headers={"authorization": f"Basic {token}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=_MANAGEMENT_TIMEOUT_S) as response:
-            data = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        reason = "refused the login" if exc.code in (401, 403) else f"answered {exc.code}"
-        raise ManagementUnavailable(f"the management API at {endpoint.masked} {reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        cause = getattr(exc, "reason", exc)
-        raise ManagementUnavailable(
-            f"the management API at {endpoint.masked} is unreachable ({cause})"
-        ) from None
-    if not isinstance(data, list):
-        raise ManagementUnavailable(
-            f"unexpected answer from the management API at {endpoint.masked}"
-        )
-    return {str(raw["name"]): _counts_of(raw) for raw in data if isinstance(raw, dict)}
 
 
 def _counts_of(raw: dict[str, Any]) -> QueueCounts:
@@ -258,11 +216,6 @@ def _counts_of(raw: dict[str, Any]) -> QueueCounts:
 def _int_or_none(value: object) -> int | None:
     # A queue created moments ago has no statistics yet: unknown, not zero.
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 # -- rendering ---------------------------------------------------------------------------------

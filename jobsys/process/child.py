@@ -20,13 +20,15 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from jobsys.consume.options import WorkerOptions
+from jobsys.process.serve import StopRequests, configure_logging, exit_code_for, serve
 
 if TYPE_CHECKING:
     from jobsys.app import App
     from jobsys.consume.worker import Worker
-    from jobsys.errors import JobsysError
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +38,13 @@ REPORT_FD_ENV = "JOBSYS_SUPERVISOR_FD"
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """What a child runs: the options of ``jobsys worker`` except ``--processes`` and
-    ``--max-memory``. The broker URL travels in the environment, never on a command line."""
+    """What a child runs: the app, the topology file and the worker's options (everything of
+    ``jobsys worker`` but ``--processes`` and ``--max-memory``). The broker URL travels in the
+    environment, never on a command line."""
 
     app_target: str
     topology_file: str
-    queues: tuple[str, ...] = ()
-    concurrency: int | None = None
-    prefetch: int | None = None
-    grace_s: float = 30.0
-    max_jobs: int | None = None
+    options: WorkerOptions = field(default_factory=WorkerOptions)
     verbose: int = 0
 
     def command(self) -> list[str]:
@@ -56,8 +55,14 @@ class ChildSpec:
     def from_json(cls, text: str) -> ChildSpec:
         """The spec that ``command()`` put on the command line."""
         data = json.loads(text)
-        data["queues"] = tuple(data.get("queues", ()))
-        return cls(**data)
+        options = dict(data.get("options") or {})
+        options["queues"] = tuple(options.get("queues", ()))
+        return cls(
+            app_target=data["app_target"],
+            topology_file=data["topology_file"],
+            options=WorkerOptions(**options),
+            verbose=int(data.get("verbose", 0)),
+        )
 
 
 def load_app(target: str) -> App:
@@ -83,39 +88,6 @@ def load_app(target: str) -> App:
     if not isinstance(app, App):
         raise ConfigError(f"{target} is not a jobsys App (got {type(app).__name__})")
     return app
-
-
-def exit_code_for(exc: JobsysError) -> int:
-    """The exit code for ``exc``: the table of ``jobsys.cli.common.exit_code_for``, repeated
-    here because library modules never import the command line (a unit test keeps the two
-    equal)."""
-    from jobsys.errors import (
-        AccessRefused,
-        ConfigError,
-        ConnectionFailed,
-        MessageError,
-        TopologyConflictError,
-        TopologyLoadError,
-    )
-
-    if isinstance(exc, TopologyConflictError):
-        return 3
-    if isinstance(exc, TopologyLoadError | ConfigError | MessageError):
-        return 2
-    if isinstance(exc, ConnectionFailed | AccessRefused):
-        return 4
-    return 1
-
-
-def _configure_logging(verbose: int) -> None:
-    # The same format and levels as the command line's ``-v``.
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    if verbose < 2:
-        logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
-        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
 
 
 def _telemetry_wanted(env: dict[str, str]) -> bool:
@@ -144,24 +116,25 @@ class _Report:
 
 def child_main(spec: ChildSpec) -> int:
     """Run one worker as the supervisor's child; returns the exit code."""
-    early: list[int] = []  # signals that arrive before the worker can take them
+    requests = StopRequests()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: early.append(signum))
+        # Until the worker's loop takes the signals over: a stop that comes while the child is
+        # still starting is kept and honoured as soon as the worker exists.
+        signal.signal(sig, lambda _signum, _frame: requests.request())
     report = _Report()
-    _configure_logging(spec.verbose)
+    configure_logging(spec.verbose)
     from jobsys.errors import JobsysError
 
     try:
-        worker, stop_requests = _run(spec, early)
+        worker, code = _run(spec, requests)
     except JobsysError as exc:
         code = exit_code_for(exc)
         report.send(outcome="fatal", code=code, error=str(exc))
         return code
     stats = worker.stats
-    reason = "signal" if stop_requests else "max_jobs"
     report.send(
         outcome="stopped",
-        reason=reason,
+        reason="signal" if requests.count else "max_jobs",
         graceful=worker.graceful,
         done=stats.done,
         dead_lettered=stats.dead_lettered,
@@ -169,7 +142,6 @@ def child_main(spec: ChildSpec) -> int:
         unfinished=stats.unfinished,
     )
     log.info("%s (pid %d)", stats.summary(), os.getpid())
-    code = 0 if worker.graceful else 1
     if worker.lingering_threads:
         # A sync handler cannot be interrupted; do not let it hold the process open.
         sys.stdout.flush()
@@ -178,49 +150,22 @@ def child_main(spec: ChildSpec) -> int:
     return code
 
 
-def _run(spec: ChildSpec, early: list[int]) -> tuple[Worker, int]:
-    # Returns the worker and how many stop requests (signals) it got.
+def _run(spec: ChildSpec, requests: StopRequests) -> tuple[Worker, int]:
     import asyncio
 
-    from jobsys.consume.worker import Worker, WorkerOptions
+    from jobsys.consume.worker import Worker
     from jobsys.settings import Settings
     from jobsys.topology.loader import load_topology
 
     app = load_app(spec.app_target)
     loaded = load_topology(spec.topology_file)
-    settings = Settings.from_env()
-    options = WorkerOptions(
-        queues=spec.queues,
-        concurrency=spec.concurrency,
-        prefetch=spec.prefetch,
-        grace_s=spec.grace_s,
-        max_jobs=spec.max_jobs,
-    )
-    worker = Worker(app, loaded, settings, options)
-
-    requests = 0
-
-    def stop() -> None:
-        nonlocal requests
-        requests += 1
-        worker.request_stop()
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
-        for _ in early:
-            stop()
-        await worker.run()
-
+    worker = Worker(app, loaded, Settings.from_env(), spec.options)
     if _telemetry_wanted(dict(os.environ)):
         from jobsys.observe.telemetry_setup import configure_from_env
 
         with configure_from_env("jobsys-worker"):
-            asyncio.run(serve())
-    else:
-        asyncio.run(serve())
-    return worker, requests
+            return worker, asyncio.run(serve(worker, requests))
+    return worker, asyncio.run(serve(worker, requests))
 
 
 if __name__ == "__main__":

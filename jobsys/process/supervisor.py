@@ -326,7 +326,7 @@ class Supervisor:
     def _kill_overdue(self, now: float) -> None:
         # A child gets its own grace period and a margin, then it is killed: the broker
         # redelivers whatever it held, so nothing is lost.
-        limit = self.spec.grace_s + _KILL_MARGIN_S
+        limit = self.spec.options.grace_s + _KILL_MARGIN_S
         for child in self._children.values():
             if child.signalled and not child.killed and now - child.signalled_at > limit:
                 self._echo(f"worker process {child.proc.pid} did not stop; killing it")

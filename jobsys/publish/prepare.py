@@ -16,16 +16,10 @@ from pydantic import BaseModel, ValidationError
 from jobsys.duration import format_duration
 from jobsys.errors import ConfigError, PayloadValidationError, UnknownJobTypeError
 from jobsys.topology import delays
-from jobsys.topology.check import route_job_type
 from jobsys.topology.model import Topology
-from jobsys.wire.envelope import (
-    DL_ORIGINAL_EXCHANGE,
-    DL_ORIGINAL_ROUTING_KEY,
-    Envelope,
-    check_user_headers,
-    encode_payload,
-    new_job_id,
-)
+from jobsys.topology.routing import route_job_type
+from jobsys.wire.envelope import check_user_headers, encode_payload, new_job_id
+from jobsys.wire.headers import Origin, identity_headers, origin_headers
 
 __all__ = ["JobRequest", "JobRoute", "PreparedJob", "build_routes", "prepare_job"]
 
@@ -117,15 +111,13 @@ def prepare_job(
     if delay_s is not None:
         # A delayed job arrives through the delivery exchange; its dead-letter record must
         # still name the exchange and routing key it was published for.
-        headers[DL_ORIGINAL_EXCHANGE] = route.exchange
-        headers[DL_ORIGINAL_ROUTING_KEY] = route.routing_key
-    envelope = Envelope(job_id, request.job_type, None, headers=headers)
+        headers.update(origin_headers(Origin(route.exchange, route.routing_key)))
     return PreparedJob(
         job_id=job_id,
         job_type=request.job_type,
         body=body,
         priority=priority,
-        headers=envelope.amqp_headers(),
+        headers=identity_headers(headers, job_id=job_id),
         targets=targets,
         delay_s=delay_s,
     )

@@ -3,6 +3,8 @@
 pamqp encodes every property of every message from scratch; the parts that never change for a
 job type and priority are encoded once instead (``_template``) and only the headers, message id
 and timestamp per message. The bytes are the ones pamqp would produce (a unit test holds that).
+A republished job (a retry, a dead letter, a replay) keeps the properties of the message it
+copies (``copied_properties``), encoded by pamqp as usual.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from pamqp import commands as spec
 from pamqp import encode
 
-from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE
+from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE, JobProperties
 
 #: ``delivery_mode`` of a persistent message.
 PERSISTENT = 2
@@ -44,6 +46,26 @@ def message_properties(
         (head, _table(headers), middle, _short(message_id), _U64(int(now)), tail)
     )
     return props
+
+
+def copied_properties(
+    kept: JobProperties, headers: dict[str, Any], message_id: str
+) -> spec.Basic.Properties:
+    """The properties of a republished job: what it ``kept`` of its original, persistent, with
+    a fresh ``message_id`` (aiormq matches a ``basic.return`` to its publish by it)."""
+    return spec.Basic.Properties(
+        content_type=kept.content_type,
+        content_encoding=kept.content_encoding,
+        headers=headers,
+        delivery_mode=PERSISTENT,
+        priority=kept.priority,
+        correlation_id=kept.correlation_id,
+        reply_to=kept.reply_to,
+        message_id=message_id,
+        timestamp=kept.timestamp or datetime.fromtimestamp(int(time.time()), UTC),
+        message_type=kept.job_type,
+        app_id=kept.app_id,
+    )
 
 
 class _PreEncodedProperties(spec.Basic.Properties):

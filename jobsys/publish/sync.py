@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from jobsys.errors import ConnectionFailed
 from jobsys.publish.producer import DEFAULT_WINDOW, JobRequest, Producer, PublishResult, Receipt
 from jobsys.settings import Settings
+from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
 
 __all__ = ["SyncProducer"]
@@ -39,7 +40,7 @@ class SyncProducer:
     def __init__(
         self,
         settings: Settings,
-        topology: Topology,
+        topology: Topology | LoadedTopology,
         models: Mapping[str, type[BaseModel]] | None = None,
         *,
         connect: bool = True,

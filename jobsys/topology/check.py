@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 from jobsys.duration import format_duration
 from jobsys.topology import delays
-from jobsys.topology.entities import ArgValue, BindingSpec
 from jobsys.topology.model import (
     DEAD_LETTER_SUFFIX,
     RESERVED_PREFIX,
     JobType,
     Topology,
 )
-from jobsys.topology.routing import reachable_queues
+from jobsys.topology.routing import route_job_type
 
 Path = tuple[str | int, ...]
 #: The broker's default consumer_timeout; a job's own deadline must end before it does, or the
@@ -35,31 +34,6 @@ class Problem:
 
     path: Path
     message: str
-
-
-def user_bindings(topology: Topology) -> list[BindingSpec]:
-    """The file's own bindings as ``BindingSpec``s (no derived dead-letter or delay ones)."""
-    specs = []
-    for binding in topology.bindings:
-        arguments: dict[str, ArgValue] = {}
-        if binding.headers is not None:
-            arguments = {"x-match": binding.match or "all", **binding.headers}
-        specs.append(
-            BindingSpec(binding.exchange, binding.queue, "queue", binding.routing_key, arguments)
-        )
-    return specs
-
-
-def route_job_type(topology: Topology, job_type: JobType) -> list[str]:
-    """The work queues a job of ``job_type`` reaches, as RabbitMQ would route it."""
-    types = {name: ex.type for name, ex in topology.exchanges.items()}
-    return reachable_queues(
-        job_type.exchange,
-        job_type.routing_key,
-        types,
-        user_bindings(topology),
-        job_type.headers or {},
-    )
 
 
 def check_topology(topology: Topology) -> list[Problem]:

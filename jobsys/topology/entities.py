@@ -77,6 +77,19 @@ class Entities:
         raise KeyError(name)
 
 
+def user_bindings(topology: Topology) -> list[BindingSpec]:
+    """The file's own bindings as ``BindingSpec``s (no derived dead-letter or delay ones)."""
+    specs = []
+    for binding in topology.bindings:
+        arguments: dict[str, ArgValue] = {}
+        if binding.headers is not None:
+            arguments = {"x-match": binding.match or "all", **binding.headers}
+        specs.append(
+            BindingSpec(binding.exchange, binding.queue, "queue", binding.routing_key, arguments)
+        )
+    return specs
+
+
 def work_queue_arguments(name: str, queue: Queue) -> dict[str, ArgValue]:
     """The ``x-`` arguments of work queue ``name``. ``x-queue-type`` is always explicit so a
     vhost default can never change a queue's type underneath us."""
@@ -169,11 +182,5 @@ def desired_entities(topology: Topology) -> Entities:
             )
         )
 
-    for binding in topology.bindings:
-        arguments: dict[str, ArgValue] = {}
-        if binding.headers is not None:
-            arguments = {"x-match": binding.match or "all", **binding.headers}
-        bindings.append(
-            BindingSpec(binding.exchange, binding.queue, "queue", binding.routing_key, arguments)
-        )
+    bindings += user_bindings(topology)
     return Entities(exchanges=exchanges, queues=queues, bindings=bindings, delay_levels=levels)

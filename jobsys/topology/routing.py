@@ -1,5 +1,7 @@
 """Which queues a message reaches, matched the way RabbitMQ matches it (pure, no I/O).
 
+``route_job_type`` applies them to a topology: the queues a job type reaches.
+
 Topic rules as the broker applies them: words are separated by ``.``; ``*`` matches exactly
 one word; ``#`` matches zero or more words, so ``a.#`` matches ``a`` and ``#`` matches the
 empty key. Headers exchanges: ``x-match: all`` (default) needs every non-``x-`` header to be
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from jobsys.topology.entities import ArgValue, BindingSpec
+from jobsys.topology.entities import ArgValue, BindingSpec, user_bindings
+from jobsys.topology.model import JobType, Topology
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:
@@ -102,3 +105,15 @@ def reachable_queues(
             elif binding.destination not in queues:
                 queues.append(binding.destination)
     return queues
+
+
+def route_job_type(topology: Topology, job_type: JobType) -> list[str]:
+    """The work queues a job of ``job_type`` reaches, as RabbitMQ would route it."""
+    types = {name: ex.type for name, ex in topology.exchanges.items()}
+    return reachable_queues(
+        job_type.exchange,
+        job_type.routing_key,
+        types,
+        user_bindings(topology),
+        job_type.headers or {},
+    )

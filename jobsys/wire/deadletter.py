@@ -1,4 +1,5 @@
-"""The headers a dead-lettered job carries (pure, no I/O).
+"""The dead-letter record: the headers a dead-lettered job carries, what a look at a dead-letter
+queue reads from them, and the headers of a replay (pure, no I/O).
 
 A dead-lettered job is a copy of the original message: same body, same properties, the
 broker's death history stripped, plus ``jobsys-`` headers that say what went wrong, where and
@@ -9,26 +10,35 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from jobsys.wire.envelope import (
-    DL_ATTEMPTS,
-    DL_ERROR_MESSAGE,
-    DL_ERROR_TYPE,
-    DL_FAILED_AT_MS,
-    DL_ORIGINAL_EXCHANGE,
-    DL_ORIGINAL_QUEUE,
-    DL_ORIGINAL_ROUTING_KEY,
-    DL_REASON,
-    DL_TEXT_LIMIT,
-    DL_TRACEBACK,
-    DL_TRACEBACK_LIMIT,
-    DL_WORKER_HOST,
+from jobsys.wire.headers import (
+    HEADER_ATTEMPT,
+    HEADER_ATTEMPTS,
+    HEADER_DEAD_LETTER_REASON,
+    HEADER_ERROR_MESSAGE,
+    HEADER_ERROR_TYPE,
+    HEADER_FAILED_AT_MS,
     HEADER_FIRST_FAILED_AT_MS,
-    strip_death_headers,
+    HEADER_JOB_ID,
+    HEADER_ORIGINAL_EXCHANGE,
+    HEADER_ORIGINAL_QUEUE,
+    HEADER_ORIGINAL_ROUTING_KEY,
+    HEADER_PUBLISHED_AT_MS,
+    HEADER_REPLAYS,
+    HEADER_TRACEBACK,
+    HEADER_WORKER_HOST,
+    integer,
+    now_ms,
+    strip_death,
+    text,
 )
 
+#: Longest error message and reason kept in a record, in characters.
+TEXT_LIMIT = 1024
+#: Longest traceback kept in a record (its tail), in characters.
+TRACEBACK_LIMIT = 4096
 _ELLIPSIS = "..."
 _CUT_MARK = "...(truncated)\n"
 
@@ -66,7 +76,7 @@ def error_type_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def format_traceback(exc: BaseException, limit: int = DL_TRACEBACK_LIMIT) -> str:
+def format_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
     """The traceback of ``exc`` without local variables; when too long, its tail is kept
     because the frames nearest the error say the most."""
     text = "".join(traceback.format_exception(exc))
@@ -92,7 +102,7 @@ def record_for(
     traceback would only show jobsys's own decoding code."""
     return DeadLetterRecord(
         error_type=error_type_name(exc),
-        error_message=truncate(str(exc) or type(exc).__name__, DL_TEXT_LIMIT),
+        error_message=truncate(str(exc) or type(exc).__name__, TEXT_LIMIT),
         traceback=format_traceback(exc) if with_traceback else None,
         attempts=attempts,
         failed_at_ms=failed_at_ms,
@@ -101,29 +111,112 @@ def record_for(
         queue=queue,
         worker_host=worker_host,
         first_failed_at_ms=first_failed_at_ms,
-        reason=truncate(reason, DL_TEXT_LIMIT) if reason is not None else None,
+        reason=truncate(reason, TEXT_LIMIT) if reason is not None else None,
     )
 
 
 def dead_letter_headers(
-    original: Mapping[str, Any] | None, record: DeadLetterRecord
+    original: Mapping[str, Any] | None,
+    record: DeadLetterRecord,
+    *,
+    job_id: str,
 ) -> dict[str, Any]:
-    """The original headers without the broker's death history, plus the record's."""
-    headers = strip_death_headers(original or {})
-    headers[DL_ERROR_TYPE] = record.error_type
-    headers[DL_ERROR_MESSAGE] = record.error_message
+    """The headers of a dead-lettered copy: the original ones without the broker's death
+    history, the job's identity where the original lacks it (an undecodable job), and the
+    record. ``job_id`` is the id to file it under when the original carries none."""
+    headers = {
+        HEADER_JOB_ID: job_id,
+        HEADER_ATTEMPT: record.attempts,
+        HEADER_PUBLISHED_AT_MS: now_ms(),
+    }
+    headers.update(strip_death(original or {}))
+    headers[HEADER_ERROR_TYPE] = record.error_type
+    headers[HEADER_ERROR_MESSAGE] = record.error_message
     if record.traceback is not None:
-        headers[DL_TRACEBACK] = record.traceback
+        headers[HEADER_TRACEBACK] = record.traceback
     else:
-        headers.pop(DL_TRACEBACK, None)
-    headers[DL_ATTEMPTS] = record.attempts
-    headers[DL_FAILED_AT_MS] = record.failed_at_ms
-    headers[DL_ORIGINAL_EXCHANGE] = record.exchange
-    headers[DL_ORIGINAL_ROUTING_KEY] = record.routing_key
-    headers[DL_ORIGINAL_QUEUE] = record.queue
-    headers[DL_WORKER_HOST] = record.worker_host
+        headers.pop(HEADER_TRACEBACK, None)
+    headers[HEADER_ATTEMPTS] = record.attempts
+    headers[HEADER_FAILED_AT_MS] = record.failed_at_ms
+    headers[HEADER_ORIGINAL_EXCHANGE] = record.exchange
+    headers[HEADER_ORIGINAL_ROUTING_KEY] = record.routing_key
+    headers[HEADER_ORIGINAL_QUEUE] = record.queue
+    headers[HEADER_WORKER_HOST] = record.worker_host
     if record.first_failed_at_ms is not None:
         headers[HEADER_FIRST_FAILED_AT_MS] = record.first_failed_at_ms
     if record.reason is not None:
-        headers[DL_REASON] = record.reason
+        headers[HEADER_DEAD_LETTER_REASON] = record.reason
     return headers
+
+
+# -- reading a dead-letter queue ----------------------------------------------------------------
+
+#: Headers a dead-lettered job carries that a replay drops: the record of the last failure.
+#: The first-failure time goes too, because a replayed job starts its attempts afresh.
+DEAD_LETTER_HEADERS = frozenset(
+    {
+        HEADER_ERROR_TYPE,
+        HEADER_ERROR_MESSAGE,
+        HEADER_TRACEBACK,
+        HEADER_ATTEMPTS,
+        HEADER_FAILED_AT_MS,
+        HEADER_ORIGINAL_EXCHANGE,
+        HEADER_ORIGINAL_ROUTING_KEY,
+        HEADER_ORIGINAL_QUEUE,
+        HEADER_WORKER_HOST,
+        HEADER_DEAD_LETTER_REASON,
+        HEADER_FIRST_FAILED_AT_MS,
+    }
+)
+
+
+@dataclass(frozen=True)
+class DeadJob:
+    """What the dead-letter queue knows about one job: its headers and size, never its body."""
+
+    job_id: str | None
+    job_type: str | None
+    attempts: int | None
+    error_type: str | None
+    error_message: str | None
+    failed_at_ms: int | None
+    original_queue: str | None
+    replays: int
+    body_size: int
+    headers: dict[str, Any] = field(repr=False)
+
+
+def dead_job(headers: Mapping[str, Any], job_type: str | None, body_size: int) -> DeadJob:
+    """Describe a dead-lettered delivery. Jobs the broker dead-lettered itself (max length,
+    delivery limit, message TTL) carry no ``jobsys-`` error headers; their reason and queue
+    come from the broker's ``x-first-death-*`` headers."""
+    error_type = text(headers.get(HEADER_ERROR_TYPE))
+    reason = text(headers.get("x-first-death-reason"))
+    if error_type is None and reason is not None:
+        error_type = f"broker: {reason}"
+    return DeadJob(
+        job_id=text(headers.get(HEADER_JOB_ID)),
+        job_type=job_type,
+        attempts=integer(headers.get(HEADER_ATTEMPTS)) or integer(headers.get(HEADER_ATTEMPT)),
+        error_type=error_type,
+        error_message=text(headers.get(HEADER_ERROR_MESSAGE)),
+        failed_at_ms=integer(headers.get(HEADER_FAILED_AT_MS)),
+        original_queue=text(headers.get(HEADER_ORIGINAL_QUEUE))
+        or text(headers.get("x-first-death-queue")),
+        replays=integer(headers.get(HEADER_REPLAYS)) or 0,
+        body_size=body_size,
+        headers=dict(headers),
+    )
+
+
+def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """Headers of a replayed job: no failure record, no broker (``x-``) headers, attempt 1,
+    and the replay count one higher. User headers, the job id and trace context stay."""
+    kept = {
+        name: value
+        for name, value in headers.items()
+        if name not in DEAD_LETTER_HEADERS and not name.lower().startswith("x-")
+    }
+    kept[HEADER_ATTEMPT] = 1
+    kept[HEADER_REPLAYS] = (integer(headers.get(HEADER_REPLAYS)) or 0) + 1
+    return kept

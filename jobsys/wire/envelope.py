@@ -3,48 +3,31 @@
 The body is the payload alone, as UTF-8 JSON, so any AMQP client can produce or read it. What
 jobsys needs besides lives in AMQP properties and headers: the job type in ``type``, a fresh
 ``message_id`` per publish attempt (aiormq matches a ``basic.return`` to its publish by it), and
-the job id, attempt counter and publish time in ``jobsys-`` headers. The attempt counter never
-starts with ``x-``: the broker owns those names and, from 3.13, ignores client-set ``x-death``.
+the job id, attempt counter and publish time in ``jobsys-`` headers (``jobsys.wire.headers``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from jobsys.errors import DecodeError, PayloadTooLargeError, PayloadValidationError
+from jobsys.wire.headers import (
+    HEADER_ATTEMPT,
+    HEADER_JOB_ID,
+    HEADER_PUBLISHED_AT_MS,
+    PREFIX,
+    positive_int,
+    text,
+)
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
-HEADER_PREFIX = "jobsys-"
-HEADER_JOB_ID = "jobsys-job-id"
-HEADER_ATTEMPT = "jobsys-attempt"
-HEADER_PUBLISHED_AT_MS = "jobsys-published-at-ms"
-HEADER_REPLAYS = "jobsys-replays"
-#: Set on the first retry and carried on, so the dead-letter record knows when trouble began.
-HEADER_FIRST_FAILED_AT_MS = "jobsys-first-failed-at-ms"
-
-# Headers a dead-lettered job carries (never the body, never a password).
-DL_ERROR_TYPE = "jobsys-error-type"
-DL_ERROR_MESSAGE = "jobsys-error-message"  # truncated to DL_TEXT_LIMIT characters
-DL_TRACEBACK = "jobsys-traceback"  # truncated, without local variables
-DL_ATTEMPTS = "jobsys-attempts"
-DL_FAILED_AT_MS = "jobsys-failed-at-ms"
-DL_ORIGINAL_EXCHANGE = "jobsys-original-exchange"
-DL_ORIGINAL_ROUTING_KEY = "jobsys-original-routing-key"
-DL_ORIGINAL_QUEUE = "jobsys-original-queue"
-DL_WORKER_HOST = "jobsys-worker-host"
-#: Why the job was given up on, e.g. "gave up after 3 attempts: TimeoutError".
-DL_REASON = "jobsys-dead-letter-reason"
-DL_TEXT_LIMIT = 1024
-DL_TRACEBACK_LIMIT = 4096
-_BROKER_DEATH_HEADERS = ("x-death",)
-_BROKER_DEATH_PREFIXES = ("x-first-death-", "x-last-death-")
 
 
 def new_job_id() -> str:
@@ -58,32 +41,72 @@ def new_message_id() -> str:
     return os.urandom(16).hex()
 
 
-def now_ms() -> int:
-    """Wall-clock time in milliseconds since the epoch."""
-    return int(time.time() * 1000)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Envelope:
-    """One job: its identity, its payload and where it stands in its attempts."""
+    """One decoded job: its identity, its payload and which run of it this is."""
 
     job_id: str
     job_type: str
     payload: Any
     attempt: int = 1
+    #: The user's own headers (no ``jobsys-`` or broker ``x-`` ones).
     headers: Mapping[str, Any] = field(default_factory=dict)
-    published_at_ms: int | None = None
-    priority: int | None = None
 
-    def amqp_headers(self) -> dict[str, Any]:
-        """Headers to publish: the user's own plus jobsys's."""
-        headers = dict(self.headers)
-        headers[HEADER_JOB_ID] = self.job_id
-        headers[HEADER_ATTEMPT] = self.attempt
-        headers[HEADER_PUBLISHED_AT_MS] = (
-            self.published_at_ms if self.published_at_ms is not None else now_ms()
-        )
-        return headers
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a delivery says it is, read once from its properties and headers, so that logs,
+    spans and dead-letter records name the job even when its body cannot be decoded.
+
+    ``None`` means unknown. ``problem`` says why the identity cannot be trusted (no job type,
+    no job id, a malformed attempt counter); such a delivery is dead-lettered undecoded.
+    """
+
+    job_id: str | None
+    job_type: str | None
+    attempt: int = 1
+    published_at_ms: int | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobProperties:
+    """The AMQP properties of a job that a retry, a dead letter or a replay keeps from the
+    message it copies (the body and headers travel separately). A reply address and its
+    correlation id survive every republish; ``message_id`` never does, because aiormq matches
+    a ``basic.return`` to its publish by it."""
+
+    job_type: str | None
+    priority: int | None = None
+    content_type: str | None = CONTENT_TYPE
+    content_encoding: str | None = CONTENT_ENCODING
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    app_id: str | None = None
+    timestamp: datetime | None = None
+
+
+def read_identity(message_type: str | None, headers: Mapping[str, Any] | None) -> Identity:
+    """The identity of a delivery with AMQP ``type`` ``message_type`` and ``headers``."""
+    headers = headers or {}
+    job_type = message_type or None
+    job_id = text(headers.get(HEADER_JOB_ID)) or None
+    raw_attempt = headers.get(HEADER_ATTEMPT, 1)
+    attempt = positive_int(raw_attempt)
+    problem = None
+    if job_type is None:
+        problem = "message has no job type (AMQP 'type' property)"
+    elif job_id is None:
+        problem = f"message has no {HEADER_JOB_ID} header"
+    elif attempt is None:
+        problem = f"header {HEADER_ATTEMPT} must be a positive integer, got {raw_attempt!r}"
+    return Identity(
+        job_id=job_id,
+        job_type=job_type,
+        attempt=attempt or 1,
+        published_at_ms=positive_int(headers.get(HEADER_PUBLISHED_AT_MS)),
+        problem=problem,
+    )
 
 
 def check_user_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -94,9 +117,9 @@ def check_user_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
         if not isinstance(name, str) or not name:
             raise PayloadValidationError("header names must be non-empty strings")
         lowered = name.lower()
-        if lowered.startswith("x-") or lowered.startswith(HEADER_PREFIX):
+        if lowered.startswith("x-") or lowered.startswith(PREFIX):
             raise PayloadValidationError(
-                f"header {name!r} is reserved (names starting with 'x-' or {HEADER_PREFIX!r})"
+                f"header {name!r} is reserved (names starting with 'x-' or {PREFIX!r})"
             )
     return dict(headers)
 
@@ -143,51 +166,28 @@ def _refuse_constant(name: str) -> Any:
 
 def decode_envelope(
     body: bytes,
+    identity: Identity,
     *,
     content_type: str | None,
-    message_type: str | None,
     headers: Mapping[str, Any] | None,
-    priority: int | None,
     max_bytes: int,
 ) -> Envelope:
-    """Rebuild an ``Envelope`` from a delivery's body, properties and headers."""
-    headers = dict(headers or {})
-    if not message_type:
-        raise DecodeError("message has no job type (AMQP 'type' property)")
+    """The job a delivery carries: its ``identity`` (read once by ``read_identity``) and its
+    body decoded. Raises ``DecodeError`` or ``PayloadTooLargeError``."""
+    if identity.job_type is None:
+        raise DecodeError(identity.problem or "message has no job type")
     payload = decode_payload(body, content_type, max_bytes)
-    job_id = headers.get(HEADER_JOB_ID)
-    if isinstance(job_id, bytes):
-        job_id = job_id.decode(CONTENT_ENCODING, "replace")
-    if not isinstance(job_id, str) or not job_id:
-        raise DecodeError(f"message has no {HEADER_JOB_ID} header")
-    attempt = headers.get(HEADER_ATTEMPT, 1)
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-        raise DecodeError(f"header {HEADER_ATTEMPT} must be a positive integer, got {attempt!r}")
-    published = headers.get(HEADER_PUBLISHED_AT_MS)
-    published_at_ms = (
-        published if isinstance(published, int) and not isinstance(published, bool) else None
-    )
+    if identity.problem is not None or identity.job_id is None:
+        raise DecodeError(identity.problem or f"message has no {HEADER_JOB_ID} header")
     user_headers = {
         k: v
-        for k, v in headers.items()
-        if not k.startswith(HEADER_PREFIX) and not k.startswith("x-")
+        for k, v in (headers or {}).items()
+        if not k.startswith(PREFIX) and not k.startswith("x-")
     }
     return Envelope(
-        job_id=job_id,
-        job_type=message_type,
+        job_id=identity.job_id,
+        job_type=identity.job_type,
         payload=payload,
-        attempt=attempt,
+        attempt=identity.attempt,
         headers=user_headers,
-        published_at_ms=published_at_ms,
-        priority=priority,
     )
-
-
-def strip_death_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """Headers without the broker's dead-letter history. Republishing a message that carries
-    ``x-death`` through TTL queues makes the broker see a cycle and drop it silently."""
-    return {
-        k: v
-        for k, v in headers.items()
-        if k not in _BROKER_DEATH_HEADERS and not k.startswith(_BROKER_DEATH_PREFIXES)
-    }

@@ -38,7 +38,7 @@ from jobsys.errors import (
     UnroutableError,
 )
 from jobsys.publish.producer import Receipt
-from jobsys.wire.envelope import HEADER_JOB_ID
+from jobsys.wire.headers import HEADER_JOB_ID
 
 PublishState = Literal["confirmed", "unknown", "failed"]
 #: How many job ids a failure message shows per category.

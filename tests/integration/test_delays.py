@@ -7,7 +7,6 @@ taken from just before the publish to the consumer's receipt, so both bounds are
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from collections import defaultdict
@@ -22,7 +21,8 @@ from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.delays import delay_route, level_count
 from jobsys.topology.loader import LoadedTopology, load_topology_text
-from jobsys.wire.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, decode_envelope
+from jobsys.wire.envelope import JobProperties, read_identity
+from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, Origin, retry_headers
 from tests.harness.fixtures import node_settings
 from tests.harness.rabbit_node import RabbitNode
 
@@ -158,19 +158,26 @@ async def test_the_same_delay_used_six_times_in_a_row_never_loses_the_job(
 
             async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
                 assert "x-death" in (message.headers or {})  # it did come through the levels
-                envelope = decode_envelope(
-                    message.body,
-                    content_type=message.content_type,
-                    message_type=message.type,
-                    headers=message.headers,
-                    priority=message.priority,
-                    max_bytes=1 << 20,
-                )
-                attempts[envelope.job_id].append(envelope.attempt)
-                if envelope.attempt <= rounds:
-                    retry = dataclasses.replace(envelope, attempt=envelope.attempt + 1)
-                    await producer.publish_envelope(
-                        retry, route.exchange, route.routing_key, body=message.body, delay_s=1.0
+                identity = read_identity(message.type, message.headers)
+                assert identity.job_id is not None and identity.problem is None
+                attempts[identity.job_id].append(identity.attempt)
+                if identity.attempt <= rounds:
+                    # Republished with the broker's death history stripped, as a worker does.
+                    headers = retry_headers(
+                        message.headers or {},
+                        job_id=identity.job_id,
+                        attempt=identity.attempt + 1,
+                        origin=Origin("jobs", "tick"),
+                        first_failed_at_ms=1,
+                    )
+                    await producer.republish(
+                        message.body,
+                        headers,
+                        route.exchange,
+                        route.routing_key,
+                        kept=JobProperties(message.type),
+                        kind="retry",
+                        delay_s=1.0,
                     )
                 await message.ack()
                 if sum(len(seen) for seen in attempts.values()) == jobs * (rounds + 1):

@@ -12,139 +12,23 @@ import pytest
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import TopologyError
 from jobsys.ops import dlq
-from jobsys.ops.declare import apply_topology
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from jobsys.topology.delays import level_count
-from jobsys.topology.loader import LoadedTopology, load_topology_text
-from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
-from jobsys.wire.envelope import (
-    DL_ATTEMPTS,
-    DL_ERROR_MESSAGE,
-    DL_ERROR_TYPE,
-    DL_FAILED_AT_MS,
-    DL_ORIGINAL_EXCHANGE,
-    DL_ORIGINAL_QUEUE,
-    DL_ORIGINAL_ROUTING_KEY,
-    DL_TRACEBACK,
-    DL_WORKER_HOST,
-    HEADER_ATTEMPT,
-    HEADER_FIRST_FAILED_AT_MS,
-    HEADER_JOB_ID,
-    HEADER_PUBLISHED_AT_MS,
-    HEADER_REPLAYS,
-    new_job_id,
-    new_message_id,
+from jobsys.topology.model import DEAD_LETTER_EXCHANGE
+from jobsys.wire.deadletter import DEAD_LETTER_HEADERS
+from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_REPLAYS
+from tests.apps.dead_letters import (
+    DLQ,
+    QUEUE,
+    SECRET,
+    apply,
+    dead_letter_headers,
+    drain,
+    fill_dead_letter_queue,
+    job_ids,
+    loaded_topology,
+    replay,
 )
-
-QUEUE = "work"
-DLQ = dead_letter_queue_name(QUEUE)
-SECRET = "BODY-MARKER-4f1c"
-
-TOPOLOGY = """
-version: 1
-exchanges:
-  jobs: {type: direct}
-queues:
-  work: {type: classic}
-bindings:
-  - {exchange: jobs, queue: work, routing_key: work}
-job_types:
-  send_email: {exchange: jobs, routing_key: work}
-  charge_card: {exchange: jobs, routing_key: work}
-"""
-
-
-def loaded_topology() -> LoadedTopology:
-    """The small topology every dead-letter test uses."""
-    return load_topology_text(TOPOLOGY, "dlq-test.yaml")
-
-
-def levels() -> int:
-    """Delay levels of that topology."""
-    return level_count(loaded_topology().topology.delays.max_delay)
-
-
-async def apply(settings: Settings) -> None:
-    """Declare the topology (work queue, its dead-letter queue, delay levels) on the broker."""
-    async with BrokerConnection(settings) as connection:
-        await apply_topology(connection, loaded_topology(), use_management=False)
-
-
-def dead_letter_headers(job_id: str, attempts: int = 3) -> dict[str, Any]:
-    """Headers as a worker writes them when it gives up on a job."""
-    return {
-        HEADER_JOB_ID: job_id,
-        HEADER_ATTEMPT: attempts,
-        HEADER_PUBLISHED_AT_MS: 1_700_000_000_000,
-        HEADER_FIRST_FAILED_AT_MS: 1_700_000_001_000,
-        DL_ERROR_TYPE: "demo_app.CardDeclined",
-        DL_ERROR_MESSAGE: "card declined",
-        DL_TRACEBACK: 'Traceback (most recent call last):\n  File "h.py", line 1\nCardDeclined',
-        DL_ATTEMPTS: attempts,
-        DL_FAILED_AT_MS: 1_700_000_009_000,
-        DL_ORIGINAL_EXCHANGE: "jobs",
-        DL_ORIGINAL_ROUTING_KEY: "work",
-        DL_ORIGINAL_QUEUE: QUEUE,
-        DL_WORKER_HOST: "worker-1",
-        "tenant": "acme",
-        "x-first-death-reason": "rejected",
-    }
-
-
-async def fill_dead_letter_queue(
-    settings: Settings, count: int, job_type: str | Any = "send_email"
-) -> list[str]:
-    """Publish ``count`` dead-lettered jobs straight into the DLQ; returns their ids in order.
-    ``job_type`` may be a function of the index."""
-    ids = [new_job_id() for _ in range(count)]
-    async with BrokerConnection(settings) as connection:
-        channel = await connection.channel(confirms=True)
-        exchange = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
-        window = 200
-        for start in range(0, count, window):
-            await asyncio.gather(
-                *(
-                    exchange.publish(
-                        aio_pika.Message(
-                            body=f'{{"secret": "{SECRET}", "n": {i}}}'.encode(),
-                            content_type="application/json",
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            message_id=new_message_id(),
-                            type=job_type(i) if callable(job_type) else job_type,
-                            headers=dead_letter_headers(ids[i]),
-                        ),
-                        DLQ,
-                        mandatory=True,
-                    )
-                    for i in range(start, min(start + window, count))
-                )
-            )
-        await channel.close()
-    return ids
-
-
-async def drain(settings: Settings, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Take every message out of ``queue`` (acked), in order."""
-    messages = []
-    async with BrokerConnection(settings) as connection:
-        channel = await connection.channel(confirms=False)
-        q = await channel.get_queue(queue, ensure=False)
-        while (message := await q.get(no_ack=False, fail=False)) is not None:
-            await message.ack()
-            messages.append(message)
-        await channel.close()
-    return messages
-
-
-def job_ids(messages: list[aio_pika.abc.AbstractIncomingMessage]) -> list[str]:
-    """The job ids of ``messages``, in order."""
-    return [str((m.headers or {})[HEADER_JOB_ID]) for m in messages]
-
-
-async def replay(settings: Settings, **kwargs: Any) -> dlq.ReplayProgress:
-    """Replay dead-lettered jobs of the test queue."""
-    async with BrokerConnection(settings) as connection:
-        return await dlq.replay(connection, QUEUE, levels=levels(), **kwargs)
 
 
 async def test_replaying_a_thousand_dead_lettered_jobs_puts_each_back_exactly_once(
@@ -165,7 +49,7 @@ async def test_replaying_a_thousand_dead_lettered_jobs_puts_each_back_exactly_on
         assert headers[HEADER_REPLAYS] == 1
         assert headers["tenant"] == "acme"
         assert not [name for name in headers if name.startswith("x-")]
-        assert not set(headers) & dlq.DEAD_LETTER_HEADERS
+        assert not set(headers) & DEAD_LETTER_HEADERS
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
         assert message.type == "send_email"
         assert SECRET.encode() in message.body
@@ -336,21 +220,6 @@ async def test_a_queue_that_is_not_on_the_broker_gives_a_clear_error(
     async with BrokerConnection(vhost_settings) as connection:
         with pytest.raises(TopologyError, match=r"'nope.dead' does not exist.*topology apply"):
             await dlq.peek(connection, "nope")
-        with pytest.raises(TopologyError, match="does not exist"):
-            await dlq.replay(connection, "nope", levels=levels())
-
-
-def test_replay_headers_reset_attempts_and_drop_the_failure_record() -> None:
-    headers = dead_letter_headers("j-9", attempts=5)
-    headers[HEADER_REPLAYS] = 2
-    headers["x-death"] = [{"count": 1}]
-    headers["traceparent"] = "00-abc-def-01"
-    replayed = dlq.replay_headers(headers)
-    assert replayed == {
-        HEADER_JOB_ID: "j-9",
-        HEADER_ATTEMPT: 1,
-        HEADER_PUBLISHED_AT_MS: 1_700_000_000_000,
-        HEADER_REPLAYS: 3,
-        "tenant": "acme",
-        "traceparent": "00-abc-def-01",
-    }
+        async with Producer(vhost_settings, loaded_topology(), connection=connection) as producer:
+            with pytest.raises(TopologyError, match="does not exist"):
+                await dlq.replay(producer, "nope")

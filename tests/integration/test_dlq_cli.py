@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from jobsys.broker.connection import BrokerConnection
 from jobsys.cli import main
 from jobsys.settings import Settings
-from tests.integration.test_dlq import (
+from tests.apps.dead_letters import (
     DLQ,
     QUEUE,
     SECRET,
@@ -179,7 +179,7 @@ def test_delays_status_counts_jobs_per_level_and_flags_missing_levels(
 
     async def publish_delayed() -> None:
         from jobsys.publish.producer import Producer
-        from tests.integration.test_dlq import loaded_topology
+        from tests.apps.dead_letters import loaded_topology
 
         async with Producer(vhost_settings, loaded_topology().topology) as producer:
             for delay_s in (100, 100, 300):

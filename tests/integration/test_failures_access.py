@@ -11,7 +11,6 @@ work queue deleted while consuming, are in ``test_worker_faults.py``.)
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,17 +20,12 @@ from urllib.parse import quote
 import pytest
 
 from jobsys.broker.connection import BrokerConnection
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.options import WorkerOptions
 from jobsys.errors import AccessRefused
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from tests.conftest import settings_for_vhost
-from tests.harness.fault_proxy import FaultProxy
-from tests.harness.fixtures import node_settings
-from tests.harness.ledger import Ledger
-from tests.harness.rabbit_node import RabbitNode
-from tests.integration import failure_apps
-from tests.integration.failure_apps import (
+from tests.apps import failure_apps
+from tests.apps.failure_apps import (
     WORK,
     WORK_DEAD,
     FailureWorker,
@@ -41,6 +35,12 @@ from tests.integration.failure_apps import (
     queue_depth,
     wait_until,
 )
+from tests.conftest import settings_for_vhost
+from tests.harness.fault_proxy import FaultProxy
+from tests.harness.fixtures import node_settings
+from tests.harness.ledger import Ledger
+from tests.harness.rabbit_node import RabbitNode
+from tests.harness.running import running_worker
 
 pytestmark = pytest.mark.timeout(120)
 EXIT_ACCESS = 4
@@ -257,10 +257,9 @@ async def test_apply_producer_and_worker_each_work_with_only_their_documented_pe
         for name, value in failure_apps.record_env(record).items():
             monkeypatch.setenv(name, value)
         ledger = Ledger()
-        worker = Worker(failure_apps.app, loaded, as_user("worker"), WorkerOptions())
-        task = asyncio.create_task(worker.run())
-        try:
-            await asyncio.wait_for(worker.ready.wait(), 15)
+        async with running_worker(
+            failure_apps.app, loaded, as_user("worker"), WorkerOptions()
+        ) as worker:
             async with Producer(as_user("producer"), loaded.topology) as producer:
                 await publish_into(ledger, producer, "task", [{}] * 10, prefix="now")
                 delayed = await producer.publish("task", {}, delay_s=1, job_id="delayed")
@@ -273,9 +272,6 @@ async def test_apply_producer_and_worker_each_work_with_only_their_documented_pe
                 what="every job done, the delayed one too",
             )
             await wait_until(lambda: worker.stats.dead_lettered == 1, what="one dead-lettered")
-        finally:
-            worker.request_stop()
-            await asyncio.wait_for(task, 30)
         as_guest = settings_for_vhost(node_settings(node), node_vhost)
         ledger.read_runs(record)
         await ledger.read_queue(as_guest.url, WORK)

@@ -18,16 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.options import WorkerOptions
 from jobsys.errors import ConnectionFailed, JobsysError, PublishOutcomeUnknown, QueueFullError
 from jobsys.publish.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
-from tests.conftest import settings_for_vhost
-from tests.harness.fixtures import node_settings
-from tests.harness.ledger import Ledger
-from tests.harness.rabbit_node import RabbitNode
-from tests.integration import failure_apps
-from tests.integration.failure_apps import (
+from tests.apps import failure_apps
+from tests.apps.failure_apps import (
     WORK,
     WORK_DEAD,
     FailureWorker,
@@ -36,6 +32,11 @@ from tests.integration.failure_apps import (
     publish_into,
     wait_until,
 )
+from tests.conftest import settings_for_vhost
+from tests.harness.fixtures import node_settings
+from tests.harness.ledger import Ledger
+from tests.harness.rabbit_node import RabbitNode
+from tests.harness.running import running_worker
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -151,21 +152,15 @@ async def test_a_broker_killed_during_20000_publishes_loses_no_confirmed_job_and
     record = tmp_path / "w.record"
     for name, value in failure_apps.record_env(record).items():
         monkeypatch.setenv(name, value)
-    worker = Worker(
+    async with running_worker(
         failure_apps.app, loaded, node_vhost, WorkerOptions(concurrency=32, prefetch=128)
-    )
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.ready.wait(), 15)
+    ):
         await wait_until(
             lambda: set(handler_lines(record, "done")) >= ledger.confirmed,
             timeout_s=180,
             what="every confirmed job done",
         )
         await wait_until(lambda: _empty(node_vhost), what="the queue drained")
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
     ledger.read_runs(record)
     await ledger.read_queue(node_vhost.url, WORK)
     await ledger.read_queue(node_vhost.url, WORK_DEAD, dead=True)

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.options import WorkerOptions
+from jobsys.consume.worker import Worker
 from jobsys.publish.producer import JobRequest, Producer
-from jobsys.wire.envelope import DL_ERROR_TYPE, HEADER_JOB_ID
-from tests.conftest import settings_for_vhost
-from tests.harness.fixtures import node_settings
-from tests.harness.ledger import Ledger
-from tests.harness.rabbit_node import RabbitCluster, RabbitNode
-from tests.integration import failure_apps
-from tests.integration.failure_apps import (
+from jobsys.wire.headers import HEADER_ERROR_TYPE, HEADER_JOB_ID
+from tests.apps import failure_apps
+from tests.apps.failure_apps import (
     WORK,
     WORK_DEAD,
     drain,
@@ -30,6 +27,10 @@ from tests.integration.failure_apps import (
     publish_raw,
     wait_until,
 )
+from tests.conftest import settings_for_vhost
+from tests.harness.fixtures import node_settings
+from tests.harness.ledger import Ledger
+from tests.harness.rabbit_node import RabbitCluster, RabbitNode
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 PREFETCH = 16
@@ -143,4 +144,4 @@ async def test_killing_the_quorum_leader_mid_stream_loses_nothing_and_work_carri
     assert set(handler_lines(record, "done")) - started_before, "consuming did not carry on"
     assert {f"delayed-{i:03d}" for i in range(DELAYED)} <= result.ok | result.recovered
     assert ledger.dead == {f"poison-{i}": 1 for i in range(5)}
-    assert all(str((m.headers or {})[DL_ERROR_TYPE]).endswith("DecodeError") for m in dead)
+    assert all(str((m.headers or {})[HEADER_ERROR_TYPE]).endswith("DecodeError") for m in dead)

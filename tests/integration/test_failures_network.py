@@ -17,19 +17,20 @@ from urllib.parse import quote
 
 import pytest
 
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.options import WorkerOptions
+from jobsys.consume.worker import Worker
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from tests.harness.fault_proxy import FaultProxy
-from tests.harness.ledger import Ledger
-from tests.integration import failure_apps
-from tests.integration.failure_apps import (
+from tests.apps import failure_apps
+from tests.apps.failure_apps import (
     WORK,
     WORK_DEAD,
     handler_lines,
     publish_into,
     wait_until,
 )
+from tests.harness.fault_proxy import FaultProxy
+from tests.harness.ledger import Ledger
 
 pytestmark = pytest.mark.timeout(120)
 PREFETCH = 8

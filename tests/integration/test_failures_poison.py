@@ -8,19 +8,22 @@ worker serves the good jobs before, between and after without a pause.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.options import WorkerOptions
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from jobsys.wire.envelope import DL_ERROR_MESSAGE, DL_ERROR_TYPE, DL_ORIGINAL_QUEUE, HEADER_JOB_ID
-from tests.harness.ledger import Ledger
-from tests.integration import failure_apps
-from tests.integration.failure_apps import (
+from jobsys.wire.headers import (
+    HEADER_ERROR_MESSAGE,
+    HEADER_ERROR_TYPE,
+    HEADER_JOB_ID,
+    HEADER_ORIGINAL_QUEUE,
+)
+from tests.apps import failure_apps
+from tests.apps.failure_apps import (
     WORK,
     WORK_DEAD,
     drain,
@@ -30,6 +33,8 @@ from tests.integration.failure_apps import (
     queue_depth,
     wait_until,
 )
+from tests.harness.ledger import Ledger
+from tests.harness.running import running_worker
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -76,10 +81,9 @@ async def test_every_kind_of_poison_is_dead_lettered_once_with_its_reason_betwee
     for name, value in failure_apps.record_env(record).items():
         monkeypatch.setenv(name, value)
     ledger = Ledger()
-    worker = Worker(failure_apps.app, loaded, settings, WorkerOptions(concurrency=4, prefetch=8))
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.ready.wait(), 15)
+    async with running_worker(
+        failure_apps.app, loaded, settings, WorkerOptions(concurrency=4, prefetch=8)
+    ) as worker:
         async with Producer(settings, loaded.topology) as producer:
             good = [{"sleep_s": 0.01}] * 50
             before = await publish_into(ledger, producer, "task", good, prefix="before")
@@ -101,10 +105,7 @@ async def test_every_kind_of_poison_is_dead_lettered_once_with_its_reason_betwee
         await wait_until(
             lambda: worker.stats.dead_lettered == len(POISON), what="every poison dead-lettered"
         )
-        assert not task.done(), "the worker stopped serving"
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
+        assert not worker.stopping, "the worker stopped serving"
 
     dead = await drain(settings, WORK_DEAD)
     ledger.read_runs(record)
@@ -119,7 +120,10 @@ async def test_every_kind_of_poison_is_dead_lettered_once_with_its_reason_betwee
     for name, (body, _, error_type, reason) in POISON.items():
         message = by_id[poison_ids[name]]
         headers = message.headers or {}
-        assert str(headers[DL_ERROR_TYPE]).endswith(error_type), (name, headers[DL_ERROR_TYPE])
-        assert reason in str(headers[DL_ERROR_MESSAGE]), (name, headers[DL_ERROR_MESSAGE])
-        assert headers[DL_ORIGINAL_QUEUE] == WORK
+        assert str(headers[HEADER_ERROR_TYPE]).endswith(error_type), (
+            name,
+            headers[HEADER_ERROR_TYPE],
+        )
+        assert reason in str(headers[HEADER_ERROR_MESSAGE]), (name, headers[HEADER_ERROR_MESSAGE])
+        assert headers[HEADER_ORIGINAL_QUEUE] == WORK
         assert message.body == body, f"{name}: the dead-lettered body is not the original"

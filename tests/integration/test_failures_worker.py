@@ -16,9 +16,8 @@ import pytest
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
-from tests.harness.ledger import Ledger
-from tests.integration import failure_apps
-from tests.integration.failure_apps import (
+from tests.apps import failure_apps
+from tests.apps.failure_apps import (
     WORK,
     WORK_DEAD,
     FailureWorker,
@@ -27,6 +26,7 @@ from tests.integration.failure_apps import (
     publish_into,
     wait_until,
 )
+from tests.harness.ledger import Ledger
 
 pytestmark = pytest.mark.timeout(120)
 PREFETCH = 8

@@ -7,18 +7,14 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import aio_pika
 import pytest
-import yaml
-from pydantic import BaseModel
 
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
-    ConnectionFailed,
     PayloadTooLargeError,
     PayloadValidationError,
     PublishOutcomeUnknown,
@@ -26,83 +22,15 @@ from jobsys.errors import (
     UnknownJobTypeError,
     UnroutableError,
 )
-from jobsys.ops.declare import apply_topology
 from jobsys.publish.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
-from jobsys.topology.loader import LoadedTopology, load_topology_text
-from jobsys.wire.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, Envelope
+from jobsys.wire.envelope import JobProperties
+from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, Origin, retry_headers
+from tests.apps.publishing import Email, declare, drain, wait_for_messages
 from tests.conftest import settings_for_vhost
 from tests.harness.fault_proxy import FaultProxy
 from tests.harness.fixtures import node_settings
 from tests.harness.rabbit_node import RabbitNode
-
-TOPOLOGY: dict[str, Any] = {
-    "version": 1,
-    "exchanges": {"jobs": {"type": "topic"}, "fan": {"type": "fanout"}},
-    "queues": {
-        "emails": {"type": "classic", "max_priority": 10},
-        "tiny": {"type": "classic", "max_length": 2, "overflow": "reject-publish-dlx"},
-        "audit": {"type": "classic"},
-        "archive": {"type": "classic"},
-    },
-    "bindings": [
-        {"exchange": "jobs", "queue": "emails", "routing_key": "email.#"},
-        {"exchange": "jobs", "queue": "tiny", "routing_key": "tiny"},
-        {"exchange": "fan", "queue": "audit"},
-        {"exchange": "fan", "queue": "archive"},
-    ],
-    "job_types": {
-        "send_email": {"exchange": "jobs", "routing_key": "email.send", "priority": 3},
-        "squeeze": {"exchange": "jobs", "routing_key": "tiny"},
-        "audit_event": {"exchange": "fan"},
-    },
-}
-
-
-class Email(BaseModel):
-    to: str
-
-
-async def declare(settings: Settings, topology: dict[str, Any] = TOPOLOGY) -> LoadedTopology:
-    """Declare ``topology`` in the test's vhost and return it loaded."""
-    loaded = load_topology_text(yaml.safe_dump(topology), "test-topology.yaml")
-    async with BrokerConnection(settings) as conn:
-        await apply_topology(conn, loaded, use_management=False)
-    return loaded
-
-
-async def drain(settings: Settings, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Every message now in ``queue`` (acked, so the queue ends empty)."""
-    connection = await aio_pika.connect(settings.url)
-    try:
-        channel = await connection.channel()
-        q = await channel.get_queue(queue, ensure=False)
-        messages = []
-        while (message := await q.get(fail=False, no_ack=True)) is not None:
-            messages.append(message)
-        return messages
-    finally:
-        await connection.close()
-
-
-async def wait_for_messages(
-    settings: Settings, queue: str, count: int, timeout_s: float = 15.0
-) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Consume until ``count`` messages arrived in ``queue`` (fails after ``timeout_s``)."""
-    connection = await aio_pika.connect(settings.url)
-    try:
-        channel = await connection.channel()
-        q = await channel.get_queue(queue, ensure=False)
-        got: list[aio_pika.abc.AbstractIncomingMessage] = []
-        async with asyncio.timeout(timeout_s), q.iterator() as messages:
-            async for message in messages:
-                await message.ack()
-                got.append(message)
-                if len(got) == count:
-                    break
-        return got
-    finally:
-        await connection.close()
 
 
 @pytest.fixture
@@ -247,28 +175,38 @@ async def test_a_delayed_job_that_fans_out_reaches_every_queue_once(
         assert message.headers[HEADER_JOB_ID] == receipt.job_id
 
 
-async def test_publish_envelope_republishes_without_broker_death_headers(
+async def test_republish_sends_the_body_and_headers_as_given_and_keeps_the_properties(
     producer: Producer, vhost_settings: Settings
 ) -> None:
-    envelope = Envelope(
-        "retry-1", "send_email", {"to": "a@b.c"}, attempt=2, headers={"tenant": "acme"}
+    headers = retry_headers(
+        {"tenant": "acme", "x-death": [], "x-first-death-queue": "emails", HEADER_JOB_ID: "r-1"},
+        job_id="r-1",
+        attempt=2,
+        origin=Origin("jobs", "email.send"),
+        first_failed_at_ms=1_700_000_000_000,
     )
-    receipt = await producer.publish_envelope(
-        envelope,
-        "jobs",
-        "email.send",
-        body=b'{"to":"a@b.c"}',
-        extra_headers={"x-death": [], "x-first-death-queue": "emails", "jobsys-note": "n"},
+    kept = JobProperties(
+        "send_email",
+        priority=3,
+        content_type="text/plain",
+        correlation_id="corr-7",
+        reply_to="amq.rabbitmq.reply-to.abc",
     )
-    assert receipt.job_id == "retry-1"
+    receipt = await producer.republish(
+        b"raw bytes, sent as they are", headers, "jobs", "email.send", kept=kept, kind="retry"
+    )
+    assert receipt.job_id == "r-1"
     [message] = await drain(vhost_settings, "emails")
-    assert message.body == b'{"to":"a@b.c"}'
+    assert message.body == b"raw bytes, sent as they are"
     assert message.headers[HEADER_ATTEMPT] == 2
     assert message.headers["tenant"] == "acme"
-    assert message.headers["jobsys-note"] == "n"
     assert not any(name.startswith("x-") for name in message.headers)
+    assert (message.type, message.priority, message.content_type) == ("send_email", 3, "text/plain")
+    assert (message.correlation_id, message.reply_to) == ("corr-7", "amq.rabbitmq.reply-to.abc")
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.message_id == receipt.message_id
     with pytest.raises(UnroutableError):
-        await producer.publish_envelope(envelope, "jobs", "nowhere")
+        await producer.republish(b"{}", headers, "jobs", "nowhere", kept=kept, kind="retry")
 
 
 async def test_a_producer_on_a_shared_connection_leaves_it_open(vhost_settings: Settings) -> None:
@@ -402,13 +340,3 @@ async def test_the_first_connect_retries_a_broker_that_is_not_up_yet_until_it_is
         await producer.publish("audit_event", {})
     finally:
         await producer.close()
-
-
-async def test_an_unreachable_broker_fails_clearly_once_the_connect_deadline_passes() -> None:
-    settings = Settings(
-        url="amqp://guest:secret@127.0.0.1:1/", connect_deadline_s=1.0, connect_timeout_s=1.0
-    )
-    topology = load_topology_text(yaml.safe_dump(TOPOLOGY)).topology
-    with pytest.raises(ConnectionFailed, match="cannot reach the broker") as info:
-        await Producer(settings, topology).open()
-    assert "secret" not in str(info.value)

@@ -13,11 +13,11 @@ import pytest
 from jobsys.errors import ConnectionFailed, JobsysError, PublishOutcomeUnknown
 from jobsys.publish.producer import Producer, Receipt
 from jobsys.settings import Settings
-from jobsys.wire.envelope import HEADER_JOB_ID
+from jobsys.wire.headers import HEADER_JOB_ID
+from tests.apps.publishing import declare
 from tests.conftest import settings_for_vhost
 from tests.harness.fixtures import node_settings
 from tests.harness.rabbit_node import RabbitNode
-from tests.integration.test_producer import declare
 
 JOBS = 3000
 KILL_AFTER_CONFIRMED = 800

@@ -13,8 +13,8 @@ from click.testing import CliRunner, Result
 
 from jobsys.cli import main
 from jobsys.settings import Settings
-from jobsys.wire.envelope import HEADER_JOB_ID
-from tests.integration.test_producer import TOPOLOGY, declare, drain
+from jobsys.wire.headers import HEADER_JOB_ID
+from tests.apps.publishing import TOPOLOGY, declare, drain
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ planned delay and at most the planned delay + 1 s + 10 %.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import socket
 import time
@@ -19,27 +18,28 @@ from typing import Any
 import pytest
 
 from jobsys.app import App, JobContext
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.worker import Worker
 from jobsys.errors import Reject, Retry
-from jobsys.ops import dlq
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology_text
-from jobsys.wire.envelope import (
-    DL_ATTEMPTS,
-    DL_ERROR_MESSAGE,
-    DL_ERROR_TYPE,
-    DL_FAILED_AT_MS,
-    DL_ORIGINAL_EXCHANGE,
-    DL_ORIGINAL_QUEUE,
-    DL_ORIGINAL_ROUTING_KEY,
-    DL_REASON,
-    DL_TRACEBACK,
-    DL_WORKER_HOST,
+from jobsys.wire.deadletter import replay_headers
+from jobsys.wire.headers import (
     HEADER_ATTEMPT,
+    HEADER_ATTEMPTS,
+    HEADER_DEAD_LETTER_REASON,
+    HEADER_ERROR_MESSAGE,
+    HEADER_ERROR_TYPE,
+    HEADER_FAILED_AT_MS,
     HEADER_FIRST_FAILED_AT_MS,
     HEADER_JOB_ID,
+    HEADER_ORIGINAL_EXCHANGE,
+    HEADER_ORIGINAL_QUEUE,
+    HEADER_ORIGINAL_ROUTING_KEY,
+    HEADER_TRACEBACK,
+    HEADER_WORKER_HOST,
 )
-from tests.integration.worker_apps import apply, drain_dead, publish, queue_depth, wait_until
+from tests.apps.worker_apps import apply, drain_dead, publish, queue_depth, wait_until
+from tests.harness.running import running_worker
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -139,15 +139,8 @@ async def loaded(vhost_settings: Settings) -> LoadedTopology:
 
 @pytest.fixture
 async def worker(vhost_settings: Settings, loaded: LoadedTopology) -> AsyncIterator[Worker]:
-    running = Worker(app, loaded, vhost_settings, WorkerOptions())
-    task = asyncio.create_task(running.run())
-    ready = asyncio.ensure_future(running.ready.wait())
-    await asyncio.wait({ready, task}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    yield running
-    running.request_stop()
-    await asyncio.wait_for(task, 30)
+    async with running_worker(app, loaded, vhost_settings) as running:
+        yield running
 
 
 def _runs(job_id: str, count: int) -> Callable[[], bool]:
@@ -193,25 +186,29 @@ async def test_job_that_keeps_failing_runs_max_attempts_times_and_lands_in_the_d
     headers = dead.headers
     assert headers[HEADER_JOB_ID] == job_id
     assert headers[HEADER_ATTEMPT] == 3
-    assert headers[DL_ERROR_TYPE] == "RuntimeError"
-    assert headers[DL_ERROR_MESSAGE] == "the service said no"
-    assert "in always_fails" in str(headers[DL_TRACEBACK])
-    assert "s3cr3t" not in str(headers[DL_TRACEBACK])
-    assert headers[DL_ATTEMPTS] == 3
-    first, last = headers[HEADER_FIRST_FAILED_AT_MS], headers[DL_FAILED_AT_MS]
+    assert headers[HEADER_ERROR_TYPE] == "RuntimeError"
+    assert headers[HEADER_ERROR_MESSAGE] == "the service said no"
+    assert "in always_fails" in str(headers[HEADER_TRACEBACK])
+    assert "s3cr3t" not in str(headers[HEADER_TRACEBACK])
+    assert headers[HEADER_ATTEMPTS] == 3
+    first, last = headers[HEADER_FIRST_FAILED_AT_MS], headers[HEADER_FAILED_AT_MS]
     assert isinstance(first, int) and isinstance(last, int)
     assert before_ms <= first and last - first >= 2000  # two retries of 1 s in between
-    assert headers[DL_ORIGINAL_EXCHANGE] == "rt.jobs"
-    assert headers[DL_ORIGINAL_ROUTING_KEY] == "work"
-    assert headers[DL_ORIGINAL_QUEUE] == WORK
-    assert headers[DL_WORKER_HOST] == socket.gethostname()
-    assert headers[DL_REASON] == "gave up after 3 attempts: RuntimeError"
+    assert headers[HEADER_ORIGINAL_EXCHANGE] == "rt.jobs"
+    assert headers[HEADER_ORIGINAL_ROUTING_KEY] == "work"
+    assert headers[HEADER_ORIGINAL_QUEUE] == WORK
+    assert headers[HEADER_WORKER_HOST] == socket.gethostname()
+    assert headers[HEADER_DEAD_LETTER_REASON] == "gave up after 3 attempts: RuntimeError"
     assert not [name for name in headers if str(name).startswith("x-")]
     assert dead.body == b'{"secret":"s3cr3t"}'
     # A replay starts the job afresh: attempt 1, no failure record, no carried origin.
-    replayed = dlq.replay_headers(headers)
+    replayed = replay_headers(headers)
     assert replayed[HEADER_ATTEMPT] == 1
-    assert not {HEADER_FIRST_FAILED_AT_MS, DL_REASON, DL_ORIGINAL_EXCHANGE} & set(replayed)
+    assert not {
+        HEADER_FIRST_FAILED_AT_MS,
+        HEADER_DEAD_LETTER_REASON,
+        HEADER_ORIGINAL_EXCHANGE,
+    } & set(replayed)
 
 
 async def test_error_named_in_dont_retry_is_dead_lettered_after_one_run(
@@ -221,9 +218,9 @@ async def test_error_named_in_dont_retry_is_dead_lettered_after_one_run(
     await wait_until(lambda: worker.stats.dead_lettered == 1, what="dead-lettered")
     assert len(RUNS[job_id]) == 1
     [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
-    assert dead.headers[DL_ERROR_TYPE] == "PermissionError"
-    assert dead.headers[DL_ATTEMPTS] == 1
-    assert "dont_retry" in str(dead.headers[DL_REASON])
+    assert dead.headers[HEADER_ERROR_TYPE] == "PermissionError"
+    assert dead.headers[HEADER_ATTEMPTS] == 1
+    assert "dont_retry" in str(dead.headers[HEADER_DEAD_LETTER_REASON])
     assert worker.stats.retried == 0
 
 
@@ -234,8 +231,8 @@ async def test_rejected_job_is_dead_lettered_after_one_run(
     await wait_until(lambda: worker.stats.dead_lettered == 1, what="dead-lettered")
     assert len(RUNS[job_id]) == 1
     [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
-    assert dead.headers[DL_ERROR_TYPE] == "jobsys.errors.Reject"
-    assert dead.headers[DL_REASON] == "rejected by the handler: not for us"
+    assert dead.headers[HEADER_ERROR_TYPE] == "jobsys.errors.Reject"
+    assert dead.headers[HEADER_DEAD_LETTER_REASON] == "rejected by the handler: not for us"
 
 
 async def test_retry_signal_runs_the_job_again_after_the_delay_it_asked_for(
@@ -260,7 +257,7 @@ async def test_jobs_retried_through_the_same_delay_level_again_and_again_are_nev
     assert {job_id: len(RUNS[job_id]) for job_id in ids} == {job_id: 5 for job_id in ids}
     dead = await drain_dead(vhost_settings, f"{WORK}.dead")
     assert sorted(str(message.headers[HEADER_JOB_ID]) for message in dead) == sorted(ids)
-    assert {message.headers[DL_ATTEMPTS] for message in dead} == {5}
+    assert {message.headers[HEADER_ATTEMPTS] for message in dead} == {5}
 
 
 async def test_a_retry_goes_back_to_the_queue_it_came_from_not_through_a_fanout(

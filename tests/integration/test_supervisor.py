@@ -18,10 +18,10 @@ import pytest
 
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology
+from tests.apps import supervisor_apps
+from tests.apps.supervisor_apps import WORK, read_records
+from tests.apps.worker_apps import apply, publish, queue_depth, wait_until
 from tests.harness.worker_subprocess import WorkerSubprocess
-from tests.integration import supervisor_apps
-from tests.integration.supervisor_apps import WORK, read_records
-from tests.integration.worker_apps import apply, publish, queue_depth, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,7 +32,7 @@ class SupervisorProcess(WorkerSubprocess):
     def __init__(self, tmp_path: Path, settings: Settings, *args: str) -> None:
         self.record = tmp_path / "record.txt"
         super().__init__(
-            "tests.integration.supervisor_apps:app",
+            "tests.apps.supervisor_apps:app",
             tmp_path / "topology.yaml",
             tmp_path / "supervisor.stderr",
             {"JOBSYS_URL": settings.url, "JOBSYS_TEST_RECORD": str(self.record)},

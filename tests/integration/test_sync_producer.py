@@ -21,8 +21,8 @@ from jobsys.publish.producer import JobRequest, Receipt
 from jobsys.publish.sync import SyncProducer
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
-from jobsys.wire.envelope import HEADER_JOB_ID
-from tests.integration.test_producer import declare, drain
+from jobsys.wire.headers import HEADER_JOB_ID
+from tests.apps.publishing import declare, drain
 
 
 class Email(BaseModel):

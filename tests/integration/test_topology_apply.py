@@ -9,13 +9,14 @@ import aio_pika
 import pytest
 
 from jobsys.broker.connection import BrokerConnection
-from jobsys.broker.management import ManagementClient, VhostSnapshot, management_endpoint
+from jobsys.broker.management import ManagementClient, management_endpoint
 from jobsys.errors import TopologyConflictError, TopologyValidationError
-from jobsys.ops.declare import Plan, apply_topology, plan_topology
+from jobsys.ops.declare import apply_topology, plan_topology
 from jobsys.settings import Settings
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.loader import LoadedTopology, load_topology_text
+from jobsys.topology.plan import Plan, VhostSnapshot
 
 BASE = """
 version: 1

@@ -4,7 +4,6 @@ OpenTelemetry's in-memory exporter."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -15,14 +14,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from jobsys.app import App, JobContext
-from jobsys.broker.connection import BrokerConnection
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.worker import Worker
 from jobsys.observe import tracing
 from jobsys.ops import dlq
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from jobsys.topology.delays import level_count
 from jobsys.topology.loader import LoadedTopology, load_topology_text
-from tests.integration.worker_apps import apply, publish, wait_until
+from tests.apps.worker_apps import apply, publish, wait_until
+from tests.harness.running import running_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,15 +86,8 @@ async def loaded(vhost_settings: Settings) -> LoadedTopology:
 async def worker(
     vhost_settings: Settings, loaded: LoadedTopology, exporter: InMemorySpanExporter
 ) -> AsyncIterator[Worker]:
-    running = Worker(app, loaded, vhost_settings, WorkerOptions())
-    task = asyncio.create_task(running.run())
-    ready = asyncio.ensure_future(running.ready.wait())
-    await asyncio.wait({ready, task}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    yield running
-    running.request_stop()
-    await asyncio.wait_for(task, 30)
+    async with running_worker(app, loaded, vhost_settings) as running:
+        yield running
 
 
 def _spans_of(exporter: InMemorySpanExporter, job_id: str) -> list[ReadableSpan]:
@@ -212,10 +204,8 @@ async def test_a_replayed_job_continues_its_trace_from_the_dead_letter_publish(
     [job_id] = await publish(vhost_settings, loaded, "until_replayed", [{}])
     await _wait_for_spans(exporter, job_id, 3)
     ALLOWED.add(job_id)
-    async with BrokerConnection(vhost_settings) as conn:
-        progress = await dlq.replay(
-            conn, QUEUE, levels=level_count(loaded.topology.delays.max_delay)
-        )
+    async with Producer(vhost_settings, loaded) as producer:
+        progress = await dlq.replay(producer, QUEUE)
     assert progress.replayed == 1
     await _wait_for_spans(exporter, job_id, 5)
     spans = _spans_of(exporter, job_id)

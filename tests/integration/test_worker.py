@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.options import WorkerOptions
+from jobsys.consume.worker import Worker
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
-from jobsys.wire.envelope import (
-    DL_ATTEMPTS,
-    DL_ERROR_MESSAGE,
-    DL_ERROR_TYPE,
-    DL_FAILED_AT_MS,
-    DL_ORIGINAL_EXCHANGE,
-    DL_ORIGINAL_QUEUE,
-    DL_ORIGINAL_ROUTING_KEY,
-    DL_TRACEBACK,
-    DL_WORKER_HOST,
+from jobsys.wire.headers import (
+    HEADER_ATTEMPTS,
+    HEADER_ERROR_MESSAGE,
+    HEADER_ERROR_TYPE,
+    HEADER_FAILED_AT_MS,
     HEADER_JOB_ID,
+    HEADER_ORIGINAL_EXCHANGE,
+    HEADER_ORIGINAL_QUEUE,
+    HEADER_ORIGINAL_ROUTING_KEY,
+    HEADER_TRACEBACK,
+    HEADER_WORKER_HOST,
 )
-from tests.integration import worker_apps
-from tests.integration.worker_apps import (
+from tests.apps import worker_apps
+from tests.apps.worker_apps import (
     PROBE,
     WORK,
     drain_dead,
@@ -35,6 +36,7 @@ from tests.integration.worker_apps import (
     queue_depth,
     wait_until,
 )
+from tests.harness.running import running_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,25 +56,16 @@ async def start_worker(
     vhost_settings: Settings, loaded: LoadedTopology
 ) -> AsyncIterator[StartWorker]:
     """Start in-process workers; each is stopped gracefully at the end of the test."""
-    running: list[tuple[Worker, asyncio.Task[Any]]] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(**options: Any) -> Worker:
-        worker = Worker(worker_apps.app, loaded, vhost_settings, WorkerOptions(**options))
-        task = asyncio.create_task(worker.run())
-        running.append((worker, task))
-        ready = asyncio.ensure_future(worker.ready.wait())
-        await asyncio.wait({ready, task}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-        assert worker.ready.is_set(), "worker did not start consuming"
-        return worker
+        async def start(**options: Any) -> Worker:
+            return await stack.enter_async_context(
+                running_worker(worker_apps.app, loaded, vhost_settings, WorkerOptions(**options))
+            )
 
-    yield start
-    for worker, task in running:
+        yield start
         if PROBE.release is not None:
-            PROBE.release.set()
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
+            PROBE.release.set()  # a held job lets its worker drain
 
 
 async def test_successful_job_is_acked_and_its_handler_sees_the_context(
@@ -113,9 +106,9 @@ async def test_payload_model_is_validated_before_the_handler_runs(
     [dead] = await drain_dead(vhost_settings)
     headers = dead.headers
     assert headers[HEADER_JOB_ID] == bad_id
-    assert headers[DL_ERROR_TYPE] == "jobsys.errors.PayloadValidationError"
-    assert "subject" in str(headers[DL_ERROR_MESSAGE])
-    assert "a@example.com" not in str(headers[DL_ERROR_MESSAGE])
+    assert headers[HEADER_ERROR_TYPE] == "jobsys.errors.PayloadValidationError"
+    assert "subject" in str(headers[HEADER_ERROR_MESSAGE])
+    assert "a@example.com" not in str(headers[HEADER_ERROR_MESSAGE])
 
 
 @pytest.mark.parametrize(
@@ -148,30 +141,24 @@ async def test_bad_input_is_dead_lettered_once_with_the_reason_and_the_worker_ke
     reason: str,
 ) -> None:
     settings = vhost_settings.with_overrides(max_payload_bytes=1024)
-    worker = Worker(worker_apps.app, loaded, settings, WorkerOptions())
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.ready.wait(), 15)
+    async with running_worker(worker_apps.app, loaded, settings) as worker:
         await publish_raw(settings, body, **properties)
         await wait_until(lambda: worker.stats.dead_lettered == 1, what="the bad job dead-lettered")
         [job_id] = await publish(settings, loaded, "echo", [{"after": True}])
         await wait_until(lambda: worker.stats.done == 1, what="the next job done")
         assert PROBE.done == [job_id]
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
     dead = await drain_dead(vhost_settings)
     assert len(dead) == 1
     [message] = dead
     assert message.body == body
     headers = message.headers
-    assert str(headers[DL_ERROR_TYPE]).endswith(error_type)
-    assert reason in str(headers[DL_ERROR_MESSAGE])
-    assert DL_TRACEBACK not in headers
-    assert headers[DL_ORIGINAL_QUEUE] == WORK
-    assert headers[DL_ORIGINAL_EXCHANGE] == "wt.jobs"
-    assert headers[DL_ORIGINAL_ROUTING_KEY] == "work"
-    assert headers[DL_ATTEMPTS] == 1
+    assert str(headers[HEADER_ERROR_TYPE]).endswith(error_type)
+    assert reason in str(headers[HEADER_ERROR_MESSAGE])
+    assert HEADER_TRACEBACK not in headers
+    assert headers[HEADER_ORIGINAL_QUEUE] == WORK
+    assert headers[HEADER_ORIGINAL_EXCHANGE] == "wt.jobs"
+    assert headers[HEADER_ORIGINAL_ROUTING_KEY] == "work"
+    assert headers[HEADER_ATTEMPTS] == 1
     assert await queue_depth(vhost_settings, WORK) == 0
 
 
@@ -184,12 +171,12 @@ async def test_handler_exception_is_dead_lettered_with_its_traceback(
     [dead] = await drain_dead(vhost_settings)
     headers = dead.headers
     assert headers[HEADER_JOB_ID] == job_id
-    assert headers[DL_ERROR_TYPE] == "RuntimeError"
-    assert headers[DL_ERROR_MESSAGE] == "the handler broke"
-    assert "in boom" in str(headers[DL_TRACEBACK])
-    assert "s3cr3t" not in str(headers[DL_TRACEBACK])
-    assert isinstance(headers[DL_FAILED_AT_MS], int)
-    assert headers[DL_WORKER_HOST]
+    assert headers[HEADER_ERROR_TYPE] == "RuntimeError"
+    assert headers[HEADER_ERROR_MESSAGE] == "the handler broke"
+    assert "in boom" in str(headers[HEADER_TRACEBACK])
+    assert "s3cr3t" not in str(headers[HEADER_TRACEBACK])
+    assert isinstance(headers[HEADER_FAILED_AT_MS], int)
+    assert headers[HEADER_WORKER_HOST]
     assert json.loads(dead.body) == {"secret": "s3cr3t"}
     assert dead.delivery_mode == 2
 
@@ -201,8 +188,8 @@ async def test_reject_signal_dead_letters_the_job_with_its_reason(
     await publish(vhost_settings, loaded, "refuse", [{}])
     await wait_until(lambda: worker.stats.dead_lettered == 1, what="dead-lettered")
     [dead] = await drain_dead(vhost_settings)
-    assert dead.headers[DL_ERROR_TYPE] == "jobsys.errors.Reject"
-    assert dead.headers[DL_ERROR_MESSAGE] == "not for us"
+    assert dead.headers[HEADER_ERROR_TYPE] == "jobsys.errors.Reject"
+    assert dead.headers[HEADER_ERROR_MESSAGE] == "not for us"
 
 
 async def test_job_past_its_deadline_is_dead_lettered_as_a_timeout(
@@ -212,8 +199,8 @@ async def test_job_past_its_deadline_is_dead_lettered_as_a_timeout(
     await publish(vhost_settings, loaded, "slow", [{}])
     await wait_until(lambda: worker.stats.dead_lettered == 1, timeout_s=10, what="deadline")
     [dead] = await drain_dead(vhost_settings)
-    assert dead.headers[DL_ERROR_TYPE] == "TimeoutError"
-    assert "500ms" in str(dead.headers[DL_ERROR_MESSAGE])
+    assert dead.headers[HEADER_ERROR_TYPE] == "TimeoutError"
+    assert "500ms" in str(dead.headers[HEADER_ERROR_MESSAGE])
 
 
 async def test_sync_handler_runs_in_a_thread_and_an_overrun_is_settled_at_its_deadline(
@@ -228,7 +215,7 @@ async def test_sync_handler_runs_in_a_thread_and_an_overrun_is_settled_at_its_de
     await publish(vhost_settings, loaded, "sync_slow", [{}])
     await wait_until(lambda: worker.stats.dead_lettered == 1, what="sync overrun settled")
     [dead] = await drain_dead(vhost_settings)
-    assert dead.headers[DL_ERROR_TYPE] == "TimeoutError"
+    assert dead.headers[HEADER_ERROR_TYPE] == "TimeoutError"
 
 
 async def test_no_more_than_concurrency_handlers_run_at_once_and_prefetch_bounds_deliveries(
@@ -262,88 +249,3 @@ async def test_pools_cover_every_queue_a_handled_job_type_reaches_unless_queues_
     assert (other.concurrency, other.prefetch) == (1, 1)
     only = Worker(worker_apps.app, loaded, vhost_settings, WorkerOptions(queues=["wt.other"]))
     assert [p.queue for p in only.pools] == ["wt.other"]
-
-
-class _RecordingChannel:
-    """Records the acks ``Acks`` sends (no broker involved: this checks jobsys's own
-    coalescing rule, not what the broker does with it)."""
-
-    is_closed = False
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[int, bool]] = []
-
-    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
-        self.sent.append((tag, multiple))
-
-
-async def test_coalesced_acks_never_cover_a_job_that_has_not_finished() -> None:
-    from jobsys.consume.acks import Acks
-    from jobsys.consume.attempt import Job
-
-    channel = _RecordingChannel()
-    reported: list[tuple[list[int], list[int]]] = []
-    acks: Acks[Job] = Acks(
-        channel,  # type: ignore[arg-type]
-        lambda sent, lost: reported.append(([j.tag for j in sent], [j.tag for j in lost])),
-    )
-    jobs = {tag: Job(None, acks, tag) for tag in range(1, 7)}  # type: ignore[arg-type]
-    for tag in jobs:
-        acks.track(tag)
-    # 1, 2 and 4, 5 finish in the same loop turn; 3 and 6 are still running.
-    for tag in (1, 2, 4, 5):
-        acks.ack(jobs[tag])
-    await acks.flushed()
-    assert channel.sent == [(2, True), (4, False), (5, False)]
-    assert reported == [([1, 2, 4, 5], [])]
-    channel.sent.clear()
-    acks.ack(jobs[3])
-    await acks.flushed()
-    acks.ack(jobs[6])
-    await acks.flushed()
-    assert channel.sent == [(3, True), (6, True)]
-
-
-@pytest.mark.parametrize(
-    ("target", "message"),
-    [
-        ("no_colon", "expected MODULE:OBJECT"),
-        ("tests.integration.no_such_module:app", "cannot import"),
-        ("tests.integration.worker_apps:PROBE", "is not a jobsys App"),
-        ("tests.integration.worker_apps:nothere", "module 'tests.integration.worker_apps' has no"),
-    ],
-)
-def test_worker_command_refuses_a_bad_app_target_with_exit_2(
-    tmp_path: Path, target: str, message: str
-) -> None:
-    from click.testing import CliRunner
-
-    from jobsys.cli import main
-
-    worker_apps.loaded_topology(tmp_path)
-    result = CliRunner().invoke(
-        main, ["worker", target, "--topology", str(tmp_path / "topology.yaml")]
-    )
-    assert result.exit_code == 2
-    assert message in result.output
-
-
-def test_worker_command_refuses_a_queue_that_is_not_in_the_topology(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from jobsys.cli import main
-
-    worker_apps.loaded_topology(tmp_path)
-    result = CliRunner().invoke(
-        main,
-        [
-            "worker",
-            "tests.integration.worker_apps:app",
-            "--topology",
-            str(tmp_path / "topology.yaml"),
-            "--queue",
-            "nope",
-        ],
-    )
-    assert result.exit_code == 2
-    assert "queue(s) not in the topology: nope" in result.output

@@ -14,14 +14,10 @@ from urllib.parse import quote
 import pytest
 
 from jobsys.broker.connection import BrokerConnection
-from jobsys.consume.worker import Worker, WorkerOptions
+from jobsys.consume.options import WorkerOptions
 from jobsys.settings import Settings
-from tests.conftest import _management, settings_for_vhost
-from tests.harness.fault_proxy import FaultProxy
-from tests.harness.fixtures import node_settings
-from tests.harness.rabbit_node import RabbitNode
-from tests.integration import worker_apps
-from tests.integration.worker_apps import (
+from tests.apps import worker_apps
+from tests.apps.worker_apps import (
     PROBE,
     WORK,
     WorkerProcess,
@@ -30,6 +26,11 @@ from tests.integration.worker_apps import (
     read_records,
     wait_until,
 )
+from tests.conftest import _management, settings_for_vhost
+from tests.harness.fault_proxy import FaultProxy
+from tests.harness.fixtures import node_settings
+from tests.harness.rabbit_node import RabbitNode
+from tests.harness.running import running_worker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -162,10 +163,9 @@ async def test_worker_reconnects_through_connection_resets_and_finishes_every_jo
     via_proxy = vhost_settings.with_overrides(
         url=fault_proxy.url(vhost=quote(vhost_settings.vhost, safe="")), heartbeat_s=2
     )
-    worker = Worker(worker_apps.app, loaded, via_proxy, WorkerOptions(concurrency=4, prefetch=8))
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.ready.wait(), 15)
+    async with running_worker(
+        worker_apps.app, loaded, via_proxy, WorkerOptions(concurrency=4, prefetch=8)
+    ) as worker:
         first = await publish(vhost_settings, loaded, "echo", [{"n": i} for i in range(50)])
         await wait_until(lambda: set(PROBE.done) >= set(first), what="first batch done")
         fault_proxy.set_mode("reset")
@@ -179,11 +179,8 @@ async def test_worker_reconnects_through_connection_resets_and_finishes_every_jo
             timeout_s=60,
             what="every job done after the resets",
         )
-        assert not task.done()
+        assert not worker.stopping
         assert fault_proxy.connection_count >= 3
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
     assert await queue_depth(vhost_settings, WORK) == 0
 
 
@@ -197,10 +194,9 @@ async def test_ack_after_the_channel_reopened_is_logged_and_the_job_is_redeliver
     via_proxy = vhost_settings.with_overrides(
         url=fault_proxy.url(vhost=quote(vhost_settings.vhost, safe="")), heartbeat_s=2
     )
-    worker = Worker(worker_apps.app, loaded, via_proxy, WorkerOptions(concurrency=1, prefetch=1))
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.ready.wait(), 15)
+    async with running_worker(
+        worker_apps.app, loaded, via_proxy, WorkerOptions(concurrency=1, prefetch=1)
+    ) as worker:
         [job_id] = await publish(vhost_settings, loaded, "hold", [{}])
         await wait_until(lambda: PROBE.running == 1, what="the job running")
         connections = fault_proxy.connection_count
@@ -214,9 +210,6 @@ async def test_ack_after_the_channel_reopened_is_logged_and_the_job_is_redeliver
         await wait_until(lambda: worker.stats.lost_acks == 1, what="the lost ack")
         await wait_until(lambda: PROBE.done == [job_id, job_id], what="the redelivered run")
         await wait_until(lambda: worker.stats.done == 1, what="the second run acked")
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
     assert "the broker requeued the job" in caplog.text
     assert await queue_depth(vhost_settings, WORK) == 0
 

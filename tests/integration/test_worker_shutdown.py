@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from jobsys.settings import Settings
-from tests.integration import worker_apps
-from tests.integration.worker_apps import (
+from tests.apps import worker_apps
+from tests.apps.worker_apps import (
     WORK,
     WorkerProcess,
     publish,

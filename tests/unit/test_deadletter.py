@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from jobsys.errors import DecodeError
 from jobsys.wire.deadletter import (
+    TEXT_LIMIT,
+    TRACEBACK_LIMIT,
     dead_letter_headers,
     error_type_name,
     format_traceback,
     record_for,
+    replay_headers,
     truncate,
 )
-from jobsys.wire.envelope import (
-    DL_ATTEMPTS,
-    DL_ERROR_MESSAGE,
-    DL_ERROR_TYPE,
-    DL_ORIGINAL_QUEUE,
-    DL_TEXT_LIMIT,
-    DL_TRACEBACK,
-    DL_TRACEBACK_LIMIT,
+from jobsys.wire.headers import (
+    HEADER_ATTEMPT,
+    HEADER_ATTEMPTS,
+    HEADER_ERROR_MESSAGE,
+    HEADER_ERROR_TYPE,
     HEADER_JOB_ID,
+    HEADER_ORIGINAL_QUEUE,
+    HEADER_PUBLISHED_AT_MS,
+    HEADER_REPLAYS,
+    HEADER_TRACEBACK,
 )
+from tests.apps.dead_letters import dead_letter_headers as planted_headers
 
 
 def _raised(exc: BaseException) -> BaseException:
@@ -50,24 +55,26 @@ def test_headers_keep_the_originals_drop_the_death_history_and_add_the_reason() 
         "x-first-death-queue": "q",
         "x-last-death-reason": "expired",
     }
-    headers = dead_letter_headers(original, _record(_raised(RuntimeError("bad"))))
+    headers = dead_letter_headers(original, _record(_raised(RuntimeError("bad"))), job_id="job-1")
     assert headers[HEADER_JOB_ID] == "j1" and headers["tenant"] == "t"
     assert not any(k.startswith("x-") for k in headers)
-    assert headers[DL_ERROR_TYPE] == "RuntimeError"
-    assert headers[DL_ERROR_MESSAGE] == "bad"
-    assert headers[DL_ATTEMPTS] == 2 and headers[DL_ORIGINAL_QUEUE] == "q"
-    assert "RuntimeError: bad" in headers[DL_TRACEBACK]
+    assert headers[HEADER_ERROR_TYPE] == "RuntimeError"
+    assert headers[HEADER_ERROR_MESSAGE] == "bad"
+    assert headers[HEADER_ATTEMPTS] == 2 and headers[HEADER_ORIGINAL_QUEUE] == "q"
+    assert "RuntimeError: bad" in headers[HEADER_TRACEBACK]
 
 
 def test_message_errors_carry_no_traceback_and_a_qualified_type() -> None:
-    headers = dead_letter_headers(None, _record(DecodeError("body is not JSON"), False))
-    assert headers[DL_ERROR_TYPE] == "jobsys.errors.DecodeError"
-    assert DL_TRACEBACK not in headers
+    headers = dead_letter_headers(
+        None, _record(DecodeError("body is not JSON"), False), job_id="m-1"
+    )
+    assert headers[HEADER_ERROR_TYPE] == "jobsys.errors.DecodeError"
+    assert HEADER_TRACEBACK not in headers
 
 
 def test_long_error_messages_are_truncated_to_the_limit() -> None:
     record = _record(ValueError("x" * 10_000))
-    assert len(record.error_message) == DL_TEXT_LIMIT
+    assert len(record.error_message) == TEXT_LIMIT
     assert record.error_message.endswith("...")
     assert truncate("short", 10) == "short"
 
@@ -75,12 +82,12 @@ def test_long_error_messages_are_truncated_to_the_limit() -> None:
 def test_long_tracebacks_keep_their_tail_within_the_limit() -> None:
     try:
         try:
-            raise ValueError("v" * (2 * DL_TRACEBACK_LIMIT))
+            raise ValueError("v" * (2 * TRACEBACK_LIMIT))
         except ValueError as cause:
             raise KeyError("the-bottom") from cause
     except KeyError as exc:
         text = format_traceback(exc)
-    assert len(text) <= DL_TRACEBACK_LIMIT
+    assert len(text) <= TRACEBACK_LIMIT
     assert text.startswith("...(truncated)")
     assert "the-bottom" in text
 
@@ -99,3 +106,19 @@ def test_tracebacks_never_show_local_variables() -> None:
 def test_an_exception_without_a_message_is_named_by_its_type() -> None:
     assert _record(TimeoutError()).error_message == "TimeoutError"
     assert error_type_name(DecodeError("x")) == "jobsys.errors.DecodeError"
+
+
+def test_replay_headers_reset_attempts_and_drop_the_failure_record() -> None:
+    headers = planted_headers("j-9", attempts=5)
+    headers[HEADER_REPLAYS] = 2
+    headers["x-death"] = [{"count": 1}]
+    headers["traceparent"] = "00-abc-def-01"
+    replayed = replay_headers(headers)
+    assert replayed == {
+        HEADER_JOB_ID: "j-9",
+        HEADER_ATTEMPT: 1,
+        HEADER_PUBLISHED_AT_MS: 1_700_000_000_000,
+        HEADER_REPLAYS: 3,
+        "tenant": "acme",
+        "traceparent": "00-abc-def-01",
+    }

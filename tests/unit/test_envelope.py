@@ -10,9 +10,6 @@ import pytest
 from jobsys.errors import DecodeError, PayloadTooLargeError, PayloadValidationError
 from jobsys.wire.envelope import (
     CONTENT_TYPE,
-    HEADER_ATTEMPT,
-    HEADER_JOB_ID,
-    HEADER_PUBLISHED_AT_MS,
     Envelope,
     check_user_headers,
     decode_envelope,
@@ -20,7 +17,14 @@ from jobsys.wire.envelope import (
     encode_payload,
     new_job_id,
     new_message_id,
-    strip_death_headers,
+    read_identity,
+)
+from jobsys.wire.headers import (
+    HEADER_ATTEMPT,
+    HEADER_JOB_ID,
+    HEADER_PUBLISHED_AT_MS,
+    identity_headers,
+    strip_death,
 )
 
 LIMIT = 1024 * 1024
@@ -32,16 +36,14 @@ def decode(
     headers: dict[str, Any] | None = None,
     content_type: str | None = CONTENT_TYPE,
     message_type: str | None = "send_email",
-    priority: int | None = None,
 ) -> Envelope:
     if headers is None:
         headers = {HEADER_JOB_ID: "job-1", HEADER_ATTEMPT: 1}
     return decode_envelope(
         body,
+        read_identity(message_type, headers),
         content_type=content_type,
-        message_type=message_type,
         headers=headers,
-        priority=priority,
         max_bytes=LIMIT,
     )
 
@@ -67,26 +69,26 @@ def test_a_job_survives_encode_and_decode_unchanged(payload: Any) -> None:
         payload=payload,
         attempt=3,
         headers={"tenant": "acme"},
-        published_at_ms=1_700_000_000_000,
-        priority=5,
+    )
+    headers = identity_headers(
+        envelope.headers, job_id="job-1", attempt=3, published_at_ms=1_700_000_000_000
     )
 
     body = encode_payload(envelope.payload, LIMIT)
-    decoded = decode(
-        body, headers=envelope.amqp_headers(), priority=envelope.priority, message_type="send_email"
-    )
+    decoded = decode(body, headers=headers, message_type="send_email")
 
     assert decoded == envelope
+    assert read_identity("send_email", headers).published_at_ms == 1_700_000_000_000
 
 
 def test_the_body_is_compact_utf8_json_readable_by_any_client() -> None:
     assert encode_payload({"to": "café", "n": [1, 2]}, LIMIT) == '{"to":"café","n":[1,2]}'.encode()
 
 
-def test_amqp_headers_carry_the_job_id_attempt_and_publish_time_besides_the_users_own() -> None:
-    envelope = Envelope("job-1", "t", {}, attempt=2, headers={"tenant": "acme"}, published_at_ms=7)
+def test_identity_headers_carry_the_job_id_attempt_and_publish_time_besides_the_users_own() -> None:
+    headers = identity_headers({"tenant": "acme"}, job_id="job-1", attempt=2, published_at_ms=7)
 
-    assert envelope.amqp_headers() == {
+    assert headers == {
         "tenant": "acme",
         HEADER_JOB_ID: "job-1",
         HEADER_ATTEMPT: 2,
@@ -95,8 +97,8 @@ def test_amqp_headers_carry_the_job_id_attempt_and_publish_time_besides_the_user
     assert HEADER_ATTEMPT == "jobsys-attempt"  # never an x- header: the broker owns those
 
 
-def test_amqp_headers_stamp_the_publish_time_when_none_was_given() -> None:
-    stamped = Envelope("job-1", "t", {}).amqp_headers()[HEADER_PUBLISHED_AT_MS]
+def test_identity_headers_stamp_the_publish_time_when_none_was_given() -> None:
+    stamped = identity_headers({}, job_id="job-1")[HEADER_PUBLISHED_AT_MS]
 
     assert isinstance(stamped, int)
     assert stamped > 1_600_000_000_000
@@ -240,7 +242,7 @@ def test_decoded_user_headers_leave_out_jobsys_and_broker_headers() -> None:
     )
 
     assert envelope.headers == {"traceparent": "00-abc-def-01", "tenant": "acme"}
-    assert envelope.published_at_ms is None
+    assert read_identity("t", {HEADER_PUBLISHED_AT_MS: True}).published_at_ms is None
 
 
 # -- headers ------------------------------------------------------------------------------------
@@ -285,7 +287,7 @@ def test_strip_death_headers_removes_the_brokers_dead_letter_history_only() -> N
         "tenant": "acme",
     }
 
-    assert strip_death_headers(headers) == {
+    assert strip_death(headers) == {
         "x-custom": "kept",
         HEADER_ATTEMPT: 3,
         "tenant": "acme",

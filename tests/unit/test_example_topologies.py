@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from jobsys.topology.check import route_job_type
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.loader import load_topology
+from jobsys.topology.routing import route_job_type
 
 TOPOLOGY_DIR = Path(__file__).resolve().parents[2] / "topology"
 FILES = sorted(TOPOLOGY_DIR.glob("*.yaml")) + sorted(TOPOLOGY_DIR.glob("*.yml"))

@@ -12,7 +12,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from jobsys.observe import metrics, tracing
-from jobsys.wire.envelope import HEADER_PUBLISHED_AT_MS, now_ms
+from jobsys.wire.headers import HEADER_PUBLISHED_AT_MS, now_ms
 
 
 @pytest.fixture
@@ -91,14 +91,6 @@ def test_publishes_are_counted_by_job_type_exchange_and_kind(
         points, "jobsys.jobs.published", job_type="send_email", exchange="demo.jobs", kind="publish"
     )
     assert first.value == 2
-
-
-def test_jobs_dead_lettered_without_running_are_counted(reader: InMemoryMetricReader) -> None:
-    metrics.record_dead_lettered("unknown", "emails")
-    points = _points(reader)
-    assert (
-        _value(points, "jobsys.jobs.dead_lettered", job_type="unknown", queue="emails").value == 1
-    )
 
 
 def test_spans_feed_the_metrics_without_a_tracer_configured(reader: InMemoryMetricReader) -> None:

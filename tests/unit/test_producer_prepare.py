@@ -20,12 +20,8 @@ from jobsys.publish.properties import message_properties
 from jobsys.settings import Settings
 from jobsys.topology import delays
 from jobsys.topology.model import Topology
-from jobsys.wire.envelope import (
-    HEADER_ATTEMPT,
-    HEADER_JOB_ID,
-    HEADER_PUBLISHED_AT_MS,
-    new_message_id,
-)
+from jobsys.wire.envelope import new_message_id
+from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS
 
 TOPOLOGY = Topology.model_validate(
     {

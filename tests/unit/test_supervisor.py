@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from jobsys import errors
 from jobsys.cli import main
 from jobsys.cli import worker as worker_cli
-from jobsys.cli.common import exit_code_for as cli_exit_code_for
-from jobsys.process.child import ChildSpec, exit_code_for
+from jobsys.consume.options import WorkerOptions
+from jobsys.process.child import ChildSpec
 from jobsys.process.supervisor import (
     Backoff,
     CrashGuard,
@@ -28,7 +27,7 @@ from jobsys.process.supervisor import (
     describe_exit,
 )
 from jobsys.settings import Settings
-from tests.integration import supervisor_apps
+from tests.apps import supervisor_apps
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -58,32 +57,15 @@ def test_exit_descriptions_name_the_signal_that_killed_a_child() -> None:
 
 
 def test_a_child_spec_round_trips_through_its_command_line_and_carries_no_url() -> None:
-    spec = ChildSpec("pkg.mod:app", "/t/topology.yaml", ("a", "b"), 3, 6, 12.5, 100, 1)
+    spec = ChildSpec(
+        "pkg.mod:app", "/t/topology.yaml", WorkerOptions(("a", "b"), 3, 6, 12.5, 100), 1
+    )
 
     command = spec.command()
 
     assert command[:3] == [sys.executable, "-m", "jobsys.process.child"]
     assert ChildSpec.from_json(command[3]) == spec
     assert "amqp" not in " ".join(command)
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        errors.TopologyConflictError("x"),
-        errors.TopologyLoadError("x"),
-        errors.ConfigError("x"),
-        errors.DecodeError("x"),
-        errors.ConnectionFailed("x"),
-        errors.AccessRefused("x"),
-        errors.TopologyError("topology drift"),
-        errors.JobsysError("x"),
-    ],
-)
-def test_a_child_exits_with_the_same_code_as_the_command_line_for_each_error(
-    error: errors.JobsysError,
-) -> None:
-    assert exit_code_for(error) == cli_exit_code_for(error)
 
 
 def test_worker_command_forwards_its_options_to_the_children_and_the_url_through_the_env(
@@ -98,7 +80,7 @@ def test_worker_command_forwards_its_options_to_the_children_and_the_url_through
         return 0
 
     monkeypatch.setattr(worker_cli, "_supervise", fake_supervise)
-    args = ["-v", "worker", "tests.integration.supervisor_apps:app", "--topology", str(topology)]
+    args = ["-v", "worker", "tests.apps.supervisor_apps:app", "--topology", str(topology)]
     args += ["--queue", "sv.work", "--concurrency", "3", "--prefetch", "9", "--grace", "5s"]
     args += ["--processes", "2", "--max-jobs", "50", "--max-memory", "120"]
     args += ["--url", "amqp://u:secret@h:5672/v"]
@@ -107,13 +89,9 @@ def test_worker_command_forwards_its_options_to_the_children_and_the_url_through
 
     assert result.exit_code == 0, result.output
     assert seen["spec"] == ChildSpec(
-        "tests.integration.supervisor_apps:app",
+        "tests.apps.supervisor_apps:app",
         str(topology.resolve()),
-        ("sv.work",),
-        3,
-        9,
-        5.0,
-        50,
+        WorkerOptions(("sv.work",), 3, 9, 5.0, 50),
         1,
     )
     assert (seen["url"], seen["processes"], seen["mb"]) == ("amqp://u:secret@h:5672/v", 2, 120)

@@ -10,9 +10,9 @@ from pydantic import BaseModel
 
 from jobsys.errors import TopologyLoadError, TopologyValidationError
 from jobsys.topology import model
-from jobsys.topology.check import route_job_type
 from jobsys.topology.loader import load_topology_text
 from jobsys.topology.model import Topology, dead_letter_queue_name
+from jobsys.topology.routing import route_job_type
 
 BASE = """\
 version: 1

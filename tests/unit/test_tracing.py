@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -23,9 +22,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from jobsys.observe import tracing
+from jobsys.observe.propagation import extract
 from jobsys.observe.telemetry_setup import LoggedOnceSpanExporter, Telemetry, configure_from_env
-from jobsys.observe.tracing import HEADER_PREVIOUS_ATTEMPT, consume_span, extract, publish_span
-from jobsys.wire.envelope import HEADER_ATTEMPT, HEADER_JOB_ID, HEADER_PUBLISHED_AT_MS
+from jobsys.observe.tracing import consume_span, publish_span
+from jobsys.wire.headers import (
+    HEADER_ATTEMPT,
+    HEADER_JOB_ID,
+    HEADER_PREVIOUS_ATTEMPT,
+    HEADER_PUBLISHED_AT_MS,
+)
 
 JOB_ID = "5f0c8e3a-0000-4000-8000-000000000001"
 QUEUE = "emails"
@@ -67,7 +72,7 @@ def _publish(
     return headers
 
 
-def _attempt(headers: dict[str, Any], outcome: tracing.Outcome, then: Any = None) -> Any:
+def _attempt(headers: dict[str, Any], settled: str, then: Any = None) -> Any:
     """Run one attempt as the worker does; ``then`` publishes from inside it."""
     with consume_span(
         headers,
@@ -80,8 +85,8 @@ def _attempt(headers: dict[str, Any], outcome: tracing.Outcome, then: Any = None
         exchange="demo.jobs",
         routing_key="email.send",
     ) as attempt:
-        error = None if outcome == "ok" else RuntimeError("smtp server said no")
-        attempt.set_outcome(outcome, error)
+        error = None if settled == "ack" else RuntimeError("smtp server said no")
+        attempt.set_outcome(settled, error)
         return then() if then is not None else None
 
 
@@ -98,7 +103,7 @@ def test_job_failing_twice_then_succeeding_is_one_trace_with_links(
     first = sent
     second = _attempt(first, "retry", lambda: _publish(first, 2, "retry", delay_s=2.0))
     third = _attempt(second, "retry", lambda: _publish(second, 3, "retry", delay_s=4.0))
-    _attempt(third, "ok")
+    _attempt(third, "ack")
 
     spans = [s for s in exporter.get_finished_spans() if s.name != "http request"]
     assert len(spans) == 6
@@ -162,7 +167,7 @@ def test_consumer_span_records_queue_and_time_spent_queued(
     exporter: InMemorySpanExporter,
 ) -> None:
     headers = _publish({}, 1)
-    _attempt(headers, "ok")
+    _attempt(headers, "ack")
     consumer = next(s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER)
     attributes = _attrs(consumer)
     assert consumer.name == f"process {QUEUE}"
@@ -178,7 +183,7 @@ def test_dead_lettered_job_trace_ends_in_its_dead_letter_publish(
 ) -> None:
     first = _publish({}, 1)
     second = _attempt(first, "retry", lambda: _publish(first, 2, "retry"))
-    dead = _attempt(second, "dead_lettered", lambda: _publish(second, 2, "dead_letter"))
+    dead = _attempt(second, "dead_letter", lambda: _publish(second, 2, "dead_letter"))
 
     spans = _in_flow_order(list(exporter.get_finished_spans()))
     assert len({s.context.trace_id for s in spans}) == 1
@@ -198,10 +203,10 @@ def test_replayed_job_continues_its_trace_and_links_to_its_last_attempt(
     exporter: InMemorySpanExporter,
 ) -> None:
     first = _publish({}, 1)
-    dead = _attempt(first, "dead_lettered", lambda: _publish(first, 1, "dead_letter"))
+    dead = _attempt(first, "dead_letter", lambda: _publish(first, 1, "dead_letter"))
     # A replay runs in a separate process (jobsys dlq replay), outside any job's context.
     replayed = _publish(dead, 1, "replay", parent=extract(dead))
-    _attempt(replayed, "ok")
+    _attempt(replayed, "ack")
 
     publish, attempt1, dead_letter, replay, attempt2 = _in_flow_order(
         list(exporter.get_finished_spans())
@@ -254,7 +259,7 @@ def test_message_without_trace_headers_gets_a_root_consumer_span(
 def test_trace_headers_arriving_as_bytes_are_understood(exporter: InMemorySpanExporter) -> None:
     headers = _publish({}, 1)
     as_bytes = {k: v.encode() if isinstance(v, str) else v for k, v in headers.items()}
-    _attempt(as_bytes, "ok")
+    _attempt(as_bytes, "ack")
     publish, attempt = exporter.get_finished_spans()
     assert _parent_id(attempt) == publish.context.span_id
 
@@ -262,7 +267,7 @@ def test_trace_headers_arriving_as_bytes_are_understood(exporter: InMemorySpanEx
 def test_malformed_previous_attempt_header_is_ignored(exporter: InMemorySpanExporter) -> None:
     headers = _publish({}, 1)
     headers[HEADER_PREVIOUS_ATTEMPT] = "00-not-a-span"
-    _attempt(headers, "ok")
+    _attempt(headers, "ack")
     consumer = exporter.get_finished_spans()[-1]
     assert list(consumer.links) == []
 
@@ -293,7 +298,7 @@ def test_failing_instrumentation_never_fails_the_job_and_is_logged_once(
         with caplog.at_level(logging.WARNING, logger="jobsys.observe.tracing"):
             for attempt in (1, 2, 3):
                 headers = _publish({}, attempt)
-                _attempt(headers, "ok")
+                _attempt(headers, "ack")
     finally:
         tracing.use_tracer_provider(None)
     assert [r.message for r in caplog.records].count(
@@ -367,34 +372,6 @@ def test_otlp_without_the_optional_extra_says_how_to_install_it(
         telemetry = configure_from_env("jobsys-worker", env, set_global=False)
     assert telemetry == Telemetry()
     assert any("jobsys[otlp]" in r.getMessage() for r in caplog.records)
-
-
-@dataclass
-class _Delivery:
-    headers: dict[str, Any] | None
-    type: str | None = "send_email"
-    message_id: str | None = "m1"
-    exchange: str | None = "demo.jobs"
-    routing_key: str | None = "email.send"
-
-
-def test_consume_span_for_reads_a_raw_delivery_before_it_is_decoded(
-    exporter: InMemorySpanExporter,
-) -> None:
-    headers = _publish({}, 1)
-    headers[HEADER_ATTEMPT] = 2
-    with tracing.consume_span_for(_Delivery(headers), QUEUE) as attempt:
-        attempt.set_outcome("ok")
-    with tracing.consume_span_for(_Delivery(None, type=None, message_id=None), QUEUE):
-        pass
-    publish, consumer, undecodable = exporter.get_finished_spans()
-    assert _parent_id(consumer) == publish.context.span_id
-    assert consumer.attributes is not None
-    assert _attrs(consumer)["jobsys.job.attempt"] == 2
-    assert _attrs(consumer)["jobsys.job.id"] == JOB_ID
-    assert _attrs(consumer)["messaging.rabbitmq.destination.routing_key"] == "email.send"
-    assert undecodable.attributes is not None
-    assert _attrs(undecodable)["jobsys.job.type"] == "unknown"
 
 
 def test_importing_tracing_and_metrics_never_loads_the_sdk() -> None:

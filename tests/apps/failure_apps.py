@@ -28,7 +28,7 @@ from jobsys.ops.declare import apply_topology
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology
-from jobsys.wire.envelope import HEADER_JOB_ID
+from jobsys.wire.headers import HEADER_JOB_ID
 from tests.harness.ledger import Ledger
 from tests.harness.worker_subprocess import WorkerSubprocess
 from tests.harness.worker_subprocess import wait_until as harness_wait_until
@@ -36,7 +36,7 @@ from tests.harness.worker_subprocess import wait_until as harness_wait_until
 WORK = "ft.work"
 WORK_DEAD = "ft.work.dead"
 EXCHANGE = "ft.jobs"
-APP_TARGET = "tests.integration.failure_apps:app"
+APP_TARGET = "tests.apps.failure_apps:app"
 
 app = App()
 
@@ -215,7 +215,7 @@ async def wait_until(check: Callable[[], Any], timeout_s: float = 20.0, what: st
 
 
 class FailureWorker(WorkerSubprocess):
-    """``jobsys worker tests.integration.failure_apps:app`` in a subprocess; its handlers
+    """``jobsys worker tests.apps.failure_apps:app`` in a subprocess; its handlers
     write to ``tmp_path/<name>.record`` and its stderr goes to ``tmp_path/<name>.stderr``."""
 
     output_timeout_s = 30.0

@@ -1,6 +1,6 @@
 """Handler apps and helpers for the worker tests.
 
-``jobsys worker tests.integration.worker_apps:app --topology FILE`` runs ``app`` in a
+``jobsys worker tests.apps.worker_apps:app --topology FILE`` runs ``app`` in a
 subprocess; handlers that the subprocess tests watch append lines to the file named by
 ``JOBSYS_TEST_RECORD`` ("start <job id>" / "done <job id>"). In-process tests watch ``PROBE``.
 """
@@ -25,7 +25,8 @@ from jobsys.ops.declare import apply_topology
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology, load_topology_text
-from jobsys.wire.envelope import HEADER_JOB_ID, new_job_id
+from jobsys.wire.envelope import new_job_id
+from jobsys.wire.headers import HEADER_JOB_ID
 from tests.harness.worker_subprocess import WorkerSubprocess
 from tests.harness.worker_subprocess import wait_until as wait_until
 
@@ -241,13 +242,13 @@ async def drain_dead(settings: Settings, queue: str = WORK_DEAD) -> list[aio_pik
 
 
 class WorkerProcess(WorkerSubprocess):
-    """``jobsys worker tests.integration.worker_apps:app`` in a subprocess; handlers record to
+    """``jobsys worker tests.apps.worker_apps:app`` in a subprocess; handlers record to
     ``tmp_path/record.txt``, stderr goes to ``tmp_path/<name>.stderr``."""
 
     def __init__(self, tmp_path: Path, settings: Settings, *args: str, name: str = "w") -> None:
         self.record = tmp_path / "record.txt"
         super().__init__(
-            "tests.integration.worker_apps:app",
+            "tests.apps.worker_apps:app",
             tmp_path / "topology.yaml",
             tmp_path / f"{name}.stderr",
             {"JOBSYS_URL": settings.url, "JOBSYS_TEST_RECORD": str(self.record)},

@@ -1,0 +1,43 @@
+"""How one delivery is settled: the one vocabulary of a job's fate (pure).
+
+``retry.decide`` turns a failure into a ``retry`` or ``dead_letter`` outcome, an attempt that
+succeeded is ``ack``, and a delivery taken back unrun (shutdown) is ``requeue``;
+``settle.Settler`` carries each out. Spans and metrics show these kinds under their documented
+names (``ok``, ``retry``, ``dead_lettered``, ``requeued``), mapped in one place in
+``jobsys.observe.tracing``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+OutcomeKind = Literal["ack", "retry", "dead_letter", "requeue"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one delivery is settled, and why."""
+
+    kind: OutcomeKind
+    error: BaseException | None = None
+    #: A handler's traceback helps; a decoding error's only shows jobsys's own code.
+    with_traceback: bool = True
+    delay_s: float | None = None  # for "retry": how long the job waits before its next run
+    reason: str | None = None  # why the job is retried or dead-lettered
+
+    @classmethod
+    def dead_letter(
+        cls, error: BaseException, *, reason: str, with_traceback: bool = True
+    ) -> Outcome:
+        """Give up on the job: it goes to its queue's dead-letter queue with ``reason``."""
+        return cls("dead_letter", error=error, with_traceback=with_traceback, reason=reason)
+
+    @classmethod
+    def retry(cls, error: BaseException, delay_s: float, reason: str) -> Outcome:
+        """Run the job again after ``delay_s`` seconds, as its next attempt."""
+        return cls("retry", error=error, delay_s=delay_s, reason=reason)
+
+
+ACK = Outcome("ack")
+REQUEUE = Outcome("requeue")

@@ -1,0 +1,99 @@
+"""Serving one worker in a process: signals, logging, and the exit code a program ends with.
+
+Shared by ``jobsys worker`` (one worker in the command's own process) and the supervisor's
+children (``jobsys.process.child``), so both drain on the first SIGTERM/SIGINT, stop at once on
+the second, log the same way and exit with the codes docs/cli.md documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from jobsys.errors import (
+    AccessRefused,
+    ConfigError,
+    ConnectionFailed,
+    JobsysError,
+    MessageError,
+    TopologyConflictError,
+    TopologyLoadError,
+)
+
+if TYPE_CHECKING:
+    from jobsys.consume.worker import Worker
+
+#: Exit codes, documented in docs/cli.md.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the work was not (all) done: a publish not confirmed, a worker stopped early
+EXIT_INVALID = 2  # bad input: usage, an invalid topology file, a bad payload
+EXIT_CONFLICT = 3  # the broker's topology differs from the file
+EXIT_BROKER = 4  # the broker could not be reached or refused access
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_code_for(exc: JobsysError) -> int:
+    """The exit code a program ends with for ``exc``."""
+    if isinstance(exc, TopologyConflictError):
+        return EXIT_CONFLICT
+    if isinstance(exc, TopologyLoadError | ConfigError | MessageError):
+        return EXIT_INVALID
+    if isinstance(exc, ConnectionFailed | AccessRefused):
+        return EXIT_BROKER
+    return EXIT_FAILED
+
+
+def configure_logging(verbose: int) -> None:
+    """Log to stderr; ``verbose`` 1 shows jobsys's info, 2 everything at debug."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if verbose < 2:
+        # aio-pika logs every failed reconnect attempt with a traceback; jobsys says it once.
+        logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+
+
+class StopRequests:
+    """Counts stop signals and passes them to the worker once it runs; a signal that came while
+    the process was still starting is honoured as soon as the worker exists."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._worker: Worker | None = None
+
+    def request(self) -> None:
+        """One more stop request (a signal)."""
+        self.count += 1
+        if self._worker is not None:
+            self._worker.request_stop()
+
+    def attach(self, worker: Worker) -> None:
+        """Pass every request so far, and every later one, to ``worker``."""
+        self._worker = worker
+        for _ in range(self.count):
+            worker.request_stop()
+
+
+async def serve(worker: Worker, requests: StopRequests | None = None) -> int:
+    """Run ``worker`` until SIGTERM/SIGINT: the first signal drains, a second stops at once.
+
+    Returns the exit code: 0 when it drained gracefully, 1 when jobs were left unfinished.
+    Fatal errors (refused access, topology drift) raise from ``worker.run()``.
+    """
+    requests = requests or StopRequests()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, requests.request)
+    requests.attach(worker)
+    try:
+        await worker.run()
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+    return EXIT_OK if worker.graceful else EXIT_FAILED

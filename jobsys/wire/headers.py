@@ -1,0 +1,153 @@
+"""Every ``jobsys-`` header, grouped by what it says, with typed readers and the pure builders of
+the headers a job carries when it is published, retried or dead-lettered (pure, no I/O).
+
+The names never start with ``x-``: the broker owns those and, from 3.13, ignores client-set
+``x-death``. The values on the wire are part of the format other programs read; they never
+change, even where a constant is renamed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "jobsys-"
+
+# -- identity: which job, which run of it ----------------------------------------------------
+HEADER_JOB_ID = "jobsys-job-id"
+HEADER_ATTEMPT = "jobsys-attempt"
+HEADER_PUBLISHED_AT_MS = "jobsys-published-at-ms"
+HEADER_REPLAYS = "jobsys-replays"
+
+# -- origin: where a job was first published, and when trouble began -------------------------
+# A retry or a delayed job arrives through the delivery exchange; these say where it was meant
+# to go, so that its dead-letter record can name that after any number of retries.
+HEADER_ORIGINAL_EXCHANGE = "jobsys-original-exchange"
+HEADER_ORIGINAL_ROUTING_KEY = "jobsys-original-routing-key"
+#: Set on the first retry and carried on, so the dead-letter record knows when trouble began.
+HEADER_FIRST_FAILED_AT_MS = "jobsys-first-failed-at-ms"
+
+# -- the dead-letter record (never the body, never a password) -------------------------------
+HEADER_ERROR_TYPE = "jobsys-error-type"
+HEADER_ERROR_MESSAGE = "jobsys-error-message"  # truncated
+HEADER_TRACEBACK = "jobsys-traceback"  # truncated, without local variables
+HEADER_ATTEMPTS = "jobsys-attempts"
+HEADER_FAILED_AT_MS = "jobsys-failed-at-ms"
+HEADER_ORIGINAL_QUEUE = "jobsys-original-queue"
+HEADER_WORKER_HOST = "jobsys-worker-host"
+#: Why the job was given up on, e.g. "gave up after 3 attempts: TimeoutError".
+HEADER_DEAD_LETTER_REASON = "jobsys-dead-letter-reason"
+
+# -- the trace link ---------------------------------------------------------------------------
+#: The span context of the attempt before this one, so attempts link up across retries.
+HEADER_PREVIOUS_ATTEMPT = "jobsys-previous-attempt"
+
+_BROKER_DEATH_HEADERS = ("x-death",)
+_BROKER_DEATH_PREFIXES = ("x-first-death-", "x-last-death-")
+
+
+def now_ms() -> int:
+    """Wall-clock time in milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
+# -- typed readers ----------------------------------------------------------------------------
+
+
+def text(value: object) -> str | None:
+    """A header value as text: a string, or bytes decoded as UTF-8 (bad bytes replaced)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def integer(value: object) -> int | None:
+    """A header value as an integer (booleans are not integers here)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def positive_int(value: object) -> int | None:
+    """A header value as an integer above zero; None for anything else."""
+    number = integer(value)
+    return number if number is not None and number > 0 else None
+
+
+def strip_death(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """Headers without the broker's dead-letter history. Republishing a message that carries
+    ``x-death`` through TTL queues makes the broker see a cycle and drop it silently."""
+    return {
+        k: v
+        for k, v in headers.items()
+        if k not in _BROKER_DEATH_HEADERS and not k.startswith(_BROKER_DEATH_PREFIXES)
+    }
+
+
+# -- builders ---------------------------------------------------------------------------------
+
+
+def identity_headers(
+    user_headers: Mapping[str, Any],
+    *,
+    job_id: str,
+    attempt: int = 1,
+    published_at_ms: int | None = None,
+) -> dict[str, Any]:
+    """The headers of a job as first published: the user's own plus its identity."""
+    headers = dict(user_headers)
+    headers[HEADER_JOB_ID] = job_id
+    headers[HEADER_ATTEMPT] = attempt
+    headers[HEADER_PUBLISHED_AT_MS] = published_at_ms if published_at_ms is not None else now_ms()
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """The exchange and routing key a job was first published with."""
+
+    exchange: str
+    routing_key: str
+
+
+def origin_headers(origin: Origin) -> dict[str, str]:
+    """The headers that carry ``origin`` on a job that travels through the delay levels."""
+    return {
+        HEADER_ORIGINAL_EXCHANGE: origin.exchange,
+        HEADER_ORIGINAL_ROUTING_KEY: origin.routing_key,
+    }
+
+
+def origin_of(headers: Mapping[str, Any], exchange: str, routing_key: str) -> Origin:
+    """Where a delivered job was first published: its origin headers when it came through the
+    delay levels, else the ``exchange`` and ``routing_key`` it was delivered with."""
+    original_exchange = text(headers.get(HEADER_ORIGINAL_EXCHANGE))
+    original_key = text(headers.get(HEADER_ORIGINAL_ROUTING_KEY))
+    if original_exchange is None or original_key is None:
+        return Origin(exchange, routing_key)
+    return Origin(original_exchange, original_key)
+
+
+def first_failed_at_ms(headers: Mapping[str, Any], now: int) -> int:
+    """When the job first failed: the carried time, or ``now`` for a first failure."""
+    return positive_int(headers.get(HEADER_FIRST_FAILED_AT_MS)) or now
+
+
+def retry_headers(
+    original: Mapping[str, Any],
+    *,
+    job_id: str,
+    attempt: int,
+    origin: Origin,
+    first_failed_at_ms: int,
+    published_at_ms: int | None = None,
+) -> dict[str, Any]:
+    """The headers of a job published again as run ``attempt``: the original ones without the
+    broker's death history, a fresh identity, and its origin and first failure carried on."""
+    headers = strip_death(original)
+    headers.update(
+        identity_headers({}, job_id=job_id, attempt=attempt, published_at_ms=published_at_ms)
+    )
+    headers[HEADER_FIRST_FAILED_AT_MS] = first_failed_at_ms
+    headers.update(origin_headers(origin))
+    return headers
