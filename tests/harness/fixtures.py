@@ -7,6 +7,7 @@ it fails; an ``atexit`` hook in ``rabbit_node`` kills whatever is left.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -16,8 +17,12 @@ from jobsys.settings import Settings
 from tests.harness.fault_proxy import FaultProxy
 from tests.harness.rabbit_node import RabbitCluster, RabbitNode
 
-OWN_BROKER_N = 2  # rabbit2@localhost, AMQP 5673
-CLUSTER_NS = (3, 4, 5)  # rabbit3..5@localhost, AMQP 5674-5676
+#: The suite's nodes are rabbitN@localhost on AMQP port 5671+N from this N on (default 2: the own
+#: broker rabbit2 on 5673, the cluster rabbit3..5 on 5674-5676). Test runs that overlap on one
+#: machine give each run its own range, e.g. JOBSYS_TEST_NODES_FROM=12.
+_FIRST_N = int(os.environ.get("JOBSYS_TEST_NODES_FROM", "2"))
+OWN_BROKER_N = _FIRST_N
+CLUSTER_NS = (_FIRST_N + 1, _FIRST_N + 2, _FIRST_N + 3)
 
 
 def node_settings(node: RabbitNode | str, **overrides: object) -> Settings:

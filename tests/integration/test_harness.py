@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractConnection
 
 from jobsys.broker.connection import BrokerConnection
 from tests.harness.fault_proxy import FaultProxy
-from tests.harness.fixtures import node_settings
+from tests.harness.fixtures import OWN_BROKER_N, node_settings
 from tests.harness.rabbit_node import RabbitCluster, RabbitNode
 
 
@@ -40,11 +40,11 @@ async def _round_trip(connection: AbstractConnection) -> None:
 
 
 async def test_own_node_starts_and_accepts_an_amqp_connection(running_own_broker: RabbitNode):
-    assert running_own_broker.port == 5673
+    assert running_own_broker.port == 5671 + OWN_BROKER_N  # 5673 unless moved for a parallel run
     async with BrokerConnection(node_settings(running_own_broker)) as broker:
         assert broker.server_version[:2] >= (3, 10)
         await _round_trip(broker.connection)
-    assert "rabbit2@localhost" in running_own_broker.ctl("status")
+    assert f"rabbit{OWN_BROKER_N}@localhost" in running_own_broker.ctl("status")
 
 
 async def test_durable_queue_and_persistent_messages_survive_kill_9_and_restart(
