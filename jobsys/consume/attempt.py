@@ -22,7 +22,7 @@ from jobsys.consume.acks import Acks
 from jobsys.consume.outcome import ACK, Outcome
 from jobsys.consume.retry import decide
 from jobsys.duration import format_duration
-from jobsys.errors import HandlerSignal, MessageError
+from jobsys.errors import MessageError
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 from jobsys.wire.envelope import Identity, JobProperties, decode_envelope, read_identity
@@ -127,12 +127,15 @@ class AttemptRunner:
             args = (payload,)
         try:
             await self._call(handler, args, delivery)
-        except (Exception, HandlerSignal) as exc:
-            return self.failed(delivery, exc)
-        except asyncio.CancelledError as exc:
-            if cancel_requested():
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and cancel_requested():
                 raise  # a hard stop: leave the job unsettled, the broker redelivers it
-            return self.failed(delivery, exc)  # the handler's own cancellation is a failure
+            # Anything else a handler raises is its failure, whatever its class: its own
+            # CancelledError, ``sys.exit()``, KeyboardInterrupt, a BaseException subclass of a
+            # careless library. Let through, it would end the worker (exit code 3 reads as
+            # "topology differs") or leave the job unacked forever, and the job would come
+            # back to do it again on the next worker.
+            return self.failed(delivery, exc)
         return ACK
 
     def failed(self, delivery: Delivery, error: BaseException) -> Outcome:

@@ -286,12 +286,18 @@ class Worker:
 
     async def _run_jobs(self, pool: Pool) -> None:
         # One runner takes waiting jobs one after the other; at most ``concurrency`` runners.
-        while (delivery := self._next_waiting(pool)) is not None:
-            self._in_progress += 1
-            try:
-                await self._attempt(delivery, pool)
-            finally:
-                self._in_progress -= 1
+        try:
+            while (delivery := self._next_waiting(pool)) is not None:
+                self._in_progress += 1
+                try:
+                    await self._attempt(delivery, pool)
+                finally:
+                    self._in_progress -= 1
+        finally:
+            # The runner leaves in the same loop turn as its last look at the waiting jobs. Were
+            # it counted as gone only in its done-callback, a delivery arriving in between would
+            # see the pool full, start no runner, and wait unrun until the next delivery.
+            pool.running -= 1
 
     async def _attempt(self, delivery: Delivery, pool: Pool) -> None:
         identity = delivery.identify()
@@ -314,7 +320,6 @@ class Worker:
             span.set_outcome(settled.kind, settled.error)
 
     def _runner_done(self, pool: Pool, runner: asyncio.Task[None]) -> None:
-        pool.running -= 1
         self._running.discard(runner)
         if not self._running:
             self._idle.set()
