@@ -32,10 +32,14 @@ from tenacity import (
     wait_exponential,
 )
 
+from jobsys.broker import decoding
 from jobsys.errors import AccessRefused, BrokerError, ConnectionFailed, JobsysError
 from jobsys.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: RabbitMQ's default frame_max, for a connection that did not name one.
+DEFAULT_FRAME_MAX = 131_072
 
 START_HINT = (
     "start one with `docker compose up -d rabbitmq` or `rabbitmq-server -detached`, "
@@ -154,6 +158,9 @@ class BrokerConnection:
     """One robust connection to RabbitMQ, opened explicitly and closed explicitly."""
 
     def __init__(self, settings: Settings) -> None:
+        # Before any frame arrives: a message whose short strings are not UTF-8 must not be
+        # able to drop the connection (jobsys.broker.decoding).
+        decoding.install()
         self.settings = settings
         self._connection: AbstractRobustConnection | None = None
 
@@ -230,6 +237,15 @@ class BrokerConnection:
         if transport is None:  # the robust connection is between reconnects
             raise ConnectionFailed(f"lost the connection to {self.settings.masked_url}")
         return transport.connection
+
+    @property
+    def frame_max(self) -> int:
+        """The largest frame the connection may send, as negotiated with the broker (the
+        AMQP content header -- all of a message's properties and headers -- must fit one)."""
+        tune = getattr(self.amqp, "connection_tune", None)
+        frame_max = int(getattr(tune, "frame_max", 0) or 0)
+        # 0 means "no limit" in AMQP; RabbitMQ always names one (131072 by default).
+        return frame_max or DEFAULT_FRAME_MAX
 
     async def plain_channel(self) -> aiormq.abc.AbstractChannel:
         """A plain aiormq channel, not a robust one: for probes and passive declares that the

@@ -22,10 +22,16 @@ from jobsys.consume.acks import Acks
 from jobsys.consume.outcome import ACK, Outcome
 from jobsys.consume.retry import decide
 from jobsys.duration import format_duration
-from jobsys.errors import MessageError
+from jobsys.errors import DecodeError, MessageError
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
-from jobsys.wire.envelope import Identity, JobProperties, decode_envelope, read_identity
+from jobsys.wire.envelope import (
+    Identity,
+    JobProperties,
+    decode_envelope,
+    not_utf8,
+    read_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +93,26 @@ class Delivery:
         )
 
 
+def _check_utf8(props: spec.Basic.Properties) -> None:
+    """Refuse a delivery whose short strings carry bytes that were not UTF-8 (decoded
+    leniently by ``jobsys.broker.decoding``, so the connection survived them)."""
+    problem = not_utf8(
+        {
+            "type": props.message_type,
+            "message_id": props.message_id,
+            "content_type": props.content_type,
+            "content_encoding": props.content_encoding,
+            "correlation_id": props.correlation_id,
+            "reply_to": props.reply_to,
+            "app_id": props.app_id,
+            "user_id": props.user_id,
+        },
+        props.headers or (),
+    )
+    if problem is not None:
+        raise DecodeError(problem)
+
+
 class AttemptRunner:
     """Runs attempts of the jobs of ``topology`` with ``app``'s handlers."""
 
@@ -102,6 +128,7 @@ class AttemptRunner:
         return its outcome."""
         props = delivery.message.header.properties
         try:
+            _check_utf8(props)
             envelope = decode_envelope(
                 delivery.message.body,
                 delivery.identity,

@@ -24,13 +24,28 @@ from jobsys.consume.attempt import Delivery
 from jobsys.consume.options import WorkerStats
 from jobsys.consume.outcome import Outcome
 from jobsys.duration import format_duration
-from jobsys.errors import AccessRefused, JobsysError, TopologyError, UnroutableError
+from jobsys.errors import (
+    AccessRefused,
+    JobsysError,
+    MessageError,
+    TopologyError,
+    UnroutableError,
+)
 from jobsys.publish.producer import Producer
 from jobsys.topology.delays import delay_route
 from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
 from jobsys.wire.deadletter import dead_letter_headers, record_for
 from jobsys.wire.envelope import new_job_id
-from jobsys.wire.headers import first_failed_at_ms, now_ms, origin_of, retry_headers
+from jobsys.wire.headers import (
+    HEADER_DROPPED_HEADERS,
+    dropped_digest,
+    escape_invalid,
+    first_failed_at_ms,
+    now_ms,
+    origin_of,
+    retry_headers,
+    sendable_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +83,7 @@ class Settler:
             await delivery.acks.nack(delivery.tag)
             return outcome
         try:
-            published = await self._republish(delivery, outcome, queue)
+            applied = await self._republish(delivery, outcome, queue)
         except (UnroutableError, AccessRefused) as exc:
             # Requeueing and carrying on would bring the job straight back, forever: keep it
             # in its queue and stop with one message.
@@ -76,9 +91,10 @@ class Settler:
             await delivery.acks.nack(delivery.tag)
             self._on_fatal(_cannot_republish(exc, outcome, queue))
             return Outcome("requeue", error=outcome.error)
-        if not published:
+        if applied is None:
             await delivery.acks.nack(delivery.tag)  # keep the job: better twice than never
             return Outcome("requeue", error=outcome.error)
+        outcome = applied
         delivery.counted = True
         self._log(delivery, outcome, queue)
         if outcome.kind == "retry":
@@ -102,17 +118,61 @@ class Settler:
             )
         self._on_settled()
 
-    async def _republish(self, delivery: Delivery, outcome: Outcome, queue: str) -> bool:
-        """Publish the retry or the dead letter of ``delivery`` and await the confirm; False
-        (logged) when it was not confirmed. Raises ``UnroutableError`` or ``AccessRefused``
-        when no such publish can ever get through."""
+    async def _republish(self, delivery: Delivery, outcome: Outcome, queue: str) -> Outcome | None:
+        """Publish the retry or the dead letter of ``delivery`` and await the confirm; returns
+        the outcome applied, or None (logged) when the publish was not confirmed. Raises
+        ``UnroutableError`` or ``AccessRefused`` when no such publish can ever get through.
+
+        A copy that cannot be published as it is (headers too large for a frame, values no
+        client can encode) is dead-lettered without them: its record says why, and a digest
+        stands in for the headers. Sending it anyway would make the broker close the whole
+        connection, redeliver it, and run every other job on that connection again.
+        """
+        try:
+            await self._publish_copy(delivery, outcome, queue, trimmed=None)
+        except MessageError as exc:
+            if outcome.kind == "retry":
+                outcome = Outcome.dead_letter(
+                    outcome.error or exc,
+                    reason=f"cannot be retried: {exc}",
+                    with_traceback=outcome.with_traceback,
+                )
+            try:
+                await self._publish_copy(delivery, outcome, queue, trimmed=str(exc))
+            except MessageError as again:  # only the job's own properties are left: a bug
+                log.error("job %s: cannot dead-letter it even trimmed: %s", delivery.job_id, again)
+                return None
+        except (UnroutableError, AccessRefused):
+            raise  # the topology or the permissions are wrong: the worker must stop, not loop
+        except JobsysError as exc:
+            # Refused (full) or unknown: the original is requeued, so the job is not lost.
+            # Only when the outcome is unknown may the copy have gone out too, and the job then
+            # runs twice (delivery is at least once; handlers are idempotent by job id).
+            log.error(
+                "job %s (%s): %s publish failed, requeueing the job: %s",
+                delivery.job_id,
+                delivery.job_type,
+                outcome.kind.replace("_", "-"),
+                exc,
+            )
+            return None
+        return outcome
+
+    async def _publish_copy(
+        self, delivery: Delivery, outcome: Outcome, queue: str, *, trimmed: str | None
+    ) -> None:
+        """Publish the retry or dead letter of ``delivery``; ``trimmed`` (why the original
+        headers could not go along) makes it a dead letter carrying only its identity, the
+        record and a digest of the headers."""
         assert outcome.error is not None
         message = delivery.message
-        original = message.header.properties.headers or {}
+        original = sendable_headers(message.header.properties.headers or {})
         deliver = delivery.deliver
         origin = origin_of(original, deliver.exchange or "", deliver.routing_key or "")
         first_failure = first_failed_at_ms(original, now_ms())
-        job_id = delivery.job_id or message.header.properties.message_id or new_job_id()
+        job_id = delivery.job_id or escape_invalid(
+            message.header.properties.message_id or new_job_id()
+        )
         if outcome.kind == "retry":
             route = delay_route(queue, outcome.delay_s or 0.0, self.producer.delay_levels)
             exchange, routing_key, delay_s = route.exchange, route.routing_key, route.delay_s
@@ -127,6 +187,9 @@ class Settler:
         else:
             target = routing_key = dead_letter_queue_name(queue)
             exchange, delay_s = DEAD_LETTER_EXCHANGE, None
+            reason = outcome.reason
+            if trimmed is not None:
+                reason = f"{reason or 'dead-lettered'}; original headers dropped: {trimmed}"
             record = record_for(
                 outcome.error,
                 attempts=delivery.attempt,
@@ -137,35 +200,22 @@ class Settler:
                 worker_host=self.host,
                 with_traceback=outcome.with_traceback,
                 first_failed_at_ms=first_failure,
-                reason=outcome.reason,
+                reason=reason,
             )
-            headers = dead_letter_headers(original, record, job_id=job_id)
-        try:
-            await self.producer.republish(
-                message.body,
-                headers,
-                exchange,
-                routing_key,
-                kept=delivery.kept_properties(),
-                kind="retry" if outcome.kind == "retry" else "dead_letter",
-                delay_s=delay_s,
-                queues=(target,),
-            )
-        except (UnroutableError, AccessRefused):
-            raise  # the topology or the permissions are wrong: the worker must stop, not loop
-        except JobsysError as exc:
-            # Refused (full) or unknown: the original is requeued, so the job is not lost.
-            # Only when the outcome is unknown may the copy have gone out too, and the job then
-            # runs twice (delivery is at least once; handlers are idempotent by job id).
-            log.error(
-                "job %s (%s): %s publish failed, requeueing the job: %s",
-                delivery.job_id,
-                delivery.job_type,
-                outcome.kind.replace("_", "-"),
-                exc,
-            )
-            return False
-        return True
+            kept_headers = original
+            if trimmed is not None:
+                kept_headers = {HEADER_DROPPED_HEADERS: dropped_digest(original)}
+            headers = dead_letter_headers(kept_headers, record, job_id=job_id)
+        await self.producer.republish(
+            message.body,
+            headers,
+            exchange,
+            routing_key,
+            kept=delivery.kept_properties().sendable(),
+            kind="retry" if outcome.kind == "retry" else "dead_letter",
+            delay_s=delay_s,
+            queues=(target,),
+        )
 
     def _log(self, delivery: Delivery, outcome: Outcome, queue: str) -> None:
         error_type = type(outcome.error).__name__

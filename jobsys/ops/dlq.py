@@ -32,7 +32,7 @@ from jobsys.topology.delays import DELIVERY_EXCHANGE, delay_route
 from jobsys.topology.model import dead_letter_queue_name
 from jobsys.wire.deadletter import DeadJob, dead_job, replay_headers
 from jobsys.wire.envelope import JobProperties
-from jobsys.wire.headers import HEADER_JOB_ID, text
+from jobsys.wire.headers import HEADER_JOB_ID, escape_invalid, sendable_headers, text
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,11 @@ async def peek(
             scanned += 1
             last = message
             if where.matches(message):
-                jobs.append(dead_job(_headers(message), message.type, len(message.body)))
+                # Escaped: a message another client published may carry bytes that are not
+                # UTF-8 where AMQP wants text (decoded leniently, see jobsys.broker.decoding).
+                job_type = escape_invalid(message.type) if message.type else None
+                headers = sendable_headers(_headers(message))
+                jobs.append(dead_job(headers, job_type, len(message.body)))
         if last is not None:
             # One nack puts every job read back, in order, without a redelivery loop.
             await last.nack(multiple=True, requeue=True)
@@ -244,11 +248,11 @@ async def _replay_one(
         reply_to=message.reply_to,
         app_id=message.app_id,
         timestamp=message.timestamp,
-    )
+    ).sendable()
     # The replay continues the job's trace, as a child of its dead-letter publish.
     await producer.republish(
         message.body,
-        replay_headers(_headers(message)),
+        replay_headers(sendable_headers(_headers(message))),
         DELIVERY_EXCHANGE,
         routing_key,
         kept=kept,

@@ -34,11 +34,12 @@ from typing import Any
 
 from aio_pika import RobustChannel
 from opentelemetry.context import Context
+from pamqp import commands as spec
 from pydantic import BaseModel
 
 from jobsys.broker.confirm import ConfirmChannel, Outgoing
 from jobsys.broker.connection import BrokerConnection
-from jobsys.errors import ConnectionFailed, JobsysError
+from jobsys.errors import ConnectionFailed, JobsysError, MessageError
 from jobsys.observe import tracing
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
 from jobsys.publish.properties import copied_properties, message_properties
@@ -53,6 +54,9 @@ __all__ = ["JobRequest", "PreparedJob", "Producer", "PublishResult", "Receipt"]
 
 log = logging.getLogger(__name__)
 
+#: Bytes of a content-header frame besides the properties: the frame's type, channel, size and
+#: end octet (8), the class id, weight and body size (12).
+_CONTENT_HEADER_OVERHEAD = 20
 #: Confirms ``publish_many`` keeps in flight at once.
 DEFAULT_WINDOW = 512
 
@@ -253,7 +257,7 @@ class Producer:
             kind=kind,
             parent=parent,
         ):
-            props = copied_properties(kept, headers, message_id)
+            props = self._copied(outgoing, kept, headers, message_id)
             await self._channel().publish(outgoing, props)
         return Receipt(job_id, outgoing.job_type, exchange, routing_key, message_id, delay_s)
 
@@ -295,6 +299,17 @@ class Producer:
             props = message_properties(out.job_type, priority, headers, message_id)
             await self._channel().publish(out, props)
         return Receipt(out.job_id, out.job_type, out.exchange, out.routing_key, message_id, delay_s)
+
+    def _copied(
+        self, out: Outgoing, kept: JobProperties, headers: dict[str, Any], message_id: str
+    ) -> spec.Basic.Properties:
+        # The content header (every property, headers included) must fit one frame: a larger
+        # one makes the broker close the whole connection, taking every delivery on it along.
+        limit = self.connection.frame_max - _CONTENT_HEADER_OVERHEAD
+        try:
+            return copied_properties(kept, headers, message_id, max_bytes=limit)
+        except MessageError as exc:
+            raise type(exc)(f"job {out.job_id} ({out.job_type}) was not published: {exc}") from None
 
     def _channel(self) -> ConfirmChannel:
         if self._confirms is None:

@@ -19,6 +19,7 @@ from typing import Any
 from pamqp import commands as spec
 from pamqp import encode
 
+from jobsys.errors import PayloadTooLargeError, PayloadValidationError
 from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE, JobProperties
 
 #: ``delivery_mode`` of a persistent message.
@@ -49,11 +50,16 @@ def message_properties(
 
 
 def copied_properties(
-    kept: JobProperties, headers: dict[str, Any], message_id: str
+    kept: JobProperties, headers: dict[str, Any], message_id: str, *, max_bytes: int
 ) -> spec.Basic.Properties:
     """The properties of a republished job: what it ``kept`` of its original, persistent, with
-    a fresh ``message_id`` (aiormq matches a ``basic.return`` to its publish by it)."""
-    return spec.Basic.Properties(
+    a fresh ``message_id`` (aiormq matches a ``basic.return`` to its publish by it).
+
+    They are encoded here, before any I/O: values no AMQP client can encode raise
+    ``PayloadValidationError``, and properties over ``max_bytes`` encoded (they must fit one
+    frame, or the broker closes the whole connection) raise ``PayloadTooLargeError``.
+    """
+    props = spec.Basic.Properties(
         content_type=kept.content_type,
         content_encoding=kept.content_encoding,
         headers=headers,
@@ -66,6 +72,19 @@ def copied_properties(
         message_type=kept.job_type,
         app_id=kept.app_id,
     )
+    try:
+        # Encoded once more on the way out; a republish is not the hot path.
+        size = len(props.marshal())
+    except (TypeError, ValueError, OverflowError, struct.error) as exc:
+        raise PayloadValidationError(
+            f"its properties or headers cannot be encoded as AMQP ({exc})"
+        ) from None
+    if size > max_bytes:
+        raise PayloadTooLargeError(
+            f"its properties and headers are {size} bytes encoded; one AMQP frame carries at "
+            f"most {max_bytes} here"
+        )
+    return props
 
 
 class _PreEncodedProperties(spec.Basic.Properties):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +22,8 @@ from jobsys.wire.headers import (
     HEADER_JOB_ID,
     HEADER_PUBLISHED_AT_MS,
     PREFIX,
+    escape_invalid,
+    is_utf8,
     positive_int,
     text,
 )
@@ -85,11 +87,40 @@ class JobProperties:
     app_id: str | None = None
     timestamp: datetime | None = None
 
+    def sendable(self) -> JobProperties:
+        """These properties with any bytes that were not UTF-8 escaped (see
+        ``jobsys.wire.headers.escape_invalid``), so that they can be published again."""
+        return replace(
+            self,
+            job_type=_escaped(self.job_type),
+            content_type=_escaped(self.content_type),
+            content_encoding=_escaped(self.content_encoding),
+            correlation_id=_escaped(self.correlation_id),
+            reply_to=_escaped(self.reply_to),
+            app_id=_escaped(self.app_id),
+        )
+
+
+def _escaped(value: str | None) -> str | None:
+    return escape_invalid(value) if value is not None else None
+
+
+def not_utf8(properties: Mapping[str, str | None], header_names: Iterable[str]) -> str | None:
+    """Why a delivery cannot be trusted because of bytes that were not UTF-8 in its AMQP short
+    strings (property values by name, header names), or None when there are none."""
+    for name, value in properties.items():
+        if value is not None and not is_utf8(value):
+            return f"AMQP property {name!r} is not UTF-8: {escape_invalid(value)!r}"
+    for name in header_names:
+        if not is_utf8(name):
+            return f"a header name is not UTF-8: {escape_invalid(name)!r}"
+    return None
+
 
 def read_identity(message_type: str | None, headers: Mapping[str, Any] | None) -> Identity:
     """The identity of a delivery with AMQP ``type`` ``message_type`` and ``headers``."""
     headers = headers or {}
-    job_type = message_type or None
+    job_type = escape_invalid(message_type) if message_type else None
     job_id = text(headers.get(HEADER_JOB_ID)) or None
     raw_attempt = headers.get(HEADER_ATTEMPT, 1)
     attempt = positive_int(raw_attempt)

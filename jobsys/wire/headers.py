@@ -8,6 +8,7 @@ change, even where a constant is renamed.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ HEADER_ORIGINAL_QUEUE = "jobsys-original-queue"
 HEADER_WORKER_HOST = "jobsys-worker-host"
 #: Why the job was given up on, e.g. "gave up after 3 attempts: TimeoutError".
 HEADER_DEAD_LETTER_REASON = "jobsys-dead-letter-reason"
+
+#: On a dead letter whose original headers could not be republished (too large for a frame,
+#: or values no AMQP client can encode): what they were, as a digest, instead of them.
+HEADER_DROPPED_HEADERS = "jobsys-dropped-headers"
 
 # -- the trace link ---------------------------------------------------------------------------
 #: The span context of the attempt before this one, so attempts link up across retries.
@@ -82,6 +87,57 @@ def strip_death(headers: Mapping[str, Any]) -> dict[str, Any]:
         for k, v in headers.items()
         if k not in _BROKER_DEATH_HEADERS and not k.startswith(_BROKER_DEATH_PREFIXES)
     }
+
+
+def escape_invalid(value: str) -> str:
+    """``value`` with the bytes that were not UTF-8 written as ``\\xNN``: valid UTF-8 text again.
+
+    jobsys decodes AMQP short strings leniently (``jobsys.broker.decoding``): bytes that are not
+    UTF-8 arrive as lone surrogates, which no client can encode again.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
+def is_utf8(value: str) -> bool:
+    """False when ``value`` carries bytes that were not UTF-8 (see ``escape_invalid``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def sendable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """``headers`` in a form any AMQP client can encode again: names and text made valid UTF-8,
+    byte strings (a long string that was not UTF-8 arrives as ``bytes``) turned into text."""
+    return {escape_invalid(str(name)): _sendable(value) for name, value in headers.items()}
+
+
+def _sendable(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_invalid(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, Mapping):
+        return sendable_headers(value)
+    if isinstance(value, list | tuple):
+        return [_sendable(item) for item in value]
+    return value
+
+
+def dropped_digest(headers: Mapping[str, Any]) -> str:
+    """A short account of headers that could not be republished: how many, a hash of their
+    names and values, and the first names (escaped), at most about 1 KiB."""
+    names = sorted(escape_invalid(str(name)) for name in headers)
+    digest = hashlib.sha256(repr(sorted(headers.items(), key=str)).encode("utf-8", "replace"))
+    shown = ", ".join(names)
+    if len(shown) > 800:
+        shown = shown[:800] + "..."
+    return f"{len(names)} headers, sha256 {digest.hexdigest()[:16]}; names: {shown}"
 
 
 # -- builders ---------------------------------------------------------------------------------

@@ -13,11 +13,16 @@ import threading
 import time
 from typing import Any
 
+import aiormq
+from pamqp import commands as spec
+
 from jobsys.app import App, JobContext
 from jobsys.broker.connection import BrokerConnection
 from jobsys.ops.declare import apply_topology
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology_text
+from jobsys.wire.envelope import new_job_id
+from jobsys.wire.headers import HEADER_JOB_ID
 
 TOPOLOGY_YAML = """\
 version: 1
@@ -36,7 +41,10 @@ bindings:
 job_types:
   quick: {exchange: hx.jobs, routing_key: work, timeout: 10s}
   other_quick: {exchange: hx.jobs, routing_key: other, timeout: 10s}
-  weird: {exchange: hx.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 2, delays: [1s]}}
+  weird:
+    {exchange: hx.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 2, delays: [1s]}}
+  fails_twice:
+    {exchange: hx.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 2, delays: [1s]}}
   exits: {exchange: hx.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 1}}
   interrupts: {exchange: hx.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 1}}
   blocks: {exchange: hx.jobs, routing_key: work, timeout: 1s, retry: {max_attempts: 1}}
@@ -96,7 +104,7 @@ def interrupts(payload: dict[str, Any], ctx: JobContext) -> None:
 @app.handler("blocks")
 async def blocks(payload: dict[str, Any], ctx: JobContext) -> None:
     _seen(ctx)
-    time.sleep(float(payload["block_s"]))  # blocks the event loop, as a careless handler does
+    time.sleep(float(payload["block_s"]))  # noqa: ASYNC251 - blocks the loop, as careless code does
 
 
 @app.handler("sync_hangs")
@@ -111,6 +119,12 @@ async def fails(payload: dict[str, Any], ctx: JobContext) -> None:
     raise RuntimeError("this job always fails")
 
 
+@app.handler("fails_twice")
+async def fails_twice(payload: dict[str, Any], ctx: JobContext) -> None:
+    _seen(ctx)
+    raise RuntimeError("this job fails every time")
+
+
 def loaded_topology() -> LoadedTopology:
     return load_topology_text(TOPOLOGY_YAML, "hostile-test.yaml")
 
@@ -118,3 +132,64 @@ def loaded_topology() -> LoadedTopology:
 async def apply(settings: Settings, loaded: LoadedTopology) -> None:
     async with BrokerConnection(settings) as connection:
         await apply_topology(connection, loaded, use_management=False)
+
+
+# -- publishing what jobsys would never publish ---------------------------------------------------
+
+
+class _RawProperties(spec.Basic.Properties):
+    """Properties whose wire bytes are given, so a test can send what no client library would
+    encode (invalid UTF-8 in a short string)."""
+
+    __slots__ = ("raw",)
+
+    def marshal(self) -> bytes:
+        return self.raw  # type: ignore[no-any-return]
+
+
+def raw_properties(
+    *,
+    job_type: str = "quick",
+    headers: dict[str, Any] | None = None,
+    message_id: str = "m-raw",
+    content_type: str = "application/json",
+    replace: dict[bytes, bytes] | None = None,
+) -> spec.Basic.Properties:
+    """Properties as jobsys writes them, with byte runs replaced in their encoded form: e.g.
+    ``replace={b"\\x04JTJT": b"\\x04\\xff\\xfe\\xff\\xfe"}`` with ``job_type="JTJT"`` gives a
+    type that is not UTF-8. Each replacement must keep its length."""
+    props = spec.Basic.Properties(
+        content_type=content_type,
+        headers={HEADER_JOB_ID: new_job_id(), **(headers or {})},
+        delivery_mode=2,
+        message_id=message_id,
+        message_type=job_type,
+    )
+    data = props.marshal()
+    for old, new in (replace or {}).items():
+        assert len(old) == len(new) and old in data, (old, new)
+        data = data.replace(old, new)
+    raw = _RawProperties()
+    raw.raw = data
+    return raw
+
+
+async def publish_raw(
+    settings: Settings,
+    properties: spec.Basic.Properties,
+    body: bytes = b"{}",
+    *,
+    exchange: str = "hx.jobs",
+    routing_key: str = "work",
+) -> None:
+    """Publish ``body`` with ``properties`` as they are, past jobsys, with a confirm."""
+    connection = await aiormq.connect(settings.url)
+    try:
+        channel = await connection.channel()
+        await channel.confirm_delivery()
+        confirmation = await channel.basic_publish(
+            body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=True
+        )
+        assert isinstance(confirmation, spec.Basic.Ack), confirmation
+    finally:
+        await connection.close()

@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from jobsys.broker.connection import BrokerConnection
+from jobsys.cli import main
+from jobsys.ops import dlq
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
@@ -141,3 +145,136 @@ async def test_sys_exit_in_a_handler_never_ends_a_supervised_worker_process(
     assert "crashed" not in worker.stderr and "Traceback" not in worker.stderr
     assert "(0 restarted after a crash" in worker.stderr
     assert len(await drain_dead(vhost_settings, f"{WORK}.dead")) == 3
+
+
+# -- F2: invalid UTF-8 in AMQP short strings -----------------------------------------------------
+
+#: A short string placeholder of 4 bytes and the invalid UTF-8 that replaces it on the wire.
+_PLACEHOLDER, _INVALID = b"\x04QQQQ", b"\x04\xff\xfeQQ"
+NOT_UTF8 = {
+    "type": dict(job_type="QQQQ"),
+    "header-name": dict(headers={"QQQQ": "v"}),
+    "message-id": dict(message_id="QQQQ"),
+    "content-type": dict(content_type="QQQQ"),
+}
+
+
+@pytest.mark.parametrize("where", list(NOT_UTF8))
+async def test_a_property_that_is_not_utf8_is_dead_lettered_and_no_pool_stops(
+    vhost_settings: Settings,
+    loaded: LoadedTopology,
+    where: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    props = hostile_apps.raw_properties(**NOT_UTF8[where], replace={_PLACEHOLDER: _INVALID})
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await hostile_apps.publish_raw(vhost_settings, props)
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the bad job dead-lettered")
+        other = await publish(vhost_settings, loaded, "other_quick", [{}])
+        good = await publish(vhost_settings, loaded, "quick", [{}])
+        await wait_until(lambda: _ran(other + good), what="both pools still serving")
+    assert "connection to the broker lost" not in caplog.text
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert dead.headers["jobsys-error-type"] == "jobsys.errors.DecodeError"
+    assert "not UTF-8" in str(dead.headers["jobsys-error-message"])
+
+
+async def test_a_worker_that_starts_with_a_property_that_is_not_utf8_at_the_head_serves_on(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    props = hostile_apps.raw_properties(job_type="QQQQ", replace={_PLACEHOLDER: _INVALID})
+    await hostile_apps.publish_raw(vhost_settings, props)
+    good = await publish(vhost_settings, loaded, "quick", [{}] * 3)
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: _ran(good), what="the jobs behind it run")
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="it is dead-lettered")
+    assert await queue_depth(vhost_settings, WORK) == 0
+
+
+async def test_dead_letter_tools_read_and_replay_past_a_message_that_is_not_utf8(
+    vhost_settings: Settings, loaded: LoadedTopology, tmp_path: Path
+) -> None:
+    planted = hostile_apps.raw_properties(
+        job_type="QQQQ",
+        headers={"RRRR": "v"},
+        replace={_PLACEHOLDER: _INVALID, b"\x04RRRR": _INVALID},
+    )
+    await hostile_apps.publish_raw(
+        vhost_settings, planted, exchange="jobsys.dead-letter", routing_key=f"{WORK}.dead"
+    )
+    async with BrokerConnection(vhost_settings) as connection:
+        peeked = await dlq.peek(connection, WORK)
+        assert len(peeked.jobs) == 1 and peeked.jobs[0].job_type == "\\xff\\xfeQQ"
+        async with Producer(vhost_settings, loaded, connection=connection) as producer:
+            replayed = await dlq.replay(producer, WORK)
+    assert replayed.replayed == 1
+    topology_path = tmp_path / "topology.yaml"
+    topology_path.write_text(hostile_apps.TOPOLOGY_YAML, encoding="utf-8")
+    # The replayed copy is valid UTF-8 and goes back to the dead-letter queue with its reason.
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="dead-lettered again")
+    args = ["dlq", "list", WORK, "--topology", str(topology_path), "--url", vhost_settings.url]
+    result = await asyncio.to_thread(CliRunner().invoke, main, args)
+    assert result.exit_code == 0, result.output
+    assert "1 job shown" in result.output
+
+
+# -- F1: headers that leave no room for the dead-letter record ----------------------------------
+
+
+def _padding(job_type: str, total_bytes: int) -> dict[str, str]:
+    """Headers that make the message's encoded properties exactly ``total_bytes``."""
+    headers = {f"pad{i:05d}": "v" * 200 for i in range(total_bytes // 214 - 1)}
+    size = len(hostile_apps.raw_properties(job_type=job_type, headers=headers).marshal())
+    headers["pad99999"] = "v" * (total_bytes - size - 14)  # 1 + 8 name + 1 type + 4 length
+    assert len(hostile_apps.raw_properties(job_type=job_type, headers=headers).marshal()) == (
+        total_bytes
+    )
+    return headers
+
+
+#: The most one frame carries (131072 on the broker's default frame_max, less the frame's own 20
+#: bytes), less 30: the broker takes the message, but no retry or dead-letter copy would fit.
+FULL_FRAME = 131_072 - 20 - 30
+
+
+@pytest.mark.parametrize("job_type", ["fails", "fails_twice"])
+async def test_a_job_whose_headers_leave_no_room_for_its_record_is_dead_lettered_trimmed(
+    vhost_settings: Settings,
+    loaded: LoadedTopology,
+    job_type: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    props = hostile_apps.raw_properties(job_type=job_type, headers=_padding(job_type, FULL_FRAME))
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        # An innocent job in flight on the same connection while the poison is settled.
+        [innocent] = await publish(vhost_settings, loaded, "quick", [{"sleep_s": 1.0}])
+        await wait_until(lambda: SEEN[innocent] == 1, what="the innocent job running")
+        await hostile_apps.publish_raw(vhost_settings, props)
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the poison dead-lettered")
+        await wait_until(lambda: worker.stats.done == 1, what="the innocent job done")
+    assert SEEN[innocent] == 1, "a job on the same connection ran again"
+    assert "connection to the broker lost" not in caplog.text
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    headers = dead.headers
+    assert "pad00000" not in headers
+    assert str(headers["jobsys-dropped-headers"]).startswith(f"{FULL_FRAME // 214 + 1} headers")
+    reason = str(headers["jobsys-dead-letter-reason"])
+    assert "original headers dropped" in reason and "one AMQP frame" in reason
+    if job_type == "fails_twice":
+        assert "cannot be retried" in reason
+    assert headers["jobsys-error-type"] == "RuntimeError"
+    assert await queue_depth(vhost_settings, WORK) == 0
+
+
+async def test_a_worker_that_starts_with_a_full_frame_poison_at_the_head_serves_the_queue(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    props = hostile_apps.raw_properties(job_type="fails", headers=_padding("fails", FULL_FRAME))
+    await hostile_apps.publish_raw(vhost_settings, props)
+    good = await publish(vhost_settings, loaded, "quick", [{}] * 4)
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: _ran(good), what="the jobs behind it run")
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="it is dead-lettered")
+    assert all(SEEN[job_id] == 1 for job_id in good)
+    assert await queue_depth(vhost_settings, WORK) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pamqp import encode
 
 from jobsys.wire import headers as vocabulary
 from jobsys.wire.headers import (
@@ -17,18 +18,22 @@ from jobsys.wire.headers import (
     HEADER_PUBLISHED_AT_MS,
     PREFIX,
     Origin,
+    dropped_digest,
+    escape_invalid,
     first_failed_at_ms,
     integer,
+    is_utf8,
     origin_of,
     positive_int,
     retry_headers,
+    sendable_headers,
     text,
 )
 
 
 def test_every_jobsys_header_name_starts_with_the_prefix_and_never_with_x() -> None:
     names = [v for k, v in vars(vocabulary).items() if k.startswith("HEADER_")]
-    assert len(names) == 16 and len(set(names)) == 16
+    assert len(names) == 17 and len(set(names)) == 17
     assert all(name.startswith(PREFIX) for name in names)
 
 
@@ -93,3 +98,30 @@ def test_the_first_failure_is_carried_or_now() -> None:
     assert first_failed_at_ms({HEADER_FIRST_FAILED_AT_MS: 3}, now=10) == 3
     assert first_failed_at_ms({HEADER_FIRST_FAILED_AT_MS: "yesterday"}, now=10) == 10
     assert first_failed_at_ms({}, now=10) == 10
+
+
+def test_text_that_was_not_utf8_is_escaped_into_text_that_is() -> None:
+    decoded = b"ab\xff\xfe".decode("utf-8", "surrogateescape")  # as the lenient decoder keeps it
+    assert not is_utf8(decoded)
+    assert escape_invalid(decoded) == "ab\\xff\\xfe"
+    assert escape_invalid("naïve ✓") == "naïve ✓"
+
+
+def test_sendable_headers_can_always_be_encoded_again() -> None:
+    bad_name = b"n\xff".decode("utf-8", "surrogateescape")
+    headers = {bad_name: b"\xff\x00bytes", "nested": {"k": [b"\xfe", "ok", 3]}, "n": 1}
+    sendable = sendable_headers(headers)
+    assert sendable == {
+        "n\\xff": "\\xff\x00bytes",  # NUL is valid UTF-8: it stays
+        "nested": {"k": ["\\xfe", "ok", 3]},
+        "n": 1,
+    }
+    encode.field_table(sendable)  # pamqp encodes it: no bytes, no surrogates left
+
+
+def test_the_digest_of_dropped_headers_is_short_and_names_them() -> None:
+    headers = {f"pad{i:05d}": "v" * 200 for i in range(600)}
+    digest = dropped_digest(headers)
+    assert digest.startswith("600 headers, sha256 ")
+    assert "pad00000" in digest and len(digest) < 1100
+    assert digest == dropped_digest(dict(reversed(headers.items())))  # order does not matter

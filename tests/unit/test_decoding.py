@@ -1,0 +1,66 @@
+"""Lenient decoding of AMQP short strings (``jobsys.broker.decoding``): bytes that are not UTF-8
+in a property or a header name no longer make a content header undecodable, and everything
+else decodes exactly as pamqp decodes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from pamqp import commands as spec
+from pamqp import decode as pamqp_decode
+from pamqp import frame
+from pamqp.header import ContentHeader
+
+from jobsys.broker import decoding
+
+decoding.install()
+
+
+def _round_trip(props: spec.Basic.Properties, replace: dict[bytes, bytes] | None = None) -> Any:
+    data = ContentHeader(0, 2, props).marshal()
+    raw = frame.marshal(ContentHeader(0, 2, props), 1)
+    for old, new in (replace or {}).items():
+        assert old in raw and len(old) == len(new)
+        raw = raw.replace(old, new)
+    assert data  # the header encodes as usual
+    _, _, header = frame.unmarshal(raw)
+    assert isinstance(header, ContentHeader)
+    return header.properties
+
+
+def test_a_type_that_is_not_utf8_decodes_to_lone_surrogates_instead_of_failing() -> None:
+    props = _round_trip(
+        spec.Basic.Properties(message_type="QQQQ"), {b"\x04QQQQ": b"\x04\xff\xfeQQ"}
+    )
+    assert props.message_type == "\udcff\udcfeQQ"
+    assert props.message_type.encode("utf-8", "surrogateescape") == b"\xff\xfeQQ"
+
+
+def test_a_header_name_that_is_not_utf8_decodes_too() -> None:
+    props = _round_trip(
+        spec.Basic.Properties(headers={"QQQQ": "v", "ok": 1}), {b"\x04QQQQ": b"\x04\xff\xfeQQ"}
+    )
+    assert props.headers == {"\udcff\udcfeQQ": "v", "ok": 1}
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=20),
+        st.one_of(st.text(max_size=50), st.integers(-(2**63), 2**63 - 1), st.booleans()),
+        max_size=10,
+    ),
+    st.text(max_size=60),
+)
+def test_valid_properties_decode_exactly_as_before(headers: dict[str, Any], job_type: str) -> None:
+    props = spec.Basic.Properties(headers=headers or None, message_type=job_type or None)
+    decoded = _round_trip(props)
+    assert decoded.headers == (headers or None)
+    assert decoded.message_type == (job_type or None)
+
+
+def test_install_is_idempotent_and_patches_pamqps_tables() -> None:
+    decoding.install()
+    assert pamqp_decode.METHODS["shortstr"] is decoding.short_str
+    assert pamqp_decode.TABLE_MAPPING[b"F"] is decoding.field_table
