@@ -100,6 +100,22 @@ class PublishOutcomeUnknown(PublishError):
     be in its queue. Resubmitting with the same job id is safe."""
 
 
+# -- handlers ----------------------------------------------------------------------------------
+
+
+class HandlerThreadsBusy(JobsysError):
+    """Raised as an attempt's failure when a sync handler did not start within its deadline
+    because every handler thread was busy (often with handlers running past their own
+    deadline); the job did not run, and its retry policy decides what happens next."""
+
+
+class LoopBlocked(JobsysError):
+    """Raised as an attempt's failure when an async handler blocked the worker's event loop:
+    it overran its deadline without yielding, or on an earlier run it blocked the loop for so
+    long that the broker dropped the connection (then the job is dead-lettered, not run
+    again)."""
+
+
 # -- messages ----------------------------------------------------------------------------------
 
 

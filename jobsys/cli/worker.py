@@ -64,6 +64,12 @@ def _grace(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     help="How long running jobs may take to finish after SIGTERM.",
 )
 @click.option(
+    "--threads",
+    type=click.IntRange(1, 10_000),
+    help="Threads for sync handlers (default: the pools' concurrency added up). A sync handler "
+    "past its deadline keeps its thread until it returns.",
+)
+@click.option(
     "--processes",
     type=click.IntRange(1, 256),
     help="Run this many worker processes under a supervisor that restarts crashed ones.",
@@ -91,6 +97,7 @@ def worker(
     concurrency: int | None,
     prefetch: int | None,
     grace: float,
+    threads: int | None,
     processes: int | None,
     max_jobs: int | None,
     max_memory: int | None,
@@ -117,6 +124,7 @@ def worker(
         prefetch=prefetch,
         grace_s=grace,
         max_jobs=max_jobs,
+        threads=threads,
     )
     if processes is not None or max_memory is not None:
         spec = ChildSpec(

@@ -8,8 +8,8 @@ this module returns. A delivery's identity is read once, by ``Delivery.identify`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,8 +21,10 @@ from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
 from jobsys.consume.outcome import ACK, Outcome
 from jobsys.consume.retry import decide
+from jobsys.consume.threads import DeadlinePassed, HandlerThreads
+from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
-from jobsys.errors import DecodeError, MessageError
+from jobsys.errors import DecodeError, LoopBlocked, MessageError
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 from jobsys.wire.envelope import (
@@ -120,13 +122,18 @@ class AttemptRunner:
         self.app = app
         self.topology = topology
         self.settings = settings
-        self.executor: ThreadPoolExecutor | None = None  # for sync handlers, set by the worker
+        #: Set by the worker: the threads of its sync handlers, and its event-loop watchdog.
+        self.threads: HandlerThreads | None = None
+        self.watchdog: LoopWatchdog | None = None
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
 
     async def run(self, delivery: Delivery, queue: str) -> Outcome:
         """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
         return its outcome."""
         props = delivery.message.header.properties
+        blocked = self._blocked_before(delivery)
+        if blocked is not None:
+            return blocked
         try:
             _check_utf8(props)
             envelope = decode_envelope(
@@ -165,6 +172,22 @@ class AttemptRunner:
             return self.failed(delivery, exc)
         return ACK
 
+    def _blocked_before(self, delivery: Delivery) -> Outcome | None:
+        """A dead letter for a redelivered job that, on its earlier run here, blocked the event
+        loop so long that the broker dropped the connection: run again, it would do the same,
+        and the job would come back every heartbeat."""
+        if not delivery.redelivered or self.watchdog is None:
+            return None
+        blocked_s = self.watchdog.cost_the_connection(delivery.job_id)
+        if blocked_s is None:
+            return None
+        error = LoopBlocked(
+            f"on its previous run the handler blocked the event loop for {blocked_s:.0f}s, past "
+            "the connection's heartbeat: the broker dropped the connection and redelivered the "
+            "job; it is dead-lettered rather than run again"
+        )
+        return Outcome.dead_letter(error, reason=str(error), with_traceback=False)
+
     def failed(self, delivery: Delivery, error: BaseException) -> Outcome:
         """The outcome of an attempt that failed with ``error``, as the job type's retry
         policy decides (bad input and ``Reject`` dead-letter at once)."""
@@ -178,24 +201,42 @@ class AttemptRunner:
 
     async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery) -> None:
         timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
-        try:
-            async with asyncio.timeout(timeout_s) as deadline:
-                if handler.is_async:
-                    await handler.func(*args)
-                else:
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(self.executor, handler.func, *args)
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the handler's own TimeoutError
-            if not handler.is_async:
+        if not handler.is_async:
+            assert self.threads is not None, "a worker with sync handlers has handler threads"
+            try:
+                await self.threads.run(handler.func, args, timeout_s)
+            except DeadlinePassed:
                 log.warning(
                     "job %s (%s): sync handler overran its deadline; its thread runs on in the "
                     "background and its result is ignored",
                     delivery.job_id,
                     delivery.job_type,
                 )
-            raise TimeoutError(
-                f"job exceeded its deadline of {format_duration(timeout_s)} "
-                f"(the job type's timeout)"
-            ) from None
+                raise TimeoutError(_overran(timeout_s)) from None
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        watching = (
+            self.watchdog.running(delivery.job_id, delivery.job_type)
+            if self.watchdog is not None
+            else contextlib.nullcontext()
+        )
+        try:
+            with watching:
+                async with asyncio.timeout(timeout_s) as deadline:
+                    await handler.func(*args)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError
+            raise TimeoutError(_overran(timeout_s)) from None
+        ran_s = loop.time() - started
+        if ran_s > timeout_s:
+            # The deadline could not fire: the handler never gave the event loop a turn.
+            raise LoopBlocked(
+                f"{_overran(timeout_s)}: it ran {ran_s:.1f}s without yielding to the event "
+                "loop (blocking code in an async handler), so it could not be stopped in time"
+            )
+
+
+def _overran(timeout_s: float) -> str:
+    return f"job exceeded its deadline of {format_duration(timeout_s)} (the job type's timeout)"

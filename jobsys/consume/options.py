@@ -20,6 +20,9 @@ class WorkerOptions:
     grace_s: float = 30.0
     #: Drain and stop after this many settled jobs (a supervisor recycles the process).
     max_jobs: int | None = None
+    #: Threads for sync handlers (None: the pools' concurrency added up). A sync handler that
+    #: overruns its deadline keeps its thread until it returns; more threads leave room.
+    threads: int | None = None
 
 
 @dataclass

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import aiormq
@@ -48,6 +47,8 @@ from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
 from jobsys.consume.pools import Pool, plan_pools
 from jobsys.consume.settle import Settler
+from jobsys.consume.threads import HandlerThreads
+from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
 from jobsys.errors import JobsysError
 from jobsys.observe import tracing
@@ -109,8 +110,10 @@ class Worker:
         await watch.check_entities()
         watch.attach()
         if any(not spec.is_async for spec in self.app):
-            workers = sum(p.concurrency for p in self.pools)
-            self._runner.executor = ThreadPoolExecutor(workers, thread_name_prefix="jobsys-handler")
+            size = self.options.threads or sum(p.concurrency for p in self.pools)
+            self._runner.threads = HandlerThreads(size)
+        self._runner.watchdog = LoopWatchdog(self.settings.heartbeat_s)
+        self._runner.watchdog.start()
         self._producer = Producer(self.settings, self.topology, connection=self._connection)
         await self._producer.open()
         self._settler = Settler(
@@ -244,16 +247,16 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._producer.close()
         await self._connection.close()
-        if self._runner.executor is not None:
-            self._runner.executor.shutdown(wait=False, cancel_futures=True)
+        if self._runner.threads is not None:
+            self._runner.threads.shutdown()
+        if self._runner.watchdog is not None:
+            self._runner.watchdog.stop()
 
     @property
     def lingering_threads(self) -> int:
-        """Sync handlers still running past their deadline or past shutdown."""
-        executor = self._runner.executor
-        if executor is None:
-            return 0
-        return sum(1 for t in executor._threads if t.is_alive())
+        """Sync handlers still running (past their deadline, or past shutdown)."""
+        threads = self._runner.threads
+        return threads.running if threads is not None else 0
 
     # -- one delivery ----------------------------------------------------------------------
 

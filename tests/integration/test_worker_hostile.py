@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from jobsys.broker.connection import BrokerConnection
 from jobsys.cli import main
+from jobsys.consume.options import WorkerOptions
 from jobsys.ops import dlq
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
@@ -278,3 +279,67 @@ async def test_a_worker_that_starts_with_a_full_frame_poison_at_the_head_serves_
         await wait_until(lambda: worker.stats.dead_lettered == 1, what="it is dead-lettered")
     assert all(SEEN[job_id] == 1 for job_id in good)
     assert await queue_depth(vhost_settings, WORK) == 0
+
+
+# -- F7: an async handler that blocks the event loop ---------------------------------------------
+
+
+async def test_an_async_handler_blocking_past_its_deadline_fails_instead_of_succeeding(
+    vhost_settings: Settings, loaded: LoadedTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        [job_id] = await publish(vhost_settings, loaded, "blocks", [{"block_s": 2.5}])
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the job dead-lettered")
+        assert worker.stats.done == 0
+    assert f"while running {job_id} (blocks)" in caplog.text
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert dead.headers["jobsys-error-type"] == "jobsys.errors.LoopBlocked"
+    assert "without yielding to the event loop" in str(dead.headers["jobsys-error-message"])
+
+
+async def test_a_handler_blocking_past_the_heartbeat_is_not_rerun_every_heartbeat(
+    vhost_settings: Settings, loaded: LoadedTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = vhost_settings.with_overrides(heartbeat_s=2)
+    async with running_worker(hostile_apps.app, loaded, settings) as worker:
+        [job_id] = await publish(settings, loaded, "blocks", [{"block_s": 9}])
+        await wait_until(
+            lambda: worker.stats.dead_lettered == 1, timeout_s=60, what="the job dead-lettered"
+        )
+        other = await publish(settings, loaded, "other_quick", [{}])
+        await wait_until(lambda: _ran(other), timeout_s=30, what="the other pool serving again")
+        await asyncio.sleep(3)  # long enough for another redelivery, were there one
+    assert SEEN[job_id] == 1, "the blocking job ran again"
+    dead = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert len(dead) == 1
+    assert dead[0].headers["jobsys-error-type"] == "jobsys.errors.LoopBlocked"
+    assert await queue_depth(vhost_settings, WORK) == 0
+
+
+# -- F12, U8: sync handlers waiting for a thread ------------------------------------------------
+
+
+async def test_a_sync_job_that_never_got_a_thread_is_not_reported_as_overrunning(
+    vhost_settings: Settings, loaded: LoadedTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = WorkerOptions(queues=[WORK], threads=2)
+    async with running_worker(hostile_apps.app, loaded, vhost_settings, options) as worker:
+        ids = await publish(vhost_settings, loaded, "sync_hangs", [{"sleep_s": 4}] * 4)
+        await wait_until(lambda: worker.stats.dead_lettered == 4, what="all four settled")
+        started = [job_id for job_id in ids if SEEN[job_id]]
+        assert len(started) == 2
+        assert worker.lingering_threads == 2
+        await wait_until(lambda: worker.lingering_threads == 0, timeout_s=10, what="threads idle")
+    assert caplog.text.count("sync handler overran its deadline") == 2
+    dead = {
+        m.headers["jobsys-job-id"]: m.headers
+        for m in await drain_dead(vhost_settings, f"{WORK}.dead")
+    }
+    for job_id in ids:
+        error_type = dead[job_id]["jobsys-error-type"]
+        if job_id in started:
+            assert error_type == "TimeoutError"
+        else:
+            assert error_type == "jobsys.errors.HandlerThreadsBusy"
+            assert "the job did not start" in str(dead[job_id]["jobsys-error-message"])
+    assert all(SEEN[job_id] <= 1 for job_id in ids)
