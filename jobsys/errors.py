@@ -128,6 +128,11 @@ class DecodeError(MessageError):
     missing fields)."""
 
 
+class ContentTypeError(DecodeError):
+    """Raised when a message body is not in the form jobsys writes: its content type is missing
+    or not ``application/json``, or its content encoding is not ``utf-8`` (e.g. ``gzip``)."""
+
+
 class UnknownJobTypeError(MessageError):
     """Raised when a job type is not in the topology (when publishing) or has no handler (when
     consuming)."""

@@ -140,6 +140,7 @@ class AttemptRunner:
                 delivery.message.body,
                 delivery.identity,
                 content_type=props.content_type,
+                content_encoding=props.content_encoding,
                 headers=props.headers,
                 max_bytes=self.settings.max_payload_bytes,
             )

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from jobsys.errors import DecodeError, PayloadTooLargeError, PayloadValidationError
+from jobsys.errors import (
+    ContentTypeError,
+    DecodeError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+)
 from jobsys.wire.headers import (
     HEADER_ATTEMPT,
     HEADER_JOB_ID,
@@ -173,12 +178,26 @@ def encode_payload(payload: Any, max_bytes: int) -> bytes:
     return body
 
 
-def decode_payload(body: bytes, content_type: str | None, max_bytes: int) -> Any:
-    """The payload of a message body; raises ``DecodeError`` or ``PayloadTooLargeError``."""
+def decode_payload(
+    body: bytes, content_type: str | None, max_bytes: int, content_encoding: str | None = None
+) -> Any:
+    """The payload of a message body; raises ``ContentTypeError``, ``DecodeError`` or
+    ``PayloadTooLargeError``.
+
+    Only what jobsys writes is read: content type ``application/json`` and, when an encoding
+    is named, ``utf-8``. A body in another form (no content type, ``gzip``, pickle) is refused
+    before anything parses it, whatever the handler's annotation would accept.
+    """
     if len(body) > max_bytes:
         raise PayloadTooLargeError(f"body is {len(body)} bytes; the limit is {max_bytes} bytes")
-    if content_type not in (CONTENT_TYPE, None, ""):
-        raise DecodeError(f"content type {content_type!r} is not {CONTENT_TYPE}")
+    if content_type != CONTENT_TYPE:
+        shown = "no content type" if not content_type else f"content type {content_type!r}"
+        raise ContentTypeError(f"{shown}; jobsys reads {CONTENT_TYPE} only")
+    if content_encoding is not None and content_encoding.lower() != CONTENT_ENCODING:
+        raise ContentTypeError(
+            f"content encoding {content_encoding!r}; jobsys reads plain {CONTENT_ENCODING} "
+            "JSON only (a compressed or otherwise encoded body is not decoded)"
+        )
     try:
         text = body.decode(CONTENT_ENCODING)
     except UnicodeDecodeError as exc:
@@ -202,12 +221,13 @@ def decode_envelope(
     content_type: str | None,
     headers: Mapping[str, Any] | None,
     max_bytes: int,
+    content_encoding: str | None = None,
 ) -> Envelope:
     """The job a delivery carries: its ``identity`` (read once by ``read_identity``) and its
     body decoded. Raises ``DecodeError`` or ``PayloadTooLargeError``."""
     if identity.job_type is None:
         raise DecodeError(identity.problem or "message has no job type")
-    payload = decode_payload(body, content_type, max_bytes)
+    payload = decode_payload(body, content_type, max_bytes, content_encoding)
     if identity.problem is not None or identity.job_id is None:
         raise DecodeError(identity.problem or f"message has no {HEADER_JOB_ID} header")
     user_headers = {

@@ -179,6 +179,7 @@ async def publish_raw(
         channel = await conn.channel(confirms=True)
         exchange = await channel.get_exchange(EXCHANGE, ensure=False)
         headers: dict[str, FieldValue] = {HEADER_JOB_ID: job_id}
+        props.setdefault("content_type", "application/json")
         await exchange.publish(
             aio_pika.Message(body, headers=headers, delivery_mode=2, **props), routing_key
         )

@@ -216,6 +216,7 @@ async def publish_raw(
         channel = await conn.channel(confirms=True)
         exchange = await channel.get_exchange("wt.jobs", ensure=False)
         properties.setdefault("headers", {HEADER_JOB_ID: new_job_id()})
+        properties.setdefault("content_type", "application/json")
         await exchange.publish(aio_pika.Message(body, **properties), routing_key=routing_key)
 
 

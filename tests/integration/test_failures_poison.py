@@ -48,8 +48,14 @@ POISON: dict[str, tuple[bytes, dict[str, Any], str, str]] = {
     "wrong-content-type": (
         b"{}",
         {"type": "task", "content_type": "text/plain"},
-        "DecodeError",
+        "ContentTypeError",
         "content type 'text/plain'",
+    ),
+    "gzip-flag": (
+        b"{}",
+        {"type": "task", "content_encoding": "gzip"},
+        "ContentTypeError",
+        "content encoding 'gzip'",
     ),
     "invalid-payload": (
         b'{"nom": 1}',

@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from jobsys.errors import DecodeError, PayloadTooLargeError, PayloadValidationError
+from jobsys.errors import (
+    ContentTypeError,
+    DecodeError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+)
 from jobsys.wire.envelope import (
     CONTENT_TYPE,
     Envelope,
@@ -181,17 +186,36 @@ def test_a_body_that_is_not_utf8_json_is_a_decode_error(body: bytes, message: st
     assert str(caught.value).startswith(message)
 
 
-@pytest.mark.parametrize("content_type", [None, "", CONTENT_TYPE])
-def test_a_json_or_missing_content_type_is_accepted(content_type: str | None) -> None:
-    assert decode_payload(b"[1]", content_type, LIMIT) == [1]
+@pytest.mark.parametrize("encoding", [None, "utf-8", "UTF-8"])
+def test_json_in_utf8_is_read(encoding: str | None) -> None:
+    assert decode_payload(b"[1]", CONTENT_TYPE, LIMIT, encoding) == [1]
 
 
-@pytest.mark.parametrize("content_type", ["application/x-pickle", "text/plain"])
-def test_another_content_type_is_a_decode_error(content_type: str) -> None:
-    with pytest.raises(DecodeError) as caught:
+@pytest.mark.parametrize(
+    ("content_type", "shown"),
+    [
+        (None, "no content type"),
+        ("", "no content type"),
+        ("application/x-pickle", "content type 'application/x-pickle'"),
+        ("text/plain", "content type 'text/plain'"),
+        ("application/json; charset=latin-1", "content type 'application/json; charset=latin-1'"),
+    ],
+)
+def test_a_missing_or_other_content_type_is_refused_with_its_own_error(
+    content_type: str | None, shown: str
+) -> None:
+    with pytest.raises(ContentTypeError) as caught:
         decode_payload(b"[1]", content_type, LIMIT)
 
-    assert str(caught.value) == f"content type {content_type!r} is not application/json"
+    assert str(caught.value) == f"{shown}; jobsys reads application/json only"
+    assert isinstance(caught.value, DecodeError)  # dead-lettered at once, never retried
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "latin-1", ""])
+def test_a_content_encoding_jobsys_did_not_write_is_refused_before_parsing(encoding: str) -> None:
+    # A gzip flag on a plain JSON body would otherwise be read as if it were plain.
+    with pytest.raises(ContentTypeError, match=f"content encoding {encoding!r}"):
+        decode_payload(b"[1]", CONTENT_TYPE, LIMIT, encoding)
 
 
 @pytest.mark.parametrize("message_type", [None, ""])
