@@ -20,6 +20,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -40,6 +41,9 @@ class JobContext:
     headers: Mapping[str, Any]
     queue: str
     redelivered: bool
+    #: When a delayed job or a retry after a delay was due (it never starts earlier); None for
+    #: a job published to run at once.
+    due_at: datetime | None = None
 
 
 @dataclass(frozen=True)

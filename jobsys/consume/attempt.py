@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from aiormq import spec
@@ -34,10 +36,13 @@ from jobsys.wire.envelope import (
     not_utf8,
     read_identity,
 )
+from jobsys.wire.headers import now_ms
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_TIMEOUT_S = 300.0
+#: An early job waits in its runner up to this long; beyond it goes back to the delay levels.
+_WAIT_HERE_MS = 1000
 _UNKNOWN = Identity(job_id=None, job_type=None)
 
 
@@ -134,6 +139,9 @@ class AttemptRunner:
         blocked = self._blocked_before(delivery)
         if blocked is not None:
             return blocked
+        early = await self._until_due(delivery)
+        if early is not None:
+            return early
         try:
             _check_utf8(props)
             envelope = decode_envelope(
@@ -156,6 +164,7 @@ class AttemptRunner:
                 envelope.headers,
                 queue,
                 delivery.redelivered,
+                _as_datetime(delivery.identity.due_at_ms),
             )
             args: tuple[Any, ...] = (payload, ctx)
         else:
@@ -172,6 +181,25 @@ class AttemptRunner:
             # back to do it again on the next worker.
             return self.failed(delivery, exc)
         return ACK
+
+    async def _until_due(self, delivery: Delivery) -> Outcome | None:
+        """Hold a job that arrived before its due time until it is due: a short wait here, a
+        longer one back in the delay levels (``wait``). The levels are timed by the broker's
+        clock, which may run a little fast (RabbitMQ's Erlang VM corrects its time by speeding
+        its clock up by as much as 1 %), and no job may start before it is due."""
+        due = delivery.identity.due_at_ms
+        if due is None:
+            return None
+        early_ms = due - now_ms()
+        if early_ms <= 0:
+            return None
+        if early_ms <= _WAIT_HERE_MS:
+            await asyncio.sleep(early_ms / 1000)
+            return None
+        log.info(
+            "job %s arrived %dms before its due time; it waits again", delivery.job_id, early_ms
+        )
+        return Outcome.wait(math.ceil(early_ms / 1000), f"arrived {early_ms}ms before its due time")
 
     def _blocked_before(self, delivery: Delivery) -> Outcome | None:
         """A dead letter for a redelivered job that, on its earlier run here, blocked the event
@@ -237,6 +265,10 @@ class AttemptRunner:
                 f"{_overran(timeout_s)}: it ran {ran_s:.1f}s without yielding to the event "
                 "loop (blocking code in an async handler), so it could not be stopped in time"
             )
+
+
+def _as_datetime(ms: int | None) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, UTC) if ms is not None else None
 
 
 def _overran(timeout_s: float) -> str:

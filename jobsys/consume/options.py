@@ -35,6 +35,8 @@ class WorkerStats:
     requeued: int = 0
     unfinished: int = 0
     lost_acks: int = 0
+    #: Delayed jobs that arrived before their due time and went back to wait.
+    early: int = 0
 
     @property
     def settled(self) -> int:
@@ -52,4 +54,6 @@ class WorkerStats:
             line += f", {self.retried} attempts failed and retried"
         if self.lost_acks:
             line += f", {self.lost_acks} redelivered after a lost channel"
+        if self.early:
+            line += f", {self.early} arrived early and went back to wait"
         return line

@@ -1,7 +1,8 @@
 """How one delivery is settled: the one vocabulary of a job's fate (pure).
 
 ``retry.decide`` turns a failure into a ``retry`` or ``dead_letter`` outcome, an attempt that
-succeeded is ``ack``, and a delivery taken back unrun (shutdown) is ``requeue``;
+succeeded is ``ack``, a delivery taken back unrun (shutdown) is ``requeue``, and a delayed job
+that arrived before its due time goes back to wait (``wait``, not an attempt);
 ``settle.Settler`` carries each out. Spans and metrics show these kinds under their documented
 names (``ok``, ``retry``, ``dead_lettered``, ``requeued``), mapped in one place in
 ``jobsys.observe.tracing``.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-OutcomeKind = Literal["ack", "retry", "dead_letter", "requeue"]
+OutcomeKind = Literal["ack", "retry", "dead_letter", "requeue", "wait"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,12 @@ class Outcome:
     def retry(cls, error: BaseException, delay_s: float, reason: str) -> Outcome:
         """Run the job again after ``delay_s`` seconds, as its next attempt."""
         return cls("retry", error=error, delay_s=delay_s, reason=reason)
+
+    @classmethod
+    def wait(cls, delay_s: float, reason: str) -> Outcome:
+        """Send the job back through the delay levels for ``delay_s`` seconds, unrun: it
+        arrived before its due time. Not an attempt: its attempt counter stays."""
+        return cls("wait", delay_s=delay_s, reason=reason)
 
 
 ACK = Outcome("ack")

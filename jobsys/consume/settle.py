@@ -39,12 +39,14 @@ from jobsys.wire.envelope import new_job_id
 from jobsys.wire.headers import (
     HEADER_DROPPED_HEADERS,
     dropped_digest,
+    due_at_ms,
     escape_invalid,
     first_failed_at_ms,
     now_ms,
     origin_of,
     retry_headers,
     sendable_headers,
+    strip_death,
 )
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ class Settler:
             self.stats.requeued += 1
             await delivery.acks.nack(delivery.tag)
             return outcome
+        if outcome.kind == "wait":
+            return await self._wait_again(delivery, outcome, queue)
         try:
             applied = await self._republish(delivery, outcome, queue)
         except (UnroutableError, AccessRefused) as exc:
@@ -183,6 +187,7 @@ class Settler:
                 attempt=delivery.attempt + 1,
                 origin=origin,
                 first_failed_at_ms=first_failure,
+                due_at=due_at_ms(route.delay_s, now_ms()) if route.delay_s else None,
             )
         else:
             target = routing_key = dead_letter_queue_name(queue)
@@ -216,6 +221,40 @@ class Settler:
             delay_s=delay_s,
             queues=(target,),
         )
+
+    async def _wait_again(self, delivery: Delivery, outcome: Outcome, queue: str) -> Outcome:
+        """Send an early job back through the delay levels, unrun and with the same attempt
+        number and due time; then ack it. Not confirmed: requeue it (it comes back early
+        again, and is held again)."""
+        message = delivery.message
+        route = delay_route(queue, outcome.delay_s or 0.0, self.producer.delay_levels)
+        headers = strip_death(sendable_headers(message.header.properties.headers or {}))
+        try:
+            await self.producer.republish(
+                message.body,
+                headers,
+                route.exchange,
+                route.routing_key,
+                kept=delivery.kept_properties().sendable(),
+                kind="wait",
+                delay_s=route.delay_s,
+                queues=(queue,),
+            )
+        except (UnroutableError, AccessRefused) as exc:
+            self.stats.requeued += 1
+            await delivery.acks.nack(delivery.tag)
+            self._on_fatal(_cannot_republish(exc, Outcome.retry(exc, 0.0, ""), queue))
+            return Outcome("requeue")
+        except JobsysError as exc:
+            log.error(
+                "job %s: publish to wait again failed, requeueing it: %s", delivery.job_id, exc
+            )
+            await delivery.acks.nack(delivery.tag)
+            return Outcome("requeue")
+        delivery.counted = True
+        self.stats.early += 1
+        delivery.acks.ack(delivery)
+        return outcome
 
     def _log(self, delivery: Delivery, outcome: Outcome, queue: str) -> None:
         error_type = type(outcome.error).__name__

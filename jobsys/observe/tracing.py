@@ -41,9 +41,9 @@ from jobsys.wire.headers import HEADER_PREVIOUS_ATTEMPT
 
 log = logging.getLogger(__name__)
 
-PublishKind = Literal["publish", "retry", "dead_letter", "replay"]
+PublishKind = Literal["publish", "retry", "dead_letter", "replay", "wait"]
 #: How an attempt ended, as its span's ``jobsys.job.outcome`` and the metrics show it.
-SpanOutcome = Literal["ok", "retry", "dead_lettered", "requeued", "error"]
+SpanOutcome = Literal["ok", "retry", "dead_lettered", "requeued", "waiting", "error"]
 #: Settlement kinds (``jobsys.consume.outcome``) under their documented names: the one place
 #: the two vocabularies meet.
 SPAN_OUTCOMES: Mapping[str, SpanOutcome] = {
@@ -51,6 +51,7 @@ SPAN_OUTCOMES: Mapping[str, SpanOutcome] = {
     "retry": "retry",
     "dead_letter": "dead_lettered",
     "requeue": "requeued",
+    "wait": "waiting",
 }
 
 _INSTRUMENTATION_NAME = "jobsys"
@@ -356,7 +357,7 @@ class ConsumeSpan:
             if error is not None:
                 span.record_exception(error)
                 span.set_attribute("error.type", type(error).__qualname__)
-            if outcome != "ok" and outcome != "requeued":
+            if outcome not in ("ok", "requeued", "waiting"):
                 span.set_status(
                     Status(StatusCode.ERROR, type(error).__name__ if error else outcome)
                 )

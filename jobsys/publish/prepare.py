@@ -19,7 +19,14 @@ from jobsys.topology import delays
 from jobsys.topology.model import Topology
 from jobsys.topology.routing import route_job_type
 from jobsys.wire.envelope import check_user_headers, encode_payload, new_job_id
-from jobsys.wire.headers import Origin, identity_headers, origin_headers
+from jobsys.wire.headers import (
+    HEADER_DUE_AT_MS,
+    Origin,
+    due_at_ms,
+    identity_headers,
+    now_ms,
+    origin_headers,
+)
 
 __all__ = ["JobRequest", "JobRoute", "PreparedJob", "build_routes", "prepare_job"]
 
@@ -112,6 +119,7 @@ def prepare_job(
         # A delayed job arrives through the delivery exchange; its dead-letter record must
         # still name the exchange and routing key it was published for.
         headers.update(origin_headers(Origin(route.exchange, route.routing_key)))
+        headers[HEADER_DUE_AT_MS] = due_at_ms(delay_s, now_ms())
     return PreparedJob(
         job_id=job_id,
         job_type=request.job_type,

@@ -17,6 +17,7 @@ from jobsys.wire.headers import (
     HEADER_ATTEMPT,
     HEADER_ATTEMPTS,
     HEADER_DEAD_LETTER_REASON,
+    HEADER_DUE_AT_MS,
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,
     HEADER_FAILED_AT_MS,
@@ -166,6 +167,7 @@ DEAD_LETTER_HEADERS = frozenset(
         HEADER_WORKER_HOST,
         HEADER_DEAD_LETTER_REASON,
         HEADER_FIRST_FAILED_AT_MS,
+        HEADER_DUE_AT_MS,  # a replay runs now
     }
 )
 

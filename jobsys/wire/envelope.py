@@ -24,6 +24,7 @@ from jobsys.errors import (
 )
 from jobsys.wire.headers import (
     HEADER_ATTEMPT,
+    HEADER_DUE_AT_MS,
     HEADER_JOB_ID,
     HEADER_PUBLISHED_AT_MS,
     PREFIX,
@@ -74,6 +75,8 @@ class Identity:
     attempt: int = 1
     published_at_ms: int | None = None
     problem: str | None = None
+    #: When the job is due (ms since the epoch), for a delayed job or a retry after a delay.
+    due_at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,7 @@ def read_identity(message_type: str | None, headers: Mapping[str, Any] | None) -
         attempt=attempt or 1,
         published_at_ms=positive_int(headers.get(HEADER_PUBLISHED_AT_MS)),
         problem=problem,
+        due_at_ms=positive_int(headers.get(HEADER_DUE_AT_MS)),
     )
 
 

@@ -9,6 +9,7 @@ change, even where a constant is renamed.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ HEADER_JOB_ID = "jobsys-job-id"
 HEADER_ATTEMPT = "jobsys-attempt"
 HEADER_PUBLISHED_AT_MS = "jobsys-published-at-ms"
 HEADER_REPLAYS = "jobsys-replays"
+#: When a delayed job (or a retry after a delay) is due, ms since the epoch by the clock of whoever
+#: delayed it: no worker starts it before then, whatever the broker's own clock did meanwhile.
+HEADER_DUE_AT_MS = "jobsys-due-at-ms"
 
 # -- origin: where a job was first published, and when trouble began -------------------------
 # A retry or a delayed job arrives through the delivery exchange; these say where it was meant
@@ -189,6 +193,11 @@ def first_failed_at_ms(headers: Mapping[str, Any], now: int) -> int:
     return positive_int(headers.get(HEADER_FIRST_FAILED_AT_MS)) or now
 
 
+def due_at_ms(delay_s: float, now: int) -> int:
+    """When a job delayed by ``delay_s`` from ``now`` (ms) is due, in whole ms, never early."""
+    return now + math.ceil(delay_s * 1000)
+
+
 def retry_headers(
     original: Mapping[str, Any],
     *,
@@ -197,13 +206,19 @@ def retry_headers(
     origin: Origin,
     first_failed_at_ms: int,
     published_at_ms: int | None = None,
+    due_at: int | None = None,
 ) -> dict[str, Any]:
     """The headers of a job published again as run ``attempt``: the original ones without the
-    broker's death history, a fresh identity, and its origin and first failure carried on."""
+    broker's death history, a fresh identity, its origin and first failure carried on, and
+    its due time (``due_at``, ms) when it waits first."""
     headers = strip_death(original)
     headers.update(
         identity_headers({}, job_id=job_id, attempt=attempt, published_at_ms=published_at_ms)
     )
     headers[HEADER_FIRST_FAILED_AT_MS] = first_failed_at_ms
     headers.update(origin_headers(origin))
+    if due_at is not None:
+        headers[HEADER_DUE_AT_MS] = due_at
+    else:
+        headers.pop(HEADER_DUE_AT_MS, None)
     return headers

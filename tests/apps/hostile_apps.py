@@ -11,6 +11,7 @@ import collections
 import sys
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import aiormq
@@ -57,12 +58,15 @@ OTHER = "hx.other"
 
 #: job id -> how many times its handler started.
 SEEN: collections.Counter[str] = collections.Counter()
+#: job id -> (wall-clock time its handler last started, the due time it carried).
+STARTED: dict[str, tuple[float, datetime | None]] = {}
 _lock = threading.Lock()
 
 
 def _seen(ctx: JobContext) -> None:
     with _lock:
         SEEN[ctx.job_id] += 1
+        STARTED[ctx.job_id] = (time.time(), ctx.due_at)
 
 
 class Weird(BaseException):

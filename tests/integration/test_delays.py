@@ -53,6 +53,14 @@ def tolerance_s(delay_s: float) -> float:
     return 1.0 + 0.1 * delay_s
 
 
+def earliest_s(delay_s: float) -> float:
+    """How early the delay levels may deliver, by this process's clock: they are timed by the
+    broker's clock, and RabbitMQ's Erlang VM corrects its time by running its clock up to 1 %
+    fast or slow ("time correction"). No job *starts* early all the same: it carries its due
+    time and the worker holds it until then (tests/integration/test_worker_hostile.py)."""
+    return delay_s * 0.99
+
+
 @dataclass
 class Arrivals:
     """Jobs as they reach the work queue: (job id, attempt, monotonic time), in order."""
@@ -106,7 +114,7 @@ async def test_a_delayed_job_arrives_no_earlier_than_its_delay_and_within_tolera
     for job_id, _attempt, arrived in arrivals.seen:
         delay_s = delays[job_id]
         waited = arrived - sent[job_id]
-        assert waited >= delay_s, f"{job_id} arrived {delay_s - waited:.3f} s early"
+        assert waited >= earliest_s(delay_s), f"{job_id} arrived {delay_s - waited:.3f} s early"
         assert waited <= delay_s + tolerance_s(delay_s), f"{job_id} took {waited:.3f} s"
 
 
@@ -135,7 +143,7 @@ async def test_delays_published_longest_first_arrive_shortest_first(
     ]
     for job_id, _, arrived in arrivals.seen:
         wanted = float(job_id.removeprefix("after-").removesuffix("s"))
-        assert wanted <= arrived - sent[job_id] <= wanted + tolerance_s(wanted)
+        assert earliest_s(wanted) <= arrived - sent[job_id] <= wanted + tolerance_s(wanted)
 
 
 async def test_the_same_delay_used_six_times_in_a_row_never_loses_the_job(
@@ -219,7 +227,7 @@ async def test_delayed_jobs_survive_a_broker_restart(running_own_broker: RabbitN
             await arrivals.wait_for(1, timeout_s=delay_s + tolerance_s(delay_s) + 60)
         [(job_id, _attempt, arrived)] = arrivals.seen
         assert job_id == "survivor"
-        assert arrived - sent >= delay_s
+        assert arrived - sent >= earliest_s(delay_s)
         if restarted - sent < delay_s:
             # The job waited out the rest of its delay on the restarted node: still on time.
             assert arrived - sent <= delay_s + tolerance_s(delay_s)

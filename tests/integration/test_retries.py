@@ -13,6 +13,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -75,13 +76,18 @@ job_types:
   fanned_out: {exchange: rt.fanout, timeout: 10s, retry: {max_attempts: 3, delays: [0s]}}
 """
 
-#: Start of every attempt, per job id: (queue, attempt, monotonic time).
+#: Start of every attempt, per job id: (queue, attempt, wall-clock time). Wall clock, because a
+#: job's due time is wall-clock time, stamped by the worker that delayed it on this machine.
 RUNS: dict[str, list[tuple[str, int, float]]] = defaultdict(list)
+#: Every attempt that started: (its wall-clock start, the due time it carried).
+STARTS: list[tuple[float, datetime | None]] = []
 app = App()
 
 
 def _started(ctx: JobContext) -> None:
-    RUNS[ctx.job_id].append((ctx.queue, ctx.attempt, time.monotonic()))
+    now = time.time()
+    RUNS[ctx.job_id].append((ctx.queue, ctx.attempt, now))
+    STARTS.append((now, ctx.due_at))
 
 
 @app.handler("flaky")
@@ -134,6 +140,7 @@ async def loaded(vhost_settings: Settings) -> LoadedTopology:
     topology = load_topology_text(TOPOLOGY_YAML, "retries-test.yaml")
     await apply(vhost_settings, topology)
     RUNS.clear()
+    STARTS.clear()
     return topology
 
 
@@ -141,6 +148,9 @@ async def loaded(vhost_settings: Settings) -> LoadedTopology:
 async def worker(vhost_settings: Settings, loaded: LoadedTopology) -> AsyncIterator[Worker]:
     async with running_worker(app, loaded, vhost_settings) as running:
         yield running
+    # What the product promises, for every attempt of every test here: never before it is due.
+    early = [(start, due) for start, due in STARTS if due is not None and start < due.timestamp()]
+    assert early == [], "attempts started before their due time"
 
 
 def _runs(job_id: str, count: int) -> Callable[[], bool]:
@@ -153,6 +163,7 @@ def _gaps(job_id: str) -> list[float]:
 
 
 def _on_time(gap_s: float, planned_s: float) -> bool:
+    # The lower bound holds by the due time each retry carries; the upper one is a tolerance.
     return planned_s <= gap_s <= planned_s + 1.0 + 0.1 * planned_s
 
 

@@ -18,8 +18,10 @@ from jobsys.ops import dlq
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
+from jobsys.wire.envelope import new_job_id
+from jobsys.wire.headers import now_ms
 from tests.apps import hostile_apps
-from tests.apps.hostile_apps import SEEN, WORK
+from tests.apps.hostile_apps import SEEN, STARTED, WORK
 from tests.apps.worker_apps import drain_dead, queue_depth, wait_until
 from tests.harness.running import running_worker
 from tests.harness.worker_subprocess import WorkerSubprocess
@@ -343,3 +345,28 @@ async def test_a_sync_job_that_never_got_a_thread_is_not_reported_as_overrunning
             assert error_type == "jobsys.errors.HandlerThreadsBusy"
             assert "the job did not start" in str(dead[job_id]["jobsys-error-message"])
     assert all(SEEN[job_id] <= 1 for job_id in ids)
+
+
+# -- hardening 16: a job never starts before its due time ----------------------------------------
+
+
+@pytest.mark.parametrize("early_ms", [600, 3500])
+async def test_a_job_that_arrives_before_its_due_time_never_starts_early(
+    vhost_settings: Settings, loaded: LoadedTopology, early_ms: int
+) -> None:
+    # As if the broker's clock ran fast: the job reaches its queue before it is due (600 ms
+    # early: held in the runner; 3.5 s: sent back through the delay levels, unrun).
+    due = now_ms() + early_ms
+    job_id = new_job_id()
+    props = hostile_apps.raw_properties(
+        job_type="quick", headers={"jobsys-job-id": job_id, "jobsys-due-at-ms": due}
+    )
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await hostile_apps.publish_raw(vhost_settings, props)
+        await wait_until(lambda: SEEN[job_id] == 1, timeout_s=10, what="the job run")
+        await wait_until(lambda: worker.stats.done == 1, what="the job acked")
+        assert worker.stats.early == (1 if early_ms > 1000 else 0)
+    started, carried_due = STARTED[job_id]
+    assert started * 1000 >= due
+    assert carried_due is not None and carried_due.timestamp() * 1000 == due
+    assert SEEN[job_id] == 1

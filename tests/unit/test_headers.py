@@ -11,6 +11,7 @@ from pamqp import encode
 from jobsys.wire import headers as vocabulary
 from jobsys.wire.headers import (
     HEADER_ATTEMPT,
+    HEADER_DUE_AT_MS,
     HEADER_FIRST_FAILED_AT_MS,
     HEADER_JOB_ID,
     HEADER_ORIGINAL_EXCHANGE,
@@ -19,6 +20,7 @@ from jobsys.wire.headers import (
     PREFIX,
     Origin,
     dropped_digest,
+    due_at_ms,
     escape_invalid,
     first_failed_at_ms,
     integer,
@@ -33,7 +35,7 @@ from jobsys.wire.headers import (
 
 def test_every_jobsys_header_name_starts_with_the_prefix_and_never_with_x() -> None:
     names = [v for k, v in vars(vocabulary).items() if k.startswith("HEADER_")]
-    assert len(names) == 17 and len(set(names)) == 17
+    assert len(names) == 18 and len(set(names)) == 18
     assert all(name.startswith(PREFIX) for name in names)
 
 
@@ -125,3 +127,20 @@ def test_the_digest_of_dropped_headers_is_short_and_names_them() -> None:
     assert digest.startswith("600 headers, sha256 ")
     assert "pad00000" in digest and len(digest) < 1100
     assert digest == dropped_digest(dict(reversed(headers.items())))  # order does not matter
+
+
+def test_a_retry_after_a_delay_carries_its_due_time_and_one_at_once_carries_none() -> None:
+    base = {HEADER_JOB_ID: "j", HEADER_DUE_AT_MS: 5}
+    origin = Origin("jobs", "k")
+    later = retry_headers(
+        base,
+        job_id="j",
+        attempt=2,
+        origin=origin,
+        first_failed_at_ms=1,
+        due_at=due_at_ms(1.5, 1000),
+    )
+    assert later[HEADER_DUE_AT_MS] == 2500
+    at_once = retry_headers(base, job_id="j", attempt=2, origin=origin, first_failed_at_ms=1)
+    assert HEADER_DUE_AT_MS not in at_once
+    assert due_at_ms(0.0001, 1000) == 1001  # rounded up: never early
