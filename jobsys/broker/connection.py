@@ -33,7 +33,7 @@ from tenacity import (
 )
 
 from jobsys.errors import AccessRefused, BrokerError, ConnectionFailed, JobsysError
-from jobsys.settings import Settings
+from jobsys.settings import Settings, mask_url, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,16 @@ async def close_quietly(channel: AbstractChannel | aiormq.abc.AbstractChannel | 
 
 
 def _scrub(text: str, settings: Settings) -> str:
-    """``text`` with the URL's password masked, in case an exception quoted the URL."""
-    text = text.replace(settings.url, settings.masked_url)
-    try:
-        password = urlsplit(settings.url).password
-    except ValueError:
-        return text
-    return text.replace(password, "***") if password else text
+    """``text`` with every password the settings hold masked, in case an exception quoted a
+    URL or the password itself (as written in the URL, or percent-decoded)."""
+    for url in (settings.url, settings.management_url):
+        if url:
+            text = text.replace(url, mask_url(url))
+    # Longest first: a shorter secret inside a longer one must not leave the rest showing.
+    secrets = {*url_secrets(settings.url), *url_secrets(settings.management_url)}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _reason(exc: BaseException) -> str:
