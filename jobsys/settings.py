@@ -212,8 +212,13 @@ class Settings:
     __str__ = __repr__
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``JOBSYS_*`` environment variables (explicit, never at import)."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``JOBSYS_*`` environment variables (explicit, never at import).
+
+        ``overrides`` (command-line options; None values are ignored) replace what the
+        environment says *before* the settings are checked, so ``insecure_tls=True`` allows a
+        ``no_verify_ssl`` URL from ``JOBSYS_URL`` and ``url=...`` replaces a bad one.
+        """
         env = os.environ if environ is None else environ
         kwargs: dict[str, object] = {}
         if "JOBSYS_URL" in env:
@@ -236,4 +241,5 @@ class Settings:
                     kwargs[name] = kind(env[key])
                 except ValueError as exc:
                     raise ConfigError(f"{key} must be a number, got {env[key]!r}") from exc
+        kwargs.update((name, value) for name, value in overrides.items() if value is not None)
         return cls(**kwargs)  # type: ignore[arg-type]

@@ -77,10 +77,10 @@ def topology_option(*, required: bool, help: str) -> Callable[[F], F]:
 
 
 def build_settings(url: str | None, ca_file: str | None, insecure: bool) -> Settings:
-    """Settings from the environment, overridden by command-line options."""
+    """Settings from the environment, overridden by command-line options; checked once, with
+    the options applied (``--insecure`` counts for a URL from ``JOBSYS_URL`` too)."""
     try:
-        base = Settings.from_env()
-        return base.with_overrides(url=url, ca_file=ca_file, insecure_tls=insecure or None)
+        return Settings.from_env(url=url, ca_file=ca_file, insecure_tls=insecure or None)
     except ConfigError as exc:
         raise click.exceptions.Exit(_fail(str(exc), EXIT_INVALID)) from None
 
