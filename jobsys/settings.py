@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from jobsys.errors import ConfigError
 
@@ -16,22 +17,128 @@ MiB = 1024 * 1024
 # aiormq turns every TLS check off when it sees this query option: refuse it unless asked.
 _INSECURE_QUERY_KEYS = frozenset({"no_verify_ssl"})
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+#: Characters that end the user info early (or break the parse) when written unencoded, with
+#: the percent-encoding to write instead.
+_USERINFO_BREAKERS = {"/": "%2F", "?": "%3F", "#": "%23", "[": "%5B", "]": "%5D"}
+# urlsplit silently drops tab, CR and LF anywhere and strips spaces and controls at the ends:
+# the password it reads would not be the one written.
+_UNSAFE_CHARACTER = re.compile(r"[\x00-\x20\x7f]")
+_AUTHORITY_END = re.compile(r"[/?#]")
+
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***``; safe for logs and errors."""
+    """Return ``url`` with its password replaced by ``***``; safe for logs and errors.
+
+    The URL is not parsed as a URL: whatever could be a password is hidden even when the URL
+    is malformed. That is the text between the user name and the **last** ``@``, so a password
+    holding an unencoded ``#``, ``/``, ``?`` or ``[`` (which a parser reads as the end of the
+    user info) is hidden too. Without an ``@``, a "port" that is no number is hidden (a
+    password whose ``@host`` is missing).
+    """
+    start, end = _hidden_span(url)
+    return url if start == end else f"{url[:start]}***{url[end:]}"
+
+
+def url_secrets(url: str | None) -> tuple[str, ...]:
+    """The text ``mask_url`` hides in ``url``, as written and percent-decoded: what to scrub
+    from a message that may quote it."""
+    if not url:
+        return ()
+    start, end = _hidden_span(url)
+    written = url[start:end]
+    return tuple(sorted({written, unquote(written)} - {""}, key=len, reverse=True))
+
+
+def _hidden_span(url: str) -> tuple[int, int]:
+    """Where the secret part of ``url`` may be (``start == end`` when there is none)."""
+    start, has_authority = _authority_start(url)
+    at = url.rfind("@", start)
+    if not has_authority:
+        # Nothing to take apart: everything between the scheme and the '@' may be secret.
+        return (start, at) if at >= 0 else (start, len(url))
+    if at >= 0:
+        colon = url.find(":", start, at)
+        return (colon + 1, at) if colon >= 0 else (at, at)
+    authority = _AUTHORITY_END.split(url[start:], maxsplit=1)[0]
+    colon = authority.rfind(":")
+    port = authority[colon + 1 :] if colon >= 0 else ""
+    if port and "]" not in port and not (port.isascii() and port.isdigit()):
+        return (start + colon + 1, len(url))
+    return (start, start)
+
+
+def _authority_start(url: str) -> tuple[int, bool]:
+    """Where the authority (``user:password@host:port``) begins: after ``scheme://``. False
+    when there is no ``//``; the index is then where the text after the scheme begins."""
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else 0
+    if url.startswith("//", start):
+        return start + 2, True
+    return start, False
+
+
+def parse_url(url: str, what: str, schemes: tuple[str, ...]) -> SplitResult:
+    """``url`` taken apart, or ``ConfigError`` saying what is wrong with it (``what`` names it,
+    e.g. "broker URL"); a message shows the URL only masked.
+
+    Refused, besides a wrong scheme, no host or a bad port: spaces and control characters
+    (which urlsplit drops silently), and user info that a parser would read differently from
+    what was meant (``#``, ``/``, ``?``, ``[``, ``]`` unencoded in the user name or password,
+    or an ``@`` after the host).
+    """
+    shown = mask_url(url)
+    unsafe = _UNSAFE_CHARACTER.search(url)
+    if unsafe is not None:
+        raise ConfigError(
+            f"{what} holds a space or control character (U+{ord(unsafe.group()):04X}); "
+            "percent-encode it (a space as %20, a newline as %0A)"
+        )
+    _check_userinfo(url, what, shown)
     try:
         parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        # An unbalanced bracket: the URL cannot be taken apart, and it may hold a password.
-        return "<unparseable URL>"
-    if password is None:
-        return url
-    # Rebuild from the raw netloc: parts.username is still percent-encoded, and quoting it
-    # again would show a different user name.
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError as exc:
+        # The port text may be a password that lost its '@host': never quote it.
+        reason = str(exc) if "out of range" in str(exc) else "its port is not a number"
+        raise ConfigError(f"{what} is not valid ({reason}): {shown}") from None
+    if parts.scheme not in schemes:
+        expected = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise ConfigError(f"{what} must start with {expected}, got {shown}")
+    if not parts.hostname:
+        raise ConfigError(f"{what} has no host: {shown}")
+    return parts
+
+
+def _check_userinfo(url: str, what: str, shown: str) -> None:
+    start, has_authority = _authority_start(url)
+    if not has_authority:
+        return  # the scheme check refuses it
+    authority = _AUTHORITY_END.split(url[start:], maxsplit=1)[0]
+    at = url.rfind("@", start)
+    if at > start + len(authority):
+        # A '/', '?' or '#' before the last '@': the password holds one unencoded, or the path
+        # or query holds an '@'. Either way a parser would read another host than meant.
+        found = _breakers(url[start:at])
+        where = "before its last '@' would end the user info early and name another host"
+        advice = "in the user name or password ({}), or write an '@' in the vhost or query as %40"
+    else:
+        found = _breakers(url[start : max(at, start)])
+        if not {"[", "]"} & set(found):
+            return
+        where = "in its user name or password would break the URL apart"
+        advice = "({})"
+    chars = ", ".join(repr(char) for char in found)
+    hints = ", ".join(f"{char!r} as {_USERINFO_BREAKERS[char]}" for char in found)
+    them = "them" if len(found) > 1 else "it"
+    raise ConfigError(
+        f"{what} is ambiguous: {chars} {where}; percent-encode {them} {advice.format(hints)}: "
+        f"{shown}"
+    )
+
+
+def _breakers(text: str) -> list[str]:
+    return [char for char in _USERINFO_BREAKERS if char in text]
 
 
 @dataclass(frozen=True)
@@ -58,17 +165,9 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for settings that cannot work."""
-        try:
-            parts = urlsplit(self.url)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
-        except ValueError as exc:
-            raise ConfigError(f"broker URL is not valid ({exc}): {mask_url(self.url)}") from exc
-        if parts.scheme not in ("amqp", "amqps"):
-            raise ConfigError(
-                f"broker URL must start with amqp:// or amqps://, got {mask_url(self.url)}"
-            )
-        if not parts.hostname:
-            raise ConfigError(f"broker URL has no host: {mask_url(self.url)}")
+        parts = parse_url(self.url, "broker URL", ("amqp", "amqps"))
+        if self.management_url is not None:
+            parse_url(self.management_url, "management URL", ("http", "https"))
         query = dict(parse_qsl(parts.query))
         if _INSECURE_QUERY_KEYS & query.keys() and not self.insecure_tls:
             raise ConfigError(
@@ -97,7 +196,7 @@ class Settings:
     def vhost(self) -> str:
         """The virtual host named by the URL (``/`` when the path is empty)."""
         path = urlsplit(self.url).path
-        return "/" if path in ("", "/") else _unquote(path[1:])
+        return "/" if path in ("", "/") else unquote(path[1:])
 
     def with_overrides(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied (None values are ignored)."""
@@ -113,8 +212,13 @@ class Settings:
     __str__ = __repr__
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``JOBSYS_*`` environment variables (explicit, never at import)."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``JOBSYS_*`` environment variables (explicit, never at import).
+
+        ``overrides`` (command-line options; None values are ignored) replace what the
+        environment says *before* the settings are checked, so ``insecure_tls=True`` allows a
+        ``no_verify_ssl`` URL from ``JOBSYS_URL`` and ``url=...`` replaces a bad one.
+        """
         env = os.environ if environ is None else environ
         kwargs: dict[str, object] = {}
         if "JOBSYS_URL" in env:
@@ -137,10 +241,5 @@ class Settings:
                     kwargs[name] = kind(env[key])
                 except ValueError as exc:
                     raise ConfigError(f"{key} must be a number, got {env[key]!r}") from exc
+        kwargs.update((name, value) for name, value in overrides.items() if value is not None)
         return cls(**kwargs)  # type: ignore[arg-type]
-
-
-def _unquote(text: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(text)

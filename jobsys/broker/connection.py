@@ -34,7 +34,7 @@ from tenacity import (
 
 from jobsys.broker import decoding
 from jobsys.errors import AccessRefused, BrokerError, ConnectionFailed, JobsysError
-from jobsys.settings import Settings
+from jobsys.settings import Settings, mask_url, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
     where = settings.masked_url
     if isinstance(exc, JobsysError):
         return exc
+    tls = _tls_cause(exc)
+    if tls is not None:
+        return ConnectionFailed(
+            f"TLS handshake with {where} failed: {_scrub(_tls_problem(tls, settings), settings)}"
+        )
     reason = _scrub(_reason(exc), settings)
     if isinstance(
         exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError
@@ -71,8 +76,6 @@ def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
         exc, aiormq.exceptions.ChannelAccessRefused | aiormq.exceptions.ConnectionNotAllowed
     ):
         return AccessRefused(f"the broker at {where} refused an operation: {reason}")
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return ConnectionFailed(f"TLS handshake with {where} failed: {_scrub(str(exc), settings)}")
     # Before OSError: TimeoutError is one of its subclasses.
     if isinstance(exc, TimeoutError):
         return ConnectionFailed(f"timed out talking to the broker at {where}; {START_HINT}")
@@ -118,14 +121,82 @@ async def close_quietly(channel: AbstractChannel | aiormq.abc.AbstractChannel | 
         log.debug("closing a channel failed", exc_info=True)
 
 
+#: OpenSSL's verify codes for a certificate that names other hosts (X509_V_ERR_HOSTNAME_MISMATCH,
+#: X509_V_ERR_IP_ADDRESS_MISMATCH).
+_HOST_MISMATCH = frozenset({62, 64})
+_CERTIFICATE_EXPIRED = 10
+#: OpenSSL's reasons when the other side answered the TLS hello with something that is not TLS
+#: (a plain AMQP port sends its protocol header, an HTTP port an HTTP reply).
+_NOT_TLS = frozenset(
+    {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"}
+)
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | ssl.CertificateError | None:
+    """The TLS error behind ``exc``: aiormq wraps it in ``AMQPConnectionError``, keeping it
+    as the cause (or context, or an argument)."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError | ssl.CertificateError):
+            return current
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        pending += [arg for arg in current.args if isinstance(arg, BaseException)]
+    return None
+
+
+def _tls_problem(error: ssl.SSLError | ssl.CertificateError, settings: Settings) -> str:
+    """What went wrong in a TLS handshake, and what to do about it."""
+    parts = urlsplit(settings.url)
+    # The ssl module sets these attributes only on the errors it raises itself.
+    reason = getattr(error, "reason", None)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        detail = getattr(error, "verify_message", None) or reason or "verify failed"
+        code = getattr(error, "verify_code", None)
+        if code in _HOST_MISMATCH:
+            return _host_mismatch(parts.hostname, detail)
+        if code == _CERTIFICATE_EXPIRED:
+            return f"the broker's certificate has expired ({detail}); renew it on the broker"
+        if settings.ca_file:
+            where = f"the CA file {settings.ca_file} did not sign it"
+        else:
+            where = "the system's trust store does not know its CA"
+        return (
+            f"the broker's certificate is not trusted ({detail}): {where}; pass the CA that "
+            "signed it with --ca-file (JOBSYS_CA_FILE)"
+        )
+    if isinstance(error, ssl.CertificateError) and not isinstance(error, ssl.SSLError):
+        return _host_mismatch(parts.hostname, str(error))
+    if reason in _NOT_TLS:
+        return (
+            f"port {parts.port or 5671} does not speak TLS ({reason}); use the broker's "
+            "TLS port (usually 5671) with amqps://, or amqp:// for a plain port"
+        )
+    return str(error)
+
+
+def _host_mismatch(host: str | None, detail: str) -> str:
+    return (
+        f"the broker's certificate is not valid for {host!r} ({detail.rstrip('.')}); connect "
+        "with a host name the certificate names, or give the broker a certificate for this one"
+    )
+
+
 def _scrub(text: str, settings: Settings) -> str:
-    """``text`` with the URL's password masked, in case an exception quoted the URL."""
-    text = text.replace(settings.url, settings.masked_url)
-    try:
-        password = urlsplit(settings.url).password
-    except ValueError:
-        return text
-    return text.replace(password, "***") if password else text
+    """``text`` with every password the settings hold masked, in case an exception quoted a
+    URL or the password itself (as written in the URL, or percent-decoded)."""
+    for url in (settings.url, settings.management_url):
+        if url:
+            text = text.replace(url, mask_url(url))
+    # Longest first: a shorter secret inside a longer one must not leave the rest showing.
+    secrets = {*url_secrets(settings.url), *url_secrets(settings.management_url)}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _reason(exc: BaseException) -> str:

@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlunsplit
 
-from jobsys.settings import Settings, mask_url
+from jobsys.settings import Settings, mask_url, parse_url
 from jobsys.topology.plan import VhostSnapshot
 
 #: Port of the management plugin's HTTP listener (15671 with TLS).
@@ -49,27 +49,33 @@ class ManagementEndpoint:
 
 def management_endpoint(settings: Settings) -> ManagementEndpoint:
     """The management API for ``settings``: ``settings.management_url`` when set, else the
-    AMQP host on port 15672 (15671 for amqps) with the AMQP credentials."""
-    amqp = urlsplit(settings.url)
+    AMQP host on port 15672 (15671 for amqps) with the AMQP credentials.
+
+    Both URLs are read with ``parse_url``, which refuses (``ConfigError``, the URL masked) user
+    info that a parser would misread; a percent-encoded user name or password is decoded here.
+    """
+    amqp = parse_url(settings.url, "broker URL", ("amqp", "amqps"))
     username = unquote(amqp.username) if amqp.username is not None else "guest"
     password = unquote(amqp.password) if amqp.password is not None else "guest"
     if settings.management_url:
-        parts = urlsplit(settings.management_url)
+        parts = parse_url(settings.management_url, "management URL", ("http", "https"))
         if parts.username is not None:
             username = unquote(parts.username)
             password = unquote(parts.password or "")
-        host = parts.hostname or "127.0.0.1"
-        netloc = f"[{host}]" if ":" in host else host
+        netloc = _host(parts.hostname)
         if parts.port is not None:
             netloc += f":{parts.port}"
-        base = urlunsplit((parts.scheme or "http", netloc, parts.path.rstrip("/"), "", ""))
+        base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
     else:
         tls = amqp.scheme == "amqps"
-        host = amqp.hostname or "127.0.0.1"
-        netloc = f"[{host}]" if ":" in host else host
         port = MANAGEMENT_TLS_PORT if tls else MANAGEMENT_PORT
-        base = f"{'https' if tls else 'http'}://{netloc}:{port}"
+        base = f"{'https' if tls else 'http'}://{_host(amqp.hostname)}:{port}"
     return ManagementEndpoint(base_url=base, username=username, password=password)
+
+
+def _host(hostname: str | None) -> str:
+    host = hostname or "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 class ManagementClient:

@@ -22,6 +22,7 @@ from jobsys.process.serve import (
     exit_code_for,
 )
 from jobsys.settings import Settings
+from jobsys.wire.display import escape
 
 __all__ = [
     "EXIT_BROKER",
@@ -77,17 +78,26 @@ def topology_option(*, required: bool, help: str) -> Callable[[F], F]:
 
 
 def build_settings(url: str | None, ca_file: str | None, insecure: bool) -> Settings:
-    """Settings from the environment, overridden by command-line options."""
+    """Settings from the environment, overridden by command-line options; checked once, with
+    the options applied (``--insecure`` counts for a URL from ``JOBSYS_URL`` too)."""
     try:
-        base = Settings.from_env()
-        return base.with_overrides(url=url, ca_file=ca_file, insecure_tls=insecure or None)
+        return Settings.from_env(url=url, ca_file=ca_file, insecure_tls=insecure or None)
     except ConfigError as exc:
         raise click.exceptions.Exit(_fail(str(exc), EXIT_INVALID)) from None
 
 
 def _fail(message: str, code: int) -> int:
-    click.secho(message, fg="red", err=True)
+    """Print ``message`` as an error and return ``code``. A message may quote a header, a job
+    id or the broker's text: control characters are escaped, and a line after the first is
+    indented, so nothing in it can pass for a message of its own."""
+    first, *rest = message.split("\n")
+    lines = [escape(first), *(_indented(escape(line)) for line in rest)]
+    click.secho("\n".join(lines), fg="red", err=True)
     return code
+
+
+def _indented(line: str) -> str:
+    return line if line.startswith(" ") else f"  {line}"
 
 
 def run(coro_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
@@ -25,8 +24,15 @@ from jobsys.cli.topology import load_or_exit
 from jobsys.ops import dlq
 from jobsys.publish.producer import Producer
 from jobsys.topology.model import Topology, dead_letter_queue_name
+from jobsys.wire.deadletter import TRACEBACK_LIMIT, DeadJob
+from jobsys.wire.display import cut, escape, escape_lines, utc_time, value_text
+from jobsys.wire.headers import HEADER_FAILED_AT_MS, HEADER_JOB_ID
 
 _MESSAGE_WIDTH = 60
+#: Widest a cell of `dlq list` gets (job ids, types, error types, queues), and longest value
+#: `dlq show` prints whole (a traceback header is at most this long when jobsys wrote it).
+_CELL_WIDTH = 64
+_VALUE_LIMIT = TRACEBACK_LIMIT
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -79,25 +85,14 @@ async def list_command(
     settings = build_settings(url, ca_file, insecure)
     async with BrokerConnection(settings) as connection:
         result = await dlq.peek(connection, queue, where=dlq.Filter(job_type=job_type), limit=limit)
-    rows = [
-        (
-            job.job_id or "-",
-            job.job_type or "-",
-            str(job.attempts) if job.attempts is not None else "-",
-            job.error_type or "-",
-            _shorten(job.error_message or "", _MESSAGE_WIDTH),
-            _time(job.failed_at_ms),
-            job.original_queue or "-",
-        )
-        for job in result.jobs
-    ]
-    header = ("JOB ID", "TYPE", "ATTEMPTS", "ERROR", "MESSAGE", "FAILED AT", "QUEUE")
+    rows = [_row(job) for job in result.jobs]
+    header = ("JOB ID", "TYPE", "ATTEMPTS", "ERROR", "MESSAGE", "FAILED AT (UTC)", "QUEUE")
     if rows:
         _table([header, *rows])
     scope = f" of type {job_type!r}" if job_type else ""
     click.echo(
         f"{len(rows)} job{'s' if len(rows) != 1 else ''}{scope} shown; "
-        f"{result.total} in {dead_letter_queue_name(queue)} ({result.scanned} read)"
+        f"{result.total} in {escape(dead_letter_queue_name(queue))} ({result.scanned} read)"
     )
 
 
@@ -128,15 +123,15 @@ async def show_command(
         )
     if not result.jobs:
         click.secho(
-            f"job {job_id} is not in {dead_letter_queue_name(queue)} "
+            f"job {escape(job_id)} is not in {escape(dead_letter_queue_name(queue))} "
             f"({result.scanned} of {result.total} read)",
             fg="red",
             err=True,
         )
         raise click.exceptions.Exit(EXIT_FAILED)
     job = result.jobs[0]
-    click.echo(f"job id:       {job.job_id}")
-    click.echo(f"job type:     {job.job_type or '-'}")
+    click.echo(f"job id:       {cut(_text_cell(job.job_id, job.headers), _VALUE_LIMIT)}")
+    click.echo(f"job type:     {cut(escape(job.job_type or '-'), _VALUE_LIMIT)}")
     click.echo(f"payload size: {job.body_size} bytes")
     click.echo(f"replays:      {job.replays}")
     click.echo("headers:")
@@ -198,7 +193,7 @@ async def replay_command(
                 progress=advance,
             )
     click.echo(
-        f"replayed {state.replayed} job{'s' if state.replayed != 1 else ''} to {queue}; "
+        f"replayed {state.replayed} job{'s' if state.replayed != 1 else ''} to {escape(queue)}; "
         f"{state.skipped} did not match and stay; "
         f"{state.total - state.replayed - state.skipped} not read"
     )
@@ -221,7 +216,7 @@ async def purge_command(
     """Delete every job in the dead-letter queue of QUEUE (needs --yes)."""
     if not yes:
         click.secho(
-            f"refusing to purge {dead_letter_queue_name(queue)} without --yes "
+            f"refusing to purge {escape(dead_letter_queue_name(queue))} without --yes "
             "(its jobs cannot be recovered)",
             fg="red",
             err=True,
@@ -232,31 +227,61 @@ async def purge_command(
     async with BrokerConnection(settings) as connection:
         purged = await dlq.purge(connection, queue)
     click.echo(
-        f"purged {purged} job{'s' if purged != 1 else ''} from {dead_letter_queue_name(queue)}"
+        f"purged {purged} job{'s' if purged != 1 else ''} from "
+        f"{escape(dead_letter_queue_name(queue))}"
     )
 
 
-def _show_header(name: str, value: object) -> None:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if name.endswith("-at-ms") and isinstance(value, int):
-        click.echo(f"  {name}: {value} ({_time(value)})")
-    elif isinstance(value, str) and "\n" in value:
-        click.echo(f"  {name}:")
-        for line in value.rstrip("\n").splitlines():
-            click.echo(f"    {line}")
-    else:
-        click.echo(f"  {name}: {value}")
+# -- rendering: every header name and value is escaped (a header is whatever its publisher
+# wrote, and a terminal acts on control characters); an odd value is shown marked, never raised.
 
 
-def _time(ms: int | None) -> str:
-    if ms is None:
+def _row(job: DeadJob) -> tuple[str, ...]:
+    """One line of `dlq list`."""
+    return (
+        _shorten(_text_cell(job.job_id, job.headers), _CELL_WIDTH),
+        _shorten(escape(job.job_type or "-"), _CELL_WIDTH),
+        str(job.attempts) if job.attempts is not None else "-",
+        _shorten(escape(job.error_type or "-"), _CELL_WIDTH),
+        _shorten(escape(" ".join((job.error_message or "").split())), _MESSAGE_WIDTH),
+        _failed_at_cell(job.headers.get(HEADER_FAILED_AT_MS)),
+        _shorten(escape(job.original_queue or "-"), _CELL_WIDTH),
+    )
+
+
+def _text_cell(job_id: str | None, headers: dict[str, Any]) -> str:
+    """The job id, or what stands in the header when it is not text, marked with its type."""
+    if job_id is not None:
+        return escape(job_id)
+    raw = headers.get(HEADER_JOB_ID)
+    return "-" if raw is None else f"<{type(raw).__name__}: {value_text(raw)}>"
+
+
+def _failed_at_cell(raw: object) -> str:
+    if raw is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        return _shorten(f"<not a time: {value_text(raw)}>", _CELL_WIDTH)
+    return utc_time(raw) or f"<out of range: {raw}>"
+
+
+def _show_header(name: str, value: object) -> None:
+    label = escape(name)
+    if isinstance(value, str) and len(value.splitlines()) > 1:
+        # A traceback keeps its lines, each indented past the header lines (and escaped), so
+        # none can pass for a header of its own.
+        click.echo(f"  {label}:")
+        for line in escape_lines(cut(value, _VALUE_LIMIT)):
+            click.echo(f"    {line}")
+        return
+    shown = cut(value_text(value), _VALUE_LIMIT)
+    if name.endswith("-at-ms") and isinstance(value, int) and not isinstance(value, bool):
+        when = utc_time(value)
+        shown += f" ({when} UTC)" if when else " (out of range)"
+    click.echo(f"  {label}: {shown}")
 
 
 def _shorten(text: str, width: int) -> str:
-    text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

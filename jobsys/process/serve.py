@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobsys.errors import (
     AccessRefused,
@@ -22,6 +22,7 @@ from jobsys.errors import (
     TopologyConflictError,
     TopologyLoadError,
 )
+from jobsys.wire.display import escape, escape_keeping_newlines
 
 if TYPE_CHECKING:
     from jobsys.consume.worker import Worker
@@ -47,12 +48,32 @@ def exit_code_for(exc: JobsysError) -> int:
     return EXIT_FAILED
 
 
+class EscapingFormatter(logging.Formatter):
+    """A formatter whose records are one line each: control characters in the message (a job
+    id or job type is whatever its publisher wrote) are escaped, so a newline cannot forge a
+    log line and an ESC sequence cannot act on a terminal. A traceback keeps its line breaks;
+    other control characters in it are escaped too. The record itself is left unchanged for
+    other handlers."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.message = escape(record.message)
+        return super().formatMessage(safe)
+
+    def formatException(self, ei: Any) -> str:
+        return escape_keeping_newlines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return escape_keeping_newlines(super().formatStack(stack_info))
+
+
 def configure_logging(verbose: int) -> None:
-    """Log to stderr; ``verbose`` 1 shows jobsys's info, 2 everything at debug."""
+    """Log to stderr, one line per record (``EscapingFormatter``); ``verbose`` 1 shows
+    jobsys's info, 2 everything at debug."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if verbose < 2:
         # aio-pika logs every failed reconnect attempt with a traceback; jobsys says it once.
         logging.getLogger("aio_pika").setLevel(logging.CRITICAL)

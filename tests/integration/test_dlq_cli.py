@@ -94,7 +94,7 @@ def test_show_prints_every_header_and_the_payload_size_but_not_the_body(
         "jobsys-traceback:",
         "    Traceback (most recent call last):",
         "jobsys-attempts: 3",
-        "jobsys-failed-at-ms: 1700000009000 (2023-11-14 22:13:29)",
+        "jobsys-failed-at-ms: 1700000009000 (2023-11-14 22:13:29 UTC)",
         "jobsys-first-failed-at-ms: 1700000001000",
         "jobsys-original-exchange: jobs",
         "jobsys-original-routing-key: work",

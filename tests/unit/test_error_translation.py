@@ -106,6 +106,65 @@ def test_a_tls_failure_is_connection_failed_and_says_tls() -> None:
     assert str(error).startswith(f"TLS handshake with {WHERE} failed: ")
 
 
+def _verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] {message}")
+    error.verify_code, error.verify_message = code, message
+    return error
+
+
+def _wrapped(error: BaseException) -> amqp.AMQPConnectionError:
+    # As aiormq raises it: the TLS error as an argument's text and as the cause.
+    wrapper = amqp.AMQPConnectionError(1, str(error))
+    wrapper.__cause__ = error
+    return wrapper
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            _verify_error(18, "self-signed certificate"),
+            "the broker's certificate is not trusted (self-signed certificate): the system's "
+            "trust store does not know its CA; pass the CA that signed it with --ca-file",
+        ),
+        (
+            _verify_error(62, "Hostname mismatch, certificate is not valid for 'x'."),
+            "the broker's certificate is not valid for 'broker.example' (Hostname mismatch, "
+            "certificate is not valid for 'x'); connect with a host name the certificate names",
+        ),
+        (
+            _verify_error(10, "certificate has expired"),
+            "the broker's certificate has expired (certificate has expired); renew it",
+        ),
+    ],
+    ids=["untrusted", "host-mismatch", "expired"],
+)
+def test_a_tls_failure_wrapped_by_aiormq_says_what_is_wrong_and_what_to_do(
+    error: BaseException, expected: str
+) -> None:
+    translated = translate_error(_wrapped(error), SETTINGS)
+
+    assert type(translated) is ConnectionFailed
+    assert str(translated).startswith(f"TLS handshake with {WHERE} failed: {expected}")
+    assert START_HINT not in str(translated)
+
+
+def test_a_tls_hello_answered_by_a_plain_port_says_the_port_does_not_speak_tls() -> None:
+    error = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    error.reason = "WRONG_VERSION_NUMBER"  # type: ignore[misc]
+
+    wrapper = amqp.AMQPConnectionError(1, str(error))
+    wrapper.__context__ = error  # raised while handling it, without "from"
+
+    translated = translate_error(wrapper, SETTINGS)
+
+    assert str(translated) == (
+        f"TLS handshake with {WHERE} failed: port 5672 does not speak TLS "
+        "(WRONG_VERSION_NUMBER); use the broker's TLS port (usually 5671) with amqps://, or "
+        "amqp:// for a plain port"
+    )
+
+
 def test_another_amqp_error_is_a_broker_error_with_the_brokers_reason() -> None:
     reason = "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl'"
 
