@@ -67,6 +67,12 @@ class ConnectionFailed(BrokerError):
     """Raised when the broker cannot be reached (refused, timed out, TLS failure)."""
 
 
+class TLSHandshakeFailed(ConnectionFailed):
+    """Raised when the TLS handshake with the broker fails: a certificate not trusted or not
+    valid for the host, or a port that does not speak TLS. Retrying with the same settings
+    cannot succeed, so jobsys does not wait out its connect deadline on it."""
+
+
 class AccessRefused(BrokerError):
     """Raised for wrong credentials, a missing vhost or refused permissions. Fatal: retrying
     with the same settings cannot succeed, so jobsys never loops on it (and it is not a

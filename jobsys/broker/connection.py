@@ -27,13 +27,19 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_delay,
     wait_exponential,
 )
 
 from jobsys.broker import decoding
-from jobsys.errors import AccessRefused, BrokerError, ConnectionFailed, JobsysError
+from jobsys.errors import (
+    AccessRefused,
+    BrokerError,
+    ConnectionFailed,
+    JobsysError,
+    TLSHandshakeFailed,
+)
 from jobsys.settings import Settings, mask_url, url_secrets
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,7 @@ def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
         return exc
     tls = _tls_cause(exc)
     if tls is not None:
-        return ConnectionFailed(
+        return TLSHandshakeFailed(
             f"TLS handshake with {where} failed: {_scrub(_tls_problem(tls, settings), settings)}"
         )
     reason = _scrub(_reason(exc), settings)
@@ -244,7 +250,10 @@ class BrokerConnection:
         if self._connection is not None:
             return self
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(ConnectionFailed),
+            # A broker that is not up yet may come; a TLS handshake that failed will not heal.
+            retry=retry_if_exception(
+                lambda e: isinstance(e, ConnectionFailed) and not isinstance(e, TLSHandshakeFailed)
+            ),
             stop=stop_after_delay(self.settings.connect_deadline_s),
             wait=wait_exponential(multiplier=0.2, max=3.0),
             reraise=True,

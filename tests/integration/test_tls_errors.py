@@ -9,6 +9,7 @@ broker (``tests/harness/tls_endpoint.py``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,8 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner, Result
 
-from jobsys.broker.connection import START_HINT
+from jobsys.broker.connection import START_HINT, BrokerConnection
 from jobsys.cli import main
+from jobsys.errors import TLSHandshakeFailed
 from jobsys.settings import Settings
 from tests.harness.tls_endpoint import Certificate, TlsEndpoint, make_certificate
 
@@ -167,3 +169,14 @@ def test_insecure_on_the_command_line_applies_to_no_verify_ssl_in_jobsys_url(
     assert refused.exit_code == 2 and "--insecure" in refused.stderr, refused.output
     assert allowed.exit_code == 0, allowed.output
     assert "total: 0 jobs waiting" in allowed.stdout
+
+
+async def test_a_tls_failure_is_not_retried_until_the_connect_deadline(
+    endpoint: dict[str, TlsEndpoint], vhost_settings: Settings
+) -> None:
+    url = _url("localhost", endpoint["local"].port, vhost_settings)  # untrusted: no CA given
+    started = time.monotonic()
+    with pytest.raises(TLSHandshakeFailed, match="certificate is not trusted"):
+        await BrokerConnection(Settings(url=url, connect_deadline_s=20.0)).open()
+    # One handshake, not twenty seconds of them: retrying cannot fix a certificate.
+    assert time.monotonic() - started < 10
