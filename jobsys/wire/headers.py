@@ -102,7 +102,11 @@ def escape_invalid(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        try:
+            # The lenient decoder's surrogates stand for bytes: show those bytes.
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # other lone surrogates (not from the wire)
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
 
 
