@@ -15,6 +15,7 @@ from jobsys.errors import (
     BrokerError,
     ConnectionFailed,
     JobsysError,
+    TLSHandshakeFailed,
     UnroutableError,
 )
 from jobsys.settings import Settings
@@ -102,7 +103,7 @@ def test_a_timeout_is_connection_failed_that_says_it_timed_out() -> None:
 def test_a_tls_failure_is_connection_failed_and_says_tls() -> None:
     error = translate_error(ssl.SSLError(1, "CERTIFICATE_VERIFY_FAILED"), SETTINGS)
 
-    assert type(error) is ConnectionFailed
+    assert type(error) is TLSHandshakeFailed  # a ConnectionFailed that is not retried
     assert str(error).startswith(f"TLS handshake with {WHERE} failed: ")
 
 
@@ -144,7 +145,7 @@ def test_a_tls_failure_wrapped_by_aiormq_says_what_is_wrong_and_what_to_do(
 ) -> None:
     translated = translate_error(_wrapped(error), SETTINGS)
 
-    assert type(translated) is ConnectionFailed
+    assert type(translated) is TLSHandshakeFailed  # a ConnectionFailed that is not retried
     assert str(translated).startswith(f"TLS handshake with {WHERE} failed: {expected}")
     assert START_HINT not in str(translated)
 
