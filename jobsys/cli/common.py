@@ -34,6 +34,7 @@ __all__ = [
     "configure_logging",
     "connection_options",
     "exit_code_for",
+    "fail",
     "run",
     "topology_option",
 ]
@@ -83,10 +84,10 @@ def build_settings(url: str | None, ca_file: str | None, insecure: bool) -> Sett
     try:
         return Settings.from_env(url=url, ca_file=ca_file, insecure_tls=insecure or None)
     except ConfigError as exc:
-        raise click.exceptions.Exit(_fail(str(exc), EXIT_INVALID)) from None
+        raise click.exceptions.Exit(fail(str(exc), EXIT_INVALID)) from None
 
 
-def _fail(message: str, code: int) -> int:
+def fail(message: str, code: int) -> int:
     """Print ``message`` as an error and return ``code``. A message may quote a header, a job
     id or the broker's text: control characters are escaped, and a line after the first is
     indented, so nothing in it can pass for a message of its own."""
@@ -109,8 +110,8 @@ def run(coro_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
         try:
             return asyncio.run(coro_fn(*args, **kwargs))
         except JobsysError as exc:
-            raise click.exceptions.Exit(_fail(f"error: {exc}", exit_code_for(exc))) from None
+            raise click.exceptions.Exit(fail(f"error: {exc}", exit_code_for(exc))) from None
         except KeyboardInterrupt:
-            raise click.exceptions.Exit(_fail("interrupted", 130)) from None
+            raise click.exceptions.Exit(fail("interrupted", 130)) from None
 
     return wrapper

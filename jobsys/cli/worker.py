@@ -14,7 +14,7 @@ import sys
 import click
 
 from jobsys.app import App
-from jobsys.cli.common import build_settings, connection_options, topology_option
+from jobsys.cli.common import build_settings, connection_options, fail, topology_option
 from jobsys.cli.topology import load_or_exit
 from jobsys.consume.options import WorkerOptions
 from jobsys.consume.worker import Worker
@@ -143,8 +143,7 @@ def worker(
         with configure_from_env("jobsys-worker"):
             code = asyncio.run(serve(running))
     except JobsysError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        _exit(exit_code_for(exc))
+        _exit(fail(f"error: {exc}", exit_code_for(exc)))
         return
     click.echo(running.stats.summary(), err=True)
     if running.lingering_threads:

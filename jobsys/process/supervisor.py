@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobsys.process.child import REPORT_FD_ENV, ChildSpec
+from jobsys.wire.display import escape
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,8 @@ class Supervisor:
         if outcome == "fatal":
             if self._code is None:
                 self._code = int(report["code"]) if report else 1
-                self._echo(f"error: {report['error'] if report else 'worker failed'}")
+                # The child's message may quote a name or a job id: never raw to a terminal.
+                self._echo(f"error: {escape(str(report['error'])) if report else 'worker failed'}")
                 self._echo("stopping every worker process; a restart would fail the same way")
             self._stop_all(now)
             return
