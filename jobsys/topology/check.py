@@ -211,7 +211,10 @@ def _check_priority(
     if not job_type.priority:
         return
     for queue_name in queues:
-        limit = topology.queues[queue_name].max_priority
+        queue = topology.queues.get(queue_name)
+        if queue is None:
+            continue  # a binding names a queue the file lacks; that binding is reported
+        limit = queue.max_priority
         if limit is None:
             yield Problem(
                 (*path, "priority"),

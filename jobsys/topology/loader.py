@@ -9,6 +9,9 @@ collected and raised together.
 from __future__ import annotations
 
 import difflib
+import os
+import stat
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -67,20 +70,52 @@ class LoadedTopology:
 def load_topology(path: str | Path) -> LoadedTopology:
     """Read and validate the topology file at ``path``."""
     filename = str(path)
-    try:
-        size = Path(path).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise TopologyLoadError(
-                [f"{filename}:1:1: file is {size} bytes; topology files are capped at 1 MiB"]
-            )
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise TopologyLoadError([f"{filename}:1:1: cannot read file: {exc.strerror}"]) from exc
+    raw = _read_capped(path, filename)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TopologyLoadError([f"{filename}:1:1: file is not UTF-8 text"]) from exc
     return load_topology_text(text, filename)
+
+
+def _read_capped(path: str | Path, filename: str) -> bytes:
+    """The bytes of the regular file at ``path``, at most the cap + 1 of them.
+
+    Only a regular file is read: ``st_size`` is 0 for ``/dev/zero`` and most of ``/proc``, so a
+    size check alone would read without end, and opening a FIFO waits for a writer. The file
+    is opened non-blocking and checked again once open, in case it was swapped meanwhile.
+    """
+    try:
+        _refuse_unless_regular(os.stat(path).st_mode, filename)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            _refuse_unless_regular(os.fstat(handle.fileno()).st_mode, filename)
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise TopologyLoadError([f"{filename}:1:1: cannot read file: {exc.strerror}"]) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        shown = f"{size} bytes" if size > MAX_FILE_BYTES else f"over {MAX_FILE_BYTES} bytes"
+        raise TopologyLoadError(
+            [f"{filename}:1:1: file is {shown}; topology files are capped at 1 MiB"]
+        )
+    return raw
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _refuse_unless_regular(mode: int, filename: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    raise TopologyLoadError([f"{filename}:1:1: cannot read file: it is {kind}, not a regular file"])
 
 
 def load_topology_text(text: str, filename: str = "<string>") -> LoadedTopology:
@@ -90,7 +125,7 @@ def load_topology_text(text: str, filename: str = "<string>") -> LoadedTopology:
     builder = _Builder(filename)
     data = builder.build(text)
     problems = list(builder.problems)
-    if data is not None and not isinstance(data, dict):
+    if data is not None and data is not REFUSED and not isinstance(data, dict):
         problems.append(f"{filename}:1:1: a topology file is a mapping with version: 1")
     if not isinstance(data, dict):
         raise TopologyLoadError(problems)
@@ -180,8 +215,7 @@ class _Builder:
         )
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
             if id(node) in self._open:
-                self._refuse(node, path, "an alias is used inside its own anchor")
-                return None
+                return self._refuse(node, path, "an alias is used inside its own anchor")
             self._open.add(id(node))
             try:
                 if isinstance(node, yaml.MappingNode):
@@ -193,25 +227,30 @@ class _Builder:
         try:
             return self._loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            self._refuse(node, path, str(exc.problem))
-            return None
+            return self._refuse(node, path, str(exc.problem))
+        except (ValueError, OverflowError) as exc:
+            # A scalar PyYAML recognises but Python cannot build: an integer past Python's
+            # digit limit, a date like 2024-13-45.
+            return self._refuse(node, path, _unbuildable(node, exc))
 
-    def _refuse(self, node: yaml.Node, path: KeyPath, message: str) -> None:
-        """Report a value that is not built at all; shape errors at or under it are noise."""
+    def _refuse(self, node: yaml.Node, path: KeyPath, message: str) -> _Refused:
+        """Report a value that is not built at all; shape errors at or under it are noise.
+
+        The value is replaced by ``REFUSED``, which no field of the model accepts: the entry is
+        then malformed, so no cross-check judges it as if the value were simply not given."""
         self.problems.append(f"{self._at(node.start_mark)}: {_dotted(path)}: {message}")
         self.refused_paths.add(path)
+        return REFUSED
 
-    def _sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any] | None:
+    def _sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any] | _Refused:
         if node.tag != "tag:yaml.org,2002:seq":
-            self._refuse(node, path, f"unsupported tag {node.tag}")
-            return None
+            return self._refuse(node, path, f"unsupported tag {node.tag}")
         return [self._value(item, (*path, i)) for i, item in enumerate(node.value)]
 
-    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any] | None:
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any] | _Refused:
         result: dict[str, Any] = {}
         if node.tag != "tag:yaml.org,2002:map":
-            self._refuse(node, path, f"unsupported tag {node.tag}")
-            return None
+            return self._refuse(node, path, f"unsupported tag {node.tag}")
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 self.problems.append(
@@ -238,6 +277,26 @@ class _Builder:
             self.key_positions[key_path] = where
             result[key] = self._value(value_node, key_path)
         return result
+
+
+class _Refused:
+    """Stands for a value the loader refused to build; no field of the model accepts it."""
+
+    def __repr__(self) -> str:
+        return "<refused>"
+
+
+REFUSED = _Refused()
+
+
+def _unbuildable(node: yaml.Node, exc: ValueError | OverflowError) -> str:
+    if node.tag == "tag:yaml.org,2002:int":
+        digits = sum(ch.isdigit() for ch in str(node.value))
+        limit = sys.get_int_max_str_digits()
+        if limit and digits > limit:
+            return f"a number of {digits} digits; numbers in a topology file have at most {limit}"
+    kind = str(node.tag).rsplit(":", 1)[-1]
+    return f"cannot read this {kind}: {exc}"
 
 
 class _TooManyNodes(Exception):

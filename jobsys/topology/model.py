@@ -13,8 +13,17 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from jobsys.duration import format_duration, parse_duration_s
 
+
+def _duration_s(value: object) -> float:
+    try:
+        return parse_duration_s(value)
+    except OverflowError:
+        # A bare integer past float range (400 digits): as infinite as `.inf`, and refused so.
+        raise ValueError("a duration must be a finite number of seconds, zero or more") from None
+
+
 #: Seconds, written in the file as a number or as ``250ms``, ``90s``, ``5m``, ``2h``, ``30d``.
-Duration = Annotated[float, BeforeValidator(parse_duration_s)]
+Duration = Annotated[float, BeforeValidator(_duration_s)]
 
 #: Name of the direct exchange through which workers publish to dead-letter queues and through
 #: which the broker dead-letters (max length, delivery limit) into them.

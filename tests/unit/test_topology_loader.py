@@ -344,7 +344,9 @@ def test_a_directory_is_not_a_topology_file(tmp_path: Path) -> None:
     with pytest.raises(TopologyLoadError) as caught:
         load_topology(tmp_path)
 
-    assert caught.value.problems == [f"{tmp_path}:1:1: cannot read file: Is a directory"]
+    assert caught.value.problems == [
+        f"{tmp_path}:1:1: cannot read file: it is a directory, not a regular file"
+    ]
 
 
 # -- cross-reference problems ------------------------------------------------------------------

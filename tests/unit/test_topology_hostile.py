@@ -1,0 +1,199 @@
+"""Hostile topology files: whatever a file holds, loading it ends in a located problem (exit 2
+from the CLI), never in a traceback, a hang or a machine out of memory."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobsys.errors import TopologyLoadError
+from jobsys.topology.loader import load_topology, load_topology_text
+
+JOBSYS = str(Path(sys.executable).with_name("jobsys"))
+
+ROUTED = """\
+version: 1
+exchanges:
+  ex: {type: direct}
+queues:
+  q: {type: classic, QUEUE}
+bindings:
+  - {exchange: ex, queue: q, routing_key: k}
+job_types:
+  j: {exchange: ex, routing_key: k, priority: 1}
+"""
+
+
+def problems_of(text: str) -> list[str]:
+    """The problems ``text`` is refused with (fails the test when it loads)."""
+    with pytest.raises(TopologyLoadError) as caught:
+        load_topology_text(text, "t.yaml")
+    return caught.value.problems
+
+
+def _limit_memory() -> None:
+    # A reader that does not stop at the cap must fail fast here, not starve the machine.
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def validate(path: str) -> subprocess.CompletedProcess[str]:
+    """``jobsys topology validate PATH`` with a memory ceiling and a deadline."""
+    return subprocess.run(
+        [JOBSYS, "topology", "validate", path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        preexec_fn=_limit_memory,
+    )
+
+
+# -- numbers Python cannot hold as the model wants them -----------------------------------------
+
+
+def test_an_integer_of_5000_digits_is_a_located_problem_not_a_crash() -> None:
+    text = ROUTED.replace("QUEUE", "max_priority: " + "9" * 5000)
+
+    assert problems_of(text) == [
+        "t.yaml:5:36: queues.q.max_priority: a number of 5000 digits; numbers in a topology "
+        "file have at most 4300"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "version: 1\ndelays:\n  max_delay: " + "9" * 400 + "\n",
+            "t.yaml:3:3: delays.max_delay: a duration must be a finite number of seconds, "
+            "zero or more",
+        ),
+        (
+            ROUTED.replace("QUEUE", "message_ttl: 1" + "0" * 400),
+            "t.yaml:5:22: queues.q.message_ttl: a duration must be a finite number of seconds, "
+            "zero or more",
+        ),
+        (
+            ROUTED.replace("priority: 1", "timeout: 1" + "0" * 400).replace(
+                "QUEUE", "durable: true"
+            ),
+            "t.yaml:9:37: job_types.j.timeout: a duration must be a finite number of seconds, "
+            "zero or more",
+        ),
+    ],
+    ids=["max_delay", "message_ttl", "timeout"],
+)
+def test_a_bare_integer_beyond_float_range_in_a_duration_is_a_located_problem(
+    text: str, problem: str
+) -> None:
+    assert problems_of(text) == [problem]
+
+
+# -- a malformed or missing queue that a prioritised job type routes to -------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("max_priority: 0", "queues.q.max_priority: Input should be greater than or equal to 1"),
+        ("max_priority: -1", "queues.q.max_priority: Input should be greater than or equal to 1"),
+        ("max_priority: 256", "queues.q.max_priority: Input should be less than or equal to 255"),
+        (
+            "max_priority: 10.5",
+            "queues.q.max_priority: Input should be a valid integer, got a number with a "
+            "fractional part",
+        ),
+        ("max_length: -3", "queues.q.max_length: Input should be greater than or equal to 0"),
+    ],
+)
+def test_a_malformed_queue_a_prioritised_job_type_routes_to_is_reported_not_a_crash(
+    spec: str, problem: str
+) -> None:
+    assert problems_of(ROUTED.replace("QUEUE", spec)) == [f"t.yaml:5:22: {problem}"]
+
+
+def test_a_binding_to_an_undeclared_queue_with_a_prioritised_job_type_is_reported() -> None:
+    text = ROUTED.replace("queue: q,", "queue: nowhere,").replace("QUEUE", "max_priority: 5")
+
+    assert problems_of(text) == [
+        "t.yaml:7:27: bindings.0.queue: queue 'nowhere' is not declared (declared: q)"
+    ]
+
+
+# -- files that are not regular files -----------------------------------------------------------
+
+
+def test_a_character_device_is_refused_without_reading_it() -> None:
+    with pytest.raises(TopologyLoadError) as caught:
+        load_topology("/dev/zero")
+
+    assert caught.value.problems == [
+        "/dev/zero:1:1: cannot read file: it is a character device, not a regular file"
+    ]
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "topology.yaml"
+    os.mkfifo(fifo)
+
+    with pytest.raises(TopologyLoadError) as caught:
+        load_topology(fifo)
+
+    assert caught.value.problems == [
+        f"{fifo}:1:1: cannot read file: it is a named pipe (FIFO), not a regular file"
+    ]
+
+
+def test_validate_of_dev_zero_exits_2_at_once_with_one_located_problem() -> None:
+    result = validate("/dev/zero")
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "/dev/zero:1:1: cannot read file: it is a character device, not a regular file",
+        "/dev/zero: 1 problem",
+    ]
+
+
+def test_validate_of_a_fifo_exits_2_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+
+    result = validate(str(fifo))
+
+    assert result.returncode == 2, result.stderr
+    assert "not a regular file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_validate_of_a_5000_digit_number_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "digits.yaml"
+    path.write_text(ROUTED.replace("QUEUE", "max_priority: " + "9" * 5000))
+
+    result = validate(str(path))
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{path}:5:36: queues.q.max_priority: a number of 5000 digits" in result.stderr
+
+
+def test_a_refused_value_is_not_judged_as_if_it_were_missing() -> None:
+    # Dropping the value would leave a queue without max_priority, and the prioritised job
+    # type would be told that its priority "has no effect": a problem the file does not have.
+    text = ROUTED.replace("QUEUE", "max_priority: !custom 5")
+
+    assert problems_of(text) == [
+        "t.yaml:5:36: queues.q.max_priority: could not determine a constructor for the tag "
+        "'!custom'"
+    ]
+
+
+def test_a_date_python_cannot_build_is_a_located_problem() -> None:
+    text = ROUTED.replace("QUEUE", "max_priority: 2024-13-45")
+
+    assert problems_of(text) == [
+        "t.yaml:5:36: queues.q.max_priority: cannot read this timestamp: month must be in 1..12"
+    ]
