@@ -19,7 +19,7 @@ from jobsys.ops.declare import apply_topology, plan_topology
 from jobsys.settings import Settings
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.entities import desired_entities
-from jobsys.topology.loader import LoadedTopology, load_topology
+from jobsys.topology.loader import LoadedTopology, load_topology, printable
 from jobsys.topology.plan import ACTIONS, ApplyResult, Plan
 from jobsys.topology.routing import route_job_type
 
@@ -35,7 +35,8 @@ def load_or_exit(path: str) -> LoadedTopology:
         for problem in exc.problems:
             click.echo(problem, err=True)
         count = len(exc.problems)
-        click.secho(f"{path}: {count} problem{'s' if count != 1 else ''}", fg="red", err=True)
+        noun = "problem" if count == 1 else "problems"
+        click.secho(f"{printable(path)}: {count} {noun}", fg="red", err=True)
         raise click.exceptions.Exit(EXIT_INVALID) from None
 
 
@@ -51,7 +52,7 @@ def validate(file: str) -> None:
     loaded = load_or_exit(file)
     t = loaded.topology
     click.echo(
-        f"{file}: valid ({len(t.exchanges)} exchanges, {len(t.queues)} queues, "
+        f"{printable(file)}: valid ({len(t.exchanges)} exchanges, {len(t.queues)} queues, "
         f"{len(t.bindings)} bindings, {len(t.job_types)} job types)"
     )
 

@@ -197,3 +197,104 @@ def test_a_date_python_cannot_build_is_a_located_problem() -> None:
     assert problems_of(text) == [
         "t.yaml:5:36: queues.q.max_priority: cannot read this timestamp: month must be in 1..12"
     ]
+
+
+# -- keys that are not strings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        ("123", "an integer"),
+        ("0x10", "an integer"),
+        ("1.5", "a number"),
+        ("true", "a boolean"),
+        ("on", "a boolean"),
+        ("null", "null"),
+        ("2024-01-01", "a date"),
+    ],
+)
+def test_a_key_yaml_reads_as_another_type_is_refused_with_its_position(key: str, kind: str) -> None:
+    text = f"version: 1\nqueues:\n  good: {{type: classic}}\n  {key}: {{type: classic}}\n"
+
+    assert problems_of(text) == [
+        f"t.yaml:4:3: queues: key {key} is {kind} to YAML, not a string; quote it ('{key}') "
+        "to use it as a name"
+    ]
+
+
+def test_a_quoted_or_explicitly_tagged_number_is_a_name_like_any_other() -> None:
+    text = (
+        "version: 1\nexchanges:\n  '123': {type: direct}\n  !!str 456: {type: direct}\n"
+        "queues:\n  '0x10': {type: classic}\n"
+    )
+
+    loaded = load_topology_text(text, "t.yaml")
+
+    assert list(loaded.topology.exchanges) == ["123", "456"]
+    assert list(loaded.topology.queues) == ["0x10"]
+
+
+# -- the node limit -----------------------------------------------------------------------------
+
+
+def test_a_wide_file_over_the_node_limit_is_called_too_large_not_recursive() -> None:
+    text = "version: 1\nbindings: [" + "0, " * 100_001 + "]\n"
+
+    problems = problems_of(text)
+
+    assert len(problems) == 1
+    assert problems[0].startswith("t.yaml:2:")
+    assert problems[0].endswith(
+        "too many nodes: over 100000 keys, values and list items; a topology file needs far fewer"
+    )
+    assert "alias" not in problems[0]
+
+
+# -- control characters are shown escaped -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [(r"a\nb", r"'a\nb'"), (r"a\0b", r"'a\x00b'"), (r"a\eb", r"'a\x1bb'"), (r"\t", r"'\t'")],
+    ids=["newline", "nul", "esc", "tab"],
+)
+def test_a_name_with_a_control_character_is_shown_escaped(written: str, shown: str) -> None:
+    text = f'version: 1\nqueues:\n  "{written}": {{type: classic}}\n'
+
+    problems = problems_of(text)
+
+    assert problems == [
+        f"t.yaml:3:3: queues.{shown}: String should match pattern '^[A-Za-z0-9_.:\\-]+$'"
+    ]
+
+
+def test_a_duplicate_key_with_a_control_character_is_shown_escaped() -> None:
+    text = 'version: 1\nqueues:\n  "a\\eb": {type: classic}\n  "a\\eb": {type: classic}\n'
+
+    problems = problems_of(text)
+
+    assert "t.yaml:4:3: queues.'a\\x1bb': duplicate key (first at line 3, column 3)" in problems
+    assert not any("\x1b" in problem for problem in problems)
+
+
+def test_a_file_name_with_a_control_character_is_shown_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "bad\nname.yaml"
+    path.write_text("version: 2\n")
+
+    with pytest.raises(TopologyLoadError) as caught:
+        load_topology(path)
+
+    assert caught.value.problems == [f"{str(path)!r}:1:1: version: Input should be 1"]
+    assert "\n" not in caught.value.problems[0]
+
+
+def test_validate_shows_a_file_name_with_a_control_character_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "evil\x1b[2J.yaml"
+    path.write_text("version: 2\n")
+
+    result = validate(str(path))
+
+    assert result.returncode == 2
+    assert "\x1b" not in result.stderr
+    assert result.stderr.splitlines()[-1] == f"{str(path)!r}: 1 problem"
