@@ -359,8 +359,10 @@ def test_dangling_references_and_unroutable_job_types_are_all_reported_at_once()
         load_topology(path)
 
     assert caught.value.problems == [
-        f"{path}:8:16: bindings.1.exchange: exchange 'job' is not declared (declared: jobs)",
-        f"{path}:8:28: bindings.1.queue: queue 'email' is not declared (declared: emails)",
+        f"{path}:8:16: bindings.1.exchange: exchange 'job' is not declared; did you mean "
+        "'jobs'? (declared: jobs)",
+        f"{path}:8:28: bindings.1.queue: queue 'email' is not declared; did you mean 'emails'? "
+        "(declared: emails)",
         f"{path}:14:15: job_types.send_sms.exchange: exchange 'sms' is not declared "
         "(declared: jobs)",
         f"{path}:17:5: job_types.lost: job type 'lost' reaches no queue (exchange 'jobs', "
@@ -427,7 +429,8 @@ job_types:
     assert problems_of(text) == [
         "t.yaml:7:55: bindings.0.extra: unknown key 'extra'; expected one of: exchange, queue, "
         "routing_key, match, headers",
-        "t.yaml:8:16: bindings.1.exchange: exchange 'job' is not declared (declared: jobs)",
+        "t.yaml:8:16: bindings.1.exchange: exchange 'job' is not declared; did you mean 'jobs'? "
+        "(declared: jobs)",
     ]
 
 
@@ -438,8 +441,8 @@ def test_a_duplicate_key_does_not_hide_cross_reference_problems() -> None:
 
     assert problems_of(text) == [
         "t.yaml:6:3: queues.emails: duplicate key (first at line 5, column 3)",
-        "t.yaml:10:26: job_types.send_email.exchange: exchange 'jobz' is not declared "
-        "(declared: jobs)",
+        "t.yaml:10:26: job_types.send_email.exchange: exchange 'jobz' is not declared; did you "
+        "mean 'jobs'? (declared: jobs)",
     ]
 
 
