@@ -115,6 +115,7 @@ async def _plan(loaded: LoadedTopology, settings: Settings, *, use_management: b
     async with BrokerConnection(settings) as conn:
         loaded.check_broker_version(conn.server_version)
         entities = desired_entities(loaded.topology)
+        loaded.check_declarable(entities)
         return await plan_topology(conn, entities, use_management=use_management)
 
 

@@ -122,14 +122,14 @@ def headers_problem(headers: Mapping[str, ArgValue]) -> str | None:
     return None
 
 
-def check_entities(entities: Entities) -> list[str]:
-    """Every entity ``apply`` would declare that the broker or the encoder would refuse, one
-    line each; empty when all fit. The file check refuses what the file writes; this also
-    covers what jobsys derives from it, before anything is declared."""
+def check_entities(entities: Entities) -> list[tuple[str, str]]:
+    """Every entity ``apply`` would declare that the broker or the encoder would refuse, as
+    (entity name, what is wrong); empty when all fit. The file check refuses what the file
+    writes; this also covers what jobsys derives from it, before anything is declared."""
     return [
-        *(p for spec in entities.exchanges for p in _exchange_problems(spec)),
-        *(p for spec in entities.queues for p in _queue_problems(spec)),
-        *(p for spec in entities.bindings for p in _binding_problems(spec)),
+        *((spec.name, p) for spec in entities.exchanges for p in _exchange_problems(spec)),
+        *((spec.name, p) for spec in entities.queues for p in _queue_problems(spec)),
+        *((spec.destination, p) for spec in entities.bindings for p in _binding_problems(spec)),
     ]
 
 

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ValidationError
 
 from jobsys.errors import TopologyLoadError, TopologyValidationError
 from jobsys.topology.check import Problem, check_broker_support, check_topology
-from jobsys.topology.model import Topology
+from jobsys.topology.entities import Entities
+from jobsys.topology.limits import check_entities
+from jobsys.topology.model import DEAD_LETTER_SUFFIX, Topology
 from jobsys.topology.partial import sound_part_problems
 from jobsys.topology.source import (
     MAX_DEPTH,
@@ -64,6 +66,27 @@ class LoadedTopology:
         problems = check_broker_support(self.topology, version)
         if problems:
             raise TopologyValidationError([self._format(p) for p in problems])
+
+    def check_declarable(self, entities: Entities) -> None:
+        """Raise ``TopologyValidationError`` when an entity ``apply`` would declare for this
+        file (``entities``, the derived ones included) is past what AMQP or the broker
+        accepts, so that nothing is declared rather than a part."""
+        problems = [
+            Problem(self._origin(name), message) for name, message in check_entities(entities)
+        ]
+        if problems:
+            raise TopologyValidationError([self._format(p) for p in problems])
+
+    def _origin(self, entity: str) -> KeyPath:
+        """The key an entity comes from: its own entry, its work queue's for a dead-letter
+        queue, else ``delays`` (the delay levels and jobsys's own exchanges)."""
+        for section in ("exchanges", "queues"):
+            if entity in getattr(self.topology, section):
+                return (section, entity)
+        work_queue = entity.removesuffix(DEAD_LETTER_SUFFIX)
+        if work_queue != entity and work_queue in self.topology.queues:
+            return ("queues", work_queue)
+        return ("delays",)
 
     def _format(self, problem: Problem) -> str:
         return f"{self.locate(problem.path)}: {dotted(problem.path)}: {problem.message}"

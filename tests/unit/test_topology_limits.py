@@ -175,6 +175,9 @@ def test_a_derived_queue_with_a_ttl_over_the_limit_is_caught_before_declaring() 
     entities.queues[-1] = too_long
 
     assert check_entities(entities) == [
-        f"queue {level.name}: x-message-ttl is 549755813888000 ms; RabbitMQ accepts at most "
-        "315360000000 ms (3650d)"
+        (
+            level.name,
+            f"queue {level.name}: x-message-ttl is 549755813888000 ms; RabbitMQ accepts at most "
+            "315360000000 ms (3650d)",
+        )
     ]
