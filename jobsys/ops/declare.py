@@ -72,14 +72,16 @@ async def plan_topology(
 ) -> Plan:
     """Compare ``entities`` with the broker ``conn`` is connected to.
 
-    Uses the management API when ``use_management`` and it answers; otherwise probes over
-    AMQP (extras are then unknown, and bindings are reported as "ensure"). Never changes
-    the broker.
+    Uses the management API when ``use_management`` and it answers for the broker ``conn``
+    reached (the same cluster name); otherwise probes over AMQP (extras are then unknown, and
+    bindings are reported as "ensure") and says why in the plan's note. Never changes the
+    broker.
     """
     note = "the management API was not used (--no-management)"
     if use_management:
         client = ManagementClient(management_endpoint(conn.settings))
         try:
+            await client.confirm_same_broker(conn.amqp.server_properties)
             snapshot = await client.snapshot(conn.settings.vhost)
         except ManagementUnavailable as exc:
             note = f"{exc}; probed over AMQP instead"
