@@ -111,9 +111,11 @@ def load_topology_text(text: str, filename: str = "<string>") -> LoadedTopology:
     builder = TreeBuilder(filename)
     data = builder.build(text)
     problems = list(builder.problems)
-    if data is not None and data is not REFUSED and not isinstance(data, dict):
-        problems.append(f"{filename}:1:1: a topology file is a mapping with version: 1")
     if not isinstance(data, dict):
+        # A scalar or a list at the top, or a document that is only `null` or `~`; a value
+        # refused outright, or nothing built at all, has been reported already.
+        if (data is not None and data is not REFUSED) or not problems:
+            problems.append(f"{filename}:1:1: a topology file is a mapping with version: 1")
         raise TopologyLoadError(problems)
     try:
         topology = Topology.model_validate(data)

@@ -153,10 +153,18 @@ class TreeBuilder:
         return None
 
     def _compose(self, text: str) -> yaml.Node | None:
-        loader = _DepthLimitedLoader(text)
+        try:
+            # The reader checks every character as it is constructed.
+            loader = _DepthLimitedLoader(text)
+        except yaml.reader.ReaderError as exc:
+            self.problems.append(self._unprintable(text, exc))
+            return None
         self._loader = loader
         try:
             node = loader.get_single_node()
+        except yaml.reader.ReaderError as exc:
+            self.problems.append(self._unprintable(text, exc))
+            return None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             where = self._at(mark) if mark else f"{self.filename}:1:1"
@@ -170,6 +178,16 @@ class TreeBuilder:
         if node is None:
             self.problems.append(f"{self.filename}:1:1: the file is empty")
         return node
+
+    def _unprintable(self, text: str, exc: yaml.reader.ReaderError) -> str:
+        before = text[: exc.position]
+        line = before.count("\n") + 1
+        column = exc.position - (before.rfind("\n") + 1) + 1
+        shown = repr(chr(exc.character)) if isinstance(exc.character, int) else "?"
+        return (
+            f"{self.filename}:{line}:{column}: YAML: character {shown} is not allowed in a "
+            "YAML file"
+        )
 
     def _too_many(self) -> str:
         counted = f"over {MAX_NODES} keys, values and list items"
@@ -203,9 +221,10 @@ class TreeBuilder:
             return self._loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
             return self._refuse(node, path, str(exc.problem))
-        except (ValueError, OverflowError) as exc:
+        except Exception as exc:  # whatever the constructor raises for a scalar
             # A scalar PyYAML recognises but Python cannot build: an integer past Python's
-            # digit limit, a date like 2024-13-45.
+            # digit limit, a date like 2024-13-45 (ValueError), or one whose explicit tag does
+            # not fit it: `!!timestamp nope` (AttributeError), `!!bool maybe` (KeyError).
             return self._refuse(node, path, _unbuildable(node, exc))
 
     def _count(self, node: yaml.Node, path: KeyPath) -> None:
@@ -276,14 +295,16 @@ class TreeBuilder:
         return str(node.value)
 
 
-def _unbuildable(node: yaml.Node, exc: ValueError | OverflowError) -> str:
+def _unbuildable(node: yaml.Node, exc: Exception) -> str:
     if node.tag == "tag:yaml.org,2002:int":
         digits = sum(ch.isdigit() for ch in str(node.value))
         limit = sys.get_int_max_str_digits()
         if limit and digits > limit:
             return f"a number of {digits} digits; numbers in a topology file have at most {limit}"
     kind = str(node.tag).rsplit(":", 1)[-1]
-    return f"cannot read this {kind}: {exc}"
+    if isinstance(exc, ValueError | OverflowError) and str(exc):
+        return f"cannot read this {kind}: {printable(str(exc))}"
+    return f"cannot read {printable(str(node.value))} as a {kind}"
 
 
 class _TooManyNodes(Exception):

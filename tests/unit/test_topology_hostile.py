@@ -298,3 +298,46 @@ def test_validate_shows_a_file_name_with_a_control_character_escaped(tmp_path: P
     assert result.returncode == 2
     assert "\x1b" not in result.stderr
     assert result.stderr.splitlines()[-1] == f"{str(path)!r}: 1 problem"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("\x08", r"t.yaml:1:1: YAML: character '\x08' is not allowed in a YAML file"),
+        (
+            "version: 1\nqueues: {q\x00: 1}\n",
+            r"t.yaml:2:11: YAML: character '\x00' is not allowed in a YAML file",
+        ),
+        (
+            "version: 1\n# \x1b[2J\n",
+            r"t.yaml:2:3: YAML: character '\x1b' is not allowed in a YAML file",
+        ),
+    ],
+    ids=["backspace", "nul", "esc-in-comment"],
+)
+def test_a_control_character_in_the_text_is_a_located_problem_not_a_traceback(
+    text: str, problem: str
+) -> None:
+    assert problems_of(text) == [problem]
+
+
+@pytest.mark.parametrize("text", ["null\n", "~\n", "NULL\n", "&anchor\n", "--- ~\n"])
+def test_a_document_that_is_only_null_is_refused_with_a_problem(text: str) -> None:
+    assert problems_of(text) == ["t.yaml:1:1: a topology file is a mapping with version: 1"]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("!!timestamp nope", "cannot read nope as a timestamp"),
+        ("!!bool maybe", "cannot read maybe as a bool"),
+        ("!!int 1.5", "cannot read this int: invalid literal for int() with base 10: '1.5'"),
+        ("!!float x", "cannot read this float: could not convert string to float: 'x'"),
+    ],
+)
+def test_a_scalar_whose_explicit_tag_does_not_fit_it_is_a_located_problem(
+    value: str, problem: str
+) -> None:
+    text = ROUTED.replace("QUEUE", f"max_priority: {value}")
+
+    assert problems_of(text) == [f"t.yaml:5:36: queues.q.max_priority: {problem}"]
