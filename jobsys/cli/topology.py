@@ -32,12 +32,17 @@ def load_or_exit(path: str) -> LoadedTopology:
     try:
         return load_topology(path)
     except TopologyLoadError as exc:
-        for problem in exc.problems:
-            click.echo(problem, err=True)
-        count = len(exc.problems)
-        noun = "problem" if count == 1 else "problems"
-        click.secho(f"{printable(path)}: {count} {noun}", fg="red", err=True)
-        raise click.exceptions.Exit(EXIT_INVALID) from None
+        raise _invalid(path, exc) from None
+
+
+def _invalid(path: str, exc: TopologyLoadError) -> click.exceptions.Exit:
+    """Print every problem of ``exc`` and a count; the exit (code 2) to raise."""
+    for problem in exc.problems:
+        click.echo(problem, err=True)
+    count = len(exc.problems)
+    noun = "problem" if count == 1 else "problems"
+    click.secho(f"{printable(path)}: {count} {noun}", fg="red", err=True)
+    return click.exceptions.Exit(EXIT_INVALID)
 
 
 @click.group()
@@ -187,7 +192,13 @@ async def _apply(
 def export(file: str, vhost: str, output: str | None) -> None:
     """Write FILE as RabbitMQ definitions JSON, for brokers that load definitions at boot."""
     loaded = load_or_exit(file)
-    text = json.dumps(export_definitions(desired_entities(loaded.topology), vhost), indent=2)
+    entities = desired_entities(loaded.topology)
+    try:
+        # Definitions a broker loads at boot must hold only what it accepts, like apply.
+        loaded.check_declarable(entities)
+    except TopologyLoadError as exc:
+        raise _invalid(file, exc) from None
+    text = json.dumps(export_definitions(entities, vhost), indent=2)
     if output is None:
         click.echo(text)
     else:

@@ -8,6 +8,10 @@ tests/integration/test_topology_limits.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from jobsys.errors import TopologyLoadError
@@ -181,3 +185,25 @@ def test_a_derived_queue_with_a_ttl_over_the_limit_is_caught_before_declaring() 
             "315360000000 ms (3650d)",
         )
     ]
+
+
+def test_export_of_entities_the_broker_would_refuse_exits_2_with_located_problems(
+    tmp_path: Path,
+) -> None:
+    # Definitions a broker loads at boot must hold what it accepts, like apply's declares.
+    file = tmp_path / "t.yaml"
+    file.write_text(topology() + "delays: {max_delay: 100000000d}\n")
+
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("jobsys")), "topology", "export", str(file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert f"{file}:13:9: delays: queue jobsys.delay.29: x-message-ttl is 536870912000 ms" in (
+        result.stderr
+    )
