@@ -31,6 +31,7 @@ from jobsys.topology.source import (
     Position,
     TreeBuilder,
     dotted,
+    escaped,
     printable,
     read_capped,
 )
@@ -185,7 +186,7 @@ def _shape_message(error: Any, loc: KeyPath) -> str:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
-    return message
+    return escaped(message)
 
 
 def _allowed_keys(path: KeyPath) -> list[str]:

@@ -54,6 +54,14 @@ def printable(text: str) -> str:
     return text if text and text.isprintable() else repr(text)
 
 
+def escaped(text: str) -> str:
+    """``text`` with each character that does not print written as its escape (``\\n``,
+    ``\\x1b``): for messages made by libraries, which may quote the input."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def dotted(path: KeyPath) -> str:
     """``queues.emails.max_priority``; a step that does not print is shown escaped."""
     return ".".join(printable(step) if isinstance(step, str) else str(step) for step in path)
@@ -168,10 +176,12 @@ class TreeBuilder:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             where = self._at(mark) if mark else f"{self.filename}:1:1"
-            self.problems.append(f"{where}: YAML syntax: {exc.problem or exc.context}")
+            self.problems.append(
+                f"{where}: YAML syntax: {escaped(str(exc.problem or exc.context))}"
+            )
             return None
         except yaml.YAMLError as exc:
-            self.problems.append(f"{self.filename}:1:1: YAML: {exc}")
+            self.problems.append(f"{self.filename}:1:1: YAML: {escaped(str(exc))}")
             return None
         finally:
             loader.dispose()
@@ -220,7 +230,7 @@ class TreeBuilder:
         try:
             return self._loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            return self._refuse(node, path, str(exc.problem))
+            return self._refuse(node, path, escaped(str(exc.problem)))
         except Exception as exc:  # whatever the constructor raises for a scalar
             # A scalar PyYAML recognises but Python cannot build: an integer past Python's
             # digit limit, a date like 2024-13-45 (ValueError), or one whose explicit tag does
@@ -246,13 +256,13 @@ class TreeBuilder:
 
     def _sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any] | _Refused:
         if node.tag != "tag:yaml.org,2002:seq":
-            return self._refuse(node, path, f"unsupported tag {node.tag}")
+            return self._refuse(node, path, f"unsupported tag {escaped(node.tag)}")
         return [self._value(item, (*path, i)) for i, item in enumerate(node.value)]
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any] | _Refused:
         result: dict[str, Any] = {}
         if node.tag != "tag:yaml.org,2002:map":
-            return self._refuse(node, path, f"unsupported tag {node.tag}")
+            return self._refuse(node, path, f"unsupported tag {escaped(node.tag)}")
         for key_node, value_node in node.value:
             key = self._key(key_node, path)
             if key is None:
@@ -285,7 +295,7 @@ class TreeBuilder:
         if node.tag != _STR:
             # Names are keys: `123`, `on` or `0x10` would otherwise become names that are not
             # what the file says (a queue "16" for 0x10, "True" for on).
-            kind = _KEY_KINDS.get(node.tag, f"tagged {node.tag}")
+            kind = _KEY_KINDS.get(node.tag, f"tagged {escaped(node.tag)}")
             text = printable(str(node.value))
             self.problems.append(
                 f"{where}: key {text} is {kind} to YAML, not a string; quote it ('{text}') to "
@@ -301,7 +311,7 @@ def _unbuildable(node: yaml.Node, exc: Exception) -> str:
         limit = sys.get_int_max_str_digits()
         if limit and digits > limit:
             return f"a number of {digits} digits; numbers in a topology file have at most {limit}"
-    kind = str(node.tag).rsplit(":", 1)[-1]
+    kind = escaped(str(node.tag).rsplit(":", 1)[-1])
     if isinstance(exc, ValueError | OverflowError) and str(exc):
         return f"cannot read this {kind}: {printable(str(exc))}"
     return f"cannot read {printable(str(node.value))} as a {kind}"

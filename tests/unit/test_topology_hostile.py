@@ -341,3 +341,26 @@ def test_a_scalar_whose_explicit_tag_does_not_fit_it_is_a_located_problem(
     text = ROUTED.replace("QUEUE", f"max_priority: {value}")
 
     assert problems_of(text) == [f"t.yaml:5:36: queues.q.max_priority: {problem}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "version: 1\nqueues: !a%0Ab {q: {type: classic}}\n",
+            r"t.yaml:2:9: queues: unsupported tag !a\nb",
+        ),
+        (
+            "version: 1\nqueues: !a%1Bb [1]\n",
+            r"t.yaml:2:9: queues: unsupported tag !a\x1bb",
+        ),
+        (
+            "version: 1\nqueues: {!a%0Ab q: 1}\n",
+            r"t.yaml:2:10: queues: key q is tagged !a\nb to YAML, not a string; quote it ('q') "
+            "to use it as a name",
+        ),
+    ],
+    ids=["tag-on-mapping", "tag-on-list", "tag-on-key"],
+)
+def test_a_tag_with_an_escaped_control_character_is_shown_escaped(text: str, problem: str) -> None:
+    assert problems_of(text) == [problem]
