@@ -87,9 +87,12 @@ def field_name_problem(name: str) -> str | None:
     return None
 
 
-def message_ttl_problem(ttl_ms: int) -> str | None:
-    """Why a queue-level TTL of ``ttl_ms`` is refused by RabbitMQ, or None."""
-    if ttl_ms > MAX_MESSAGE_TTL_MS:
+def message_ttl_problem(seconds: float) -> str | None:
+    """Why a queue-level TTL of ``seconds`` is refused by RabbitMQ, or None. It is declared
+    in whole milliseconds, rounded."""
+    ms = seconds * 1000
+    # The first test also keeps round() away from a product that overflowed to infinity.
+    if ms > MAX_MESSAGE_TTL_MS + 1 or round(ms) > MAX_MESSAGE_TTL_MS:
         return (
             f"must be at most 3650d ({MAX_MESSAGE_TTL_MS} ms), the longest x-message-ttl "
             "RabbitMQ accepts"

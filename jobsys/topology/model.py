@@ -124,9 +124,7 @@ class Queue(_Frozen):
     max_length: AmqpCount | None = None
     max_length_bytes: AmqpCount | None = None
     overflow: Literal["drop-head", "reject-publish", "reject-publish-dlx"] | None = None
-    message_ttl: (
-        Annotated[Duration, _refuse(lambda s: limits.message_ttl_problem(ttl_ms(s)))] | None
-    ) = None
+    message_ttl: Annotated[Duration, _refuse(limits.message_ttl_problem)] | None = None
     delivery_limit: Annotated[AmqpCount, Field(ge=1)] | None = None
     dead_letter_strategy: Literal["at-most-once", "at-least-once"] | None = None
     consumer: ConsumerPool = ConsumerPool()

@@ -207,3 +207,13 @@ def test_export_of_entities_the_broker_would_refuse_exits_2_with_located_problem
     assert f"{file}:13:9: delays: queue jobsys.delay.29: x-message-ttl is 536870912000 ms" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize("written", ["1.797693134862316e+305", "1.0e+300", "9" * 300 + ".5"])
+def test_a_message_ttl_whose_milliseconds_overflow_a_float_is_refused_not_a_crash(
+    written: str,
+) -> None:
+    assert problems_of(topology(f"message_ttl: {written}")) == [
+        "t.yaml:6:22: queues.q.message_ttl: must be at most 3650d (315360000000 ms), the "
+        "longest x-message-ttl RabbitMQ accepts"
+    ]
