@@ -56,6 +56,24 @@ class TopologyConflictError(TopologyError):
         )
 
 
+class TopologyChangedDuringApply(TopologyConflictError):
+    """Raised when the broker refuses a declare for other arguments only after ``apply`` began
+    declaring (somebody changed the broker after the plan). Unlike its base class, something
+    may have changed: ``applied`` says what was created and what was not declared.
+    """
+
+    def __init__(self, diffs: list[str], applied: str) -> None:
+        self.diffs = list(diffs)
+        self.applied = applied
+        # Not the base class's message: "nothing was changed" may not be true here.
+        Exception.__init__(
+            self,
+            "the broker's topology changed while apply was declaring:\n"
+            + "\n".join(f"  {line}" for line in self.diffs)
+            + f"\n{applied}",
+        )
+
+
 # -- broker ------------------------------------------------------------------------------------
 
 

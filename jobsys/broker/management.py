@@ -4,6 +4,11 @@ counts, load definitions.
 Standard library only (``urllib`` in a worker thread), so the management plugin stays
 optional: ``declare`` uses it when it answers and falls back to probing over AMQP when not.
 The password never appears in a message; URLs are shown masked.
+
+The API is used only once it is shown to answer for the broker the AMQP connection reached
+(``confirm_same_broker``): by default it is looked for on port 15672 of the AMQP host, which for
+a node on another AMQP port (or behind a proxy) can be another broker altogether, whose state
+would then be read as this one's.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import base64
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlunsplit
@@ -83,6 +89,22 @@ class ManagementClient:
 
     def __init__(self, endpoint: ManagementEndpoint) -> None:
         self.endpoint = endpoint
+
+    async def overview(self) -> dict[str, Any]:
+        """``GET /api/overview``: among others the ``cluster_name`` and the answering ``node``."""
+        data = await asyncio.to_thread(self._request, "GET", "/api/overview", None)
+        if not isinstance(data, dict):
+            raise ManagementUnavailable(
+                f"unexpected answer from the management API at {self.endpoint.masked}"
+            )
+        return data
+
+    async def confirm_same_broker(self, server_properties: Mapping[str, Any]) -> None:
+        """Raise ``ManagementUnavailable`` unless this API answers for the cluster whose
+        ``server_properties`` an AMQP connection received (both name their cluster)."""
+        problem = other_broker(server_properties, await self.overview(), self.endpoint.masked)
+        if problem is not None:
+            raise ManagementUnavailable(problem)
 
     async def snapshot(self, vhost: str) -> VhostSnapshot:
         """Exchanges, queues and bindings of ``vhost`` (``ManagementUnavailable`` if the API
@@ -155,6 +177,35 @@ class ManagementClient:
             raise ManagementUnavailable(
                 f"the management API at {where} did not answer JSON"
             ) from None
+
+
+def other_broker(
+    server_properties: Mapping[str, Any], overview: Mapping[str, Any], where: str
+) -> str | None:
+    """Why the management API at ``where`` (its ``/api/overview``) cannot be taken for the broker
+    that sent ``server_properties`` over AMQP; None when both name the same cluster."""
+    amqp = _text(server_properties.get("cluster_name"))
+    api = _text(overview.get("cluster_name"))
+    if not amqp:
+        return (
+            f"the broker did not name its cluster over AMQP, so the management API at {where} "
+            "cannot be shown to be the same broker"
+        )
+    if not api:
+        return f"the management API at {where} did not name its cluster"
+    if api != amqp:
+        node = _text(overview.get("node")) or "?"
+        return (
+            f"the management API at {where} answers for cluster {api!r} (node {node!r}), but "
+            f"the AMQP connection reached cluster {amqp!r}: another broker"
+        )
+    return None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
 
 
 def _q(vhost: str) -> str:

@@ -19,7 +19,7 @@ from jobsys.ops.declare import apply_topology, plan_topology
 from jobsys.settings import Settings
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.entities import desired_entities
-from jobsys.topology.loader import LoadedTopology, load_topology
+from jobsys.topology.loader import LoadedTopology, load_topology, printable
 from jobsys.topology.plan import ACTIONS, ApplyResult, Plan
 from jobsys.topology.routing import route_job_type
 
@@ -32,11 +32,17 @@ def load_or_exit(path: str) -> LoadedTopology:
     try:
         return load_topology(path)
     except TopologyLoadError as exc:
-        for problem in exc.problems:
-            click.echo(problem, err=True)
-        count = len(exc.problems)
-        click.secho(f"{path}: {count} problem{'s' if count != 1 else ''}", fg="red", err=True)
-        raise click.exceptions.Exit(EXIT_INVALID) from None
+        raise _invalid(path, exc) from None
+
+
+def _invalid(path: str, exc: TopologyLoadError) -> click.exceptions.Exit:
+    """Print every problem of ``exc`` and a count; the exit (code 2) to raise."""
+    for problem in exc.problems:
+        click.echo(problem, err=True)
+    count = len(exc.problems)
+    noun = "problem" if count == 1 else "problems"
+    click.secho(f"{printable(path)}: {count} {noun}", fg="red", err=True)
+    return click.exceptions.Exit(EXIT_INVALID)
 
 
 @click.group()
@@ -51,7 +57,7 @@ def validate(file: str) -> None:
     loaded = load_or_exit(file)
     t = loaded.topology
     click.echo(
-        f"{file}: valid ({len(t.exchanges)} exchanges, {len(t.queues)} queues, "
+        f"{printable(file)}: valid ({len(t.exchanges)} exchanges, {len(t.queues)} queues, "
         f"{len(t.bindings)} bindings, {len(t.job_types)} job types)"
     )
 
@@ -114,6 +120,7 @@ async def _plan(loaded: LoadedTopology, settings: Settings, *, use_management: b
     async with BrokerConnection(settings) as conn:
         loaded.check_broker_version(conn.server_version)
         entities = desired_entities(loaded.topology)
+        loaded.check_declarable(entities)
         return await plan_topology(conn, entities, use_management=use_management)
 
 
@@ -185,7 +192,13 @@ async def _apply(
 def export(file: str, vhost: str, output: str | None) -> None:
     """Write FILE as RabbitMQ definitions JSON, for brokers that load definitions at boot."""
     loaded = load_or_exit(file)
-    text = json.dumps(export_definitions(desired_entities(loaded.topology), vhost), indent=2)
+    entities = desired_entities(loaded.topology)
+    try:
+        # Definitions a broker loads at boot must hold only what it accepts, like apply.
+        loaded.check_declarable(entities)
+    except TopologyLoadError as exc:
+        raise _invalid(file, exc) from None
+    text = json.dumps(export_definitions(entities, vhost), indent=2)
     if output is None:
         click.echo(text)
     else:

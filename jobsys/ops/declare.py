@@ -14,8 +14,10 @@ Probes run on plain aiormq channels of the connection, one per entity, never on 
 robust channels: a robust channel closed by the broker would try to restore itself by
 repeating the failed declare, forever.
 
-``apply_topology`` validates against the broker version, plans, and declares nothing at all
-when the plan has a conflict (``TopologyConflictError``).
+``apply_topology`` checks everything it can before the first declare (the broker version, and
+every entity against what AMQP and the broker accept), plans, and declares nothing at all when
+the plan has a conflict (``TopologyConflictError``). Should the broker refuse a declare
+half-way, the error says exactly what was created and what was not (``ApplyProgress``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from jobsys.broker.management import (
     ManagementUnavailable,
     management_endpoint,
 )
-from jobsys.errors import TopologyConflictError
+from jobsys.errors import (
+    AccessRefused,
+    BrokerError,
+    ConnectionFailed,
+    JobsysError,
+    TopologyChangedDuringApply,
+    TopologyConflictError,
+)
 from jobsys.topology.entities import (
     ArgValue,
     BindingSpec,
@@ -53,8 +62,9 @@ from jobsys.topology.plan import (
     parse_inequivalent,
     properties,
 )
+from jobsys.topology.progress import ApplyProgress
 
-__all__ = ["apply_topology", "plan_topology"]
+__all__ = ["apply_plan", "apply_topology", "plan_topology"]
 
 
 async def plan_topology(
@@ -62,14 +72,16 @@ async def plan_topology(
 ) -> Plan:
     """Compare ``entities`` with the broker ``conn`` is connected to.
 
-    Uses the management API when ``use_management`` and it answers; otherwise probes over
-    AMQP (extras are then unknown, and bindings are reported as "ensure"). Never changes
-    the broker.
+    Uses the management API when ``use_management`` and it answers for the broker ``conn``
+    reached (the same cluster name); otherwise probes over AMQP (extras are then unknown, and
+    bindings are reported as "ensure") and says why in the plan's note. Never changes the
+    broker.
     """
     note = "the management API was not used (--no-management)"
     if use_management:
         client = ManagementClient(management_endpoint(conn.settings))
         try:
+            await client.confirm_same_broker(conn.amqp.server_properties)
             snapshot = await client.snapshot(conn.settings.vhost)
         except ManagementUnavailable as exc:
             note = f"{exc}; probed over AMQP instead"
@@ -85,34 +97,78 @@ async def apply_topology(
     """Make the broker hold every entity of ``loaded``, changing nothing that exists.
 
     Raises ``TopologyValidationError`` when the broker version lacks a feature the file uses
-    and ``TopologyConflictError`` (declaring nothing) when an entity exists with other
-    properties. Existing entities the file does not mention are left alone.
+    or an entity to declare is past what AMQP or the broker accepts, and
+    ``TopologyConflictError`` when an entity exists with other properties: in each case
+    before declaring anything. Existing entities the file does not mention are left alone.
     """
     loaded.check_broker_version(conn.server_version)
-    plan = await plan_topology(
-        conn, desired_entities(loaded.topology), use_management=use_management
-    )
+    entities = desired_entities(loaded.topology)
+    loaded.check_declarable(entities)
+    plan = await plan_topology(conn, entities, use_management=use_management)
+    return await apply_plan(conn, plan)
+
+
+async def apply_plan(conn: BrokerConnection, plan: Plan) -> ApplyResult:
+    """Declare what ``plan`` creates or ensures: exchanges, then queues, then bindings.
+
+    A plan with a conflict declares nothing (``TopologyConflictError``). When the broker refuses
+    a declare half-way (a permission the user lacks, an entity somebody changed since the
+    plan), the error raised says exactly what was created before and what was not declared.
+    """
     if plan.has_conflicts:
         raise TopologyConflictError([item.describe() for item in plan.of("conflict")])
-    to_declare = [item for item in plan.items if item.action in ("create", "ensure")]
+    progress = ApplyProgress(
+        tuple(
+            item
+            for kind in ("exchange", "queue", "binding")
+            for item in plan.items
+            if item.kind == kind and item.action in ("create", "ensure") and item.spec
+        )
+    )
     channel = await conn.plain_channel()
+    try:
+        for item in progress.items:
+            await _declare_reporting(conn, channel, item, progress)
+    finally:
+        await close_quietly(channel)
+    return ApplyResult(plan, created=progress.created, ensured=progress.ensured)
+
+
+async def _declare_reporting(
+    conn: BrokerConnection,
+    channel: aiormq.abc.AbstractChannel,
+    item: PlanItem,
+    progress: ApplyProgress,
+) -> None:
+    assert item.spec is not None
     try:
         with broker_errors(conn.settings):
             try:
-                for kind in ("exchange", "queue", "binding"):
-                    for item in to_declare:
-                        if item.kind == kind and item.spec is not None:
-                            await _declare(channel, item.spec)
+                await _declare(channel, item.spec)
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                # Somebody changed the broker between plan and declare.
-                raise TopologyConflictError([f"~ {_reason(exc)}"]) from None
-    finally:
-        await close_quietly(channel)
-    return ApplyResult(
-        plan,
-        created=tuple(i for i in to_declare if i.action == "create"),
-        ensured=tuple(i for i in to_declare if i.action == "ensure"),
-    )
+                raise _precondition_failed(item, _reason(exc)) from None
+    except JobsysError as exc:
+        raise _stopped(exc, progress.report()) from None
+    progress.advance()
+
+
+def _precondition_failed(item: PlanItem, reason: str) -> JobsysError:
+    if "inequivalent arg" in reason:
+        # Somebody changed the broker between plan and declare.
+        return TopologyConflictError([f"~ {reason}"])
+    return BrokerError(f"the broker refused {item.kind} {item.name}: {reason}")
+
+
+def _stopped(exc: JobsysError, report: str) -> JobsysError:
+    """``exc``, of the same kind (so the exit code stays), telling how far apply got."""
+    if isinstance(exc, TopologyConflictError):
+        return TopologyChangedDuringApply(exc.diffs, report)
+    message = f"{exc}\n{report}"
+    if isinstance(exc, AccessRefused):
+        return AccessRefused(message)
+    if isinstance(exc, ConnectionFailed):
+        return ConnectionFailed(message)
+    return BrokerError(message)
 
 
 # -- probing over AMQP -------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 dead-letter depth; jobs waiting in the delay levels; rates when the management API answers.
 
 The management API (``GET /api/queues/{vhost}``) gives everything, with a lag of a few seconds
-(its statistics interval). Without it, a passive declare per queue gives the exact ready count
+(its statistics interval), once it has shown that it answers for the same broker as the AMQP
+URL. Without it, a passive declare per queue gives the exact ready count
 and the consumer count over AMQP; unacked messages and rates are then unknown (shown as ``-``).
 """
 
@@ -94,8 +95,10 @@ class StatusReport:
 class StatusReader:
     """Reads a ``StatusReport`` for one topology, again and again (``--watch``).
 
-    Uses the management API while it answers; once it does not, falls back to AMQP for the
-    reader's life and keeps one connection open for the refreshes.
+    Uses the management API while it answers, once it has shown that it answers for the broker
+    the AMQP URL reaches (the same cluster name; checked on the first read over one AMQP
+    connection); otherwise falls back to AMQP for the reader's life, saying why, and keeps one
+    connection open for the refreshes.
     """
 
     def __init__(self, settings: Settings, topology: Topology, *, use_management: bool) -> None:
@@ -104,6 +107,7 @@ class StatusReader:
         self._endpoint: ManagementEndpoint | None = (
             management_endpoint(settings) if use_management else None
         )
+        self._confirmed = False
         self._note = "" if use_management else "the management API was not used (--no-management)"
         self._conn: BrokerConnection | None = None
 
@@ -112,7 +116,9 @@ class StatusReader:
         names = _queue_names(self.topology)
         if self._endpoint is not None:
             try:
-                rows = await ManagementClient(self._endpoint).queue_counts(self.settings.vhost)
+                client = ManagementClient(self._endpoint)
+                await self._confirm_same_broker(client)
+                rows = await client.queue_counts(self.settings.vhost)
             except ManagementUnavailable as exc:
                 self._endpoint = None
                 self._note = f"{exc}; read over AMQP instead (no unacked counts, no rates)"
@@ -123,6 +129,20 @@ class StatusReader:
                 note = f"from the management API at {management_endpoint(self.settings).masked}"
                 return self._report(found, "management", note)
         return self._report(await self._amqp_counts(names), "amqp", self._note)
+
+    async def _confirm_same_broker(self, client: ManagementClient) -> None:
+        if self._confirmed:
+            return
+        conn = await self._connection()
+        with broker_errors(self.settings):
+            properties = conn.amqp.server_properties
+        await client.confirm_same_broker(properties)
+        self._confirmed = True
+
+    async def _connection(self) -> BrokerConnection:
+        if self._conn is None:
+            self._conn = await BrokerConnection(self.settings).open()
+        return self._conn
 
     async def close(self) -> None:
         """Close the AMQP connection, if one was opened."""
@@ -153,9 +173,7 @@ class StatusReader:
         return StatusReport(queues, levels, source, note)
 
     async def _amqp_counts(self, names: list[str]) -> dict[str, QueueCounts]:
-        if self._conn is None:
-            self._conn = await BrokerConnection(self.settings).open()
-        found = await passive_counts(self._conn, names)
+        found = await passive_counts(await self._connection(), names)
         return {
             name: QueueCounts(None, None, None, exists=False)
             if ok is None

@@ -6,9 +6,10 @@ problem at once as ``file:line:column: path: message``.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from jobsys.duration import format_duration
 from jobsys.topology import delays
@@ -19,6 +20,7 @@ from jobsys.topology.model import (
     Topology,
 )
 from jobsys.topology.routing import route_job_type
+from jobsys.topology.source import printable
 
 Path = tuple[str | int, ...]
 #: The broker's default consumer_timeout; a job's own deadline must end before it does, or the
@@ -26,6 +28,8 @@ Path = tuple[str | int, ...]
 BROKER_CONSUMER_TIMEOUT_S = 30 * 60.0
 MAX_ROUTING_KEY_BYTES = 255
 _DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+#: Declared names a "not declared" message lists before it says "and N more".
+_NAMES_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,24 @@ class Problem:
     message: str
 
 
-def check_topology(topology: Topology) -> list[Problem]:
-    """Every cross-reference problem of ``topology``; empty when it is consistent."""
+@dataclass(frozen=True)
+class Malformed:
+    """Names the file declares whose entries are malformed (and so are not in the
+    ``Topology``): a reference to another name can then be told what the file really has."""
+
+    exchanges: Collection[str] = field(default=())
+    queues: Collection[str] = field(default=())
+
+
+def check_topology(topology: Topology, malformed: Malformed | None = None) -> list[Problem]:
+    """Every cross-reference problem of ``topology``; empty when it is consistent.
+    ``malformed`` names entries of the file left out of ``topology`` for their shape."""
+    known = malformed or Malformed()
     return [
         *_check_names(topology),
         *_check_queues(topology),
-        *_check_bindings(topology),
-        *_check_job_types(topology),
+        *_check_bindings(topology, known),
+        *_check_job_types(topology, known),
     ]
 
 
@@ -139,19 +154,21 @@ def _check_queues(topology: Topology) -> Iterator[Problem]:
             )
 
 
-def _check_bindings(topology: Topology) -> Iterator[Problem]:
+def _check_bindings(topology: Topology, malformed: Malformed) -> Iterator[Problem]:
     for index, binding in enumerate(topology.bindings):
         path: Path = ("bindings", index)
         exchange = topology.exchanges.get(binding.exchange)
         if exchange is None:
             yield Problem(
                 (*path, "exchange"),
-                f"exchange {binding.exchange!r} is not declared{_known(topology.exchanges)}",
+                _not_declared(
+                    "exchange", binding.exchange, topology.exchanges, malformed.exchanges
+                ),
             )
         if binding.queue not in topology.queues:
             yield Problem(
                 (*path, "queue"),
-                f"queue {binding.queue!r} is not declared{_known(topology.queues)}",
+                _not_declared("queue", binding.queue, topology.queues, malformed.queues),
             )
         if exchange is None:
             continue
@@ -165,14 +182,16 @@ def _check_bindings(topology: Topology) -> Iterator[Problem]:
             )
 
 
-def _check_job_types(topology: Topology) -> Iterator[Problem]:
+def _check_job_types(topology: Topology, malformed: Malformed) -> Iterator[Problem]:
     for name, job_type in topology.job_types.items():
         path: Path = ("job_types", name)
         exchange = topology.exchanges.get(job_type.exchange)
         if exchange is None:
             yield Problem(
                 (*path, "exchange"),
-                f"exchange {job_type.exchange!r} is not declared{_known(topology.exchanges)}",
+                _not_declared(
+                    "exchange", job_type.exchange, topology.exchanges, malformed.exchanges
+                ),
             )
             continue
         if job_type.timeout <= 0 or job_type.timeout >= BROKER_CONSUMER_TIMEOUT_S:
@@ -211,7 +230,10 @@ def _check_priority(
     if not job_type.priority:
         return
     for queue_name in queues:
-        limit = topology.queues[queue_name].max_priority
+        queue = topology.queues.get(queue_name)
+        if queue is None:
+            continue  # a binding names a queue the file lacks; that binding is reported
+        limit = queue.max_priority
         if limit is None:
             yield Problem(
                 (*path, "priority"),
@@ -244,7 +266,25 @@ def _unroutable_message(topology: Topology, name: str, job_type: JobType) -> str
     return f"job type {name!r} reaches no queue (exchange {job_type.exchange!r}, {what}){bound}"
 
 
-def _known(names: Mapping[str, object]) -> str:
-    if not names:
-        return " (none are declared)"
-    return " (declared: " + ", ".join(sorted(names)) + ")"
+def _not_declared(
+    kind: str, name: str, declared: Mapping[str, object], malformed: Collection[str]
+) -> str:
+    """``exchange 'job' is not declared; did you mean 'jobs'? (declared: jobs, ...)``: what the
+    file does declare, well formed and malformed apart, and the near name when one is close."""
+    message = f"{kind} {name!r} is not declared"
+    close = difflib.get_close_matches(name, [*declared, *malformed], n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    parts = []
+    if declared:
+        parts.append(f"declared: {_some(declared)}")
+    if malformed:
+        parts.append(f"declared but malformed: {_some(malformed)}")
+    return f"{message} ({'; '.join(parts) or 'none are declared'})"
+
+
+def _some(names: Collection[str]) -> str:
+    shown = sorted(names)
+    listed = ", ".join(printable(n) for n in shown[:_NAMES_SHOWN])
+    more = len(shown) - _NAMES_SHOWN
+    return f"{listed} and {more} more" if more > 0 else listed

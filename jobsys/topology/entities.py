@@ -17,6 +17,7 @@ from jobsys.topology.model import (
     Queue,
     Topology,
     dead_letter_queue_name,
+    ttl_ms,
 )
 
 ArgValue = str | int | bool
@@ -107,7 +108,7 @@ def work_queue_arguments(name: str, queue: Queue) -> dict[str, ArgValue]:
     if queue.overflow is not None:
         args["x-overflow"] = queue.overflow
     if queue.message_ttl is not None:
-        args["x-message-ttl"] = round(queue.message_ttl * 1000)
+        args["x-message-ttl"] = ttl_ms(queue.message_ttl)
     if queue.delivery_limit is not None:
         args["x-delivery-limit"] = queue.delivery_limit
     if queue.dead_letter_strategy is not None:

@@ -1,9 +1,8 @@
 """Topology file -> ``Topology``, with every problem reported as ``file:line:column: message``.
 
-Safe loading only: PyYAML's safe composer builds the node tree (so marks survive), and this
-module builds plain Python from it, refusing unknown tags, duplicate keys, oversized files and
-alias bombs. Then pydantic checks shapes and ``check`` relates the parts; all problems are
-collected and raised together.
+``source`` reads the file (bounded) and builds plain Python from its YAML safely, with every
+key's position. Then pydantic checks shapes and ``check`` relates the parts; all problems are
+collected and raised together. Names and file names that do not print are shown escaped.
 """
 
 from __future__ import annotations
@@ -15,30 +14,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from jobsys.errors import TopologyLoadError, TopologyValidationError
 from jobsys.topology.check import Problem, check_broker_support, check_topology
-from jobsys.topology.model import Topology
+from jobsys.topology.entities import Entities
+from jobsys.topology.limits import check_entities
+from jobsys.topology.model import DEAD_LETTER_SUFFIX, Topology
 from jobsys.topology.partial import sound_part_problems
+from jobsys.topology.source import (
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_NODES,
+    REFUSED,
+    KeyPath,
+    Position,
+    TreeBuilder,
+    dotted,
+    escaped,
+    printable,
+    read_capped,
+)
 
-MAX_FILE_BYTES = 1024 * 1024
-#: Nodes built, aliases expanded every time they are used; a "billion laughs" stops here.
-MAX_NODES = 100_000
-#: Deepest nesting of mappings and lists; a topology needs about six levels. Deeper input (or an
-#: alias that contains itself) is refused before it can exhaust Python's recursion limit.
-MAX_DEPTH = 64
-
-KeyPath = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Position:
-    """1-based line and column in a file."""
-
-    line: int
-    column: int
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_NODES",
+    "KeyPath",
+    "LoadedTopology",
+    "Position",
+    "load_topology",
+    "load_topology_text",
+    "printable",
+]
 
 
 @dataclass(frozen=True)
@@ -60,22 +68,35 @@ class LoadedTopology:
         if problems:
             raise TopologyValidationError([self._format(p) for p in problems])
 
+    def check_declarable(self, entities: Entities) -> None:
+        """Raise ``TopologyValidationError`` when an entity ``apply`` would declare for this
+        file (``entities``, the derived ones included) is past what AMQP or the broker
+        accepts, so that nothing is declared rather than a part."""
+        problems = [
+            Problem(self._origin(name), message) for name, message in check_entities(entities)
+        ]
+        if problems:
+            raise TopologyValidationError([self._format(p) for p in problems])
+
+    def _origin(self, entity: str) -> KeyPath:
+        """The key an entity comes from: its own entry, its work queue's for a dead-letter
+        queue, else ``delays`` (the delay levels and jobsys's own exchanges)."""
+        for section in ("exchanges", "queues"):
+            if entity in getattr(self.topology, section):
+                return (section, entity)
+        work_queue = entity.removesuffix(DEAD_LETTER_SUFFIX)
+        if work_queue != entity and work_queue in self.topology.queues:
+            return ("queues", work_queue)
+        return ("delays",)
+
     def _format(self, problem: Problem) -> str:
-        return f"{self.locate(problem.path)}: {_dotted(problem.path)}: {problem.message}"
+        return f"{self.locate(problem.path)}: {dotted(problem.path)}: {problem.message}"
 
 
 def load_topology(path: str | Path) -> LoadedTopology:
     """Read and validate the topology file at ``path``."""
-    filename = str(path)
-    try:
-        size = Path(path).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise TopologyLoadError(
-                [f"{filename}:1:1: file is {size} bytes; topology files are capped at 1 MiB"]
-            )
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise TopologyLoadError([f"{filename}:1:1: cannot read file: {exc.strerror}"]) from exc
+    filename = printable(str(path))
+    raw = read_capped(path, filename)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -85,14 +106,17 @@ def load_topology(path: str | Path) -> LoadedTopology:
 
 def load_topology_text(text: str, filename: str = "<string>") -> LoadedTopology:
     """Validate topology ``text``; ``filename`` is only used in messages."""
+    filename = printable(filename)
     if len(text.encode("utf-8")) > MAX_FILE_BYTES:
         raise TopologyLoadError([f"{filename}:1:1: topology files are capped at 1 MiB"])
-    builder = _Builder(filename)
+    builder = TreeBuilder(filename)
     data = builder.build(text)
     problems = list(builder.problems)
-    if data is not None and not isinstance(data, dict):
-        problems.append(f"{filename}:1:1: a topology file is a mapping with version: 1")
     if not isinstance(data, dict):
+        # A scalar or a list at the top, or a document that is only `null` or `~`; a value
+        # refused outright, or nothing built at all, has been reported already.
+        if (data is not None and data is not REFUSED) or not problems:
+            problems.append(f"{filename}:1:1: a topology file is a mapping with version: 1")
         raise TopologyLoadError(problems)
     try:
         topology = Topology.model_validate(data)
@@ -105,7 +129,7 @@ def load_topology_text(text: str, filename: str = "<string>") -> LoadedTopology:
         paths = [_clean_loc(error["loc"]) for error in exc.errors(include_url=False)]
         cross = [
             f"{_locate(filename, p.path, builder.value_positions, builder.key_positions)}: "
-            f"{_dotted(p.path)}: {p.message}"
+            f"{dotted(p.path)}: {p.message}"
             for p in sound_part_problems(data, paths)
         ]
         raise TopologyLoadError(sorted({*problems, *shape, *cross}, key=_by_position)) from None
@@ -116,157 +140,6 @@ def load_topology_text(text: str, filename: str = "<string>") -> LoadedTopology:
     if cross_problems:
         raise TopologyValidationError(cross_problems)
     return loaded
-
-
-class _Builder:
-    """Builds plain Python from a YAML node tree, recording each key's position."""
-
-    def __init__(self, filename: str) -> None:
-        self.filename = filename
-        self.problems: list[str] = []
-        self.value_positions: dict[KeyPath, Position] = {}
-        self.key_positions: dict[KeyPath, Position] = {}
-        self._nodes = 0
-        # Ids of the mappings and lists being built: meeting one again means an alias cycle.
-        self._open: set[int] = set()
-        #: Paths whose value was refused (bad tag, alias cycle) and left out.
-        self.refused_paths: set[KeyPath] = set()
-        self._loader: yaml.SafeLoader | None = None
-
-    def build(self, text: str) -> Any:
-        loader = _DepthLimitedLoader(text)
-        self._loader = loader
-        try:
-            node = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = self._at(mark) if mark else f"{self.filename}:1:1"
-            self.problems.append(f"{where}: YAML syntax: {exc.problem or exc.context}")
-            return None
-        except yaml.YAMLError as exc:
-            self.problems.append(f"{self.filename}:1:1: YAML: {exc}")
-            return None
-        finally:
-            loader.dispose()
-        if node is None:
-            self.problems.append(f"{self.filename}:1:1: the file is empty")
-            return None
-        try:
-            return self._value(node, ())
-        except _TooManyNodes:
-            self.problems.append(
-                f"{self._at(node.start_mark)}: too many nodes (over {MAX_NODES}, counting alias "
-                "expansions); is an alias used recursively?"
-            )
-            return None
-        except _TooDeep as exc:
-            self.problems.append(
-                f"{self._at(exc.node.start_mark)}: {_dotted(exc.path)}: nested deeper than "
-                f"{MAX_DEPTH} levels; is an alias used inside itself?"
-            )
-            return None
-
-    def _at(self, mark: yaml.Mark) -> str:
-        return f"{self.filename}:{mark.line + 1}:{mark.column + 1}"
-
-    def _value(self, node: yaml.Node, path: KeyPath) -> Any:
-        self._nodes += 1
-        if self._nodes > MAX_NODES:
-            raise _TooManyNodes
-        if len(path) > MAX_DEPTH:
-            raise _TooDeep(node, path)
-        self.value_positions.setdefault(
-            path, Position(node.start_mark.line + 1, node.start_mark.column + 1)
-        )
-        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
-            if id(node) in self._open:
-                self._refuse(node, path, "an alias is used inside its own anchor")
-                return None
-            self._open.add(id(node))
-            try:
-                if isinstance(node, yaml.MappingNode):
-                    return self._mapping(node, path)
-                return self._sequence(node, path)
-            finally:
-                self._open.discard(id(node))
-        assert self._loader is not None
-        try:
-            return self._loader.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as exc:
-            self._refuse(node, path, str(exc.problem))
-            return None
-
-    def _refuse(self, node: yaml.Node, path: KeyPath, message: str) -> None:
-        """Report a value that is not built at all; shape errors at or under it are noise."""
-        self.problems.append(f"{self._at(node.start_mark)}: {_dotted(path)}: {message}")
-        self.refused_paths.add(path)
-
-    def _sequence(self, node: yaml.SequenceNode, path: KeyPath) -> list[Any] | None:
-        if node.tag != "tag:yaml.org,2002:seq":
-            self._refuse(node, path, f"unsupported tag {node.tag}")
-            return None
-        return [self._value(item, (*path, i)) for i, item in enumerate(node.value)]
-
-    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any] | None:
-        result: dict[str, Any] = {}
-        if node.tag != "tag:yaml.org,2002:map":
-            self._refuse(node, path, f"unsupported tag {node.tag}")
-            return None
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                self.problems.append(
-                    f"{self._at(key_node.start_mark)}: {_dotted(path) or '(top)'}: merge keys (<<) "
-                    "are not supported"
-                )
-                continue
-            if not isinstance(key_node, yaml.ScalarNode):
-                self.problems.append(
-                    f"{self._at(key_node.start_mark)}: {_dotted(path) or '(top)'}: keys must be "
-                    "plain strings"
-                )
-                continue
-            key = str(key_node.value)
-            key_path = (*path, key)
-            where = Position(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            if key in result:
-                first = self.key_positions[key_path]
-                self.problems.append(
-                    f"{self._at(key_node.start_mark)}: {_dotted(key_path)}: duplicate key "
-                    f"(first at line {first.line}, column {first.column})"
-                )
-                continue
-            self.key_positions[key_path] = where
-            result[key] = self._value(value_node, key_path)
-        return result
-
-
-class _TooManyNodes(Exception):
-    pass
-
-
-class _TooDeep(Exception):
-    def __init__(self, node: yaml.Node, path: KeyPath) -> None:
-        self.node = node
-        self.path = path
-
-
-class _DepthLimitedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but its (recursive) composer refuses deep nesting with a position
-    instead of overflowing the Python stack."""
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
 
 
 def _shape_problems(
@@ -282,7 +155,7 @@ def _shape_problems(
         if any(loc[:end] in refused_paths for end in range(len(loc) + 1)):
             continue  # already reported as a refused value
         where = _locate(filename, loc, value_positions, key_positions, prefer_key=True)
-        problems.append(f"{where}: {_dotted(loc) or '(top)'}: {_shape_message(error, loc)}")
+        problems.append(f"{where}: {dotted(loc) or '(top)'}: {_shape_message(error, loc)}")
     return sorted(set(problems), key=_by_position)
 
 
@@ -313,7 +186,7 @@ def _shape_message(error: Any, loc: KeyPath) -> str:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
-    return message
+    return escaped(message)
 
 
 def _allowed_keys(path: KeyPath) -> list[str]:
@@ -362,10 +235,6 @@ def _locate(
         if position is not None:
             return f"{filename}:{position.line}:{position.column}"
     return f"{filename}:1:1"
-
-
-def _dotted(path: KeyPath) -> str:
-    return ".".join(str(step) for step in path)
 
 
 def _by_position(problem: str) -> tuple[int, int, str]:

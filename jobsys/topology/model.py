@@ -7,14 +7,70 @@ that every problem can be reported at once with its position.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from jobsys.duration import format_duration, parse_duration_s
+from jobsys.topology import limits
+
+_T = TypeVar("_T")
+
+
+def _duration_s(value: object) -> float:
+    try:
+        return parse_duration_s(value)
+    except OverflowError:
+        # A bare integer past float range (400 digits): as infinite as `.inf`, and refused so.
+        raise ValueError("a duration must be a finite number of seconds, zero or more") from None
+
 
 #: Seconds, written in the file as a number or as ``250ms``, ``90s``, ``5m``, ``2h``, ``30d``.
-Duration = Annotated[float, BeforeValidator(parse_duration_s)]
+Duration = Annotated[float, BeforeValidator(_duration_s)]
+
+
+def ttl_ms(seconds: float) -> int:
+    """A TTL in the whole milliseconds AMQP wants."""
+    return round(seconds * 1000)
+
+
+def _refuse(problem_of: Callable[[_T], str | None]) -> AfterValidator:
+    """A validator that refuses a value for which ``problem_of`` (from ``limits``) says why."""
+
+    def check(value: _T) -> _T:
+        problem = problem_of(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+def _header_int(value: str | int | bool) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return limits.header_int_problem(value)
+    return None
+
+
+#: An integer queue argument: at most what an AMQP table carries.
+AmqpCount = Annotated[int, Field(ge=0), _refuse(limits.amqp_int_problem)]
+RoutingKey = Annotated[str, _refuse(limits.short_string_problem)]
+#: Headers put on jobs or matched by a headers binding, as AMQP can carry them.
+Headers = Annotated[
+    dict[
+        Annotated[str, _refuse(limits.field_name_problem)],
+        Annotated[str | int | bool, _refuse(_header_int)],
+    ],
+    _refuse(limits.headers_problem),
+]
 
 #: Name of the direct exchange through which workers publish to dead-letter queues and through
 #: which the broker dead-letters (max length, delivery limit) into them.
@@ -65,11 +121,11 @@ class Queue(_Frozen):
     type: Literal["classic", "quorum"]
     durable: bool = True
     max_priority: int | None = Field(default=None, ge=1, le=255)
-    max_length: int | None = Field(default=None, ge=0)
-    max_length_bytes: int | None = Field(default=None, ge=0)
+    max_length: AmqpCount | None = None
+    max_length_bytes: AmqpCount | None = None
     overflow: Literal["drop-head", "reject-publish", "reject-publish-dlx"] | None = None
-    message_ttl: Duration | None = None
-    delivery_limit: int | None = Field(default=None, ge=1)
+    message_ttl: Annotated[Duration, _refuse(limits.message_ttl_problem)] | None = None
+    delivery_limit: Annotated[AmqpCount, Field(ge=1)] | None = None
     dead_letter_strategy: Literal["at-most-once", "at-least-once"] | None = None
     consumer: ConsumerPool = ConsumerPool()
 
@@ -79,9 +135,9 @@ class Binding(_Frozen):
 
     exchange: Name
     queue: Name
-    routing_key: str = Field(default="", max_length=255)
+    routing_key: Annotated[RoutingKey, Field(max_length=255)] = ""
     match: Literal["all", "any"] | None = None
-    headers: dict[str, str | int | bool] | None = None
+    headers: Headers | None = None
 
 
 class ExponentialBackoff(_Frozen):
@@ -125,8 +181,8 @@ class JobType(_Frozen):
     """Where a job type is published, and how it is run."""
 
     exchange: Name
-    routing_key: str = Field(default="", max_length=200)
-    headers: dict[str, str | int | bool] | None = None
+    routing_key: Annotated[RoutingKey, Field(max_length=200)] = ""
+    headers: Headers | None = None
     priority: int | None = Field(default=None, ge=0, le=255)
     timeout: Duration = 300.0
     retry: RetryPolicy = RetryPolicy()

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobsys.topology.check import Path, Problem, check_topology
+from jobsys.topology.check import Malformed, Path, Problem, check_topology
 from jobsys.topology.model import Topology
 
 #: Sections whose entries are keyed by name; ``bindings`` is a list.
@@ -46,8 +46,12 @@ def sound_part_problems(data: dict[str, Any], error_paths: Iterable[Path]) -> li
     except ValidationError:
         return []  # an error pydantic reports only once others are gone: nothing is certain
     routing_known = not (left_out["exchanges"] or left_out["queues"] or left_out["bindings"])
+    malformed = Malformed(
+        exchanges={str(name) for name in left_out["exchanges"]},
+        queues={str(name) for name in left_out["queues"]},
+    )
     kept = []
-    for problem in check_topology(topology):
+    for problem in check_topology(topology, malformed):
         path = problem.path
         if path[0] == "bindings":
             binding = topology.bindings[int(path[1])]
