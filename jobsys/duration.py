@@ -15,7 +15,12 @@ def parse_duration_s(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 5m or 2h, got a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float range
+            raise ValueError(
+                "a duration must be a finite number of seconds, zero or more"
+            ) from None
     elif isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match is None:

@@ -92,3 +92,8 @@ def test_a_whole_number_of_seconds_reads_back_as_it_was_shown(seconds: int) -> N
 
     assert "e" not in shown
     assert total == seconds
+
+
+def test_an_integer_beyond_float_range_is_a_value_error_not_an_overflow() -> None:
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        parse_duration_s(10**400)
