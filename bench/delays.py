@@ -42,7 +42,7 @@ from jobsys.ops.declare import apply_topology
 from jobsys.ops.status import waiting_per_level
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
-from jobsys.topology.delays import level_count, level_name
+from jobsys.topology.delays import DelayLayout
 from jobsys.topology.loader import load_topology_text
 from jobsys.wire.headers import HEADER_JOB_ID
 
@@ -238,7 +238,7 @@ async def run(url: str, n: int, samples: int) -> None:
                     channel = await connection.channel(confirms=False)
                     bulk = await channel.get_queue("bulk", ensure=False)
                     await bulk.purge()  # keep only the delayed jobs waiting
-                    counts = await waiting_per_level(connection, level_count(30 * 86400))
+                    counts = await waiting_per_level(connection, DelayLayout())
                 lateness = await _sample_lateness(settings, producer, samples)
             rss_after = _rss_kib(worker.pid) if worker else None
         finally:
@@ -254,7 +254,7 @@ async def run(url: str, n: int, samples: int) -> None:
     print("jobs waiting per level (level: count):")
     for level, count in enumerate(counts):
         if count:
-            print(f"  {level_name(level)}: {count}")
+            print(f"  {DelayLayout().level_name(level)}: {count}")
     print(f"  total: {sum(c or 0 for c in counts)}")
     late = sorted(lag for _, lag, _ in lateness)
     overshoot = sorted(over for _, _, over in lateness)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aio_pika.abc import AbstractRobustChannel
@@ -19,8 +19,7 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
 from jobsys.errors import AccessRefused, JobsysError, TopologyError
-from jobsys.topology.delays import DELIVERY_EXCHANGE
-from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
+from jobsys.topology.model import dead_letter_queue_name
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +36,13 @@ class FaultWatch:
         queues: list[str],
         on_fatal: Callable[[JobsysError], None],
         on_cancelled: Callable[[], Awaitable[None]],
+        exchanges: Sequence[str] = (),
     ) -> None:
         self._on_cancelled = on_cancelled
         self._connection = connection
         self._queues = queues
+        #: Exchanges settlement publishes to (the dead-letter and due exchanges).
+        self._exchanges = list(exchanges)
         self._on_fatal = on_fatal
         self._channels: list[AbstractRobustChannel] = []
         self._probe: asyncio.Task[None] | None = None
@@ -52,7 +54,7 @@ class FaultWatch:
         conn = connection or self._connection
         # Everything settlement publishes to must be there too: a missing dead-letter queue
         # or delivery exchange would otherwise only show when the first job fails.
-        wanted = [("exchange", DEAD_LETTER_EXCHANGE), ("exchange", DELIVERY_EXCHANGE)]
+        wanted = [("exchange", name) for name in self._exchanges]
         wanted += [("queue", q) for q in self._queues]
         wanted += [("queue", dead_letter_queue_name(q)) for q in self._queues]
         for kind, name in wanted:

@@ -32,8 +32,7 @@ from jobsys.errors import (
     UnroutableError,
 )
 from jobsys.publish.producer import Producer
-from jobsys.topology.delays import delay_route
-from jobsys.topology.model import DEAD_LETTER_EXCHANGE, dead_letter_queue_name
+from jobsys.topology.model import dead_letter_queue_name
 from jobsys.wire.deadletter import dead_letter_headers, record_for
 from jobsys.wire.envelope import new_job_id
 from jobsys.wire.headers import (
@@ -178,7 +177,7 @@ class Settler:
             message.header.properties.message_id or new_job_id()
         )
         if outcome.kind == "retry":
-            route = delay_route(queue, outcome.delay_s or 0.0, self.producer.delay_levels)
+            route = self.producer.delay_layout.route(queue, outcome.delay_s or 0.0)
             exchange, routing_key, delay_s = route.exchange, route.routing_key, route.delay_s
             target = queue
             headers = retry_headers(
@@ -191,7 +190,7 @@ class Settler:
             )
         else:
             target = routing_key = dead_letter_queue_name(queue)
-            exchange, delay_s = DEAD_LETTER_EXCHANGE, None
+            exchange, delay_s = self.producer.topology.dead_letter_exchange, None
             reason = outcome.reason
             if trimmed is not None:
                 reason = f"{reason or 'dead-lettered'}; original headers dropped: {trimmed}"
@@ -227,7 +226,7 @@ class Settler:
         number and due time; then ack it. Not confirmed: requeue it (it comes back early
         again, and is held again)."""
         message = delivery.message
-        route = delay_route(queue, outcome.delay_s or 0.0, self.producer.delay_levels)
+        route = self.producer.delay_layout.route(queue, outcome.delay_s or 0.0)
         headers = strip_death(sendable_headers(message.header.properties.headers or {}))
         try:
             await self.producer.republish(

@@ -105,7 +105,11 @@ class Worker:
         if self._loaded is not None:
             self._loaded.check_broker_version(self._connection.server_version)
         watch = self._watch = FaultWatch(
-            self._connection, [p.queue for p in self.pools], self._fail, self._resubscribe_all
+            self._connection,
+            [p.queue for p in self.pools],
+            self._fail,
+            self._resubscribe_all,
+            exchanges=[self.topology.dead_letter_exchange, self.topology.delay_layout.due_exchange],
         )
         await watch.check_entities()
         watch.attach()

@@ -28,7 +28,7 @@ from jobsys.broker.connection import BrokerConnection, broker_errors, close_quie
 from jobsys.errors import TopologyError
 from jobsys.observe.propagation import extract
 from jobsys.publish.producer import Producer
-from jobsys.topology.delays import DELIVERY_EXCHANGE, delay_route
+from jobsys.topology.delays import DelayRoute
 from jobsys.topology.model import dead_letter_queue_name
 from jobsys.wire.deadletter import DeadJob, dead_job, replay_headers
 from jobsys.wire.envelope import JobProperties
@@ -155,7 +155,7 @@ async def replay(
     """
     where = where or Filter()
     connection = producer.connection
-    routing_key = delay_route(queue, 0, producer.delay_levels).routing_key
+    route = producer.delay_layout.route(queue, 0)
     get_channel = await connection.channel(confirms=False)
     try:
         dlq_name = dead_letter_queue_name(queue)
@@ -169,7 +169,7 @@ async def replay(
         while state.scanned < state.total and (limit is None or state.replayed < limit):
             wanted = batch_size if limit is None else min(batch_size, limit - state.replayed)
             if len(batch) >= wanted:
-                await _replay_batch(batch, producer, queue, routing_key, state, progress)
+                await _replay_batch(batch, producer, queue, route, state, progress)
                 batch = []
                 continue
             message = await _get(dlq, connection)
@@ -184,7 +184,7 @@ async def replay(
                 state.skipped += 1
                 if progress is not None:
                     progress(state)
-        await _replay_batch(batch, producer, queue, routing_key, state, progress)
+        await _replay_batch(batch, producer, queue, route, state, progress)
         if held is not None:
             await held.nack(multiple=True, requeue=True)
         return state
@@ -211,14 +211,14 @@ async def _replay_batch(
     batch: list[AbstractIncomingMessage],
     producer: Producer,
     queue: str,
-    routing_key: str,
+    route: DelayRoute,
     state: ReplayProgress,
     progress: Callable[[ReplayProgress], None] | None,
 ) -> None:
     if not batch:
         return
     results = await asyncio.gather(
-        *(_replay_one(message, producer, queue, routing_key) for message in batch),
+        *(_replay_one(message, producer, queue, route) for message in batch),
         return_exceptions=True,
     )
     failure: BaseException | None = None
@@ -237,7 +237,7 @@ async def _replay_batch(
 
 
 async def _replay_one(
-    message: AbstractIncomingMessage, producer: Producer, queue: str, routing_key: str
+    message: AbstractIncomingMessage, producer: Producer, queue: str, route: DelayRoute
 ) -> None:
     kept = JobProperties(
         job_type=message.type,
@@ -253,8 +253,8 @@ async def _replay_one(
     await producer.republish(
         message.body,
         replay_headers(sendable_headers(_headers(message))),
-        DELIVERY_EXCHANGE,
-        routing_key,
+        route.exchange,
+        route.routing_key,
         kept=kept,
         kind="replay",
         queues=(queue,),

@@ -9,7 +9,7 @@ and the consumer count over AMQP; unacked messages and rates are then unknown (s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiormq
@@ -84,6 +84,9 @@ class StatusReport:
     delay_levels: list[DelayLevelStatus]
     source: Literal["management", "amqp"]
     note: str = ""
+    #: Levels of the layout before jobsys fixed its level count, where they still exist: they
+    #: deliver what they hold on time, and ``jobsys delays retire`` removes them once empty.
+    legacy_levels: list[DelayLevelStatus] = field(default_factory=list)
 
     @property
     def delayed_total(self) -> int | None:
@@ -162,15 +165,21 @@ class StatusReader:
             )
             for name in self.topology.queues
         ]
+        layout = self.topology.delay_layout
         levels = [
             DelayLevelStatus(
-                delays.level_name(level),
+                layout.level_name(level),
                 delays.level_ttl_ms(level) / 1000,
-                counts[delays.level_name(level)].total,
+                counts[layout.level_name(level)].total,
             )
-            for level in range(delays.level_count(self.topology.delays.max_delay))
+            for level in range(delays.LEVELS)
         ]
-        return StatusReport(queues, levels, source, note)
+        legacy = [
+            DelayLevelStatus(name, delays.level_ttl_ms(level) / 1000, counts[name].total)
+            for level in range(delays.LEVELS)
+            if (name := delays.legacy_level_name(level)) in counts and counts[name].exists
+        ]
+        return StatusReport(queues, levels, source, note, legacy)
 
     async def _amqp_counts(self, names: list[str]) -> dict[str, QueueCounts]:
         found = await passive_counts(await self._connection(), names)
@@ -182,11 +191,21 @@ class StatusReader:
         }
 
 
-async def waiting_per_level(connection: BrokerConnection, levels: int) -> list[int | None]:
-    """Messages in each level's queue, ``None`` where the queue does not exist."""
-    names = [delays.level_name(level) for level in range(levels)]
+async def waiting_per_level(
+    connection: BrokerConnection, layout: delays.DelayLayout
+) -> list[int | None]:
+    """Messages in each level's queue of ``layout``, ``None`` where the queue does not exist."""
+    names = [layout.level_name(level) for level in range(delays.LEVELS)]
     found = await passive_counts(connection, names)
     return [ok.message_count if (ok := found[name]) is not None else None for name in names]
+
+
+async def legacy_waiting(connection: BrokerConnection) -> dict[str, int]:
+    """Messages in each level of the layout before the level count was fixed, for the levels
+    that still exist (none on a broker that never had it)."""
+    names = [delays.legacy_level_name(level) for level in range(delays.LEVELS)]
+    found = await passive_counts(connection, names)
+    return {name: ok.message_count or 0 for name, ok in found.items() if ok is not None}
 
 
 async def passive_counts(
@@ -212,7 +231,8 @@ async def passive_counts(
 
 
 def _queue_names(topology: Topology) -> list[str]:
-    return [spec.name for spec in desired_entities(topology).queues]
+    legacy = [delays.legacy_level_name(level) for level in range(delays.LEVELS)]
+    return [spec.name for spec in desired_entities(topology).queues] + legacy
 
 
 def _counts_of(raw: dict[str, Any]) -> QueueCounts:
@@ -280,6 +300,13 @@ def render_status(report: StatusReport) -> str:
     lines.append(
         f"jobs waiting in delay levels: {total}" + (f" ({', '.join(busy)})" if busy else "")
     )
+    legacy = [f"{level.name}: {level.waiting}" for level in report.legacy_levels if level.waiting]
+    if report.legacy_levels:
+        lines.append(
+            "old delay levels (jobsys.delay.*) still exist"
+            + (f", holding {', '.join(legacy)}" if legacy else ", empty")
+            + ": they deliver on time; `jobsys delays retire` removes them once empty"
+        )
     if any(not queue.counts.exists for queue in report.queues):
         lines.append("some queues are missing: `jobsys topology apply FILE` declares them")
     if report.note:

@@ -89,7 +89,7 @@ def prepare_job(
     routes: Mapping[str, JobRoute],
     models: Mapping[str, type[BaseModel]],
     max_bytes: int,
-    delay_levels: int,
+    layout: delays.DelayLayout,
 ) -> PreparedJob:
     """Validate and encode ``request`` (pure); raises ``UnknownJobTypeError``,
     ``PayloadValidationError``, ``PayloadTooLargeError`` or ``ConfigError``."""
@@ -114,7 +114,7 @@ def prepare_job(
     if route.static_headers:
         # A headers exchange routes on these, so they win over the caller's.
         headers.update(route.static_headers)
-    targets, delay_s = _targets(route, request.delay_s, delay_levels)
+    targets, delay_s = _targets(route, request.delay_s, layout)
     if delay_s is not None:
         # A delayed job arrives through the delivery exchange; its dead-letter record must
         # still name the exchange and routing key it was published for.
@@ -146,7 +146,7 @@ def _validated(model: type[BaseModel], job_type: str, payload: Any) -> Any:
 
 
 def _targets(
-    route: JobRoute, delay_s: float | None, levels: int
+    route: JobRoute, delay_s: float | None, layout: delays.DelayLayout
 ) -> tuple[tuple[tuple[str, str, tuple[str, ...]], ...], float | None]:
     if delay_s is None:
         return ((route.exchange, route.routing_key, route.queues),), None
@@ -160,7 +160,7 @@ def _targets(
             f"({format_duration(route.max_delay_s)}) in the topology"
         )
     # Through the delay levels a job reaches its queues by name, so one message per queue.
-    plans = [(queue, delays.delay_route(queue, delay_s, levels)) for queue in route.queues]
+    plans = [(queue, layout.route(queue, delay_s)) for queue in route.queues]
     if not plans:
         raise ConfigError("this job type reaches no queue, so it cannot be delayed")
     targets = tuple((plan.exchange, plan.routing_key, (queue,)) for queue, plan in plans)

@@ -44,7 +44,6 @@ from jobsys.observe import tracing
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
 from jobsys.publish.properties import copied_properties, message_properties
 from jobsys.settings import Settings
-from jobsys.topology import delays
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
 from jobsys.wire.envelope import JobProperties, new_message_id
@@ -112,8 +111,8 @@ class Producer:
             for name, queue in topology.queues.items()
             if queue.overflow == "reject-publish-dlx"
         )
-        #: How many delay levels the topology declares (for ``delays.delay_route``).
-        self.delay_levels = delays.level_count(topology.delays.max_delay)
+        #: The delay levels and due exchange of the topology's namespace.
+        self.delay_layout = topology.delay_layout
         self._own_connection = connection is None
         self._connection = connection
         self._confirms: ConfirmChannel | None = None
@@ -268,7 +267,7 @@ class Producer:
             self._routes,
             self.models,
             self.settings.max_payload_bytes,
-            self.delay_levels,
+            self.delay_layout,
         )
 
     async def _publish_prepared(self, job: PreparedJob) -> Receipt:

@@ -78,13 +78,23 @@ def check_broker_support(topology: Topology, version: tuple[int, ...]) -> list[P
 
 
 def _check_names(topology: Topology) -> Iterator[Problem]:
+    layout = topology.delay_layout
+    derived = {layout.due_exchange, topology.dead_letter_exchange}
+    waits = f"{topology.namespace}.wait."
     for section in ("exchanges", "queues"):
         for name in getattr(topology, section):
-            if name.startswith(RESERVED_PREFIX) or name.startswith("amq."):
+            if name.startswith((RESERVED_PREFIX, "amq.")):
                 yield Problem(
                     (section, name),
                     f"name {name!r} is reserved (names starting with {RESERVED_PREFIX!r} or "
                     "'amq.' belong to jobsys and RabbitMQ)",
+                )
+            elif name in derived or name.startswith(waits):
+                yield Problem(
+                    (section, name),
+                    f"name {name!r} is one jobsys derives for namespace "
+                    f"{topology.namespace!r} ({waits}*, {layout.due_exchange}, "
+                    f"{topology.dead_letter_exchange})",
                 )
     for name in topology.queues:
         if (
@@ -96,17 +106,16 @@ def _check_names(topology: Topology) -> Iterator[Problem]:
                 f"queue {name!r} clashes with the dead-letter queue of queue "
                 f"{name[: -len(DEAD_LETTER_SUFFIX)]!r}",
             )
-    levels = delays.level_count(topology.delays.max_delay)
     for name in topology.queues:
         # A delayed job's routing key is one word per delay bit, then the queue's name; the
         # broker refuses routing keys over 255 bytes.
-        key_bytes = len(delays.delivery_binding_key(name, levels).encode("utf-8"))
+        key_bytes = len(delays.delivery_binding_key(name).encode("utf-8"))
         if key_bytes > MAX_ROUTING_KEY_BYTES:
             yield Problem(
                 ("queues", name),
                 f"queue name is too long for delayed jobs: their routing key would be "
-                f"{key_bytes} bytes (RabbitMQ allows {MAX_ROUTING_KEY_BYTES}); shorten the "
-                "name or lower delays.max_delay",
+                f"{key_bytes} bytes, {delays.LEVELS * 2} of them the delay (RabbitMQ allows "
+                f"{MAX_ROUTING_KEY_BYTES}); shorten the name",
             )
 
 

@@ -3,7 +3,8 @@
 One function, ``desired_entities``, turns a ``Topology`` into the exchanges, queues and
 bindings that ``declare`` plans and applies, that ``export`` writes as RabbitMQ definitions,
 and that workers and producers rely on: the user's own entities plus the dead-letter exchange,
-one dead-letter queue per work queue, the delay levels and the delivery exchange.
+one dead-letter queue per work queue, the delay levels and the due exchange, all named under
+the topology's namespace.
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ def user_bindings(topology: Topology) -> list[BindingSpec]:
     return specs
 
 
-def work_queue_arguments(name: str, queue: Queue) -> dict[str, ArgValue]:
+def work_queue_arguments(
+    name: str, queue: Queue, dead_letter_exchange: str = DEAD_LETTER_EXCHANGE
+) -> dict[str, ArgValue]:
     """The ``x-`` arguments of work queue ``name``. ``x-queue-type`` is always explicit so a
     vhost default can never change a queue's type underneath us."""
     args: dict[str, ArgValue] = {
         "x-queue-type": queue.type,
-        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-exchange": dead_letter_exchange,
         "x-dead-letter-routing-key": dead_letter_queue_name(name),
     }
     if queue.max_priority is not None:
@@ -116,11 +119,13 @@ def work_queue_arguments(name: str, queue: Queue) -> dict[str, ArgValue]:
     return args
 
 
-def _delay_level_arguments(level: int, queue_type: str) -> dict[str, ArgValue]:
+def _delay_level_arguments(
+    layout: delays.DelayLayout, level: int, queue_type: str
+) -> dict[str, ArgValue]:
     args: dict[str, ArgValue] = {
         "x-queue-type": queue_type,
         "x-message-ttl": delays.level_ttl_ms(level),
-        "x-dead-letter-exchange": delays.level_exchange_after(level),
+        "x-dead-letter-exchange": layout.level_exchange_after(level),
     }
     if queue_type == "quorum":
         # Without this a quorum queue dead-letters at most once: a node failure at the wrong
@@ -132,56 +137,53 @@ def _delay_level_arguments(level: int, queue_type: str) -> dict[str, ArgValue]:
 
 def desired_entities(topology: Topology) -> Entities:
     """Every exchange, queue and binding the topology needs, in declaration order."""
-    levels = delays.level_count(topology.delays.max_delay)
+    layout = topology.delay_layout
+    dead_letter_exchange = topology.dead_letter_exchange
     exchanges = [
         ExchangeSpec(name=name, type=ex.type, durable=ex.durable)
         for name, ex in topology.exchanges.items()
     ]
-    exchanges.append(ExchangeSpec(name=DEAD_LETTER_EXCHANGE, type="direct"))
-    exchanges.append(ExchangeSpec(name=delays.DELIVERY_EXCHANGE, type="topic"))
+    exchanges.append(ExchangeSpec(name=dead_letter_exchange, type="direct"))
+    exchanges.append(ExchangeSpec(name=layout.due_exchange, type="topic"))
     exchanges += [
-        ExchangeSpec(name=delays.level_name(level), type="topic") for level in range(levels)
+        ExchangeSpec(name=layout.level_name(level), type="topic") for level in range(delays.LEVELS)
     ]
 
     queues: list[QueueSpec] = []
     bindings: list[BindingSpec] = []
     for name, queue in topology.queues.items():
-        queues.append(
-            QueueSpec(name, queue.durable, work_queue_arguments(name, queue), role="work")
-        )
+        arguments = work_queue_arguments(name, queue, dead_letter_exchange)
+        queues.append(QueueSpec(name, queue.durable, arguments, role="work"))
         dlq = dead_letter_queue_name(name)
         queues.append(QueueSpec(dlq, True, {"x-queue-type": queue.type}, role="dead-letter"))
-        bindings.append(BindingSpec(DEAD_LETTER_EXCHANGE, dlq, "queue", dlq))
+        bindings.append(BindingSpec(dead_letter_exchange, dlq, "queue", dlq))
         bindings.append(
-            BindingSpec(
-                delays.DELIVERY_EXCHANGE,
-                name,
-                "queue",
-                delays.delivery_binding_key(name, levels),
-            )
+            BindingSpec(layout.due_exchange, name, "queue", delays.delivery_binding_key(name))
         )
 
-    for level in range(levels):
-        level_queue = delays.level_name(level)
+    for level in range(delays.LEVELS):
+        level_queue = layout.level_name(level)
         queues.append(
             QueueSpec(
                 level_queue,
                 True,
-                _delay_level_arguments(level, topology.delays.queue_type),
+                _delay_level_arguments(layout, level, topology.delays.queue_type),
                 role="delay",
             )
         )
         bindings.append(
-            BindingSpec(level_queue, level_queue, "queue", delays.wait_binding_key(level, levels))
+            BindingSpec(level_queue, level_queue, "queue", delays.wait_binding_key(level))
         )
         bindings.append(
             BindingSpec(
                 level_queue,
-                delays.level_exchange_after(level),
+                layout.level_exchange_after(level),
                 "exchange",
-                delays.skip_binding_key(level, levels),
+                delays.skip_binding_key(level),
             )
         )
 
     bindings += user_bindings(topology)
-    return Entities(exchanges=exchanges, queues=queues, bindings=bindings, delay_levels=levels)
+    return Entities(
+        exchanges=exchanges, queues=queues, bindings=bindings, delay_levels=delays.LEVELS
+    )

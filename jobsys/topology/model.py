@@ -21,6 +21,7 @@ from pydantic import (
 
 from jobsys.duration import format_duration, parse_duration_s
 from jobsys.topology import limits
+from jobsys.topology.delays import DEFAULT_NAMESPACE, MAX_DELAY_S, DelayLayout
 
 _T = TypeVar("_T")
 
@@ -73,7 +74,8 @@ Headers = Annotated[
 ]
 
 #: Name of the direct exchange through which workers publish to dead-letter queues and through
-#: which the broker dead-letters (max length, delivery limit) into them.
+#: which the broker dead-letters (max length, delivery limit) into them, in the default
+#: namespace (a topology with a namespace of its own uses ``<namespace>.dead-letter``).
 DEAD_LETTER_EXCHANGE = "jobsys.dead-letter"
 #: Suffix of every queue's dead-letter queue: ``emails`` -> ``emails.dead``.
 DEAD_LETTER_SUFFIX = ".dead"
@@ -189,15 +191,24 @@ class JobType(_Frozen):
 
 
 class Delays(_Frozen):
-    """The broker-side delay levels shared by delayed publishing and retry backoff."""
+    """The broker-side delay levels shared by delayed publishing and retry backoff.
+
+    ``max_delay`` bounds what may be published and how long a retry may wait; the levels on
+    the broker are the same whatever it is (``jobsys.topology.delays``).
+    """
 
     max_delay: Duration = 30 * 86400.0
     queue_type: Literal["classic", "quorum"] = "classic"
 
     @model_validator(mode="after")
-    def _at_least_thirty_days(self) -> Delays:
+    def _within_the_levels(self) -> Delays:
         if self.max_delay < 30 * 86400:
             raise ValueError("max_delay must be at least 30d")
+        if self.max_delay > MAX_DELAY_S:
+            raise ValueError(
+                f"max_delay must be at most {format_duration(MAX_DELAY_S)} (2**29 - 1 s): "
+                "the longest delay RabbitMQ's queue TTLs can express"
+            )
         return self
 
 
@@ -210,6 +221,21 @@ class Topology(_Frozen):
     bindings: list[Binding] = Field(default_factory=list)
     job_types: dict[Name, JobType] = Field(default_factory=dict)
     delays: Delays = Delays()
+    #: The prefix of the exchanges and queues jobsys derives for this topology (delay levels,
+    #: the due exchange, the dead-letter exchange). Apps sharing a vhost keep apart by using
+    #: namespaces of their own: one app's producers then cannot reach the other's queues
+    #: through these exchanges.
+    namespace: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")] = DEFAULT_NAMESPACE
+
+    @property
+    def delay_layout(self) -> DelayLayout:
+        """The delay levels and due exchange of this topology's namespace."""
+        return DelayLayout(self.namespace)
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        """The exchange dead-lettered jobs reach their dead-letter queues through."""
+        return f"{self.namespace}.dead-letter"
 
     def dead_letter_queues(self) -> dict[str, str]:
         """Map each work queue to its dead-letter queue (every work queue has one)."""

@@ -19,7 +19,6 @@ from jobsys.broker.connection import BrokerConnection
 from jobsys.ops.declare import apply_topology
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from jobsys.topology.delays import delay_route, level_count
 from jobsys.topology.loader import LoadedTopology, load_topology_text
 from jobsys.wire.envelope import JobProperties, read_identity
 from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, Origin, retry_headers
@@ -153,8 +152,7 @@ async def test_the_same_delay_used_six_times_in_a_row_never_loses_the_job(
     # from the delay levels), republish it with attempt + 1 through the same levels, confirm,
     # then ack. The broker drops, silently, a message whose history shows a cycle.
     loaded = topology()
-    levels = level_count(loaded.topology.delays.max_delay)
-    route = delay_route(QUEUE, 1.0, levels)
+    route = loaded.topology.delay_layout.route(QUEUE, 1.0)
     jobs, rounds = 20, 6
     attempts: dict[str, list[int]] = defaultdict(list)
     done = asyncio.Event()

@@ -173,7 +173,7 @@ def test_delays_status_counts_jobs_per_level_and_flags_missing_levels(
     missing = jobsys(vhost_settings, "delays", "status", "--topology", topology_file)
     assert missing.exit_code == 0, missing.output
     first_level = missing.stdout.splitlines()[1].split(maxsplit=2)
-    assert first_level == ["jobsys.delay.00", "1s", "not declared - run `jobsys topology apply`"]
+    assert first_level == ["jobsys.wait.00", "1s", "not declared - run `jobsys topology apply`"]
 
     asyncio.run(apply(vhost_settings))
 
@@ -190,9 +190,9 @@ def test_delays_status_counts_jobs_per_level_and_flags_missing_levels(
     assert status.exit_code == 0, status.output
     lines = {line.split()[0]: line.split()[-1] for line in status.stdout.splitlines()[1:-1]}
     # 100 s = 64 + 32 + 4 and 300 s = 256 + 32 + 8 + 4: each job waits in its highest bit first.
-    assert lines["jobsys.delay.06"] == "2"
-    assert lines["jobsys.delay.08"] == "1"
-    assert "total: 3 jobs waiting in 22 levels" in status.stdout
+    assert lines["jobsys.wait.06"] == "2"
+    assert lines["jobsys.wait.08"] == "1"
+    assert "total: 3 jobs waiting in 29 levels" in status.stdout
 
 
 def test_a_replay_killed_half_way_loses_nothing_and_doubles_at_most_one_batch(

@@ -221,10 +221,10 @@ async def test_a_dead_letter_queue_deleted_under_a_worker_stops_it_with_one_drif
 
 #: The least privilege of each role, as ``docs/operations.md`` gives it (configure, write, read).
 APPLY_PERMISSIONS = (r"^(ft\..*|jobsys\..*)$",) * 3
-PRODUCER_PERMISSIONS = ("^$", r"^(ft\.jobs|jobsys\.delay\..*)$", "^$")
+PRODUCER_PERMISSIONS = ("^$", r"^(ft\.jobs|jobsys\.wait\..*)$", "^$")
 WORKER_PERMISSIONS = (
     "^$",
-    r"^(jobsys\.dead-letter|jobsys\.delivery|jobsys\.delay\..*)$",
+    r"^(jobsys\.dead-letter|jobsys\.due|jobsys\.wait\..*)$",
     r"^ft\.work$",
 )
 

@@ -158,7 +158,7 @@ async def test_a_delayed_job_waits_in_the_broker_then_reaches_its_queue(
     started = loop.time()
     receipt = await producer.publish("send_email", {"to": "later@b.c"}, delay_s=2)
     assert receipt.delay_s == 2.0
-    assert receipt.exchange.startswith("jobsys.delay.")
+    assert receipt.exchange.startswith("jobsys.wait.")
     assert await drain(vhost_settings, "emails") == []
     [message] = await wait_for_messages(vhost_settings, "emails", 1)
     assert loop.time() - started >= 1.9

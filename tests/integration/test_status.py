@@ -19,7 +19,6 @@ from jobsys.cli import main
 from jobsys.ops.declare import apply_topology
 from jobsys.ops.status import QueueStatus, StatusReader, StatusReport
 from jobsys.settings import Settings
-from jobsys.topology import delays
 from jobsys.topology.loader import LoadedTopology, load_topology_text
 from jobsys.topology.model import DEAD_LETTER_EXCHANGE
 
@@ -47,14 +46,13 @@ async def broker(vhost_settings: Settings) -> AsyncIterator[tuple[Settings, Load
     async with BrokerConnection(vhost_settings) as conn:
         await apply_topology(conn, loaded, use_management=False)
         channel = await conn.channel()
-        levels = delays.level_count(loaded.topology.delays.max_delay)
         jobs = await channel.get_exchange("jobs", ensure=False)
         dead = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
         for i in range(5):
             await jobs.publish(aio_pika.Message(b"{}", message_id=f"m{i}"), routing_key="job")
         await dead.publish(aio_pika.Message(b"{}", message_id="d"), routing_key="work.dead")
         for i, delay_s in enumerate((3000.0, 3000.0, 100.0)):
-            route = delays.delay_route("work", delay_s, levels)
+            route = loaded.topology.delay_layout.route("work", delay_s)
             exchange = await channel.get_exchange(route.exchange, ensure=False)
             await exchange.publish(
                 aio_pika.Message(b"{}", message_id=f"late{i}"), routing_key=route.routing_key
@@ -101,7 +99,8 @@ async def test_status_without_management_shows_ready_consumers_dead_letters_and_
     assert (work.counts.ready, work.counts.unacked, work.counts.consumers) == (3, None, 1)
     assert work.dead_letter.total == 1
     waiting = {level.name: level.waiting for level in report.delay_levels if level.waiting}
-    assert waiting == {delays.level_name(11): 2, delays.level_name(6): 1}
+    layout = loaded.topology.delay_layout
+    assert waiting == {layout.level_name(11): 2, layout.level_name(6): 1}
     assert report.delayed_total == 3
 
 

@@ -100,7 +100,7 @@ async def test_apply_creates_exactly_what_plan_announced_and_a_second_apply_chan
     exchanges, queues = own_names(await snapshot(vhost_settings))
     assert exchanges == names(before, "create", "exchange")
     assert queues == names(before, "create", "queue")
-    assert "t.reports.dead" in queues and "jobsys.delay.00" in queues
+    assert "t.reports.dead" in queues and "jobsys.wait.00" in queues
     bindings = [b for b in (await snapshot(vhost_settings)).bindings if b["source"]]
     announced = before.of("create" if use_management else "ensure")
     assert len(bindings) == len([i for i in announced if i.kind == "binding"])

@@ -149,7 +149,7 @@ def test_apply_twice_creates_once_then_plan_shows_everything_matching(
     assert "= queue c.reports matches" in plan.stdout
     assert "+ " not in plan.stdout and "~ " not in plan.stdout
     assert "0 to create, 0 conflicting" in plan.stdout
-    assert {"c.reports", "c.reports.dead", "jobsys.delay.00"} <= queue_names(vhost_settings)
+    assert {"c.reports", "c.reports.dead", "jobsys.wait.00"} <= queue_names(vhost_settings)
 
 
 @PROBE

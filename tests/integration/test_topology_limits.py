@@ -21,8 +21,7 @@ import pytest
 
 from jobsys.broker.connection import BrokerConnection
 from jobsys.broker.management import ManagementClient, management_endpoint
-from jobsys.errors import TopologyValidationError
-from jobsys.ops.declare import apply_topology
+from jobsys.errors import TopologyLoadError
 from jobsys.settings import Settings
 from jobsys.topology.loader import load_topology_text
 
@@ -156,19 +155,9 @@ def test_publish_of_a_job_type_whose_routing_key_amqp_cannot_carry_exits_2(
     assert "Traceback" not in result.stderr
 
 
-async def test_apply_of_delay_levels_the_broker_would_refuse_declares_nothing(
-    vhost_settings: Settings,
-) -> None:
-    # A max_delay of 100000000 days needs delay levels whose TTL is over the broker's limit.
-    # The file check leaves max_delay to the delay levels' own rules; apply must still refuse
-    # before it declares anything, instead of stopping half-way.
-    loaded = load_topology_text(topology() + "delays: {max_delay: 100000000d}\n", "big.yaml")
-
-    async with BrokerConnection(vhost_settings) as conn:
-        with pytest.raises(TopologyValidationError) as caught:
-            await apply_topology(conn, loaded)
-
-    message = str(caught.value)
-    assert "big.yaml:10:" in message and "x-message-ttl" in message
-    assert "RabbitMQ accepts at most 315360000000 ms" in message
-    assert await broker_names(vhost_settings) == set()
+def test_a_max_delay_beyond_what_the_delay_levels_hold_is_refused_in_the_file() -> None:
+    # The delay levels are fixed (29 of them, level 28 at the broker's longest TTL): a
+    # max_delay past them is refused where it is written, before any I/O.
+    with pytest.raises(TopologyLoadError) as caught:
+        load_topology_text(topology() + "delays: {max_delay: 100000000d}\n", "big.yaml")
+    assert "big.yaml:10:1: delays: max_delay must be at most" in str(caught.value)

@@ -108,7 +108,7 @@ async def test_a_permission_refused_half_way_reports_exactly_what_was_created(
     assert "ACCESS_REFUSED" in message and "jobsys.dead-letter" in message
     assert "apply stopped at exchange jobsys.dead-letter, after declaring 1 of " in message
     assert "\n  created exchange app.jobs\n" in message
-    assert "not declared: exchange jobsys.dead-letter, exchange jobsys.delivery," in message
+    assert "not declared: exchange jobsys.dead-letter, exchange jobsys.due," in message
     assert "queue app.work, queue app.work.dead," in message
     assert "nothing was changed" not in message
     # What the message says is what the broker holds.
@@ -150,7 +150,7 @@ async def test_an_entity_changed_after_the_plan_stops_apply_with_what_it_had_cre
     assert "x-message-ttl" in message and "app.work" in message
     assert "apply stopped at queue app.work, after declaring " in message
     assert "\n  created exchange app.jobs\n" in message
-    assert "\n  created exchange jobsys.delivery\n" in message
+    assert "\n  created exchange jobsys.due\n" in message
     held = await broker_names(vhost_settings)
     created = {line.split()[-1] for line in message.splitlines() if "  created " in line}
     assert created == held - {"app.work"}

@@ -158,7 +158,7 @@ async def test_job_failing_twice_then_succeeding_is_one_trace_of_publishes_and_a
     assert sent.attributes is not None
     assert sent.attributes["messaging.rabbitmq.destination.routing_key"] == "work"
     for retry in (retry1, retry2):
-        assert retry.name == "publish jobsys.delay.00"
+        assert retry.name == "publish jobsys.wait.00"
         assert retry.attributes is not None
         assert retry.attributes["jobsys.delay_s"] == 1.0
     assert [r.attributes["jobsys.job.attempt"] for r in (retry1, retry2)] == [2, 3]  # type: ignore[index]
@@ -221,4 +221,4 @@ async def test_a_replayed_job_continues_its_trace_from_the_dead_letter_publish(
     assert _parent(replay) == dead_letter.context.span_id
     assert _parent(replayed) == replay.context.span_id
     assert _linked(replayed) == [failed.context.span_id]
-    assert replay.name == "publish jobsys.delivery"
+    assert replay.name == "publish jobsys.due"

@@ -75,9 +75,9 @@ def test_export_includes_dead_letter_queues_delay_levels_and_their_hops() -> Non
     definitions = export()
 
     queues = {q["name"] for q in definitions["queues"]}
-    assert {"shop.orders.dead", "jobsys.delay.00"} <= queues
+    assert {"shop.orders.dead", "jobsys.wait.00"} <= queues
     exchange_names = {e["name"] for e in definitions["exchanges"]}
-    assert {"jobsys.dead-letter", "jobsys.delivery", "jobsys.delay.00"} <= exchange_names
+    assert {"jobsys.dead-letter", "jobsys.due", "jobsys.wait.00"} <= exchange_names
     hops = [b for b in definitions["bindings"] if b["destination_type"] == "exchange"]
     assert hops and all(b["destination"].startswith("jobsys.") for b in hops)
 

@@ -120,30 +120,30 @@ def test_the_derived_exchanges_follow_the_users_own() -> None:
         ExchangeSpec("jobs", "topic"),
         ExchangeSpec("by-format", "headers", durable=False),
         ExchangeSpec("jobsys.dead-letter", "direct"),
-        ExchangeSpec("jobsys.delivery", "topic"),
+        ExchangeSpec("jobsys.due", "topic"),
     ]
-    assert exchanges[4:] == [ExchangeSpec(f"jobsys.delay.{n:02d}", "topic") for n in range(22)]
+    assert exchanges[4:] == [ExchangeSpec(f"jobsys.wait.{n:02d}", "topic") for n in range(29)]
 
 
 def test_classic_delay_levels_carry_a_ttl_and_a_dead_letter_exchange_only() -> None:
     entities = entities_of()
     levels = [q for q in entities.queues if q.role == "delay"]
 
-    assert len(levels) == entities.delay_levels == 22
+    assert len(levels) == entities.delay_levels == 29
     assert levels[0] == QueueSpec(
-        "jobsys.delay.00",
+        "jobsys.wait.00",
         True,
         {
             "x-queue-type": "classic",
             "x-message-ttl": 1000,
-            "x-dead-letter-exchange": "jobsys.delivery",
+            "x-dead-letter-exchange": "jobsys.due",
         },
         role="delay",
     )
     assert levels[5].arguments == {
         "x-queue-type": "classic",
         "x-message-ttl": 32_000,
-        "x-dead-letter-exchange": "jobsys.delay.04",
+        "x-dead-letter-exchange": "jobsys.wait.04",
     }
 
 
@@ -158,23 +158,21 @@ def test_quorum_delay_levels_dead_letter_at_least_once_and_refuse_publishes_when
 
 def test_each_level_binds_its_queue_for_a_one_bit_and_hops_on_for_a_zero_bit() -> None:
     entities = entities_of()
-    level_3 = [b for b in entities.bindings if b.source == "jobsys.delay.03"]
+    level_3 = [b for b in entities.bindings if b.source == "jobsys.wait.03"]
 
     assert level_3 == [
-        BindingSpec("jobsys.delay.03", "jobsys.delay.03", "queue", "*." * 18 + "1.#"),
-        BindingSpec("jobsys.delay.03", "jobsys.delay.02", "exchange", "*." * 18 + "0.#"),
+        BindingSpec("jobsys.wait.03", "jobsys.wait.03", "queue", "*." * 25 + "1.#"),
+        BindingSpec("jobsys.wait.03", "jobsys.wait.02", "exchange", "*." * 25 + "0.#"),
     ]
-    level_0 = [b for b in entities.bindings if b.source == "jobsys.delay.00"]
-    assert level_0[1] == BindingSpec(
-        "jobsys.delay.00", "jobsys.delivery", "exchange", "*." * 21 + "0.#"
-    )
+    level_0 = [b for b in entities.bindings if b.source == "jobsys.wait.00"]
+    assert level_0[1] == BindingSpec("jobsys.wait.00", "jobsys.due", "exchange", "*." * 28 + "0.#")
 
 
-def test_each_work_queue_binds_to_the_delivery_exchange_by_all_bits_then_its_name() -> None:
-    delivery = [b for b in entities_of().bindings if b.source == "jobsys.delivery"]
+def test_each_work_queue_binds_to_the_due_exchange_by_all_bits_then_its_name() -> None:
+    delivery = [b for b in entities_of().bindings if b.source == "jobsys.due"]
 
     assert delivery == [
-        BindingSpec("jobsys.delivery", name, "queue", "*." * 22 + name)
+        BindingSpec("jobsys.due", name, "queue", "*." * 29 + name)
         for name in ("emails", "billing", "scratch")
     ]
 

@@ -85,7 +85,7 @@ def test_publishes_are_counted_by_job_type_exchange_and_kind(
 ) -> None:
     metrics.record_published("send_email", "demo.jobs")
     metrics.record_published("send_email", "demo.jobs")
-    metrics.record_published("send_email", "jobsys.delay.01", "retry")
+    metrics.record_published("send_email", "jobsys.wait.01", "retry")
     points = _points(reader)
     first = _value(
         points, "jobsys.jobs.published", job_type="send_email", exchange="demo.jobs", kind="publish"

@@ -156,12 +156,11 @@ def test_a_headers_exchange_job_carries_the_match_headers() -> None:
 
 
 def test_a_delayed_job_enters_the_delay_level_of_its_highest_bit() -> None:
-    levels = delays.level_count(TOPOLOGY.delays.max_delay)
     job = prepare(delay_s=90)
-    route = delays.delay_route("emails", 90, levels)
+    route = TOPOLOGY.delay_layout.route("emails", 90)
     assert job.targets == ((route.exchange, route.routing_key, ("emails",)),)
     assert job.delay_s == 90.0
-    assert route.exchange == delays.level_name(6)  # 90 = 0b1011010
+    assert route.exchange == TOPOLOGY.delay_layout.level_name(6)  # 90 = 0b1011010
 
 
 def test_a_delayed_job_rounds_up_to_whole_seconds() -> None:
@@ -184,9 +183,8 @@ def test_a_delayed_job_names_the_exchange_and_key_it_was_published_for() -> None
 
 
 def test_a_delay_over_delays_max_delay_is_refused_though_the_levels_could_hold_it() -> None:
-    # 30 days are 22 levels, enough for about 48 days; the topology's limit is what counts.
-    levels = delays.level_count(TOPOLOGY.delays.max_delay)
-    assert 2**levels - 1 > 40 * 86400
+    # The levels hold about 17 years; the topology's limit is what counts.
+    assert delays.MAX_DELAY_S > 40 * 86400
     with pytest.raises(ConfigError, match=r"longer than delays.max_delay \(30d\)"):
         prepare(delay_s=40 * 86400.0)
     assert prepare(delay_s=30 * 86400.0).delay_s == 30 * 86400.0

@@ -27,8 +27,8 @@ from jobsys.errors import (
     TopologyError,
     UnroutableError,
 )
-from jobsys.topology.delays import DELIVERY_EXCHANGE, level_count
-from jobsys.topology.model import DEAD_LETTER_EXCHANGE
+from jobsys.topology.delays import DelayLayout
+from jobsys.topology.loader import load_topology_text
 from jobsys.wire.headers import (
     HEADER_ATTEMPT,
     HEADER_ATTEMPTS,
@@ -66,7 +66,8 @@ class _Producer:
 
     fail: JobsysError | None = None
     sent: list[dict[str, Any]] = field(default_factory=list)
-    delay_levels: int = level_count(30 * 86400)
+    delay_layout: DelayLayout = field(default_factory=DelayLayout)
+    topology: Any = load_topology_text("version: 1\n").topology
 
     async def republish(
         self, body: bytes, headers: dict[str, Any], exchange: str, key: str, **kw: Any
@@ -194,7 +195,7 @@ async def test_a_retry_goes_back_to_its_own_queue_through_the_delay_levels() -> 
     world = _world()
     await _settle(world, RETRY)
     [sent] = world.producer.sent
-    assert sent["exchange"] == "jobsys.delay.02"  # 4 s: bit 2
+    assert sent["exchange"] == "jobsys.wait.02"  # 4 s: bit 2
     assert sent["key"].endswith(f".{QUEUE}") and sent["delay_s"] == 4.0
     headers = sent["headers"]
     assert headers[HEADER_ATTEMPT] == 3
@@ -217,7 +218,7 @@ async def test_a_retry_goes_back_to_its_own_queue_through_the_delay_levels() -> 
 async def test_a_retry_with_no_delay_goes_straight_through_the_delivery_exchange() -> None:
     world = _world()
     await _settle(world, Outcome.retry(RuntimeError(), 0.0, "now"))
-    assert world.producer.sent[0]["exchange"] == DELIVERY_EXCHANGE
+    assert world.producer.sent[0]["exchange"] == "jobsys.due"
 
 
 async def test_a_dead_letter_carries_the_record_and_the_origin_of_a_retried_job() -> None:
@@ -231,7 +232,7 @@ async def test_a_dead_letter_carries_the_record_and_the_origin_of_a_retried_job(
     }
     await _settle(world, DEAD, _delivery(world.channel, headers))
     [sent] = world.producer.sent
-    assert (sent["exchange"], sent["key"]) == (DEAD_LETTER_EXCHANGE, f"{QUEUE}.dead")
+    assert (sent["exchange"], sent["key"]) == ("jobsys.dead-letter", f"{QUEUE}.dead")
     record = sent["headers"]
     assert record[HEADER_ERROR_TYPE] == "RuntimeError"
     assert record[HEADER_ATTEMPTS] == 2 and record[HEADER_ORIGINAL_QUEUE] == QUEUE

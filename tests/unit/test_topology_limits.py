@@ -204,9 +204,8 @@ def test_export_of_entities_the_broker_would_refuse_exits_2_with_located_problem
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout == ""
-    assert f"{file}:13:9: delays: queue jobsys.delay.29: x-message-ttl is 536870912000 ms" in (
-        result.stderr
-    )
+    # The delay levels are fixed (29 of them): the model refuses such a max_delay itself.
+    assert f"{file}:13:1: delays: max_delay must be at most" in result.stderr
 
 
 @pytest.mark.parametrize("written", ["1.797693134862316e+305", "1.0e+300", "9" * 300 + ".5"])

@@ -349,3 +349,22 @@ def test_docs_topology_md_documents_every_key_of_the_model() -> None:
         if f"`{name}`" not in docs
     }
     assert missing == set()
+
+
+def test_a_namespace_allows_the_apps_own_names_under_it_but_not_the_names_jobsys_derives() -> None:
+    ok = load_topology_text(
+        "version: 1\nnamespace: app\nqueues:\n  app.work: {type: classic}\n"
+        "exchanges:\n  app.jobs: {type: direct}\n"
+    )
+    assert ok.topology.dead_letter_exchange == "app.dead-letter"
+    for taken in ("app.due", "app.dead-letter", "app.wait.03"):
+        with pytest.raises(TopologyLoadError, match="is one jobsys derives for namespace 'app'"):
+            load_topology_text(
+                f"version: 1\nnamespace: app\nexchanges:\n  {taken}: {{type: topic}}\n"
+            )
+
+
+@pytest.mark.parametrize("namespace", ["App", "1app", "a.b", "", "x" * 41, "jobs ys"])
+def test_a_namespace_is_a_short_lowercase_name(namespace: str) -> None:
+    with pytest.raises(TopologyLoadError, match="namespace"):
+        load_topology_text(f"version: 1\nnamespace: '{namespace}'\n")

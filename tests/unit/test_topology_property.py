@@ -150,7 +150,7 @@ def check_outcome(load: object) -> None:
     beyond = [
         message
         for name, message in check_entities(desired_entities(loaded.topology))
-        if not name.startswith("jobsys.delay.")
+        if not name.startswith("jobsys.wait.")
     ]
     assert beyond == [], beyond
 
