@@ -22,6 +22,7 @@ from jobsys.wire.headers import (
     HEADER_JOB_ID,
     HEADER_PUBLISHED_AT_MS,
     PREFIX,
+    is_routing_header,
     positive_int,
     text,
 )
@@ -110,7 +111,8 @@ def read_identity(message_type: str | None, headers: Mapping[str, Any] | None) -
 
 
 def check_user_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Refuse header names that belong to the broker (``x-``) or to jobsys (``jobsys-``)."""
+    """Refuse header names that belong to the broker (``x-``) or to jobsys (``jobsys-``), and
+    ``CC``/``BCC``, on which the broker routes copies of the job to other queues."""
     if not headers:
         return {}
     for name in headers:
@@ -120,6 +122,11 @@ def check_user_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
         if lowered.startswith("x-") or lowered.startswith(PREFIX):
             raise PayloadValidationError(
                 f"header {name!r} is reserved (names starting with 'x-' or {PREFIX!r})"
+            )
+        if is_routing_header(name):
+            raise PayloadValidationError(
+                f"header {name!r} is reserved: RabbitMQ would send a copy of the job to every "
+                "routing key it lists; publish the job once per job type instead"
             )
     return dict(headers)
 
