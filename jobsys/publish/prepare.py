@@ -15,10 +15,11 @@ from pydantic import BaseModel, ValidationError
 
 from jobsys.duration import format_duration
 from jobsys.errors import ConfigError, PayloadValidationError, UnknownJobTypeError
+from jobsys.settings import DEFAULT_MAX_HEADER_BYTES
 from jobsys.topology import delays
 from jobsys.topology.model import Topology
 from jobsys.topology.routing import route_job_type
-from jobsys.wire.envelope import check_user_headers, encode_payload, new_job_id
+from jobsys.wire.envelope import check_job_id, check_user_headers, encode_payload, new_job_id
 from jobsys.wire.headers import Origin, identity_headers, origin_headers
 
 __all__ = ["JobRequest", "JobRoute", "PreparedJob", "build_routes", "prepare_job"]
@@ -46,6 +47,9 @@ class JobRoute:
     static_headers: Mapping[str, Any]  # a headers exchange's match headers
     queues: tuple[str, ...]  # the work queues it reaches, as the broker would route it
     max_delay_s: float = 30 * 86400.0  # the longest delay the topology allows (delays.max_delay)
+    #: Header names a binding on the job type's headers exchange matches on: a caller's header
+    #: of that name could send the job to other queues.
+    routed_on: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,12 @@ def build_routes(topology: Topology) -> dict[str, JobRoute]:
             static_headers=dict(spec_.headers or {}),
             queues=tuple(route_job_type(topology, spec_)),
             max_delay_s=topology.delays.max_delay,
+            routed_on=frozenset(
+                header
+                for binding in topology.bindings
+                if binding.exchange == spec_.exchange
+                for header in binding.headers or {}
+            ),
         )
         for name, spec_ in topology.job_types.items()
     }
@@ -83,9 +93,12 @@ def prepare_job(
     models: Mapping[str, type[BaseModel]],
     max_bytes: int,
     delay_levels: int,
+    *,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> PreparedJob:
     """Validate and encode ``request`` (pure); raises ``UnknownJobTypeError``,
-    ``PayloadValidationError``, ``PayloadTooLargeError`` or ``ConfigError``."""
+    ``PayloadValidationError``, ``PayloadTooLargeError`` or ``ConfigError``. ``max_bytes``
+    bounds the encoded payload, ``max_header_bytes`` the caller's encoded headers."""
     route = routes.get(request.job_type)
     if route is None:
         known = ", ".join(sorted(routes)) or "none"
@@ -102,8 +115,10 @@ def prepare_job(
         isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
     ):
         raise ConfigError(f"priority must be an integer from 0 to 255, got {priority!r}")
-    job_id = request.job_id or new_job_id()
-    headers = check_user_headers(request.headers)
+    job_id = new_job_id() if request.job_id is None else check_job_id(request.job_id)
+    headers = check_user_headers(
+        request.headers, max_bytes=max_header_bytes, routed_on=route.routed_on
+    )
     if route.static_headers:
         # A headers exchange routes on these, so they win over the caller's.
         headers.update(route.static_headers)
@@ -143,9 +158,17 @@ def _targets(
     if delay_s is None:
         return ((route.exchange, route.routing_key, route.queues),), None
     if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
-        raise ConfigError(f"a delay must be a number of seconds, got {delay_s!r}")
+        raise ConfigError(f"a delay must be a number of seconds, got {delay_s!r:.60}")
     if delay_s == 0:
         return ((route.exchange, route.routing_key, route.queues),), None
+    if isinstance(delay_s, int) and not -(2**53) <= delay_s <= 2**53:
+        # Beyond a float's exact range; math on it could overflow, and no topology holds it.
+        raise ConfigError(
+            "a delay must be zero or more seconds"
+            if delay_s < 0
+            else f"a delay of more than 2**53 seconds is longer than delays.max_delay "
+            f"({format_duration(route.max_delay_s)}) in the topology"
+        )
     if math.isfinite(delay_s) and delay_s > route.max_delay_s:
         raise ConfigError(
             f"a delay of {format_duration(delay_s)} is longer than delays.max_delay "

@@ -265,6 +265,7 @@ class Producer:
             self.models,
             self.settings.max_payload_bytes,
             self.delay_levels,
+            max_header_bytes=self.settings.max_header_bytes,
         )
 
     async def _publish_prepared(self, job: PreparedJob) -> Receipt:
