@@ -3,18 +3,45 @@ says and nowhere else, and every refusal is a typed error that says whether the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import aio_pika
 import pytest
 
 from jobsys.broker.connection import BrokerConnection
-from jobsys.errors import MessageRefusedError, PayloadValidationError
+from jobsys.errors import (
+    ConfigError,
+    MessageError,
+    MessageRefusedError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+)
 from jobsys.ops import dlq
 from jobsys.publish.producer import Producer
-from jobsys.settings import Settings
+from jobsys.settings import MAX_HEADER_BYTES_LIMIT, Settings
 from jobsys.topology.model import DEAD_LETTER_EXCHANGE
+from jobsys.wire.deadletter import TEXT_LIMIT, TRACEBACK_LIMIT, DeadLetterRecord
+from jobsys.wire.deadletter import dead_letter_headers as build_dead_letter_headers
 from jobsys.wire.envelope import JobProperties
-from jobsys.wire.headers import HEADER_JOB_ID
+from jobsys.wire.headers import HEADER_ERROR_MESSAGE, HEADER_JOB_ID, HEADER_TRACEBACK
 from tests.apps.publishing import declare, drain
+
+HOSTILE_JOBS: list[dict[str, Any]] = [
+    {"job_id": 12345},
+    {"job_id": ""},
+    {"job_id": "line\nbreak"},
+    {"job_id": "x" * 200_000},
+    {"headers": {"raw": b"bytes"}},
+    {"headers": {"set": {1, 2}}},
+    {"headers": {"big": 2**63}},
+    {"headers": {"nan": float("nan")}},
+    {"headers": {"n" * 200: "name the broker would cut"}},
+    {"headers": {"big": "v" * 200_000}},
+    {"headers": {f"h{i}": i for i in range(20_000)}},
+    {"delay_s": 10**400},
+    {"delay_s": "5s"},
+    {"priority": "5"},
+]
 
 
 @pytest.mark.parametrize("name", ["CC", "BCC", "cc"])
@@ -79,3 +106,64 @@ async def test_a_message_the_broker_refuses_is_reported_as_not_published_and_the
         await producer.publish("send_email", {"to": "a@b.c"}, job_id="next")
     queued = [m.headers[HEADER_JOB_ID] for m in await drain(vhost_settings, "emails")]
     assert queued == ["next"]
+
+
+async def test_hostile_input_is_refused_before_any_io_and_the_producer_keeps_publishing(
+    vhost_settings: Settings,
+) -> None:
+    loaded = await declare(vhost_settings)
+    never_opened = Producer(vhost_settings, loaded.topology)
+    for kwargs in HOSTILE_JOBS:
+        # Never opened: a broker error here would be a ConnectionFailed, not these.
+        with pytest.raises((MessageError, ConfigError)):
+            await never_opened.publish("send_email", {"to": "a@b.c"}, **kwargs)
+    async with Producer(vhost_settings, loaded.topology) as producer:
+        for kwargs in HOSTILE_JOBS:
+            with pytest.raises((MessageError, ConfigError)):
+                await producer.publish("send_email", {"to": "a@b.c"}, **kwargs)
+        await producer.publish("send_email", {"to": "a@b.c"}, job_id="still-fine")
+    queued = [m.headers[HEADER_JOB_ID] for m in await drain(vhost_settings, "emails")]
+    assert queued == ["still-fine"]
+
+
+async def test_a_job_at_the_header_limit_can_be_dead_lettered_with_the_largest_record(
+    vhost_settings: Settings,
+) -> None:
+    loaded = await declare(vhost_settings)
+    settings = vhost_settings.with_overrides(max_header_bytes=MAX_HEADER_BYTES_LIMIT)
+    padding = {"pad": "v" * (MAX_HEADER_BYTES_LIMIT - 13)}  # a 64 KiB table, exactly
+    async with Producer(settings, loaded.topology) as producer:
+        with pytest.raises(PayloadTooLargeError, match="the limit is 65536 bytes"):
+            await producer.publish("send_email", {}, headers={"pad": padding["pad"] + "v"})
+        await producer.publish("send_email", {}, job_id="é" * 127 + "a", headers=padding)
+        [message] = await drain(vhost_settings, "emails")
+        # What a worker does when it gives up: the original headers plus the record.
+        wide = "\U0001f600"  # four bytes in UTF-8
+        record = DeadLetterRecord(
+            error_type="myapp.errors." + "E" * 240,
+            error_message=wide * TEXT_LIMIT,
+            traceback=wide * TRACEBACK_LIMIT,
+            attempts=3,
+            failed_at_ms=1,
+            exchange="jobs",
+            routing_key="email.send",
+            queue="emails",
+            worker_host="h" * 255,
+            first_failed_at_ms=1,
+            reason=wide * TEXT_LIMIT,
+        )
+        headers = build_dead_letter_headers(
+            dict(message.headers), record, job_id=str(message.headers[HEADER_JOB_ID])
+        )
+        await producer.republish(
+            message.body,
+            headers,
+            DEAD_LETTER_EXCHANGE,
+            "emails.dead",
+            kept=JobProperties("send_email", priority=3),
+            kind="dead_letter",
+        )
+    [dead] = await drain(vhost_settings, "emails.dead")
+    assert dead.headers["pad"] == padding["pad"]
+    assert dead.headers[HEADER_ERROR_MESSAGE] == record.error_message
+    assert dead.headers[HEADER_TRACEBACK] == record.traceback
