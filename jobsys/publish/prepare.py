@@ -99,11 +99,15 @@ def prepare_job(
     """Validate and encode ``request`` (pure); raises ``UnknownJobTypeError``,
     ``PayloadValidationError``, ``PayloadTooLargeError`` or ``ConfigError``. ``max_bytes``
     bounds the encoded payload, ``max_header_bytes`` the caller's encoded headers."""
-    route = routes.get(request.job_type)
+    if not isinstance(request, JobRequest):
+        raise PayloadValidationError(
+            f"a job to publish must be a JobRequest, got {type(request).__name__}"
+        )
+    route = routes.get(request.job_type) if isinstance(request.job_type, str) else None
     if route is None:
         known = ", ".join(sorted(routes)) or "none"
         raise UnknownJobTypeError(
-            f"unknown job type {request.job_type!r}; the topology knows: {known}"
+            f"unknown job type {request.job_type!r:.80}; the topology knows: {known}"
         )
     payload = request.payload
     model = models.get(request.job_type)
@@ -141,6 +145,7 @@ def prepare_job(
 def _validated(model: type[BaseModel], job_type: str, payload: Any) -> Any:
     try:
         instance = payload if isinstance(payload, model) else model.model_validate(payload)
+        return instance.model_dump(mode="json")
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(step) for step in error['loc']) or '(payload)'}: {error['msg']}"
@@ -149,7 +154,14 @@ def _validated(model: type[BaseModel], job_type: str, payload: Any) -> Any:
         raise PayloadValidationError(
             f"payload for job type {job_type!r} is invalid: {problems}"
         ) from None
-    return instance.model_dump(mode="json")
+    except Exception as exc:
+        # The model's own code failed (a validator or serializer raising what pydantic does
+        # not wrap): the payload cannot be validated, so the job is not sent. The cause stays
+        # chained for the traceback.
+        raise PayloadValidationError(
+            f"payload for job type {job_type!r} could not be validated by "
+            f"{model.__name__}: {type(exc).__name__}: {exc}; it was not published"
+        ) from exc
 
 
 def _targets(

@@ -7,6 +7,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from pydantic import BaseModel, field_validator
 
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import (
@@ -17,7 +18,7 @@ from jobsys.errors import (
     PayloadValidationError,
 )
 from jobsys.ops import dlq
-from jobsys.publish.producer import Producer
+from jobsys.publish.producer import JobRequest, Producer, Receipt
 from jobsys.settings import MAX_HEADER_BYTES_LIMIT, Settings
 from jobsys.topology.model import DEAD_LETTER_EXCHANGE
 from jobsys.wire.deadletter import TEXT_LIMIT, TRACEBACK_LIMIT, DeadLetterRecord
@@ -167,3 +168,49 @@ async def test_a_job_at_the_header_limit_can_be_dead_lettered_with_the_largest_r
     assert dead.headers["pad"] == padding["pad"]
     assert dead.headers[HEADER_ERROR_MESSAGE] == record.error_message
     assert dead.headers[HEADER_TRACEBACK] == record.traceback
+
+
+async def test_publish_many_answers_every_request_in_order_when_job_50_has_a_bytes_header(
+    vhost_settings: Settings,
+) -> None:
+    loaded = await declare(vhost_settings)
+    requests = [JobRequest("audit_event", {"i": i}, job_id=f"j{i}") for i in range(100)]
+    requests[50] = JobRequest("audit_event", {"i": 50}, job_id="j50", headers={"b": b"raw"})
+    async with Producer(vhost_settings, loaded.topology) as producer:
+        results = await producer.publish_many(requests, window=8)
+    assert len(results) == 100
+    assert isinstance(results[50], PayloadValidationError) and "'b'" in str(results[50])
+    receipts = [r for r in results if isinstance(r, Receipt)]
+    assert [r.job_id for r in receipts] == [f"j{i}" for i in range(100) if i != 50]
+    queued = {m.headers[HEADER_JOB_ID] for m in await drain(vhost_settings, "audit")}
+    assert queued == {r.job_id for r in receipts}
+
+
+class Fussy(BaseModel):
+    """A model whose own code fails on some input with an error pydantic does not wrap."""
+
+    to: str
+
+    @field_validator("to")
+    @classmethod
+    def _lookup(cls, value: str) -> str:
+        return {"a@b.c": value}[value]  # KeyError for any other address
+
+
+async def test_publish_many_reports_a_model_that_raises_as_that_jobs_error_only(
+    vhost_settings: Settings,
+) -> None:
+    loaded = await declare(vhost_settings)
+    requests = [JobRequest("send_email", {"to": "a@b.c"}, job_id=f"m{i}") for i in range(5)]
+    requests[2] = JobRequest("send_email", {"to": "nobody@b.c"}, job_id="m2")
+    async with Producer(vhost_settings, loaded.topology, models={"send_email": Fussy}) as p:
+        results = await p.publish_many(requests)
+        with pytest.raises(PayloadValidationError, match="KeyError"):
+            await p.publish("send_email", {"to": "nobody@b.c"})
+        with pytest.raises(ConfigError, match="window"):
+            await p.publish_many(requests, window=0)
+    assert [type(r).__name__ for r in results] == ["Receipt"] * 2 + ["PayloadValidationError"] + [
+        "Receipt"
+    ] * 2
+    assert "KeyError" in str(results[2]) and "was not published" in str(results[2])
+    assert len(await drain(vhost_settings, "emails")) == 4
