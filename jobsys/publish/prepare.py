@@ -50,6 +50,10 @@ class JobRoute:
     #: Header names a binding on the job type's headers exchange matches on: a caller's header
     #: of that name could send the job to other queues.
     routed_on: frozenset[str] = frozenset()
+    #: A queue it reaches that has no max_priority (a priority there would have no effect).
+    unprioritised: str | None = None
+    #: The lowest max_priority among the queues it reaches, and that queue.
+    priority_limit: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +72,16 @@ class PreparedJob:
 
 def build_routes(topology: Topology) -> dict[str, JobRoute]:
     """Each job type's route, from the topology (pure)."""
-    return {
-        name: JobRoute(
+    routes = {}
+    for name, spec_ in topology.job_types.items():
+        queues = tuple(route_job_type(topology, spec_))
+        limits = [(topology.queues[q].max_priority, q) for q in queues if q in topology.queues]
+        routes[name] = JobRoute(
             exchange=spec_.exchange,
             routing_key=spec_.routing_key,
             priority=spec_.priority,
             static_headers=dict(spec_.headers or {}),
-            queues=tuple(route_job_type(topology, spec_)),
+            queues=queues,
             max_delay_s=topology.delays.max_delay,
             routed_on=frozenset(
                 header
@@ -82,9 +89,12 @@ def build_routes(topology: Topology) -> dict[str, JobRoute]:
                 if binding.exchange == spec_.exchange
                 for header in binding.headers or {}
             ),
+            unprioritised=next((q for limit, q in limits if limit is None), None),
+            priority_limit=min(
+                ((limit, q) for limit, q in limits if limit is not None), default=None
+            ),
         )
-        for name, spec_ in topology.job_types.items()
-    }
+    return routes
 
 
 def prepare_job(
@@ -118,7 +128,10 @@ def prepare_job(
     if priority is not None and (
         isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
     ):
-        raise ConfigError(f"priority must be an integer from 0 to 255, got {priority!r}")
+        raise ConfigError(f"priority must be an integer from 0 to 255, got {priority!r:.40}")
+    if request.priority:
+        # The topology's own priority was checked when it was loaded; the caller's is here.
+        _check_priority(request.job_type, route, request.priority)
     job_id = new_job_id() if request.job_id is None else check_job_id(request.job_id)
     headers = check_user_headers(
         request.headers, max_bytes=max_header_bytes, routed_on=route.routed_on
@@ -140,6 +153,22 @@ def prepare_job(
         targets=targets,
         delay_s=delay_s,
     )
+
+
+def _check_priority(job_type: str, route: JobRoute, priority: int) -> None:
+    """Refuse a priority that the queues of ``route`` would ignore or cap, as the topology
+    check refuses a job type's own (``jobsys.topology.check``)."""
+    if route.unprioritised is not None:
+        raise ConfigError(
+            f"priority {priority} has no effect: queue {route.unprioritised!r} has no "
+            f"max_priority (job type {job_type!r})"
+        )
+    if route.priority_limit is not None and priority > route.priority_limit[0]:
+        limit, queue = route.priority_limit
+        raise ConfigError(
+            f"priority {priority} is above max_priority {limit} of queue {queue!r} "
+            f"(job type {job_type!r})"
+        )
 
 
 def _validated(model: type[BaseModel], job_type: str, payload: Any) -> Any:

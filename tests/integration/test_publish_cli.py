@@ -142,3 +142,15 @@ def test_wrong_credentials_exit_4_without_showing_the_password(
     assert result.exit_code == 4
     assert "wrong username or password" in result.stderr
     assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_a_priority_the_queues_cannot_honour_exits_2_and_publishes_nothing(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "squeeze", "{}", "--priority", "5")
+    assert result.exit_code == 2
+    assert "priority 5 has no effect: queue 'tiny' has no max_priority" in result.stderr
+    result = run_cli(vhost_settings, topology_file, "send_email", "{}", "--priority", "255")
+    assert result.exit_code == 2
+    assert "priority 255 is above max_priority 10 of queue 'emails'" in result.stderr
+    assert queued(vhost_settings, "tiny") == [] and queued(vhost_settings, "emails") == []

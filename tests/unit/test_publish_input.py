@@ -243,3 +243,31 @@ def test_every_refusal_is_a_jobsys_error() -> None:
     for kwargs in ({"job_id": 1}, {"headers": {"b": b""}}, {"delay_s": 10**400}):
         with pytest.raises(JobsysError):
             prepare(**kwargs)
+
+
+# -- a priority the queues cannot honour -------------------------------------------------------
+
+
+def test_a_priority_for_a_queue_without_max_priority_is_refused_as_having_no_effect() -> None:
+    with pytest.raises(ConfigError) as caught:
+        prepare("render_pdf", priority=5)
+    assert str(caught.value) == (
+        "priority 5 has no effect: queue 'pdfs' has no max_priority (job type 'render_pdf')"
+    )
+
+
+def test_a_priority_above_the_queues_max_priority_is_refused() -> None:
+    for priority in (11, 255):
+        with pytest.raises(ConfigError) as caught:
+            prepare(priority=priority)
+        assert str(caught.value) == (
+            f"priority {priority} is above max_priority 10 of queue 'emails' "
+            "(job type 'send_email')"
+        )
+
+
+def test_a_priority_the_queues_honour_and_priority_0_everywhere_are_kept() -> None:
+    assert prepare(priority=10).priority == 10
+    assert prepare(priority=1).priority == 1
+    assert prepare("render_pdf", priority=0).priority == 0
+    assert prepare("render_pdf").priority is None
