@@ -23,6 +23,7 @@ from jobsys.wire.headers import (
     HEADER_JOB_ID,
     HEADER_PUBLISHED_AT_MS,
     PREFIX,
+    ROUTING_HEADERS,
     is_routing_header,
     positive_int,
     text,
@@ -190,14 +191,31 @@ def check_user_headers(
     if not headers:
         return {}
     for name in headers:
-        check_header_name(name)
-        if name in routed_on:
-            raise PayloadValidationError(
-                f"header {name!r} is one the job type's headers exchange routes on; set it in "
-                "the job type's headers in the topology, or the job may reach other queues"
-            )
+        if type(name) is str:
+            lowered = name.lower()
+            if not (
+                lowered.startswith(_RESERVED_PREFIXES)
+                or lowered in ROUTING_HEADERS
+                or name in routed_on
+            ):
+                continue
+        _refuse_name(name)
+    # Also checks every name as text the broker keeps whole (see jobsys.wire.table).
     table_size(headers, max_bytes, " (Settings.max_header_bytes, JOBSYS_MAX_HEADER_BYTES)")
     return dict(headers)
+
+
+def _refuse_name(name: object) -> None:
+    """Raise for ``name``: reserved, not a usable name, or (when it is neither) one the job
+    type's headers exchange routes on."""
+    check_header_name(name)
+    raise PayloadValidationError(
+        f"header {name!r} is one the job type's headers exchange routes on; set it in the job "
+        "type's headers in the topology, or the job may reach other queues"
+    )
+
+
+_RESERVED_PREFIXES = ("x-", PREFIX)
 
 
 # json.dumps with options builds a new encoder on every call; publishing reuses this one.

@@ -47,7 +47,23 @@ def table_size(table: Mapping[Any, Any], limit: int, setting: str = "") -> int:
     size = 4
     try:
         for name, value in table.items():
-            size += name_size(name) + _value(value, (name,), 0, limit)
+            # Short printable ASCII names and ASCII text values inline: most headers are.
+            if (
+                type(name) is str
+                and name.isascii()
+                and 0 < len(name) <= MAX_NAME_BYTES
+                and name.isprintable()
+            ):
+                size += len(name) + 1
+            else:
+                size += _checked_name(name, ()) + 1
+            kind = type(value)
+            if kind is str and value.isascii():
+                size += 5 + len(value)
+            elif kind is int and -128 <= value <= 127:
+                size += 2
+            else:
+                size += _value(value, (name,), 0, limit)
     except _TooLarge:
         size = -1  # one value alone is over the limit; it was not measured to the end
     if size > limit or size < 0:
