@@ -17,6 +17,7 @@ from jobsys.duration import format_duration
 from jobsys.errors import ConfigError, PayloadValidationError, UnknownJobTypeError
 from jobsys.settings import DEFAULT_MAX_HEADER_BYTES
 from jobsys.topology import delays
+from jobsys.topology.check import MAX_ROUTING_KEY_BYTES
 from jobsys.topology.model import Topology
 from jobsys.topology.routing import route_job_type
 from jobsys.wire.envelope import check_job_id, check_user_headers, encode_payload, new_job_id
@@ -54,6 +55,8 @@ class JobRoute:
     unprioritised: str | None = None
     #: The lowest max_priority among the queues it reaches, and that queue.
     priority_limit: tuple[int, str] | None = None
+    #: Why no job of this type can be sent as the topology describes it, if so.
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +96,20 @@ def build_routes(topology: Topology) -> dict[str, JobRoute]:
             priority_limit=min(
                 ((limit, q) for limit, q in limits if limit is not None), default=None
             ),
+            problem=_routing_key_problem(name, spec_.routing_key),
         )
     return routes
+
+
+def _routing_key_problem(job_type: str, routing_key: str) -> str | None:
+    # The topology model bounds routing keys in characters; AMQP bounds them in bytes.
+    size = len(routing_key.encode("utf-8"))
+    if size <= MAX_ROUTING_KEY_BYTES:
+        return None
+    return (
+        f"the routing key of job type {job_type!r} is {size} bytes; AMQP allows at most "
+        f"{MAX_ROUTING_KEY_BYTES}: shorten it in the topology"
+    )
 
 
 def prepare_job(
@@ -119,6 +134,8 @@ def prepare_job(
         raise UnknownJobTypeError(
             f"unknown job type {request.job_type!r:.80}; the topology knows: {known}"
         )
+    if route.problem is not None:
+        raise ConfigError(route.problem)
     payload = request.payload
     model = models.get(request.job_type)
     if model is not None:

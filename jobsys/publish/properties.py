@@ -19,7 +19,9 @@ from typing import Any
 from pamqp import commands as spec
 from pamqp import encode
 
+from jobsys.errors import PayloadValidationError
 from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE, JobProperties
+from jobsys.wire.headers import HEADER_JOB_ID, text
 
 #: ``delivery_mode`` of a persistent message.
 PERSISTENT = 2
@@ -52,20 +54,36 @@ def copied_properties(
     kept: JobProperties, headers: dict[str, Any], message_id: str
 ) -> spec.Basic.Properties:
     """The properties of a republished job: what it ``kept`` of its original, persistent, with
-    a fresh ``message_id`` (aiormq matches a ``basic.return`` to its publish by it)."""
-    return spec.Basic.Properties(
-        content_type=kept.content_type,
-        content_encoding=kept.content_encoding,
-        headers=headers,
-        delivery_mode=PERSISTENT,
-        priority=kept.priority,
-        correlation_id=kept.correlation_id,
-        reply_to=kept.reply_to,
-        message_id=message_id,
-        timestamp=kept.timestamp or datetime.fromtimestamp(int(time.time()), UTC),
-        message_type=kept.job_type,
-        app_id=kept.app_id,
-    )
+    a fresh ``message_id`` (aiormq matches a ``basic.return`` to its publish by it).
+
+    Encoded here, once: ``headers`` are copied as the broker delivered them, and pamqp decodes
+    some values it cannot encode again (a 64-bit double, a long string that is not UTF-8).
+    Such a copy is refused with ``PayloadValidationError`` instead of a raw error from inside
+    the publish.
+    """
+    fields: dict[str, Any] = {
+        "content_type": kept.content_type,
+        "content_encoding": kept.content_encoding,
+        "headers": headers,
+        "delivery_mode": PERSISTENT,
+        "priority": kept.priority,
+        "correlation_id": kept.correlation_id,
+        "reply_to": kept.reply_to,
+        "message_id": message_id,
+        "timestamp": kept.timestamp or datetime.fromtimestamp(int(time.time()), UTC),
+        "message_type": kept.job_type,
+        "app_id": kept.app_id,
+    }
+    try:
+        encoded = spec.Basic.Properties(**fields).marshal()
+    except (TypeError, ValueError, OverflowError, struct.error, RecursionError) as exc:
+        raise PayloadValidationError(
+            f"the copy of job {text(headers.get(HEADER_JOB_ID)) or '?'} cannot be encoded "
+            f"({type(exc).__name__}: {exc}); it was not published"
+        ) from None
+    props = _PreEncodedProperties(**fields)
+    props.encoded = encoded
+    return props
 
 
 class _PreEncodedProperties(spec.Basic.Properties):

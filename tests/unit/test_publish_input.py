@@ -15,10 +15,10 @@ from pamqp import commands as spec
 
 from jobsys.errors import ConfigError, JobsysError, PayloadTooLargeError, PayloadValidationError
 from jobsys.publish.producer import JobRequest, PreparedJob, Producer
-from jobsys.publish.properties import message_properties
+from jobsys.publish.properties import copied_properties, message_properties
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
-from jobsys.wire.envelope import new_message_id
+from jobsys.wire.envelope import JobProperties, new_message_id
 
 TOPOLOGY = Topology.model_validate(
     {
@@ -271,3 +271,36 @@ def test_a_priority_the_queues_honour_and_priority_0_everywhere_are_kept() -> No
     assert prepare(priority=1).priority == 1
     assert prepare("render_pdf", priority=0).priority == 0
     assert prepare("render_pdf").priority is None
+
+
+# -- what reaches the encoder anyway -----------------------------------------------------------
+
+
+def test_a_job_type_whose_routing_key_is_over_255_bytes_is_refused_before_any_io() -> None:
+    # The topology model counts characters (200); AMQP counts bytes (255).
+    topology = Topology.model_validate(
+        {
+            "version": 1,
+            "exchanges": {"jobs": {"type": "topic"}},
+            "queues": {"q": {"type": "classic"}},
+            "bindings": [{"exchange": "jobs", "queue": "q", "routing_key": "#"}],
+            "job_types": {"wide": {"exchange": "jobs", "routing_key": "✓" * 100}},
+        }
+    )
+    with pytest.raises(ConfigError, match="300 bytes; AMQP allows at most 255"):
+        Producer(Settings(), topology).prepare(JobRequest("wide", {}))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"d": 1e300}, {"s": b"\xff\xfe"}, {"n": {"deep": 2**64}}],
+    ids=["a double beyond 32 bits", "bytes not UTF-8", "an int beyond 64 bits"],
+)
+def test_a_copied_message_whose_headers_cannot_be_encoded_is_a_jobsys_error(
+    headers: dict[str, Any],
+) -> None:
+    # A retry, dead letter or replay copies headers as the broker delivered them; pamqp decodes
+    # some values (a 64-bit double, a long string that is not UTF-8) that it cannot encode.
+    kept = JobProperties("send_email")
+    with pytest.raises(PayloadValidationError, match="cannot be encoded"):
+        copied_properties(kept, {"jobsys-job-id": "j-1", **headers}, new_message_id())
