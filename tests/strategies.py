@@ -18,6 +18,18 @@ class Opaque:
         return "Opaque()"
 
 
+class Unshowable:
+    """A value whose repr() raises, as a caller's object may."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+#: Ints repr() refuses (over 4300 digits); built lazily, as hypothesis shows its strategies.
+huge_ints = st.integers(4301, 4400).map(lambda digits: 10**digits)
+unshowables = st.builds(Unshowable)
+
+
 def nested(depth: int, leaf: Any = "leaf") -> Any:
     """``leaf`` inside ``depth`` alternating dicts and lists."""
     value = leaf
@@ -51,6 +63,8 @@ hostile_leaves = st.one_of(
     st.frozensets(st.integers(), max_size=3).map(set),
     st.tuples(st.integers()),
     st.builds(Opaque),
+    unshowables,
+    huge_ints,
 )
 
 hostile_values = st.one_of(
@@ -91,6 +105,8 @@ job_ids = st.one_of(
     st.none(),
     texts,
     st.integers(),
+    huge_ints,
+    unshowables,
     st.binary(max_size=5),
     st.floats(),
     st.text(alphabet="abc-0123456789", min_size=1, max_size=40),
@@ -100,6 +116,8 @@ priorities = st.one_of(
     st.none(),
     st.integers(-5, 300),
     st.sampled_from([10**400, True, 1.5, "5", Decimal(5)]),
+    huge_ints,
+    unshowables,
 )
 
 delays = st.one_of(
@@ -108,6 +126,8 @@ delays = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.floats(0, 3.0),
     st.sampled_from([10**400, -(10**400), 2**53 + 1, 30 * 86400, 40 * 86400, "5s", True]),
+    huge_ints,
+    unshowables,
     st.decimals(allow_nan=False, allow_infinity=False, places=2).filter(lambda d: math.isfinite(d)),
 )
 
@@ -178,7 +198,13 @@ good_requests = st.one_of(
 any_requests = st.one_of(
     good_requests,
     st.tuples(
-        st.one_of(st.sampled_from(["send_email", "audit_event"]), texts),
+        st.one_of(
+            st.sampled_from(["send_email", "audit_event"]),
+            texts,
+            st.none(),
+            huge_ints,
+            unshowables,
+        ),
         any_payloads,
         any_priorities,
         any_delays,

@@ -22,6 +22,7 @@ from jobsys.topology.model import Topology
 from jobsys.topology.routing import route_job_type
 from jobsys.wire.envelope import check_job_id, check_user_headers, encode_payload, new_job_id
 from jobsys.wire.headers import Origin, identity_headers, origin_headers
+from jobsys.wire.table import shown
 
 __all__ = ["JobRequest", "JobRoute", "PreparedJob", "build_routes", "prepare_job"]
 
@@ -132,7 +133,7 @@ def prepare_job(
     if route is None:
         known = ", ".join(sorted(routes)) or "none"
         raise UnknownJobTypeError(
-            f"unknown job type {request.job_type!r:.80}; the topology knows: {known}"
+            f"unknown job type {shown(request.job_type, 80)}; the topology knows: {known}"
         )
     if route.problem is not None:
         raise ConfigError(route.problem)
@@ -145,7 +146,7 @@ def prepare_job(
     if priority is not None and (
         isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
     ):
-        raise ConfigError(f"priority must be an integer from 0 to 255, got {priority!r:.40}")
+        raise ConfigError(f"priority must be an integer from 0 to 255, got {shown(priority, 40)}")
     if request.priority:
         # The topology's own priority was checked when it was loaded; the caller's is here.
         _check_priority(request.job_type, route, request.priority)
@@ -216,7 +217,7 @@ def _targets(
     if delay_s is None:
         return ((route.exchange, route.routing_key, route.queues),), None
     if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
-        raise ConfigError(f"a delay must be a number of seconds, got {delay_s!r:.60}")
+        raise ConfigError(f"a delay must be a number of seconds, got {shown(delay_s)}")
     if delay_s == 0:
         return ((route.exchange, route.routing_key, route.queues),), None
     if isinstance(delay_s, int) and not -(2**53) <= delay_s <= 2**53:

@@ -48,6 +48,7 @@ from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
 from jobsys.wire.envelope import JobProperties, new_message_id
 from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, positive_int, text
+from jobsys.wire.table import shown
 
 __all__ = ["JobRequest", "PreparedJob", "Producer", "PublishResult", "Receipt"]
 
@@ -197,7 +198,7 @@ class Producer:
         streams in chunks (as ``jobsys publish --file`` does).
         """
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ConfigError(f"window must be an integer of at least 1, got {window!r:.40}")
+            raise ConfigError(f"window must be an integer of at least 1, got {shown(window, 40)}")
         pending = list(requests)
         results: list[PublishResult | None] = [None] * len(pending)
         cursor = iter(range(len(pending)))

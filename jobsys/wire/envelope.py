@@ -28,7 +28,7 @@ from jobsys.wire.headers import (
     positive_int,
     text,
 )
-from jobsys.wire.table import name_size, table_size
+from jobsys.wire.table import name_size, shown, table_size
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
@@ -130,7 +130,7 @@ def check_job_id(job_id: object) -> str:
         return job_id
     if not isinstance(job_id, str) or not job_id:
         raise PayloadValidationError(
-            f"job id must be a non-empty string, got {type(job_id).__name__} {job_id!r:.60}"
+            f"job id must be a non-empty string, got {type(job_id).__name__} {shown(job_id)}"
         )
     # Characters first: a huge id is refused without encoding it.
     size = len(job_id) if len(job_id) > MAX_JOB_ID_BYTES else len(_job_id_bytes(job_id))
@@ -140,7 +140,7 @@ def check_job_id(job_id: object) -> str:
             f"the limit is {MAX_JOB_ID_BYTES} bytes"
         )
     if not job_id.isprintable():
-        raise PayloadValidationError(f"job id {job_id!r:.80} contains control characters")
+        raise PayloadValidationError(f"job id {shown(job_id, 80)} contains control characters")
     return job_id
 
 

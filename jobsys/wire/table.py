@@ -96,14 +96,16 @@ def _checked_name(name: object, path: tuple[Any, ...]) -> int:
     if len(name) > MAX_NAME_BYTES:
         size = len(name)  # at least this many bytes; do not encode a huge name to say so
     else:
-        size = len(_utf8(name, f"{where}header name {_cut(name)}"))
+        size = len(_utf8(name, f"{where}header name {shown(name)}"))
     if size > MAX_NAME_BYTES:
         raise PayloadValidationError(
-            f"{where}header name {_cut(name)} is too long: names are at most "
+            f"{where}header name {shown(name)} is too long: names are at most "
             f"{MAX_NAME_BYTES} bytes in UTF-8 (the broker would get it cut short)"
         )
     if not name.isprintable():
-        raise PayloadValidationError(f"{where}header name {name!r} contains control characters")
+        raise PayloadValidationError(
+            f"{where}header name {shown(name)} contains control characters"
+        )
     return size
 
 
@@ -177,19 +179,21 @@ def _integer(value: int, path: tuple[Any, ...]) -> int:
     if _INT64_MIN <= value <= _INT64_MAX:
         return 9
     raise PayloadValidationError(
-        f"header {_shown(path)}: integer {_cut(value)} does not fit a signed 64-bit AMQP "
+        f"header {_shown(path)}: integer {shown(value)} does not fit a signed 64-bit AMQP "
         "integer; send it as a string"
     )
 
 
 def _float(value: float, path: tuple[Any, ...]) -> int:
     if not math.isfinite(value):
-        raise PayloadValidationError(f"header {_shown(path)}: {value!r} is not a finite number")
+        raise PayloadValidationError(
+            f"header {_shown(path)}: {shown(value)} is not a finite number"
+        )
     try:
         _FLOAT32.pack(value)
     except OverflowError:
         raise PayloadValidationError(
-            f"header {_shown(path)}: {value!r} is beyond a 32-bit float, which is how floats "
+            f"header {_shown(path)}: {shown(value)} is beyond a 32-bit float, which is how floats "
             "travel in AMQP headers; send it as a string"
         ) from None
     return 5
@@ -198,7 +202,7 @@ def _float(value: float, path: tuple[Any, ...]) -> int:
 def _decimal(value: Decimal, path: tuple[Any, ...]) -> int:
     if _decimal_mantissa(value) is None:
         raise PayloadValidationError(
-            f"header {_shown(path)}: {_cut(value)} does not fit an AMQP decimal (a 32-bit "
+            f"header {_shown(path)}: {shown(value)} does not fit an AMQP decimal (a 32-bit "
             "mantissa and up to 255 decimal places); send it as a string"
         )
     return 6
@@ -231,11 +235,11 @@ def _timestamp(value: dt.datetime | time.struct_time, path: tuple[Any, ...]) -> 
             seconds = calendar.timegm(value)
     except (ValueError, OverflowError, OSError, TypeError) as exc:
         raise PayloadValidationError(
-            f"header {_shown(path)}: {value!r} is not a usable time ({exc})"
+            f"header {_shown(path)}: {shown(value)} is not a usable time ({exc})"
         ) from None
     if seconds < 0:
         raise PayloadValidationError(
-            f"header {_shown(path)}: AMQP timestamps cannot be before 1970, got {value!r}"
+            f"header {_shown(path)}: AMQP timestamps cannot be before 1970, got {shown(value)}"
         )
     return 9
 
@@ -252,12 +256,16 @@ def _utf8(text: str, where: str) -> bytes:
 def _shown(path: tuple[Any, ...]) -> str:
     """A header's path for messages: ``'meta'``, or ``'meta'['list'][2]`` inside it."""
     head, *rest = path
-    return _cut(head) + "".join(f"[{_cut(step)}]" for step in rest)
+    return shown(head) + "".join(f"[{shown(step)}]" for step in rest)
 
 
-def _cut(value: object, limit: int = 60) -> str:
-    """``repr(value)`` short enough for one line of an error message."""
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` fit for one line of an error message: cut to ``limit`` characters, and
+    never raising (a huge int has no repr, and a caller's object may have a broken one)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        return f"of {value.bit_length()} bits"  # repr() of a huge int is slow or refused
-    shown = repr(value)
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+        return f"an int of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:
+        return f"a {type(value).__name__} that cannot be shown"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

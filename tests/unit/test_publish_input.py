@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 from pamqp import commands as spec
 
-from jobsys.errors import ConfigError, JobsysError, PayloadTooLargeError, PayloadValidationError
+from jobsys.errors import (
+    ConfigError,
+    JobsysError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+    UnknownJobTypeError,
+)
 from jobsys.publish.producer import JobRequest, PreparedJob, Producer
 from jobsys.publish.properties import copied_properties, message_properties
 from jobsys.settings import Settings
@@ -304,3 +310,35 @@ def test_a_copied_message_whose_headers_cannot_be_encoded_is_a_jobsys_error(
     kept = JobProperties("send_email")
     with pytest.raises(PayloadValidationError, match="cannot be encoded"):
         copied_properties(kept, {"jobsys-job-id": "j-1", **headers}, new_message_id())
+
+
+class BrokenRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"job_id": 10**5000},
+        {"job_id": BrokenRepr()},
+        {"priority": 10**5000},
+        {"priority": BrokenRepr()},
+        {"delay_s": BrokenRepr()},
+        {"headers": {"h": 10**5000}},
+        {"headers": {"h": BrokenRepr()}},
+        {"headers": {"h": [1, {"k": BrokenRepr()}]}},
+    ],
+    ids=lambda kwargs: f"{next(iter(kwargs))}",
+)
+def test_a_value_python_cannot_show_is_still_refused_with_a_jobsys_error(
+    kwargs: dict[str, Any],
+) -> None:
+    # repr() of an int over 4300 digits raises ValueError; a caller's object may raise too.
+    with pytest.raises(JobsysError):
+        prepare(**kwargs)
+
+
+def test_an_unknown_job_type_python_cannot_show_is_still_an_unknown_job_type() -> None:
+    with pytest.raises(UnknownJobTypeError, match="an int of 16610 bits"):
+        Producer(Settings(), TOPOLOGY).prepare(JobRequest(10**5000, {}))  # type: ignore[arg-type]
