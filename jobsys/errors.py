@@ -119,6 +119,11 @@ class BrokerBlockedError(PublishError):
     alarm). The job was not published."""
 
 
+class MessageRefusedError(PublishError):
+    """Raised when the broker refused the message itself (e.g. a header it does not accept) and
+    closed the channel: the job was not published, and resubmitting it unchanged fails again."""
+
+
 class PublishOutcomeUnknown(PublishError):
     """Raised when the connection was lost before the confirm arrived: the job may or may not
     be in its queue. Resubmitting with the same job id is safe."""

@@ -13,6 +13,14 @@ from jobsys.errors import ConfigError
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 MiB = 1024 * 1024
+KiB = 1024
+#: The default limit on a job's own headers, encoded (``max_header_bytes``).
+DEFAULT_MAX_HEADER_BYTES = 16 * KiB
+#: The highest ``max_header_bytes`` allowed. All of a message's properties, headers included,
+#: must fit one frame (frame_max, 128 KiB by default), and a dead-lettered job carries its
+#: headers plus the record of its failure (up to ~24 KiB) and jobsys's own headers: 64 KiB
+#: leaves that room with a margin (docs/operations.md has the broker's figures).
+MAX_HEADER_BYTES_LIMIT = 64 * KiB
 
 # aiormq turns every TLS check off when it sees this query option: refuse it unless asked.
 _INSECURE_QUERY_KEYS = frozenset({"no_verify_ssl"})
@@ -157,6 +165,8 @@ class Settings:
     publish_timeout_s: float = 30.0
     heartbeat_s: int = 20
     max_payload_bytes: int = 1 * MiB
+    #: Largest encoded size of the headers a caller gives one job (jobsys's own come on top).
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     management_url: str | None = None
     client_name: str = field(default="jobsys")
 
@@ -184,6 +194,11 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         if self.max_payload_bytes <= 0:
             raise ConfigError("max_payload_bytes must be positive")
+        if not 0 < self.max_header_bytes <= MAX_HEADER_BYTES_LIMIT:
+            raise ConfigError(
+                f"max_header_bytes must be from 1 to {MAX_HEADER_BYTES_LIMIT} bytes: a job's "
+                "headers and its dead-letter record must fit one AMQP frame"
+            )
         if not 0 <= self.heartbeat_s <= 600:
             raise ConfigError("heartbeat_s must be between 0 and 600")
 
@@ -235,6 +250,7 @@ class Settings:
             ("JOBSYS_PUBLISH_TIMEOUT_S", "publish_timeout_s", float),
             ("JOBSYS_HEARTBEAT_S", "heartbeat_s", int),
             ("JOBSYS_MAX_PAYLOAD_BYTES", "max_payload_bytes", int),
+            ("JOBSYS_MAX_HEADER_BYTES", "max_header_bytes", int),
         ):
             if env.get(key):
                 try:

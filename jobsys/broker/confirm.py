@@ -8,6 +8,8 @@ what the caller can do about it:
 * the broker nacked (a full queue under ``x-overflow: reject-publish``): ``QueueFullError`` --
   retry later;
 * the broker refused the publish itself (no write permission): ``AccessRefused``;
+* the broker refused the message itself (a header it does not accept) and closed the channel:
+  ``MessageRefusedError`` -- not published, and resubmitting it unchanged cannot help;
 * the broker blocked the connection (memory or disk alarm) until the timeout:
   ``BrokerBlockedError``;
 * the connection was lost, or no confirm came in time: ``PublishOutcomeUnknown`` -- the
@@ -38,6 +40,7 @@ from jobsys.errors import (
     BrokerBlockedError,
     ConnectionFailed,
     JobsysError,
+    MessageRefusedError,
     PublishOutcomeUnknown,
     QueueFullError,
     UnroutableError,
@@ -96,6 +99,10 @@ class ConfirmChannel:
         self.settings = settings
         self._refusals_dead_lettered = refusals_dead_lettered
         self._live: _LiveChannel | None = None
+        #: Publishes awaiting their confirm, and how many there were on the channel the broker
+        #: last closed for refusing a message (see ``_refused_alone``).
+        self._in_flight = 0
+        self._refused: tuple[aiormq.Channel, int] | None = None
 
     async def publish(self, out: Outgoing, props: spec.Basic.Properties) -> None:
         """Publish ``out`` (persistent and mandatory as ``props`` says) and await the confirm;
@@ -108,6 +115,7 @@ class ConfirmChannel:
             live = await self._reopened(out, deadline)
         if not live.unblocked.is_set():
             await self._wait_unblocked(live.unblocked, out, deadline)
+        self._in_flight += 1
         try:
             await live.channel.basic_publish(
                 out.body,
@@ -133,7 +141,22 @@ class ConfirmChannel:
                 blocked=not live.unblocked.is_set(),
                 timeout_s=timeout_s,
                 refusals_dead_lettered=self._refusals_dead_lettered,
+                alone=self._refused_alone(live.channel, exc),
             ) from None
+        finally:
+            self._in_flight -= 1
+
+    def _refused_alone(self, channel: aiormq.Channel, exc: BaseException) -> bool:
+        """Whether ``exc`` is the broker refusing a message while it was the only one awaiting
+        its confirm on ``channel``. The broker closes the channel and aiormq fails every
+        pending confirm alike, so with several in flight none can tell it was the one refused
+        (those sent just before it may be queued). The first publish to see the close counts
+        them all: the others have not run their ``finally`` yet."""
+        if not isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+            return False
+        if self._refused is None or self._refused[0] is not channel:
+            self._refused = (channel, self._in_flight)
+        return self._refused[1] == 1
 
     async def _reopened(self, out: Outgoing, deadline: float) -> _LiveChannel:
         """The live aiormq channel under the robust one; while the connection is being
@@ -201,9 +224,11 @@ def publish_error(
     blocked: bool,
     timeout_s: float,
     refusals_dead_lettered: frozenset[str] = frozenset(),
+    alone: bool = False,
 ) -> JobsysError:
     """The typed error for ``exc``, raised by publishing ``out`` and awaiting its confirm;
-    ``blocked`` says whether the broker was blocking the connection at the time."""
+    ``blocked`` says whether the broker was blocking the connection at the time, ``alone``
+    whether ``out`` was the only publish awaiting its confirm on the channel."""
     job_id, job_type, exchange = out.job_id, out.job_type, out.exchange
     if isinstance(exc, TimeoutError):
         if blocked:
@@ -231,6 +256,8 @@ def publish_error(
             f"job {job_id} ({job_type}) was not published: the broker refused it "
             f"({reply_text(exc)}); the user needs write permission on exchange {exchange!r}",
         )
+    if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+        return _refused(out, reply_text(exc), alone)
     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
         return UnroutableError(
             f"job {job_id} ({job_type}) was not published: {reply_text(exc)} — "
@@ -238,6 +265,18 @@ def publish_error(
             job_id=job_id,
         )
     return unknown(job_id, job_type, reply_text(exc))
+
+
+def _refused(out: Outgoing, reply: str, alone: bool) -> JobsysError:
+    if not alone:
+        # Every confirm pending on the channel failed alike: this job may be the one refused,
+        # one the broker discarded after it, or one queued just before it.
+        return unknown(out.job_id, out.job_type, f"the broker refused a message ({reply})")
+    return MessageRefusedError(
+        f"job {out.job_id} ({out.job_type}) was not published: the broker refused the message "
+        f"({reply}); resubmitting it unchanged will be refused again",
+        job_id=out.job_id,
+    )
 
 
 def _queue_full(out: Outgoing, refusals_dead_lettered: frozenset[str]) -> QueueFullError:

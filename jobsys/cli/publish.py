@@ -30,6 +30,7 @@ from jobsys.errors import JobsysError, MessageError, PublishOutcomeUnknown
 from jobsys.publish.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
+from jobsys.wire.envelope import check_header_name
 
 #: Jobs handed to ``publish_many`` at a time in ``--file`` mode (the progress bar's step).
 CHUNK = 500
@@ -57,8 +58,20 @@ def _headers(ctx: click.Context, param: click.Parameter, values: Sequence[str]) 
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise click.BadParameter(f"{item!r} is not NAME=VALUE")
+        try:
+            check_header_name(name)
+        except MessageError as exc:
+            raise click.BadParameter(str(exc)) from None
         headers[name] = value
     return headers
+
+
+def _payload(text: str) -> Any:
+    """``text`` parsed as JSON; ``ValueError`` says why it is not (nested too deeply too)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 @click.command("publish")
@@ -109,7 +122,7 @@ def publish(
     options = _Options(priority, delay, headers)
     if payload_json is not None:
         try:
-            payload = json.loads(payload_json)
+            payload = _payload(payload_json)
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD_JSON") from None
         request = JobRequest(job_type, payload, priority, delay, job_id, headers)
@@ -156,15 +169,37 @@ async def _publish_one(settings: Settings, topology: Topology, request: JobReque
     return EXIT_OK
 
 
-def _read_lines(path: str) -> list[str]:
-    if path == "-":
-        return sys.stdin.read().splitlines()
-    with open(path, encoding="utf-8") as handle:
-        return handle.read().splitlines()
+def _read_lines(path: str) -> list[bytes]:
+    """The lines of ``path`` (``-``: stdin) as bytes, each decoded on its own later so one bad
+    line cannot stop the others. Split on \\n, \\r\\n and \\r only: JSON text may hold
+    other line separators (U+2028) inside a string."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror}", param_hint="--file"
+        ) from None
+    return data.splitlines()
+
+
+def _parse_line(line: bytes) -> Any:
+    """One line of a JSON Lines file parsed; ``ValueError`` says why it cannot be."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {exc.start})") from None
+    try:
+        return _payload(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
 
 
 async def _publish_file(
-    settings: Settings, topology: Topology, job_type: str, lines: list[str], options: _Options
+    settings: Settings, topology: Topology, job_type: str, lines: list[bytes], options: _Options
 ) -> int:
     numbered: list[tuple[int, JobRequest]] = []
     failures = 0
@@ -172,9 +207,9 @@ async def _publish_file(
         if not line.strip():
             continue
         try:
-            payload = json.loads(line)
+            payload = _parse_line(line)
         except ValueError as exc:
-            failures += _report(number, f"not JSON: {exc}")
+            failures += _report(number, str(exc))
             continue
         request = JobRequest(
             job_type, payload, options.priority, options.delay_s, None, options.headers

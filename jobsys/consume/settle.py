@@ -43,9 +43,9 @@ from jobsys.wire.headers import (
     first_failed_at_ms,
     now_ms,
     origin_of,
+    republishable,
     retry_headers,
     sendable_headers,
-    strip_death,
 )
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class Settler:
         again, and is held again)."""
         message = delivery.message
         route = self.producer.delay_layout.route(queue, outcome.delay_s or 0.0)
-        headers = strip_death(sendable_headers(message.header.properties.headers or {}))
+        headers = republishable(sendable_headers(message.header.properties.headers or {}))
         try:
             await self.producer.republish(
                 message.body,

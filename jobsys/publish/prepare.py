@@ -15,10 +15,12 @@ from pydantic import BaseModel, ValidationError
 
 from jobsys.duration import format_duration
 from jobsys.errors import ConfigError, PayloadValidationError, UnknownJobTypeError
+from jobsys.settings import DEFAULT_MAX_HEADER_BYTES
 from jobsys.topology import delays
+from jobsys.topology.check import MAX_ROUTING_KEY_BYTES
 from jobsys.topology.model import Topology
 from jobsys.topology.routing import route_job_type
-from jobsys.wire.envelope import check_user_headers, encode_payload, new_job_id
+from jobsys.wire.envelope import check_job_id, check_user_headers, encode_payload, new_job_id
 from jobsys.wire.headers import (
     HEADER_DUE_AT_MS,
     Origin,
@@ -27,6 +29,7 @@ from jobsys.wire.headers import (
     now_ms,
     origin_headers,
 )
+from jobsys.wire.table import shown
 
 __all__ = ["JobRequest", "JobRoute", "PreparedJob", "build_routes", "prepare_job"]
 
@@ -53,6 +56,15 @@ class JobRoute:
     static_headers: Mapping[str, Any]  # a headers exchange's match headers
     queues: tuple[str, ...]  # the work queues it reaches, as the broker would route it
     max_delay_s: float = 30 * 86400.0  # the longest delay the topology allows (delays.max_delay)
+    #: Header names a binding on the job type's headers exchange matches on: a caller's header
+    #: of that name could send the job to other queues.
+    routed_on: frozenset[str] = frozenset()
+    #: A queue it reaches that has no max_priority (a priority there would have no effect).
+    unprioritised: str | None = None
+    #: The lowest max_priority among the queues it reaches, and that queue.
+    priority_limit: tuple[int, str] | None = None
+    #: Why no job of this type can be sent as the topology describes it, if so.
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +83,41 @@ class PreparedJob:
 
 def build_routes(topology: Topology) -> dict[str, JobRoute]:
     """Each job type's route, from the topology (pure)."""
-    return {
-        name: JobRoute(
+    routes = {}
+    for name, spec_ in topology.job_types.items():
+        queues = tuple(route_job_type(topology, spec_))
+        limits = [(topology.queues[q].max_priority, q) for q in queues if q in topology.queues]
+        routes[name] = JobRoute(
             exchange=spec_.exchange,
             routing_key=spec_.routing_key,
             priority=spec_.priority,
             static_headers=dict(spec_.headers or {}),
-            queues=tuple(route_job_type(topology, spec_)),
+            queues=queues,
             max_delay_s=topology.delays.max_delay,
+            routed_on=frozenset(
+                header
+                for binding in topology.bindings
+                if binding.exchange == spec_.exchange
+                for header in binding.headers or {}
+            ),
+            unprioritised=next((q for limit, q in limits if limit is None), None),
+            priority_limit=min(
+                ((limit, q) for limit, q in limits if limit is not None), default=None
+            ),
+            problem=_routing_key_problem(name, spec_.routing_key),
         )
-        for name, spec_ in topology.job_types.items()
-    }
+    return routes
+
+
+def _routing_key_problem(job_type: str, routing_key: str) -> str | None:
+    # The topology model bounds routing keys in characters; AMQP bounds them in bytes.
+    size = len(routing_key.encode("utf-8"))
+    if size <= MAX_ROUTING_KEY_BYTES:
+        return None
+    return (
+        f"the routing key of job type {job_type!r} is {size} bytes; AMQP allows at most "
+        f"{MAX_ROUTING_KEY_BYTES}: shorten it in the topology"
+    )
 
 
 def prepare_job(
@@ -90,15 +126,24 @@ def prepare_job(
     models: Mapping[str, type[BaseModel]],
     max_bytes: int,
     layout: delays.DelayLayout,
+    *,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> PreparedJob:
     """Validate and encode ``request`` (pure); raises ``UnknownJobTypeError``,
-    ``PayloadValidationError``, ``PayloadTooLargeError`` or ``ConfigError``."""
-    route = routes.get(request.job_type)
+    ``PayloadValidationError``, ``PayloadTooLargeError`` or ``ConfigError``. ``max_bytes``
+    bounds the encoded payload, ``max_header_bytes`` the caller's encoded headers."""
+    if not isinstance(request, JobRequest):
+        raise PayloadValidationError(
+            f"a job to publish must be a JobRequest, got {type(request).__name__}"
+        )
+    route = routes.get(request.job_type) if isinstance(request.job_type, str) else None
     if route is None:
         known = ", ".join(sorted(routes)) or "none"
         raise UnknownJobTypeError(
-            f"unknown job type {request.job_type!r}; the topology knows: {known}"
+            f"unknown job type {shown(request.job_type, 80)}; the topology knows: {known}"
         )
+    if route.problem is not None:
+        raise ConfigError(route.problem)
     payload = request.payload
     model = models.get(request.job_type)
     if model is not None:
@@ -108,9 +153,14 @@ def prepare_job(
     if priority is not None and (
         isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
     ):
-        raise ConfigError(f"priority must be an integer from 0 to 255, got {priority!r}")
-    job_id = request.job_id or new_job_id()
-    headers = check_user_headers(request.headers)
+        raise ConfigError(f"priority must be an integer from 0 to 255, got {shown(priority, 40)}")
+    if request.priority:
+        # The topology's own priority was checked when it was loaded; the caller's is here.
+        _check_priority(request.job_type, route, request.priority)
+    job_id = new_job_id() if request.job_id is None else check_job_id(request.job_id)
+    headers = check_user_headers(
+        request.headers, max_bytes=max_header_bytes, routed_on=route.routed_on
+    )
     if route.static_headers:
         # A headers exchange routes on these, so they win over the caller's.
         headers.update(route.static_headers)
@@ -131,9 +181,26 @@ def prepare_job(
     )
 
 
+def _check_priority(job_type: str, route: JobRoute, priority: int) -> None:
+    """Refuse a priority that the queues of ``route`` would ignore or cap, as the topology
+    check refuses a job type's own (``jobsys.topology.check``)."""
+    if route.unprioritised is not None:
+        raise ConfigError(
+            f"priority {priority} has no effect: queue {route.unprioritised!r} has no "
+            f"max_priority (job type {job_type!r})"
+        )
+    if route.priority_limit is not None and priority > route.priority_limit[0]:
+        limit, queue = route.priority_limit
+        raise ConfigError(
+            f"priority {priority} is above max_priority {limit} of queue {queue!r} "
+            f"(job type {job_type!r})"
+        )
+
+
 def _validated(model: type[BaseModel], job_type: str, payload: Any) -> Any:
     try:
         instance = payload if isinstance(payload, model) else model.model_validate(payload)
+        return instance.model_dump(mode="json")
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(step) for step in error['loc']) or '(payload)'}: {error['msg']}"
@@ -142,7 +209,14 @@ def _validated(model: type[BaseModel], job_type: str, payload: Any) -> Any:
         raise PayloadValidationError(
             f"payload for job type {job_type!r} is invalid: {problems}"
         ) from None
-    return instance.model_dump(mode="json")
+    except Exception as exc:
+        # The model's own code failed (a validator or serializer raising what pydantic does
+        # not wrap): the payload cannot be validated, so the job is not sent. The cause stays
+        # chained for the traceback.
+        raise PayloadValidationError(
+            f"payload for job type {job_type!r} could not be validated by "
+            f"{model.__name__}: {type(exc).__name__}: {exc}; it was not published"
+        ) from exc
 
 
 def _targets(
@@ -151,9 +225,17 @@ def _targets(
     if delay_s is None:
         return ((route.exchange, route.routing_key, route.queues),), None
     if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
-        raise ConfigError(f"a delay must be a number of seconds, got {delay_s!r}")
+        raise ConfigError(f"a delay must be a number of seconds, got {shown(delay_s)}")
     if delay_s == 0:
         return ((route.exchange, route.routing_key, route.queues),), None
+    if isinstance(delay_s, int) and not -(2**53) <= delay_s <= 2**53:
+        # Beyond a float's exact range; math on it could overflow, and no topology holds it.
+        raise ConfigError(
+            "a delay must be zero or more seconds"
+            if delay_s < 0
+            else f"a delay of more than 2**53 seconds is longer than delays.max_delay "
+            f"({format_duration(route.max_delay_s)}) in the topology"
+        )
     if math.isfinite(delay_s) and delay_s > route.max_delay_s:
         raise ConfigError(
             f"a delay of {format_duration(delay_s)} is longer than delays.max_delay "

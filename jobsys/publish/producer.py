@@ -37,9 +37,9 @@ from opentelemetry.context import Context
 from pamqp import commands as spec
 from pydantic import BaseModel
 
-from jobsys.broker.confirm import ConfirmChannel, Outgoing
+from jobsys.broker.confirm import ConfirmChannel, Outgoing, unknown
 from jobsys.broker.connection import BrokerConnection
-from jobsys.errors import ConnectionFailed, JobsysError, MessageError
+from jobsys.errors import ConfigError, ConnectionFailed, JobsysError, MessageError
 from jobsys.observe import tracing
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
 from jobsys.publish.properties import copied_properties, message_properties
@@ -48,6 +48,7 @@ from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
 from jobsys.wire.envelope import JobProperties, new_message_id
 from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, positive_int, text
+from jobsys.wire.table import shown
 
 __all__ = ["JobRequest", "PreparedJob", "Producer", "PublishResult", "Receipt"]
 
@@ -192,14 +193,15 @@ class Producer:
     ) -> list[PublishResult]:
         """Publish many jobs with up to ``window`` confirms in flight; one result per request,
         in order: a ``Receipt``, or the error of that job (a job that fails validation does
-        not stop the others). A job is a ``Receipt`` only if the broker confirmed it.
+        not stop the others). A job is a ``Receipt`` only if the broker confirmed it. Nothing
+        one job carries makes this raise: every job's fate is in its result.
 
         Jobs are sent in request order as far as the window allows; jobs in flight together
         have no order among them. ``requests`` is read into a list first, so pass very large
         streams in chunks (as ``jobsys publish --file`` does).
         """
-        if window < 1:
-            raise ValueError("window must be at least 1")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError(f"window must be an integer of at least 1, got {shown(window, 40)}")
         pending = list(requests)
         results: list[PublishResult | None] = [None] * len(pending)
         cursor = iter(range(len(pending)))
@@ -208,13 +210,27 @@ class Producer:
             # A fixed set of lanes pulling from one cursor keeps ``window`` confirms in flight
             # without creating a task per job.
             for index in cursor:
-                try:
-                    results[index] = await self._publish_prepared(self.prepare(pending[index]))
-                except JobsysError as exc:
-                    results[index] = exc
+                results[index] = await self._result_of(pending[index])
 
         await asyncio.gather(*(lane() for _ in range(min(window, len(pending)))))
         return [r for r in results if r is not None]
+
+    async def _result_of(self, request: JobRequest) -> PublishResult:
+        """The receipt of one job of ``publish_many``, or the error it met."""
+        try:
+            job = self.prepare(request)
+        except JobsysError as exc:
+            return exc
+        try:
+            return await self._publish_prepared(job)
+        except JobsysError as exc:
+            return exc
+        except Exception as exc:
+            # Every known failure is mapped to a jobsys error; anything else is a bug, and
+            # raising it would lose the receipts of the other jobs. It came after the job was
+            # handed to the channel, so it may be queued.
+            log.exception("unexpected error publishing job %s (%s)", job.job_id, job.job_type)
+            return unknown(job.job_id, job.job_type, f"unexpected {type(exc).__name__}: {exc}")
 
     async def republish(
         self,
@@ -268,6 +284,7 @@ class Producer:
             self.models,
             self.settings.max_payload_bytes,
             self.delay_layout,
+            max_header_bytes=self.settings.max_header_bytes,
         )
 
     async def _publish_prepared(self, job: PreparedJob) -> Receipt:

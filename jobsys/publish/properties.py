@@ -21,6 +21,7 @@ from pamqp import encode
 
 from jobsys.errors import PayloadTooLargeError, PayloadValidationError
 from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE, JobProperties
+from jobsys.wire.headers import HEADER_JOB_ID, text
 
 #: ``delivery_mode`` of a persistent message.
 PERSISTENT = 2
@@ -55,35 +56,39 @@ def copied_properties(
     """The properties of a republished job: what it ``kept`` of its original, persistent, with
     a fresh ``message_id`` (aiormq matches a ``basic.return`` to its publish by it).
 
-    They are encoded here, before any I/O: values no AMQP client can encode raise
-    ``PayloadValidationError``, and properties over ``max_bytes`` encoded (they must fit one
+    Encoded here, once, before any I/O: ``headers`` are copied as the broker delivered them,
+    and pamqp decodes some values it cannot encode again (a 64-bit double, a long string that
+    is not UTF-8); such a copy is refused with ``PayloadValidationError`` instead of a raw
+    error from inside the publish. Properties over ``max_bytes`` encoded (they must fit one
     frame, or the broker closes the whole connection) raise ``PayloadTooLargeError``.
     """
-    props = spec.Basic.Properties(
-        content_type=kept.content_type,
-        content_encoding=kept.content_encoding,
-        headers=headers,
-        delivery_mode=PERSISTENT,
-        priority=kept.priority,
-        correlation_id=kept.correlation_id,
-        reply_to=kept.reply_to,
-        message_id=message_id,
-        timestamp=kept.timestamp or datetime.fromtimestamp(int(time.time()), UTC),
-        message_type=kept.job_type,
-        app_id=kept.app_id,
-    )
+    fields: dict[str, Any] = {
+        "content_type": kept.content_type,
+        "content_encoding": kept.content_encoding,
+        "headers": headers,
+        "delivery_mode": PERSISTENT,
+        "priority": kept.priority,
+        "correlation_id": kept.correlation_id,
+        "reply_to": kept.reply_to,
+        "message_id": message_id,
+        "timestamp": kept.timestamp or datetime.fromtimestamp(int(time.time()), UTC),
+        "message_type": kept.job_type,
+        "app_id": kept.app_id,
+    }
     try:
-        # Encoded once more on the way out; a republish is not the hot path.
-        size = len(props.marshal())
-    except (TypeError, ValueError, OverflowError, struct.error) as exc:
+        encoded = spec.Basic.Properties(**fields).marshal()
+    except (TypeError, ValueError, OverflowError, struct.error, RecursionError) as exc:
         raise PayloadValidationError(
-            f"its properties or headers cannot be encoded as AMQP ({exc})"
+            f"the copy of job {text(headers.get(HEADER_JOB_ID)) or '?'} cannot be encoded "
+            f"({type(exc).__name__}: {exc}); it was not published"
         ) from None
-    if size > max_bytes:
+    if len(encoded) > max_bytes:
         raise PayloadTooLargeError(
-            f"its properties and headers are {size} bytes encoded; one AMQP frame carries at "
-            f"most {max_bytes} here"
+            f"its properties and headers are {len(encoded)} bytes encoded; one AMQP frame "
+            f"carries at most {max_bytes} here"
         )
+    props = _PreEncodedProperties(**fields)
+    props.encoded = encoded
     return props
 
 

@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 
@@ -81,6 +82,10 @@ DEAD_LETTER_EXCHANGE = "jobsys.dead-letter"
 DEAD_LETTER_SUFFIX = ".dead"
 #: Prefix reserved for names jobsys derives itself.
 RESERVED_PREFIX = "jobsys."
+
+#: Message headers RabbitMQ routes on for any exchange type: a copy goes to every routing key they
+#: list. (``jobsys.wire.headers.ROUTING_HEADERS`` holds the same names; the rooms are apart.)
+_ROUTING_HEADERS = frozenset({"cc", "bcc"})
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -188,6 +193,19 @@ class JobType(_Frozen):
     priority: int | None = Field(default=None, ge=0, le=255)
     timeout: Duration = 300.0
     retry: RetryPolicy = RetryPolicy()
+
+    @field_validator("headers")
+    @classmethod
+    def _no_routing_headers(
+        cls, headers: dict[str, str | int | bool] | None
+    ) -> dict[str, str | int | bool] | None:
+        for name in headers or {}:
+            if name.lower() in _ROUTING_HEADERS:
+                raise ValueError(
+                    f"header {name!r} is reserved: RabbitMQ would send a copy of every job of "
+                    "this type to each routing key it lists"
+                )
+        return headers
 
 
 class Delays(_Frozen):

@@ -31,8 +31,9 @@ from jobsys.wire.headers import (
     HEADER_TRACEBACK,
     HEADER_WORKER_HOST,
     integer,
+    is_routing_header,
     now_ms,
-    strip_death,
+    republishable,
     text,
 )
 
@@ -123,14 +124,15 @@ def dead_letter_headers(
     job_id: str,
 ) -> dict[str, Any]:
     """The headers of a dead-lettered copy: the original ones without the broker's death
-    history, the job's identity where the original lacks it (an undecodable job), and the
-    record. ``job_id`` is the id to file it under when the original carries none."""
+    history or ``CC``/``BCC``, the job's identity where the original lacks it (an undecodable
+    job), and the record. ``job_id`` is the id to file it under when the original carries
+    none."""
     headers = {
         HEADER_JOB_ID: job_id,
         HEADER_ATTEMPT: record.attempts,
         HEADER_PUBLISHED_AT_MS: now_ms(),
     }
-    headers.update(strip_death(original or {}))
+    headers.update(republishable(original or {}))
     headers[HEADER_ERROR_TYPE] = record.error_type
     headers[HEADER_ERROR_MESSAGE] = record.error_message
     if record.traceback is not None:
@@ -212,12 +214,15 @@ def dead_job(headers: Mapping[str, Any], job_type: str | None, body_size: int) -
 
 
 def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """Headers of a replayed job: no failure record, no broker (``x-``) headers, attempt 1,
-    and the replay count one higher. User headers, the job id and trace context stay."""
+    """Headers of a replayed job: no failure record, no broker (``x-``) headers, no
+    ``CC``/``BCC`` (a replay goes to its queue only), attempt 1, and the replay count one
+    higher. User headers, the job id and trace context stay."""
     kept = {
         name: value
         for name, value in headers.items()
-        if name not in DEAD_LETTER_HEADERS and not name.lower().startswith("x-")
+        if name not in DEAD_LETTER_HEADERS
+        and not name.lower().startswith("x-")
+        and not is_routing_header(name)
     }
     kept[HEADER_ATTEMPT] = 1
     kept[HEADER_REPLAYS] = (integer(headers.get(HEADER_REPLAYS)) or 0) + 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -22,17 +22,21 @@ from jobsys.errors import (
     PayloadTooLargeError,
     PayloadValidationError,
 )
+from jobsys.settings import DEFAULT_MAX_HEADER_BYTES
 from jobsys.wire.headers import (
     HEADER_ATTEMPT,
     HEADER_DUE_AT_MS,
     HEADER_JOB_ID,
     HEADER_PUBLISHED_AT_MS,
     PREFIX,
+    ROUTING_HEADERS,
     escape_invalid,
+    is_routing_header,
     is_utf8,
     positive_int,
     text,
 )
+from jobsys.wire.table import name_size, shown, table_size
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
@@ -149,19 +153,109 @@ def read_identity(message_type: str | None, headers: Mapping[str, Any] | None) -
     )
 
 
-def check_user_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Refuse header names that belong to the broker (``x-``) or to jobsys (``jobsys-``)."""
+#: Longest job id, in bytes of UTF-8: it travels in every header table and log line of its job.
+MAX_JOB_ID_BYTES = 255
+
+
+def check_job_id(job_id: object) -> str:
+    """``job_id`` when it is a usable job id: a non-empty str of printable characters, at most
+    ``MAX_JOB_ID_BYTES`` bytes in UTF-8. Raises ``PayloadValidationError`` or
+    ``PayloadTooLargeError`` otherwise (a newline in a job id would forge log lines)."""
+    if (
+        type(job_id) is str
+        and job_id.isascii()
+        and 0 < len(job_id) <= MAX_JOB_ID_BYTES
+        and job_id.isprintable()
+    ):
+        return job_id
+    if not isinstance(job_id, str) or not job_id:
+        raise PayloadValidationError(
+            f"job id must be a non-empty string, got {type(job_id).__name__} {shown(job_id)}"
+        )
+    # Characters first: a huge id is refused without encoding it.
+    size = len(job_id) if len(job_id) > MAX_JOB_ID_BYTES else len(_job_id_bytes(job_id))
+    if size > MAX_JOB_ID_BYTES:
+        raise PayloadTooLargeError(
+            f"job id is {'more than ' if size == len(job_id) else ''}{size} bytes in UTF-8; "
+            f"the limit is {MAX_JOB_ID_BYTES} bytes"
+        )
+    if not job_id.isprintable():
+        raise PayloadValidationError(f"job id {shown(job_id, 80)} contains control characters")
+    return job_id
+
+
+def _job_id_bytes(job_id: str) -> bytes:
+    try:
+        return job_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PayloadValidationError(
+            f"job id is not valid UTF-8 text (character {exc.start} is a lone surrogate)"
+        ) from None
+
+
+def check_header_name(name: object) -> None:
+    """Refuse a header name a caller may not set: not text the broker keeps whole (see
+    ``jobsys.wire.table``), one that belongs to the broker (``x-``) or to jobsys
+    (``jobsys-``), or ``CC``/``BCC``, on which the broker routes copies of the job to other
+    queues."""
+    name_size(name)
+    assert isinstance(name, str)  # name_size refuses anything else
+    lowered = name.lower()
+    if lowered.startswith("x-") or lowered.startswith(PREFIX):
+        raise PayloadValidationError(
+            f"header {name!r} is reserved (names starting with 'x-' or {PREFIX!r})"
+        )
+    if is_routing_header(name):
+        raise PayloadValidationError(
+            f"header {name!r} is reserved: RabbitMQ would send a copy of the job to every "
+            "routing key it lists; publish the job once per job type instead"
+        )
+
+
+def check_user_headers(
+    headers: Mapping[str, Any] | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    routed_on: Collection[str] = (),
+) -> dict[str, Any]:
+    """A copy of the caller's ``headers`` once every name passes ``check_header_name``, no
+    name is one the job type's headers exchange ``routed_on`` (it would route the job
+    elsewhere), every value is one AMQP carries exactly as given and the table is at most
+    ``max_bytes`` encoded (``PayloadValidationError`` / ``PayloadTooLargeError``)."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise PayloadValidationError(
+            f"headers must be a mapping of names to values, got {type(headers).__name__}"
+        )
     if not headers:
         return {}
     for name in headers:
-        if not isinstance(name, str) or not name:
-            raise PayloadValidationError("header names must be non-empty strings")
-        lowered = name.lower()
-        if lowered.startswith("x-") or lowered.startswith(PREFIX):
-            raise PayloadValidationError(
-                f"header {name!r} is reserved (names starting with 'x-' or {PREFIX!r})"
-            )
+        if type(name) is str:
+            lowered = name.lower()
+            if not (
+                lowered.startswith(_RESERVED_PREFIXES)
+                or lowered in ROUTING_HEADERS
+                or name in routed_on
+            ):
+                continue
+        _refuse_name(name)
+    # Also checks every name as text the broker keeps whole (see jobsys.wire.table).
+    table_size(headers, max_bytes, " (Settings.max_header_bytes, JOBSYS_MAX_HEADER_BYTES)")
     return dict(headers)
+
+
+def _refuse_name(name: object) -> None:
+    """Raise for ``name``: reserved, not a usable name, or (when it is neither) one the job
+    type's headers exchange routes on."""
+    check_header_name(name)
+    raise PayloadValidationError(
+        f"header {name!r} is one the job type's headers exchange routes on; set it in the job "
+        "type's headers in the topology, or the job may reach other queues"
+    )
+
+
+_RESERVED_PREFIXES = ("x-", PREFIX)
 
 
 # json.dumps with options builds a new encoder on every call; publishing reuses this one.

@@ -56,6 +56,11 @@ HEADER_PREVIOUS_ATTEMPT = "jobsys-previous-attempt"
 _BROKER_DEATH_HEADERS = ("x-death",)
 _BROKER_DEATH_PREFIXES = ("x-first-death-", "x-last-death-")
 
+#: Headers RabbitMQ routes on whatever the exchange type: it sends a copy of the message to
+#: every routing key they list (sender-selected distribution), and closes the channel when
+#: their value is not an array of strings. Lowercase; a job never carries them in any case.
+ROUTING_HEADERS = frozenset({"cc", "bcc"})
+
 
 def now_ms() -> int:
     """Wall-clock time in milliseconds since the epoch."""
@@ -148,6 +153,18 @@ def dropped_digest(headers: Mapping[str, Any]) -> str:
     return f"{len(names)} headers, sha256 {digest.hexdigest()[:16]}; names: {shown}"
 
 
+def is_routing_header(name: object) -> bool:
+    """Whether ``name`` is ``CC`` or ``BCC`` in any case (see ``ROUTING_HEADERS``)."""
+    return isinstance(name, str) and len(name) <= 3 and name.lower() in ROUTING_HEADERS
+
+
+def republishable(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """Headers safe to copy into a retry or a dead letter: without the broker's death history
+    (``strip_death``) and without ``CC``/``BCC``, which would send copies to other queues
+    however they got onto the original (a message published past jobsys)."""
+    return {k: v for k, v in strip_death(headers).items() if not is_routing_header(k)}
+
+
 # -- builders ---------------------------------------------------------------------------------
 
 
@@ -213,9 +230,9 @@ def retry_headers(
     due_at: int | None = None,
 ) -> dict[str, Any]:
     """The headers of a job published again as run ``attempt``: the original ones without the
-    broker's death history, a fresh identity, its origin and first failure carried on, and
-    its due time (``due_at``, ms) when it waits first."""
-    headers = strip_death(original)
+    broker's death history or ``CC``/``BCC``, a fresh identity, its origin and first failure
+    carried on, and its due time (``due_at``, ms) when it waits first."""
+    headers = republishable(original)
     headers.update(
         identity_headers({}, job_id=job_id, attempt=attempt, published_at_ms=published_at_ms)
     )

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from jobsys.errors import PayloadValidationError
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
+from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID
 from tests.apps import worker_apps
 from tests.apps.worker_apps import WorkerProcess
 
@@ -25,7 +27,16 @@ async def test_a_job_id_with_control_characters_cannot_forge_a_worker_log_line(
     loaded = worker_apps.loaded_topology(tmp_path)
     await worker_apps.apply(vhost_settings, loaded)
     async with Producer(vhost_settings, loaded.topology) as producer:
-        await producer.publish("boom", {}, job_id=HOSTILE_ID)
+        # jobsys refuses such a job id up front; a client past jobsys can still send one.
+        with pytest.raises(PayloadValidationError, match="contains control characters"):
+            await producer.publish("boom", {}, job_id=HOSTILE_ID)
+    await worker_apps.publish_raw(
+        vhost_settings,
+        b"{}",
+        type="boom",
+        content_encoding="utf-8",
+        headers={HEADER_JOB_ID: HOSTILE_ID, HEADER_ATTEMPT: 1},
+    )
 
     worker = WorkerProcess(tmp_path, vhost_settings, "--max-jobs", "1")
     try:

@@ -25,7 +25,9 @@ def topology_file(vhost_settings: Settings, tmp_path: Path) -> str:
     return str(path)
 
 
-def run_cli(settings: Settings, topology_file: str, *args: str, stdin: str | None = None) -> Result:
+def run_cli(
+    settings: Settings, topology_file: str, *args: str, stdin: str | bytes | None = None
+) -> Result:
     # Click >= 8.2 keeps stdout and stderr apart on the result.
     return CliRunner().invoke(
         main,
@@ -142,3 +144,105 @@ def test_wrong_credentials_exit_4_without_showing_the_password(
     assert result.exit_code == 4
     assert "wrong username or password" in result.stderr
     assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_a_priority_the_queues_cannot_honour_exits_2_and_publishes_nothing(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "squeeze", "{}", "--priority", "5")
+    assert result.exit_code == 2
+    assert "priority 5 has no effect: queue 'tiny' has no max_priority" in result.stderr
+    result = run_cli(vhost_settings, topology_file, "send_email", "{}", "--priority", "255")
+    assert result.exit_code == 2
+    assert "priority 255 is above max_priority 10 of queue 'emails'" in result.stderr
+    assert queued(vhost_settings, "tiny") == [] and queued(vhost_settings, "emails") == []
+
+
+def test_a_file_with_a_deeply_nested_line_reports_it_and_still_publishes_the_valid_lines(
+    vhost_settings: Settings, topology_file: str, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    deep = "[" * 4000 + "]" * 4000
+    deeper = '{"a":' * 100_000 + "1" + "}" * 100_000
+    jobs.write_text(f'{{"i": 1}}\n{deep}\n{{"i": 3}}\n{deeper}\n{{"i": 5}}\n', encoding="utf-8")
+    result = run_cli(vhost_settings, topology_file, "audit_event", "--file", str(jobs))
+    assert result.exit_code == 1, result.stderr
+    assert "line 2: not JSON: nested too deeply" in result.stderr
+    assert "line 4: not JSON: nested too deeply" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "3 confirmed, 2 failed" in result.stderr
+    assert sorted(payload["i"] for _, payload, _ in queued(vhost_settings, "audit")) == [1, 3, 5]
+
+
+def test_a_file_that_is_not_utf8_reports_the_bad_lines_and_publishes_the_rest(
+    vhost_settings: Settings, topology_file: str, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"i": 1}\n{"i": "\xff\xfe"}\n{"i": 3}\r\n{"text": "a\xe2\x80\xa8b"}\n')
+    result = run_cli(vhost_settings, topology_file, "audit_event", "--file", str(jobs))
+    assert result.exit_code == 1, result.stderr
+    assert "line 2: not UTF-8 (byte 7)" in result.stderr
+    assert "3 confirmed, 1 failed" in result.stderr
+    payloads = [payload for _, payload, _ in queued(vhost_settings, "audit")]
+    # A line separator inside a JSON string (U+2028) does not split the line.
+    assert sorted(map(str, payloads)) == sorted(
+        map(str, [{"i": 1}, {"i": 3}, {"text": "a\u2028b"}])
+    )
+
+
+def test_stdin_that_is_not_utf8_reports_the_bad_line_by_number(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    result = run_cli(
+        vhost_settings,
+        topology_file,
+        "audit_event",
+        "--file",
+        "-",
+        stdin=b'{"i": 1}\n\xc3\x28\n',
+    )
+    assert result.exit_code == 1, result.stderr
+    assert "line 2: not UTF-8 (byte 0)" in result.stderr
+    assert "1 confirmed, 1 failed" in result.stderr
+
+
+def test_a_payload_argument_nested_too_deeply_is_a_usage_error_not_a_traceback(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "audit_event", "[" * 5000 + "]" * 5000)
+    assert result.exit_code == 2
+    assert "not JSON: nested too deeply" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Deep but within what JSON readers take: published.
+    result = run_cli(vhost_settings, topology_file, "audit_event", "[" * 900 + "]" * 900)
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ("CC=other.queue", "'CC' is reserved: RabbitMQ would send a copy"),
+        ("bcc=other.queue", "'bcc' is reserved: RabbitMQ would send a copy"),
+        ("x-death=1", "'x-death' is reserved"),
+        ("jobsys-attempt=9", "'jobsys-attempt' is reserved"),
+        ("n" * 200 + "=v", "at most 128 bytes"),
+        ("bad\x1bname=v", "control characters"),
+    ],
+)
+def test_a_reserved_or_too_long_header_name_exits_2_with_the_reason(
+    vhost_settings: Settings, topology_file: str, header: str, reason: str
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "audit_event", "{}", "--header", header)
+    assert result.exit_code == 2
+    assert reason in result.stderr
+    assert queued(vhost_settings, "audit") == []
+
+
+@pytest.mark.parametrize("job_id", ["", "two\nlines", "x" * 300])
+def test_a_job_id_that_cannot_be_used_exits_2_with_the_reason(
+    vhost_settings: Settings, topology_file: str, job_id: str
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "audit_event", "{}", "--job-id", job_id)
+    assert result.exit_code == 2
+    assert "job id" in result.stderr
+    assert queued(vhost_settings, "audit") == []

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from jobsys.errors import (
     AccessRefused,
     ConnectionFailed,
+    JobsysError,
     PayloadValidationError,
     QueueFullError,
     UnknownJobTypeError,
@@ -107,3 +108,28 @@ def test_wrong_credentials_fail_at_construction_with_a_clear_error(
         SyncProducer(wrong, topology)
     # No loop thread is left behind by the failed constructor.
     assert not [t for t in threading.enumerate() if t.name == "jobsys-sync-producer"]
+
+
+def test_hostile_input_raises_jobsys_errors_in_the_callers_thread_and_publish_many_answers_all(
+    vhost_settings: Settings, topology: Topology
+) -> None:
+    with SyncProducer(vhost_settings, topology) as producer:
+        for kwargs in (
+            {"job_id": 12345},
+            {"headers": {"raw": b"bytes"}},
+            {"headers": {"big": 2**64}},
+            {"delay_s": 10**400},
+        ):
+            with pytest.raises(JobsysError):
+                producer.publish("audit_event", {}, **kwargs)  # type: ignore[arg-type]
+        requests: list[object] = [JobRequest("audit_event", {"i": i}) for i in range(4)]
+        requests[1] = JobRequest("audit_event", {}, headers={"s": {1, 2}})
+        requests[2] = {"job_type": "audit_event", "payload": {}}  # not a JobRequest
+        results = producer.publish_many(requests)  # type: ignore[arg-type]
+    assert [type(r).__name__ for r in results] == [
+        "Receipt",
+        "PayloadValidationError",
+        "PayloadValidationError",
+        "Receipt",
+    ]
+    assert len(queued_job_ids(vhost_settings, "audit")) == 2

@@ -16,6 +16,7 @@ from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
     JobsysError,
+    MessageRefusedError,
     PublishOutcomeUnknown,
     QueueFullError,
     UnroutableError,
@@ -81,3 +82,25 @@ def test_a_lost_connection_or_no_confirm_in_time_is_outcome_unknown(exc: BaseExc
 def test_no_confirm_while_the_broker_blocks_publishing_says_so() -> None:
     error = _map(TimeoutError(), blocked=True)
     assert isinstance(error, BrokerBlockedError) and "memory or disk alarm" in str(error)
+
+
+REFUSAL = amqp.ChannelPreconditionFailed(
+    'PRECONDITION_FAILED - invalid message: {unacceptable_type_in_header,"CC",longstr}'
+)
+
+
+def test_a_message_the_broker_refused_alone_was_not_published_and_says_so() -> None:
+    error = publish_error(REFUSAL, OUT, blocked=False, timeout_s=30.0, alone=True)
+    assert isinstance(error, MessageRefusedError)
+    assert not isinstance(error, PublishOutcomeUnknown)
+    assert "was not published" in str(error) and "unacceptable_type_in_header" in str(error)
+    assert "resubmitting" in str(error)  # says resubmitting it unchanged cannot help
+    assert error.job_id == "job-1"
+
+
+def test_a_refusal_while_other_messages_were_in_flight_leaves_each_of_them_unknown() -> None:
+    # The broker closes the channel for one message; every confirm pending on it fails alike,
+    # and those published just before it may already be queued.
+    error = publish_error(REFUSAL, OUT, blocked=False, timeout_s=30.0, alone=False)
+    assert isinstance(error, PublishOutcomeUnknown)
+    assert "refused a message" in str(error) and "unacceptable_type_in_header" in str(error)
