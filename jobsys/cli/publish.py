@@ -22,6 +22,7 @@ from jobsys.cli.common import (
     build_settings,
     connection_options,
     exit_code_for,
+    fail,
     topology_option,
 )
 from jobsys.cli.topology import load_or_exit
@@ -30,6 +31,7 @@ from jobsys.errors import JobsysError, MessageError, PublishOutcomeUnknown
 from jobsys.publish.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
+from jobsys.wire.display import escape
 from jobsys.wire.envelope import check_header_name
 
 #: Jobs handed to ``publish_many`` at a time in ``--file`` mode (the progress bar's step).
@@ -143,9 +145,9 @@ def _guard(body: Any) -> int:
         with configure_from_env("jobsys-publish"):
             return int(asyncio.run(body()))
     except JobsysError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
         # A bad job is bad input (2); the rest as every command maps them.
-        return EXIT_INVALID if isinstance(exc, MessageError) else exit_code_for(exc)
+        code = EXIT_INVALID if isinstance(exc, MessageError) else exit_code_for(exc)
+        return fail(f"error: {exc}", code)
     except KeyboardInterrupt:
         click.secho(
             "interrupted; jobs not reported as confirmed may or may not be queued", err=True
@@ -165,7 +167,7 @@ async def _publish_one(settings: Settings, topology: Topology, request: JobReque
             job_id=request.job_id,
             headers=request.headers,
         )
-    click.echo(receipt.job_id)
+    click.echo(escape(receipt.job_id))
     return EXIT_OK
 
 
@@ -226,7 +228,7 @@ async def _publish_file(
                 for (number, _), result in zip(chunk, results, strict=True):
                     if isinstance(result, Receipt):
                         confirmed += 1
-                        click.echo(result.job_id)
+                        click.echo(escape(result.job_id))
                     else:
                         failures += _report(number, str(result))
                         unknown += isinstance(result, PublishOutcomeUnknown)
@@ -239,5 +241,5 @@ async def _publish_file(
 
 
 def _report(number: int, reason: str) -> int:
-    click.echo(f"line {number}: {reason}", err=True)
+    click.echo(f"line {number}: {escape(reason)}", err=True)
     return 1

@@ -246,3 +246,22 @@ def test_a_job_id_that_cannot_be_used_exits_2_with_the_reason(
     assert result.exit_code == 2
     assert "job id" in result.stderr
     assert queued(vhost_settings, "audit") == []
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ("--job-id", "job\x1b]0;owned\x07\r\nforged line"),
+        ("--header", "x\x1b[2J\u202e=1"),
+    ],
+)
+def test_a_refused_job_id_or_header_is_shown_escaped_on_one_line(
+    vhost_settings: Settings, topology_file: str, option: tuple[str, str]
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "audit_event", "{}", *option)
+    assert result.exit_code == 2, result.stderr
+    assert not any(char in result.stderr for char in "\x1b\x07\r\u202e")
+    # Each line is jobsys's or click's own: nothing from the value starts a line.
+    starts = ("error: ", "Error: ", "Usage: ", "Try ", " ")
+    assert all(line.startswith(starts) for line in result.stderr.splitlines() if line)
+    assert queued(vhost_settings, "audit") == []
