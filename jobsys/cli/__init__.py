@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jobsys.cli.common import configure_logging
+from jobsys.cli.common import add_verbose_option, configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -33,6 +33,8 @@ def _register() -> None:
     main.add_command(delays_cli.delays_group)
     main.add_command(status_cli.status)
     main.add_command(demo_cli.demo)
+    for command in main.commands.values():
+        add_verbose_option(command)
 
 
 _register()

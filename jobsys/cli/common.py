@@ -30,6 +30,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INVALID",
     "EXIT_OK",
+    "add_verbose_option",
     "build_settings",
     "configure_logging",
     "connection_options",
@@ -37,6 +38,7 @@ __all__ = [
     "fail",
     "run",
     "topology_option",
+    "verbosity",
 ]
 
 T = TypeVar("T")
@@ -75,6 +77,41 @@ def topology_option(*, required: bool, help: str) -> Callable[[F], F]:
         required=required,
         type=click.Path(dir_okay=False),
         help=f"{help} Env: JOBSYS_TOPOLOGY.",
+    )
+
+
+def verbosity(ctx: click.Context) -> int:
+    """How many ``-v`` were given, before the subcommand and after it together."""
+    root = ctx.find_root()
+    return int(root.params.get("verbose") or 0) + int(root.meta.get(_VERBOSE_AFTER, 0))
+
+
+_VERBOSE_AFTER = "jobsys.verbose_after_command"
+
+
+def _more_verbose(ctx: click.Context, _param: click.Parameter, count: int) -> None:
+    if count:
+        root = ctx.find_root()
+        root.meta[_VERBOSE_AFTER] = int(root.meta.get(_VERBOSE_AFTER, 0)) + count
+        configure_logging(verbosity(ctx))
+
+
+def add_verbose_option(command: click.Command) -> None:
+    """Let ``-v`` follow the subcommand too (``jobsys worker app:app -v``), adding to any given
+    before it; on every command below ``command``."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_verbose_option(sub)
+        return
+    command.params.append(
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_more_verbose,
+            help="More log output (-v info, -vv debug); also before the command.",
+        )
     )
 
 

@@ -1,10 +1,19 @@
-"""``jobsys topology``: validate, route (offline); plan, apply (against the broker); export."""
+"""``jobsys topology``: validate, route (offline); plan, apply, delete (against the broker);
+export.
+
+Every subcommand names its file the same way as the rest of the CLI: ``--topology FILE`` or
+``JOBSYS_TOPOLOGY``; FILE may also be given first, as before.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from jobsys.broker.connection import BrokerConnection
 from jobsys.cli.common import (
@@ -12,19 +21,25 @@ from jobsys.cli.common import (
     EXIT_INVALID,
     build_settings,
     connection_options,
+    fail,
     run,
 )
+from jobsys.cli.output import json_option, plural, print_json
+from jobsys.cli.plan_view import is_delay_level, print_plan
 from jobsys.errors import TopologyLoadError
 from jobsys.ops.declare import apply_topology, plan_topology
 from jobsys.settings import Settings
 from jobsys.topology.definitions import export_definitions
+from jobsys.topology.delays import DelayLayout
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.loader import LoadedTopology, load_topology, printable
-from jobsys.topology.plan import ACTIONS, ApplyResult, Plan
+from jobsys.topology.plan import ApplyResult, Plan
 from jobsys.topology.routing import route_job_type
+from jobsys.wire.display import escape
 
-_COLORS = {"create": "green", "conflict": "yellow", "extra": "cyan"}
-_KINDS = (("exchange", "exchanges"), ("queue", "queues"), ("binding", "bindings"))
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NO_FILE = "give the topology file: --topology FILE, JOBSYS_TOPOLOGY, or FILE first"
 
 
 def load_or_exit(path: str) -> LoadedTopology:
@@ -40,9 +55,35 @@ def _invalid(path: str, exc: TopologyLoadError) -> click.exceptions.Exit:
     for problem in exc.problems:
         click.echo(problem, err=True)
     count = len(exc.problems)
-    noun = "problem" if count == 1 else "problems"
-    click.secho(f"{printable(path)}: {count} {noun}", fg="red", err=True)
+    click.secho(f"{printable(path)}: {plural(count, 'problem')}", fg="red", err=True)
     return click.exceptions.Exit(EXIT_INVALID)
+
+
+def _file_arguments(func: F) -> F:
+    """``[FILE]`` and ``--topology FILE`` (env ``JOBSYS_TOPOLOGY``): one of them names the file."""
+    func = click.option(
+        "--topology",
+        "topology_option",
+        envvar="JOBSYS_TOPOLOGY",
+        type=click.Path(dir_okay=False),
+        help="The topology file (or give it as FILE). Env: JOBSYS_TOPOLOGY.",
+    )(func)
+    return func
+
+
+def _the_file(file: str | None, option: str | None) -> str:
+    """The topology file named by the FILE argument or ``--topology``/``JOBSYS_TOPOLOGY``;
+    FILE wins over the environment, and both on the command line must agree."""
+    if file is None:
+        if option is None:
+            raise click.UsageError(_NO_FILE)
+        return option
+    source = click.get_current_context().get_parameter_source("topology_option")
+    if option is not None and option != file and source == ParameterSource.COMMANDLINE:
+        raise click.UsageError(
+            f"FILE ({printable(file)}) and --topology ({printable(option)}) name different files"
+        )
+    return file
 
 
 @click.group()
@@ -51,33 +92,56 @@ def topology() -> None:
 
 
 @topology.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-def validate(file: str) -> None:
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@_file_arguments
+@json_option
+def validate(file: str | None, topology_option: str | None, as_json: bool) -> None:
     """Check FILE and report every problem as file:line:column: message."""
-    loaded = load_or_exit(file)
-    t = loaded.topology
+    path = _the_file(file, topology_option)
+    t = load_or_exit(path).topology
+    counts = {
+        "exchanges": len(t.exchanges),
+        "queues": len(t.queues),
+        "bindings": len(t.bindings),
+        "job_types": len(t.job_types),
+    }
+    if as_json:
+        print_json({"file": path, "valid": True, "counts": counts})
+        return
     click.echo(
-        f"{printable(file)}: valid ({len(t.exchanges)} exchanges, {len(t.queues)} queues, "
-        f"{len(t.bindings)} bindings, {len(t.job_types)} job types)"
+        f"{printable(path)}: valid ({plural(counts['exchanges'], 'exchange')}, "
+        f"{plural(counts['queues'], 'queue')}, {plural(counts['bindings'], 'binding')}, "
+        f"{plural(counts['job_types'], 'job type')})"
     )
 
 
 @topology.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("job_type")
-def route(file: str, job_type: str) -> None:
-    """Print the queues JOB_TYPE reaches, one per line."""
-    loaded = load_or_exit(file)
+@click.argument("args", nargs=-1, metavar="[FILE] JOB_TYPE")
+@_file_arguments
+@json_option
+def route(args: tuple[str, ...], topology_option: str | None, as_json: bool) -> None:
+    """Print the queues JOB_TYPE reaches, one per line, as RabbitMQ would route it."""
+    if len(args) not in (1, 2):
+        raise click.UsageError("give JOB_TYPE (and FILE first, unless --topology names it)")
+    path = _the_file(args[0] if len(args) == 2 else None, topology_option)
+    job_type = args[-1]
+    loaded = load_or_exit(path)
     spec = loaded.topology.job_types.get(job_type)
     if spec is None:
-        known = ", ".join(sorted(loaded.topology.job_types)) or "none"
-        click.secho(f"unknown job type {job_type!r} (known: {known})", fg="red", err=True)
-        raise click.exceptions.Exit(EXIT_INVALID)
-    for queue in route_job_type(loaded.topology, spec):
+        known = sorted(loaded.topology.job_types)
+        close = difflib.get_close_matches(job_type, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        message = f"unknown job type {job_type!r}{hint} (known: {', '.join(known) or 'none'})"
+        raise click.exceptions.Exit(fail(message, EXIT_INVALID))
+    queues = route_job_type(loaded.topology, spec)
+    if as_json:
+        print_json({"job_type": job_type, "queues": queues})
+        return
+    for queue in queues:
         click.echo(queue)
 
 
-def _no_management_option(func: click.decorators.FC) -> click.decorators.FC:
+def _no_management_option(func: F) -> F:
     return click.option(
         "--no-management",
         is_flag=True,
@@ -88,30 +152,56 @@ def _no_management_option(func: click.decorators.FC) -> click.decorators.FC:
 
 
 @topology.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@_file_arguments
 @connection_options
 @_no_management_option
-@click.option("--json", "as_json", is_flag=True, default=False, help="Print the plan as JSON.")
+@click.option(
+    "--changes-only", is_flag=True, default=False, help="Leave out what matches and extras."
+)
+@click.option(
+    "--all",
+    "every_line",
+    is_flag=True,
+    default=False,
+    help="List every entity, the matching ones and each delay level too.",
+)
+@json_option
 def plan(
-    file: str,
+    file: str | None,
+    topology_option: str | None,
     url: str | None,
     ca_file: str | None,
     insecure: bool,
     no_management: bool,
+    changes_only: bool,
+    every_line: bool,
     as_json: bool,
 ) -> None:
-    """Show what `apply FILE` would do, without changing anything.
+    """Show what `apply` would do, without changing anything.
 
-    + create, = matches, ~ exists with other arguments, * binding apply will ensure,
-    - on the broker but not in the file. Exits 3 when something conflicts.
+    Changes first: + create, ~ exists with other arguments, * binding apply will ensure; then
+    how many match, and - what is on the broker but not in the file. Exits 3 when something
+    conflicts.
     """
-    loaded = load_or_exit(file)
+    path = _the_file(file, topology_option)
+    loaded = load_or_exit(path)
     settings = build_settings(url, ca_file, insecure)
     result = run(_plan)(loaded, settings, use_management=not no_management)
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        print_json(result.to_json())
     else:
-        _print_plan(file, settings, result)
+        how = "the management API" if result.method == "management" else "probing over AMQP"
+        click.echo(
+            f"plan for {printable(path)} on {settings.masked_url} "
+            f"(vhost {printable(settings.vhost)}), via {how}"
+        )
+        print_plan(
+            result,
+            loaded.topology.delay_layout,
+            every_line=every_line,
+            changes_only=changes_only,
+        )
     if result.has_conflicts:
         raise click.exceptions.Exit(EXIT_CONFLICT)
 
@@ -124,52 +214,63 @@ async def _plan(loaded: LoadedTopology, settings: Settings, *, use_management: b
         return await plan_topology(conn, entities, use_management=use_management)
 
 
-def _print_plan(file: str, settings: Settings, result: Plan) -> None:
-    how = "the management API" if result.method == "management" else "probing over AMQP"
-    click.echo(f"plan for {file} on {settings.masked_url} (vhost {settings.vhost}), via {how}")
-    for kind, title in _KINDS:
-        items = [i for action in ACTIONS for i in result.of(action) if i.kind == kind]
-        if items:
-            click.echo(f"{title}:")
-        for item in items:
-            click.secho(f"  {item.describe()}", fg=_COLORS.get(item.action))
-    if result.has_conflicts:
-        click.echo(
-            "note: apply changes nothing while anything conflicts; delete or rename the "
-            "conflicting entities, or change the file to match"
-        )
-    if result.method == "probe":
-        click.echo(
-            f"note: {result.note}; extras (on the broker, not in the file) need the management "
-            "API, and the broker reveals arguments it checks on redeclare only"
-        )
-    click.echo(f"summary: {result.summary()}")
-
-
 @topology.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@_file_arguments
 @connection_options
 @_no_management_option
+@json_option
 def apply(
-    file: str, url: str | None, ca_file: str | None, insecure: bool, no_management: bool
+    file: str | None,
+    topology_option: str | None,
+    url: str | None,
+    ca_file: str | None,
+    insecure: bool,
+    no_management: bool,
+    as_json: bool,
 ) -> None:
     """Declare every exchange, queue and binding of FILE that the broker lacks.
 
     Idempotent. Changes nothing at all when the file is invalid or when an entity exists with
     other arguments (exit 3, with the differences). Leaves entities not in the file alone.
     """
-    loaded = load_or_exit(file)
+    path = _the_file(file, topology_option)
+    loaded = load_or_exit(path)
     settings = build_settings(url, ca_file, insecure)
     result = run(_apply)(loaded, settings, use_management=not no_management)
-    for item in result.created:
-        click.secho(f"created {item.kind} {item.name}", fg="green")
-    if result.ensured:
-        click.echo(f"ensured {len(result.ensured)} bindings")
     matching = len(result.plan.of("match"))
+    if as_json:
+        print_json(
+            {
+                "file": path,
+                "created": [item.to_json() for item in result.created],
+                "ensured": len(result.ensured),
+                "matching": matching,
+            }
+        )
+        return
+    _print_applied(path, result, matching, loaded.topology.delay_layout)
+
+
+def _print_applied(path: str, result: ApplyResult, matching: int, layout: DelayLayout) -> None:
+    levels = [item for item in result.created if is_delay_level(item, layout)]
+    for item in result.created:
+        if item not in levels:
+            click.secho(f"created {item.kind} {escape(item.name)}", fg="green")
+    if levels:
+        click.secho(
+            f"created the delay levels of {layout.namespace!r} "
+            f"({plural(len(levels), 'entity', 'entities')})",
+            fg="green",
+        )
+    if result.ensured:
+        click.echo(f"ensured {plural(len(result.ensured), 'binding')}")
     if result.created:
-        click.echo(f"applied {file}: {len(result.created)} created, {matching} already matching")
+        click.echo(
+            f"applied {printable(path)}: {len(result.created)} created, {matching} already matching"
+        )
     else:
-        click.echo(f"nothing to change: {matching} entities already match {file}")
+        click.echo(f"nothing to change: {matching} entities already match {printable(path)}")
 
 
 async def _apply(
@@ -180,8 +281,14 @@ async def _apply(
 
 
 @topology.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--vhost", default="/", show_default=True, help="Virtual host of the definitions.")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@_file_arguments
+@click.option(
+    "--vhost",
+    default=None,
+    help="Virtual host of the definitions. Default: the vhost of --url / JOBSYS_URL.",
+)
+@click.option("--url", default=None, metavar="AMQP_URL", help="Broker URL, for its vhost only.")
 @click.option(
     "-o",
     "--output",
@@ -189,19 +296,28 @@ async def _apply(
     default=None,
     help="Write to this file instead of stdout.",
 )
-def export(file: str, vhost: str, output: str | None) -> None:
+def export(
+    file: str | None,
+    topology_option: str | None,
+    vhost: str | None,
+    url: str | None,
+    output: str | None,
+) -> None:
     """Write FILE as RabbitMQ definitions JSON, for brokers that load definitions at boot."""
-    loaded = load_or_exit(file)
+    path = _the_file(file, topology_option)
+    loaded = load_or_exit(path)
+    if vhost is None:
+        vhost = build_settings(url, None, False).vhost
     entities = desired_entities(loaded.topology)
     try:
         # Definitions a broker loads at boot must hold only what it accepts, like apply.
         loaded.check_declarable(entities)
     except TopologyLoadError as exc:
-        raise _invalid(file, exc) from None
+        raise _invalid(path, exc) from None
     text = json.dumps(export_definitions(entities, vhost), indent=2)
     if output is None:
         click.echo(text)
     else:
         with open(output, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
-        click.echo(f"wrote {output}", err=True)
+        click.echo(f"wrote {printable(output)}", err=True)

@@ -14,7 +14,13 @@ import sys
 import click
 
 from jobsys.app import App
-from jobsys.cli.common import build_settings, connection_options, fail, topology_option
+from jobsys.cli.common import (
+    build_settings,
+    connection_options,
+    fail,
+    topology_option,
+    verbosity,
+)
 from jobsys.cli.topology import load_or_exit
 from jobsys.consume.options import WorkerOptions
 from jobsys.consume.worker import Worker
@@ -131,7 +137,7 @@ def worker(
             app_target=app_target,
             topology_file=os.path.abspath(topology_file),
             options=options,
-            verbose=int(ctx.find_root().params.get("verbose") or 0),
+            verbose=verbosity(ctx),
         )
         _exit(_supervise(spec, settings, processes or 1, max_memory))
         return

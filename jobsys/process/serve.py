@@ -69,15 +69,19 @@ class EscapingFormatter(logging.Formatter):
 
 def configure_logging(verbose: int) -> None:
     """Log to stderr, one line per record (``EscapingFormatter``); ``verbose`` 1 shows
-    jobsys's info, 2 everything at debug."""
+    jobsys's info, 2 everything at debug. Called again (``-v`` after a subcommand), it only
+    changes the levels."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
-    if verbose < 2:
-        # aio-pika logs every failed reconnect attempt with a traceback; jobsys says it once.
-        logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
-        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, EscapingFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=level, handlers=[handler])
+    root.setLevel(level)
+    # aio-pika logs every failed reconnect attempt with a traceback; jobsys says it once.
+    quiet = logging.CRITICAL if verbose < 2 else logging.NOTSET
+    logging.getLogger("aio_pika").setLevel(quiet)
+    logging.getLogger("aiormq").setLevel(quiet)
 
 
 class StopRequests:

@@ -63,7 +63,7 @@ class PlanItem:
             details = [d.describe() for d in self.differences]
             return f"{sign} {what}: {'; '.join([*details, self.note] if self.note else details)}"
         if self.action == "ensure":
-            return f"{sign} ensure {what} (bindings are checked only through the management API)"
+            return f"{sign} ensure {what}"
         return f"{sign} extra {what} (not in the file; apply leaves it alone)"
 
     def to_json(self) -> dict[str, Any]:

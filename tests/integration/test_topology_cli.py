@@ -138,7 +138,8 @@ def test_apply_twice_creates_once_then_plan_shows_everything_matching(
 
     first = jobsys("topology", "apply", file, *flags, url=vhost_settings.url)
     second = jobsys("topology", "apply", file, *flags, url=vhost_settings.url)
-    plan = jobsys("topology", "plan", file, *flags, url=vhost_settings.url)
+    plan = jobsys("topology", "plan", file, "--all", *flags, url=vhost_settings.url)
+    folded = jobsys("topology", "plan", file, *flags, url=vhost_settings.url)
 
     assert first.returncode == 0, first.stderr
     assert "created queue c.reports" in first.stdout
@@ -150,6 +151,11 @@ def test_apply_twice_creates_once_then_plan_shows_everything_matching(
     assert "+ " not in plan.stdout and "~ " not in plan.stdout
     assert "0 to create, 0 conflicting" in plan.stdout
     assert {"c.reports", "c.reports.dead", "jobsys.wait.00"} <= queue_names(vhost_settings)
+    # Without --all, what matches is counted, not listed; the note on bindings comes once.
+    assert folded.returncode == 0, folded.stderr
+    assert "= " not in folded.stdout and "+ " not in folded.stdout
+    assert "exchanges" in folded.stdout.split("unchanged: ")[1]
+    assert folded.stdout.count("checked only through the management API") <= 1
 
 
 @PROBE
@@ -227,3 +233,24 @@ def test_plan_json_lists_every_item_with_its_action(
     assert plan["counts"]["create"] == len(plan["items"]) and plan["counts"]["conflict"] == 0
     reports = next(i for i in plan["items"] if i["kind"] == "queue" and i["name"] == "c.reports")
     assert reports["desired"]["arguments"]["x-message-ttl"] == 3600000
+
+
+@PROBE
+def test_plan_shows_changes_first_with_the_delay_levels_as_one_line(
+    vhost_settings: Settings, tmp_path: Path, flags: list[str]
+) -> None:
+    file = write(tmp_path, TOPOLOGY)
+
+    fresh = jobsys("topology", "plan", file, *flags, url=vhost_settings.url)
+    assert jobsys("topology", "apply", file, url=vhost_settings.url).returncode == 0
+    changed = write(tmp_path, TOPOLOGY.replace("queues:\n", "queues:\n  c.new: {type: classic}\n"), "2.yaml")
+    only = jobsys("topology", "plan", changed, "--changes-only", *flags, url=vhost_settings.url)
+
+    assert fresh.returncode == 0, fresh.stderr
+    lines = fresh.stdout.splitlines()
+    assert lines[1] == "changes:"
+    assert "  + create the delay levels of 'jobsys' (30 exchanges, 29 queues" in fresh.stdout
+    assert "jobsys.wait.0" not in fresh.stdout
+    assert only.returncode == 0, only.stderr
+    assert "+ create queue c.new" in only.stdout
+    assert "unchanged" not in only.stdout and "= " not in only.stdout

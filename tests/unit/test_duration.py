@@ -25,6 +25,12 @@ from jobsys.duration import format_duration, parse_duration_s
         (" 10 s ", 10.0),
         (7, 7.0),
         (0.5, 0.5),
+        ("1h30m", 5400.0),
+        ("2m8s", 128.0),
+        ("1d12h24m32s", 131_072.0),
+        ("1h 30m", 5400.0),
+        ("1s500ms", 1.5),
+        ("1.5h30m", 7200.0),
     ],
 )
 def test_a_duration_is_read_in_seconds(written: object, seconds: float) -> None:
@@ -39,6 +45,14 @@ def test_a_duration_is_read_in_seconds(written: object, seconds: float) -> None:
         ("5S", "'5S' is not a duration"),
         ("1e3", "'1e3' is not a duration"),
         ("", "'' is not a duration"),
+        ("   ", "'   ' is not a duration"),
+        ("30m1h", "'30m1h' is not a duration; write each unit once, largest first (1h30m)"),
+        ("1h1h", "'1h1h' is not a duration; write each unit once, largest first"),
+        ("1h30", "'1h30' is not a duration"),
+        ("h", "'h' is not a duration"),
+        ("1h-30m", "'1h-30m' is not a duration"),
+        ("1h\x1b[2J30m", "'1h\\x1b[2J30m' is not a duration"),
+        ("1h" * 1000, "'" + "1h" * 50 + "' is not a duration"),
         (True, "expected a duration such as 30s, 5m or 2h, got a boolean"),
         (None, "expected a duration such as 30s, 5m or 2h, got NoneType"),
         ([1], "expected a duration such as 30s, 5m or 2h, got list"),
@@ -80,18 +94,24 @@ def test_a_duration_is_shown_in_its_shortest_plain_form(seconds: float, shown: s
 @given(st.integers(min_value=1, max_value=400 * 86400))
 def test_a_whole_number_of_seconds_reads_back_as_it_was_shown(seconds: int) -> None:
     shown = format_duration(seconds)
-    # '1h30m' is not one token: read each unit back and add them up.
-    total = 0.0
-    number = ""
-    for char in shown:
-        if char.isdigit():
-            number += char
-        else:
-            total += parse_duration_s(number + char)
-            number = ""
 
     assert "e" not in shown
-    assert total == seconds
+    assert parse_duration_s(shown) == seconds
+
+
+@given(st.integers(min_value=0, max_value=10**9).map(lambda ms: ms / 1000))
+def test_any_duration_jobsys_shows_reads_back_to_the_millisecond(seconds: float) -> None:
+    assert parse_duration_s(format_duration(seconds)) == pytest.approx(seconds, abs=0.0005)
+
+
+@given(st.text(max_size=40))
+def test_any_text_is_a_duration_or_a_value_error(text: str) -> None:
+    try:
+        seconds = parse_duration_s(text)
+    except ValueError as exc:
+        assert "is not a duration" in str(exc)
+    else:
+        assert math.isfinite(seconds) and seconds >= 0
 
 
 def test_an_integer_beyond_float_range_is_a_value_error_not_an_overflow() -> None:

@@ -156,7 +156,7 @@ def test_a_bad_duration_says_how_to_write_one() -> None:
 
     assert problems_of(text) == [
         "t.yaml:3:27: queues.emails.message_ttl: '5 minutes' is not a duration; write a number "
-        "with a unit: 250ms, 90s, 5m, 2h, 30d"
+        "with a unit: 250ms, 90s, 5m, 2h, 30d, or units together: 1h30m"
     ]
 
 
