@@ -243,7 +243,8 @@ def test_plan_shows_changes_first_with_the_delay_levels_as_one_line(
 
     fresh = jobsys("topology", "plan", file, *flags, url=vhost_settings.url)
     assert jobsys("topology", "apply", file, url=vhost_settings.url).returncode == 0
-    changed = write(tmp_path, TOPOLOGY.replace("queues:\n", "queues:\n  c.new: {type: classic}\n"), "2.yaml")
+    with_new_queue = TOPOLOGY.replace("queues:\n", "queues:\n  c.new: {type: classic}\n")
+    changed = write(tmp_path, with_new_queue, "2.yaml")
     only = jobsys("topology", "plan", changed, "--changes-only", *flags, url=vhost_settings.url)
 
     assert fresh.returncode == 0, fresh.stderr
