@@ -6,6 +6,7 @@ import click
 
 from jobsys.broker.connection import BrokerConnection
 from jobsys.cli.common import build_settings, connection_options, run, topology_option
+from jobsys.cli.output import Column, json_option, plural, print_json, print_table
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import format_duration
 from jobsys.ops.delays import retire_legacy_levels
@@ -22,10 +23,11 @@ def delays_group() -> None:
 
 @delays_group.command(name="status")
 @topology_option(required=True, help="The topology file.")
+@json_option
 @connection_options
 @run
 async def status_command(
-    topology_file: str, url: str | None, ca_file: str | None, insecure: bool
+    topology_file: str, as_json: bool, url: str | None, ca_file: str | None, insecure: bool
 ) -> None:
     """Jobs waiting in each delay level, and in all."""
     layout = load_or_exit(topology_file).topology.delay_layout
@@ -33,37 +35,63 @@ async def status_command(
     async with BrokerConnection(settings) as connection:
         counts = await waiting_per_level(connection, layout)
         legacy = await legacy_waiting(connection)
-    rows = [("LEVEL", "TTL", "WAITING")]
-    for level, waiting in enumerate(counts):
-        shown = NOT_DECLARED if waiting is None else str(waiting)
-        rows.append((layout.level_name(level), format_duration(level_ttl_ms(level) / 1000), shown))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        click.echo("  ".join(cells).rstrip())
     total = sum(count for count in counts if count is not None)
     missing = sum(1 for count in counts if count is None)
+    if as_json:
+        print_json(
+            {
+                "namespace": layout.namespace,
+                "levels": [
+                    {
+                        "name": layout.level_name(level),
+                        "ttl_s": level_ttl_ms(level) / 1000,
+                        "waiting": waiting,
+                    }
+                    for level, waiting in enumerate(counts)
+                ],
+                "total": total,
+                "missing_levels": missing,
+                "legacy_levels": legacy,
+            }
+        )
+        return
+    print_table(
+        [Column("level"), Column("ttl", "right"), Column("waiting", "right")],
+        [
+            (
+                layout.level_name(level),
+                format_duration(level_ttl_ms(level) / 1000),
+                NOT_DECLARED if waiting is None else str(waiting),
+            )
+            for level, waiting in enumerate(counts)
+        ],
+    )
     note = f" ({missing} of {LEVELS} {NOT_DECLARED})" if missing else ""
-    click.echo(f"total: {total} job{'s' if total != 1 else ''} waiting in {LEVELS} levels{note}")
+    click.echo(f"total: {plural(total, 'job')} waiting in {LEVELS} levels{note}")
     if legacy:
-        held = sum(legacy.values())
         click.echo(
-            f"old delay levels (jobsys.delay.*, {len(legacy)} of them) hold {held} "
-            f"job{'s' if held != 1 else ''}; they deliver on time, and `jobsys delays retire` "
-            "removes them once empty"
+            f"old delay levels (jobsys.delay.*, {len(legacy)} of them) hold "
+            f"{plural(sum(legacy.values()), 'job')}; they deliver on time, and "
+            "`jobsys delays retire` removes them once empty"
         )
 
 
 @delays_group.command(name="retire")
+@json_option
 @connection_options
 @run
-async def retire_command(url: str | None, ca_file: str | None, insecure: bool) -> None:
+async def retire_command(
+    as_json: bool, url: str | None, ca_file: str | None, insecure: bool
+) -> None:
     """Delete the old delay levels (jobsys.delay.*, jobsys.delivery: the layout from before the
     level count was fixed) once they are empty. Refuses, deleting nothing, while any still
     holds a job."""
     settings = build_settings(url, ca_file, insecure)
     async with BrokerConnection(settings) as connection:
         retired = await retire_legacy_levels(connection)
+    if as_json:
+        print_json({"queues": retired.queues, "exchanges": retired.exchanges})
+        return
     if not retired.queues and not retired.exchanges:
         click.echo("no old delay levels on this broker")
         return

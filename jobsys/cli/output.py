@@ -19,7 +19,6 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
@@ -28,6 +27,7 @@ from jobsys.wire.display import escape
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,12 +58,8 @@ class Column:
 
 
 def console(*, stderr: bool = False) -> Console:
-    """The console a command prints to (stdout, or stderr for progress and notes)."""
-    return _console(stderr)
-
-
-@lru_cache(maxsize=2)
-def _console(stderr: bool) -> Console:
+    """The console a command prints to (stdout, or stderr for progress and notes); made for
+    each use, on the streams of the moment (a test runner swaps them)."""
     # rich is imported here, by the commands that print tables, so a worker never loads it.
     from rich.console import Console
 
@@ -74,6 +70,11 @@ def _console(stderr: bool) -> Console:
 
 def print_table(columns: Sequence[Column], rows: Iterable[Sequence[str]]) -> None:
     """Print ``rows`` (plain strings; escaped here) under ``columns``."""
+    console().print(table_of(columns, rows))
+
+
+def table_of(columns: Sequence[Column], rows: Iterable[Sequence[str]]) -> Table:
+    """``rows`` (plain strings; escaped here) under ``columns``, in the one table style."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -84,12 +85,15 @@ def print_table(columns: Sequence[Column], rows: Iterable[Sequence[str]]) -> Non
             column.header.upper(),
             justify=column.justify,
             max_width=column.max_width,
+            min_width=len(column.header),  # squeeze the wide values, never a header
             overflow="ellipsis",
-            no_wrap=column.max_width is not None,
+            # One line per row, always: a value cut short (with an ellipsis) rather than a row
+            # broken over lines that could be read as two; --json has every value whole.
+            no_wrap=True,
         )
     for row in rows:
         table.add_row(*(Text(escape(cell)) for cell in row))
-    console().print(table)
+    return table
 
 
 def print_json(value: Any) -> None:

@@ -1,18 +1,51 @@
-"""``jobsys status``: queue depths, dead letters and delayed jobs of a topology, once or live."""
+"""``jobsys status``: queue depths, dead letters and delayed jobs, once or ``--watch``.
+
+On a terminal, ``--watch`` redraws one view in place (rich ``Live``) with the time it was read;
+written to a pipe or a file it prints one frame per refresh (or one JSON line with ``--json``),
+never screen-clearing codes. Without the management API the view has no unacked counts and no
+broker rates; a watch then shows how fast each queue's ready count changes between two reads
+instead (``ready/s``, net: arrivals minus departures).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from jobsys.cli.common import build_settings, connection_options, run, topology_option
+from jobsys.cli.output import (
+    Column,
+    console,
+    json_option,
+    plural,
+    print_json,
+    print_json_line,
+    table_of,
+)
 from jobsys.cli.topology import load_or_exit
-from jobsys.ops.status import StatusReader, render_status
+from jobsys.ops.status import QueueCounts, StatusReader, StatusReport
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
+from jobsys.wire.display import escape
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """A report and when it was read, to derive rates from the next one."""
+
+    report: StatusReport
+    at: float  # time.monotonic()
+    wall: datetime
 
 
 @click.command()
@@ -33,11 +66,13 @@ from jobsys.topology.model import Topology
     help="Read over AMQP only (no unacked counts, no rates). Env: JOBSYS_MANAGEMENT_URL "
     "names the management API (default: the broker host, port 15672).",
 )
+@json_option
 @connection_options
 def status(
     topology_file: str,
     watch: float | None,
     no_management: bool,
+    as_json: bool,
     url: str | None,
     ca_file: str | None,
     insecure: bool,
@@ -47,35 +82,186 @@ def status(
     if watch is not None and watch <= 0:
         raise click.BadParameter("must be above 0 seconds", param_hint="--watch")
     settings = build_settings(url, ca_file, insecure)
-    _show(settings, loaded.topology, not no_management, watch)
+    _show(settings, loaded.topology, not no_management, watch, as_json)
 
 
 @run
 async def _show(
-    settings: Settings, topology: Topology, use_management: bool, watch_s: float | None
+    settings: Settings,
+    topology: Topology,
+    use_management: bool,
+    watch_s: float | None,
+    as_json: bool,
 ) -> None:
     reader = StatusReader(settings, topology, use_management=use_management)
     try:
         if watch_s is None:
-            click.echo(render_status(await reader.read()))
+            reading = await _read(reader)
+            if as_json:
+                print_json(report_json(reading, None))
+            else:
+                console().print(_view(reading, None, None))
             return
-        await _watch(reader, watch_s)
+        await _watch(reader, watch_s, as_json)
     finally:
         await reader.close()
 
 
-async def _watch(reader: StatusReader, every_s: float) -> None:
+async def _read(reader: StatusReader) -> _Reading:
+    report = await reader.read()
+    return _Reading(report, time.monotonic(), datetime.now(UTC))
+
+
+async def _watch(reader: StatusReader, every_s: float, as_json: bool) -> None:
     # Ctrl-C is how a watch ends, not an error: stop cleanly and exit 0.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    out = console()
+    previous: _Reading | None = None
+    footer = f"refreshing every {every_s:g}s; Ctrl-C to stop"
+    live = None
     try:
+        if out.is_terminal and not as_json:
+            from rich.live import Live
+
+            live = Live(console=out, auto_refresh=False, transient=False)
+            live.start()
         while not stop.is_set():
-            text = render_status(await reader.read())
-            click.clear()
-            click.echo(text)
-            click.echo(f"\nrefreshing every {every_s:g}s; Ctrl-C to stop")
+            reading = await _read(reader)
+            if as_json:
+                print_json_line(report_json(reading, previous))
+            elif live is not None:
+                live.update(_view(reading, previous, footer), refresh=True)
+            else:
+                # Frames pile up in a pipe: say the note (why no management API) once.
+                out.print(_view(reading, previous, footer, with_note=previous is None))
+            previous = reading
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every_s)
     finally:
+        if live is not None:
+            live.stop()
         loop.remove_signal_handler(signal.SIGINT)
+
+
+def _net_rates(reading: _Reading, previous: _Reading | None) -> dict[str, float]:
+    """Change of each queue's ready count per second since ``previous`` (AMQP reads only)."""
+    if previous is None or reading.report.source == "management":
+        return {}
+    elapsed = reading.at - previous.at
+    before = {queue.name: queue.counts.ready for queue in previous.report.queues}
+    rates = {}
+    for queue in reading.report.queues:
+        old, new = before.get(queue.name), queue.counts.ready
+        if elapsed > 0 and old is not None and new is not None:
+            rates[queue.name] = (new - old) / elapsed
+    return rates
+
+
+def _view(
+    reading: _Reading, previous: _Reading | None, footer: str | None, *, with_note: bool = True
+) -> RenderableType:
+    from rich.console import Group
+    from rich.text import Text
+
+    report = reading.report
+    with_rates = report.source == "management"
+    net = _net_rates(reading, previous)
+    columns = [Column("queue")]
+    columns += [Column(h, "right") for h in ("ready", "unacked", "consumers", "dead-letter")]
+    if with_rates:
+        columns += [Column(h, "right") for h in ("in/s", "out/s", "ack/s")]
+    elif net:
+        columns.append(Column("ready/s", "right"))
+    rows = []
+    for queue in report.queues:
+        counts = queue.counts
+        name = queue.name if counts.exists else f"{queue.name} (missing)"
+        row = [name, _n(counts.ready), _n(counts.unacked), _n(counts.consumers)]
+        row.append(_n(queue.dead_letter.total))
+        if with_rates:
+            row += _rates(counts)
+        elif net:
+            row.append(f"{net[queue.name]:+.1f}" if queue.name in net else "-")
+        rows.append(row)
+    table = table_of(columns, rows)
+    lines = [Text(line) for line in _notes(report, with_note=with_note)]
+    when = reading.wall.strftime("%H:%M:%S UTC")
+    lines.append(Text(f"as of {when}" + (f"; {footer}" if footer else ""), style="dim"))
+    return Group(table, Text(""), *lines)
+
+
+def _rates(counts: QueueCounts) -> list[str]:
+    rates = counts.rates
+    if rates is None:
+        return ["-", "-", "-"]
+    return [f"{rates.published:.1f}", f"{rates.delivered:.1f}", f"{rates.acked:.1f}"]
+
+
+def _notes(report: StatusReport, *, with_note: bool) -> list[str]:
+    busy = [f"{level.name}: {level.waiting}" for level in report.delay_levels if level.waiting]
+    total = report.delayed_total
+    waiting = "-" if total is None else plural(total, "job")
+    notes = [f"waiting in delay levels: {waiting}" + (f" ({', '.join(busy)})" if busy else "")]
+    legacy = [f"{level.name}: {level.waiting}" for level in report.legacy_levels if level.waiting]
+    if report.legacy_levels:
+        notes.append(
+            "old delay levels (jobsys.delay.*) still exist"
+            + (f", holding {', '.join(legacy)}" if legacy else ", empty")
+            + ": they deliver on time; `jobsys delays retire` removes them once empty"
+        )
+    if any(not queue.counts.exists for queue in report.queues):
+        notes.append("some queues are missing: `jobsys topology apply` declares them")
+    if report.note and with_note:
+        notes.append(report.note)
+    return [escape(note) for note in notes]
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def report_json(reading: _Reading, previous: _Reading | None) -> dict[str, Any]:
+    """The report as ``status --json`` prints it (shape in docs/cli.md)."""
+    report = reading.report
+    net = _net_rates(reading, previous)
+
+    def counts(value: QueueCounts) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "exists": value.exists,
+            "ready": value.ready,
+            "unacked": value.unacked,
+            "consumers": value.consumers,
+        }
+        if value.rates is not None:
+            data["rates"] = {
+                "published": value.rates.published,
+                "delivered": value.rates.delivered,
+                "acked": value.rates.acked,
+            }
+        return data
+
+    return {
+        "at": reading.wall.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "source": report.source,
+        "note": report.note,
+        "queues": [
+            {
+                "name": queue.name,
+                **counts(queue.counts),
+                "ready_change_per_s": net.get(queue.name),
+                "dead_letter": {"name": queue.dead_letter_queue, **counts(queue.dead_letter)},
+            }
+            for queue in report.queues
+        ],
+        "delay_levels": [
+            {"name": level.name, "ttl_s": level.ttl_s, "waiting": level.waiting}
+            for level in report.delay_levels
+        ],
+        "delayed_total": report.delayed_total,
+        "legacy_levels": [
+            {"name": level.name, "ttl_s": level.ttl_s, "waiting": level.waiting}
+            for level in report.legacy_levels
+        ],
+    }

@@ -58,16 +58,30 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Filter:
-    """Which dead-lettered jobs an operation touches; ``None`` matches everything."""
+    """Which dead-lettered jobs an operation touches; ``None`` matches everything.
+    ``job_id_prefix`` matches the ids that start with it (the 8 characters a table shows)."""
 
     job_type: str | None = None
     job_id: str | None = None
+    job_id_prefix: str | None = None
 
     def matches(self, message: AbstractIncomingMessage) -> bool:
         """True when ``message`` is one of the jobs asked for."""
         if self.job_type is not None and message.type != self.job_type:
             return False
-        return self.job_id is None or text(_headers(message).get(HEADER_JOB_ID)) == self.job_id
+        if self.job_id is None and self.job_id_prefix is None:
+            return True
+        job_id = text(_headers(message).get(HEADER_JOB_ID))
+        if job_id is None:
+            return False
+        if self.job_id is not None and job_id != self.job_id:
+            return False
+        return self.job_id_prefix is None or job_id.startswith(self.job_id_prefix)
+
+    @property
+    def everything(self) -> bool:
+        """True when the filter matches every job."""
+        return self == Filter()
 
 
 @dataclass(frozen=True)
@@ -105,9 +119,11 @@ async def peek(
     where: Filter | None = None,
     limit: int = 50,
     scan_limit: int = DEFAULT_SCAN_LIMIT,
+    payload_bytes: int = 0,
 ) -> PeekResult:
     """The first ``limit`` dead-lettered jobs of ``queue`` that match ``where``, in queue
-    order, reading at most ``scan_limit`` jobs. Every job read goes back where it was."""
+    order, reading at most ``scan_limit`` jobs; with their first ``payload_bytes`` bytes of
+    body when that is above 0. Every job read goes back where it was."""
     where = where or Filter()
     channel = await connection.channel(confirms=False)
     try:
@@ -128,7 +144,8 @@ async def peek(
                 # UTF-8 where AMQP wants text (decoded leniently, see jobsys.broker.decoding).
                 job_type = escape_invalid(message.type) if message.type else None
                 headers = sendable_headers(_headers(message))
-                jobs.append(dead_job(headers, job_type, len(message.body)))
+                payload = message.body[:payload_bytes] if payload_bytes > 0 else None
+                jobs.append(dead_job(headers, job_type, len(message.body), payload))
         if last is not None:
             # One nack puts every job read back, in order, without a redelivery loop.
             await last.nack(multiple=True, requeue=True)
@@ -193,18 +210,44 @@ async def replay(
         await close_quietly(get_channel)
 
 
-async def purge(connection: BrokerConnection, queue: str) -> int:
-    """Delete every job in the dead-letter queue of ``queue``; returns how many."""
+async def purge(connection: BrokerConnection, queue: str, *, where: Filter | None = None) -> int:
+    """Delete the jobs of the dead-letter queue of ``queue`` that match ``where`` (all of them
+    by default); returns how many. With a filter, one pass over the jobs there when it starts:
+    each match is acked (deleted), the rest go back in order."""
+    where = where or Filter()
     channel = await connection.channel(confirms=False)
     try:
         dlq_name = dead_letter_queue_name(queue)
-        await _message_count(channel, dlq_name)  # a clear error when it does not exist
+        total = await _message_count(channel, dlq_name)  # a clear error when it is missing
         dlq = await channel.get_queue(dlq_name, ensure=False)
-        with broker_errors(connection.settings):
-            result = await dlq.purge()
-        return int(result.message_count or 0)
+        if where.everything:
+            with broker_errors(connection.settings):
+                result = await dlq.purge()
+            return int(result.message_count or 0)
+        return await _purge_matching(dlq, connection, where, total)
     finally:
         await close_quietly(channel)
+
+
+async def _purge_matching(
+    dlq: AbstractQueue, connection: BrokerConnection, where: Filter, total: int
+) -> int:
+    purged = 0
+    held: AbstractIncomingMessage | None = None
+    for _ in range(total):
+        message = await _get(dlq, connection)
+        if message is None:
+            break
+        if where.matches(message):
+            with broker_errors(connection.settings):
+                await message.ack()
+            purged += 1
+        else:
+            held = message
+    if held is not None:
+        # Jobs that stay are unacked until here: one nack puts them all back, in order.
+        await held.nack(multiple=True, requeue=True)
+    return purged
 
 
 async def _replay_batch(

@@ -4,6 +4,9 @@ as a worker leaves them when it gives up (for the dead-letter tooling's tests)."
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import tempfile
 from typing import Any
 
 import aio_pika
@@ -48,6 +51,16 @@ job_types:
   send_email: {exchange: jobs, routing_key: work}
   charge_card: {exchange: jobs, routing_key: work}
 """
+
+
+@functools.cache
+def topology_path() -> str:
+    """``TOPOLOGY`` in a file, for the commands that take ``--topology``."""
+    directory = tempfile.mkdtemp(prefix="jobsys-dlq-test-")
+    path = os.path.join(directory, "topology.yaml")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(TOPOLOGY)
+    return path
 
 
 def loaded_topology() -> LoadedTopology:

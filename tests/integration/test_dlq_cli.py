@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from tests.apps.dead_letters import (
     drain,
     fill_dead_letter_queue,
     job_ids,
+    topology_path,
 )
 
 
@@ -38,7 +40,8 @@ def topology_file(tmp_path: Path) -> str:
 
 def jobsys(settings: Settings, *args: str) -> Result:
     """Run ``jobsys ARGS`` against ``settings``' broker."""
-    return CliRunner().invoke(main, [*args, "--url", settings.url], catch_exceptions=False)
+    env = {"JOBSYS_TOPOLOGY": topology_path()}
+    return CliRunner(env=env).invoke(main, [*args, "--url", settings.url], catch_exceptions=False)
 
 
 def test_list_shows_the_failure_of_each_job_but_never_its_body(
@@ -112,7 +115,10 @@ def test_show_of_a_job_that_is_not_there_fails_clearly(vhost_settings: Settings)
     asyncio.run(fill_dead_letter_queue(vhost_settings, 2))
     result = jobsys(vhost_settings, "dlq", "show", QUEUE, "no-such-job")
     assert result.exit_code == 1
-    assert "job no-such-job is not in work.dead (2 of 2 read)" in result.stderr
+    assert (
+        "job no-such-job is not in work.dead (no id is or starts with it; 2 of 2 read)"
+        in result.stderr
+    )
 
 
 def test_replay_puts_jobs_back_with_a_progress_bar_and_a_summary(
@@ -133,9 +139,11 @@ def test_replay_puts_jobs_back_with_a_progress_bar_and_a_summary(
     assert job_ids(asyncio.run(drain(vhost_settings, DLQ))) == ids[15:]
 
 
-def test_replay_needs_a_topology(vhost_settings: Settings) -> None:
+@pytest.mark.parametrize("command", ["list", "show", "replay", "purge"])
+def test_every_dlq_command_needs_a_topology(vhost_settings: Settings, command: str) -> None:
+    args = ["dlq", command, QUEUE, *(["some-id"] if command == "show" else [])]
     result = CliRunner(env={"JOBSYS_TOPOLOGY": None}).invoke(
-        main, ["dlq", "replay", QUEUE, "--url", vhost_settings.url]
+        main, [*args, "--url", vhost_settings.url]
     )
     assert result.exit_code == 2
     assert "--topology" in result.stderr
@@ -147,9 +155,9 @@ def test_an_unknown_queue_is_a_clear_error(vhost_settings: Settings, topology_fi
     assert "unknown queue 'work.dead'" in result.stderr
     assert "name the work queue, 'work'" in result.stderr
 
-    result = jobsys(vhost_settings, "dlq", "list", "emails")  # no topology: the broker says
+    result = jobsys(vhost_settings, "dlq", "list", QUEUE)  # not applied: the broker says
     assert result.exit_code == 1
-    assert "'emails.dead' does not exist on the broker" in result.stderr
+    assert "'work.dead' does not exist on the broker" in result.stderr
 
 
 def test_purge_refuses_without_yes_and_deletes_nothing(vhost_settings: Settings) -> None:
@@ -172,7 +180,7 @@ def test_delays_status_counts_jobs_per_level_and_flags_missing_levels(
 ) -> None:
     missing = jobsys(vhost_settings, "delays", "status", "--topology", topology_file)
     assert missing.exit_code == 0, missing.output
-    first_level = missing.stdout.splitlines()[1].split(maxsplit=2)
+    first_level = missing.stdout.splitlines()[2].split(maxsplit=2)
     assert first_level == ["jobsys.wait.00", "1s", "not declared - run `jobsys topology apply`"]
 
     asyncio.run(apply(vhost_settings))
@@ -231,3 +239,84 @@ async def _count(settings: Settings, queue: str) -> int:
         declared = await channel.declare_queue(queue, passive=True)
         await channel.close()
         return int(declared.declaration_result.message_count or 0)
+
+
+def test_list_and_show_print_json_with_the_payload_only_when_asked(
+    vhost_settings: Settings,
+) -> None:
+    asyncio.run(apply(vhost_settings))
+    ids = asyncio.run(fill_dead_letter_queue(vhost_settings, 3))
+
+    listed = jobsys(vhost_settings, "dlq", "list", QUEUE, "--json")
+    shown = jobsys(vhost_settings, "dlq", "show", QUEUE, ids[1], "--json")
+    with_payload = jobsys(vhost_settings, "dlq", "show", QUEUE, ids[1], "--json", "--payload")
+
+    assert listed.exit_code == shown.exit_code == with_payload.exit_code == 0, listed.output
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [row["job_id"] for row in rows] == ids
+    assert rows[0]["job_type"] == "send_email" and rows[0]["attempts"] == 3
+    assert rows[0]["failed_at"].endswith("Z")
+    assert SECRET not in listed.output and SECRET not in shown.output
+    assert "payload" not in json.loads(shown.stdout)
+    job = json.loads(with_payload.stdout)
+    assert json.loads(job["payload"]) == {"secret": SECRET, "n": 1}
+    assert job["payload_complete"] is True
+    assert job_ids(asyncio.run(drain(vhost_settings, DLQ))) == ids  # nothing moved
+
+
+def test_show_payload_is_capped_and_escaped(vhost_settings: Settings) -> None:
+    asyncio.run(apply(vhost_settings))
+    [job_id] = asyncio.run(fill_dead_letter_queue(vhost_settings, 1))
+
+    capped = jobsys(
+        vhost_settings, "dlq", "show", QUEUE, job_id, "--payload", "--payload-limit", "10"
+    )
+    too_big = jobsys(vhost_settings, "dlq", "show", QUEUE, job_id, "--payload-limit", "0")
+
+    assert capped.exit_code == 0, capped.output
+    size = len(f'{{"secret": "{SECRET}", "n": 0}}')
+    assert f'payload (first 10 of {size} bytes):\n  {{"secret":\n' in capped.stdout
+    assert SECRET not in capped.stdout
+    assert too_big.exit_code == 2
+
+
+def test_a_job_id_prefix_picks_one_job_and_an_ambiguous_one_is_refused(
+    vhost_settings: Settings,
+) -> None:
+    asyncio.run(apply(vhost_settings))
+    ids = asyncio.run(fill_dead_letter_queue(vhost_settings, 3))
+
+    shown = jobsys(vhost_settings, "dlq", "show", QUEUE, ids[2][:13])
+    ambiguous = jobsys(vhost_settings, "dlq", "replay", QUEUE, "--job-id", "")
+    replayed = jobsys(vhost_settings, "dlq", "replay", QUEUE, "--job-id", ids[0][:13])
+
+    assert shown.exit_code == 0, shown.output
+    assert f"job id:       {ids[2]}" in shown.stdout
+    assert ambiguous.exit_code == 2
+    assert "starts more than one job id" in ambiguous.stderr
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 1 job to work" in replayed.stdout
+    assert job_ids(asyncio.run(drain(vhost_settings, QUEUE))) == ids[:1]
+    assert job_ids(asyncio.run(drain(vhost_settings, DLQ))) == ids[1:]
+
+
+def test_purge_with_filters_says_how_many_then_deletes_only_those_keeping_order(
+    vhost_settings: Settings,
+) -> None:
+    asyncio.run(apply(vhost_settings))
+    ids = asyncio.run(
+        fill_dead_letter_queue(
+            vhost_settings, 6, lambda i: "charge_card" if i % 2 else "send_email"
+        )
+    )
+
+    refused = jobsys(vhost_settings, "dlq", "purge", QUEUE, "--job-type", "charge_card")
+    purged = jobsys(
+        vhost_settings, "dlq", "purge", QUEUE, "--job-type", "charge_card", "--yes", "--json"
+    )
+
+    assert refused.exit_code == 2
+    assert "refusing to purge 3 matching jobs from work.dead without --yes" in refused.stderr
+    assert purged.exit_code == 0, purged.output
+    assert json.loads(purged.stdout) == {"queue": QUEUE, "purged": 3}
+    assert job_ids(asyncio.run(drain(vhost_settings, DLQ))) == ids[0::2]

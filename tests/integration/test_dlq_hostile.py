@@ -33,7 +33,15 @@ from jobsys.wire.headers import (
     HEADER_REPLAYS,
     HEADER_TRACEBACK,
 )
-from tests.apps.dead_letters import DLQ, QUEUE, apply, dead_letter_headers, drain, job_ids
+from tests.apps.dead_letters import (
+    DLQ,
+    QUEUE,
+    apply,
+    dead_letter_headers,
+    drain,
+    job_ids,
+    topology_path,
+)
 
 #: What must never reach a terminal raw: ESC (CSI and OSC sequences), BEL, CR, backspace, a C1
 #: CSI, and the line breaks other than the ones jobsys writes itself.
@@ -69,7 +77,7 @@ async def plant(settings: Settings, jobs: list[tuple[str | None, dict[str, Any]]
 
 
 def dlq(settings: Settings, *args: str) -> Result:
-    return CliRunner().invoke(
+    return CliRunner(env={"JOBSYS_TOPOLOGY": topology_path()}).invoke(
         main, ["dlq", *args, "--url", settings.url], catch_exceptions=False, color=True
     )
 
@@ -195,10 +203,10 @@ def test_control_characters_in_headers_never_reach_the_terminal_or_forge_rows_or
 
     _assert_safe(listed)
     lines = listed.stdout.splitlines()
-    assert len(lines) == 3, listed.stdout  # the header row, one job, the summary
+    assert len(lines) == 4, listed.stdout  # the header row, its rule, one job, the summary
     assert lines[0].startswith("JOB ID") and "FAILED AT (UTC)" in lines[0]
-    assert lines[1].startswith("evil\\x1b[2J\\x1b]0;owned\\x07\\rFAKE-ROW")
-    assert "send\\x1b[1memail\\r" in lines[1]
+    assert lines[2].startswith("evil\\x1b[2J\\x1b]0;owned\\x07\\rFAKE-ROW")
+    assert "send\\x1b[1m" in lines[2]  # a long cell is cut to fit, with an ellipsis
     _assert_safe(shown)
     out = shown.stdout
     assert (
@@ -235,7 +243,7 @@ def test_list_and_show_label_their_times_as_utc(vhost_settings: Settings) -> Non
 def test_show_of_a_missing_job_names_it_escaped(vhost_settings: Settings, job_id: str) -> None:
     asyncio.run(apply(vhost_settings))
 
-    result = CliRunner().invoke(
+    result = CliRunner(env={"JOBSYS_TOPOLOGY": topology_path()}).invoke(
         main, ["dlq", "show", QUEUE, job_id, "--url", vhost_settings.url], color=True
     )
 

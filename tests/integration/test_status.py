@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -174,10 +176,11 @@ def test_status_command_prints_the_numbers_and_never_the_password(
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["queue", "ready", "unacked", "consumers", "dead-letter"]
+    assert lines[0].split() == ["QUEUE", "READY", "UNACKED", "CONSUMERS", "DEAD-LETTER"]
     assert ["work", "4", "-", "0", "0"] in [line.split() for line in lines]
     assert ["idle", "0", "-", "0", "0"] in [line.split() for line in lines]
-    assert "jobs waiting in delay levels: 0" in result.output
+    assert "waiting in delay levels: 0 jobs" in result.output
+    assert re.search(r"^as of \d\d:\d\d:\d\d UTC$", result.output, re.MULTILINE)
     assert "guest:guest" not in result.output
 
 
@@ -214,9 +217,56 @@ def test_status_watch_refreshes_until_ctrl_c_and_exits_cleanly(
         assert process.stdout is not None
         refreshes = 0
         for line in process.stdout:
-            refreshes += line.startswith("refreshing every 0.2s")
+            refreshes += "; refreshing every 0.2s; Ctrl-C to stop" in line
             if refreshes == 2:
                 break
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
     assert refreshes == 2
+
+
+def test_status_watch_json_prints_one_line_per_read_with_the_ready_change(
+    vhost_settings: Settings, tmp_path: Path
+) -> None:
+    topology_file = tmp_path / "topology.yaml"
+    topology_file.write_text(TOPOLOGY)
+    loaded = load_topology_text(TOPOLOGY)
+
+    async def declare() -> None:
+        async with BrokerConnection(vhost_settings) as conn:
+            await apply_topology(conn, loaded, use_management=False)
+
+    asyncio.run(declare())
+    command = [sys.executable, "-m", "jobsys", "status", "--topology", str(topology_file)]
+    command += ["--watch", "0.2", "--json", "--no-management", "--url", vhost_settings.url]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        frames = [json.loads(process.stdout.readline()) for _ in range(3)]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+
+    work = [next(q for q in frame["queues"] if q["name"] == "work") for frame in frames]
+    assert [frame["source"] for frame in frames] == ["amqp"] * 3
+    assert work[0]["ready_change_per_s"] is None  # nothing to compare with yet
+    assert work[2]["ready_change_per_s"] == 0.0
+    assert work[0]["dead_letter"]["name"] == "work.dead"
+    assert len(frames[0]["delay_levels"]) == 29
+    assert all(frame["at"].endswith("Z") for frame in frames)
+    assert "guest:guest" not in json.dumps(frames)
+
+
+def test_status_json_and_no_colour_codes_when_not_a_terminal(
+    vhost_settings: Settings, tmp_path: Path
+) -> None:
+    topology_file = tmp_path / "topology.yaml"
+    topology_file.write_text(TOPOLOGY)
+    args = ["status", "--topology", str(topology_file), "--url", vhost_settings.url]
+
+    table = CliRunner().invoke(main, args, color=False)
+    as_json = CliRunner().invoke(main, [*args, "--json"])
+
+    assert table.exit_code == 0 and as_json.exit_code == 0, table.output + as_json.output
+    assert "\x1b" not in table.output
+    report = json.loads(as_json.output)
+    assert {q["name"] for q in report["queues"]} == {"work", "idle"}
+    assert report["queues"][0]["exists"] is False  # never applied in this vhost

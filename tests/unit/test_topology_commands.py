@@ -51,9 +51,7 @@ def test_validate_finds_its_file_the_three_ways(file: str, how: object) -> None:
     result = invoke(*args, env=env)
 
     assert result.exit_code == 0, result.output
-    assert result.output == (
-        f"{file}: valid (1 exchange, 1 queue, 1 binding, 1 job type)\n"
-    )
+    assert result.output == (f"{file}: valid (1 exchange, 1 queue, 1 binding, 1 job type)\n")
 
 
 def test_no_file_at_all_is_a_usage_error_that_names_the_three_ways() -> None:
@@ -119,9 +117,7 @@ def test_verbose_is_accepted_after_the_subcommand_too(file: str) -> None:
 
 
 def test_export_takes_its_vhost_from_the_url_unless_given(file: str) -> None:
-    from_url = invoke(
-        "topology", "export", file, env={"JOBSYS_URL": "amqp://u:p@h:5672/shop"}
-    )
+    from_url = invoke("topology", "export", file, env={"JOBSYS_URL": "amqp://u:p@h:5672/shop"})
     given = invoke("topology", "export", file, "--vhost", "other")
 
     assert from_url.exit_code == given.exit_code == 0, from_url.output + given.output
