@@ -126,7 +126,8 @@ class MessageRefusedError(PublishError):
 
 class PublishOutcomeUnknown(PublishError):
     """Raised when the connection was lost before the confirm arrived: the job may or may not
-    be in its queue. Resubmitting with the same job id is safe."""
+    be in its queue. Publish it again with the same job id: that may queue a second copy, which
+    handlers that deduplicate by ``ctx.job_id`` run once."""
 
 
 # -- handlers ----------------------------------------------------------------------------------

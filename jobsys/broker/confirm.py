@@ -13,7 +13,8 @@ what the caller can do about it:
 * the broker blocked the connection (memory or disk alarm) until the timeout:
   ``BrokerBlockedError``;
 * the connection was lost, or no confirm came in time: ``PublishOutcomeUnknown`` -- the
-  message may or may not be in its queue, and resubmitting with the same job id is safe.
+  message may or may not be in its queue: publish it again with the same job id, which may
+  queue a second copy that handlers deduplicating by job id run once.
 
 While the robust connection reconnects, a publish waits for the channel to come back until its
 deadline; if it does not, the message was not sent and the error says so. Going beneath
@@ -50,7 +51,10 @@ from jobsys.topology.model import DEAD_LETTER_SUFFIX
 
 log = logging.getLogger(__name__)
 
-_UNKNOWN = "outcome unknown — resubmitting with the same job id is safe"
+_UNKNOWN = (
+    "outcome unknown: it may be queued; publishing it again with the same job id may queue a "
+    "second copy, which handlers that deduplicate by job id run once"
+)
 #: Errors that mean the connection or channel went away before the confirm.
 CONNECTION_LOST = (
     aiormq.exceptions.AMQPConnectionError,
@@ -235,7 +239,8 @@ def publish_error(
             return BrokerBlockedError(
                 f"the broker blocked publishing (memory or disk alarm) and job {job_id} "
                 f"({job_type}) was not confirmed within {timeout_s:g}s; it may still be "
-                "published when the alarm clears — resubmitting with the same job id is safe",
+                "published when the alarm clears; publishing it again with the same job id "
+                "may queue a second copy, which handlers that deduplicate by job id run once",
                 job_id=job_id,
             )
         return unknown(job_id, job_type, f"no confirm within {timeout_s:g}s")

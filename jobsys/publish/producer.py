@@ -12,7 +12,8 @@ typed error (see ``jobsys.errors``):
 * the broker blocked the connection (memory or disk alarm) until the publish timeout:
   ``BrokerBlockedError``;
 * the connection was lost, or no confirm came in time: ``PublishOutcomeUnknown`` -- the job
-  may or may not be in its queue, and resubmitting it with the same job id is safe.
+  may or may not be in its queue: publish it again with the same job id (a second copy may
+  then be queued; handlers that deduplicate by ``ctx.job_id`` run it once).
 
 While a robust connection reconnects, a publish waits for the channel to come back, bounded by
 ``Settings.publish_timeout_s``; if it does not come back in time the job was not sent and the
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -176,25 +177,31 @@ class Producer:
     ) -> Receipt:
         """Publish one job and return its receipt once the broker confirmed it as routed.
 
-        Pass ``job_id`` to make a resubmission after ``PublishOutcomeUnknown`` safe: consumers
-        see the same id twice at worst. Raises the errors listed in the module docstring.
+        Pass ``job_id`` so that a resubmission after ``PublishOutcomeUnknown`` carries the same
+        id: a second copy may be queued, and handlers that deduplicate by ``ctx.job_id`` run
+        it once. Raises the errors listed in the module docstring.
 
         A delayed job whose type fans out to N queues is published N times, once per queue
         through the delay levels, and the receipt comes only when all N were confirmed; if
         one fails, the error is raised and the queues before it may already hold the job
-        (resubmitting with the same job id is safe).
+        (publish it again with the same job id; handlers deduplicate by it).
         """
         request = JobRequest(job_type, payload, priority, delay_s, job_id, headers)
         job = self.prepare(request)
         return await self._publish_prepared(job)
 
     async def publish_many(
-        self, requests: Iterable[JobRequest], *, window: int = DEFAULT_WINDOW
+        self,
+        requests: Iterable[JobRequest],
+        *,
+        window: int = DEFAULT_WINDOW,
+        on_result: Callable[[int, PublishResult], object] | None = None,
     ) -> list[PublishResult]:
         """Publish many jobs with up to ``window`` confirms in flight; one result per request,
         in order: a ``Receipt``, or the error of that job (a job that fails validation does
         not stop the others). A job is a ``Receipt`` only if the broker confirmed it. Nothing
-        one job carries makes this raise: every job's fate is in its result.
+        one job carries makes this raise: every job's fate is in its result. ``on_result``
+        hears each job's index and result as soon as it is known (to stream them).
 
         Jobs are sent in request order as far as the window allows; jobs in flight together
         have no order among them. ``requests`` is read into a list first, so pass very large
@@ -210,7 +217,9 @@ class Producer:
             # A fixed set of lanes pulling from one cursor keeps ``window`` confirms in flight
             # without creating a task per job.
             for index in cursor:
-                results[index] = await self._result_of(pending[index])
+                result = results[index] = await self._result_of(pending[index])
+                if on_result is not None:
+                    on_result(index, result)
 
         await asyncio.gather(*(lane() for _ in range(min(window, len(pending)))))
         return [r for r in results if r is not None]

@@ -271,7 +271,7 @@ async def test_connection_lost_before_the_confirm_is_outcome_unknown_and_it_reco
         unknown = [r for r in results if isinstance(r, PublishOutcomeUnknown)]
         assert unknown, results
         assert all(isinstance(r, Receipt | PublishOutcomeUnknown) for r in results), results
-        assert "resubmitting with the same job id is safe" in str(unknown[0])
+        assert "publishing it again with the same job id may queue a second copy" in str(unknown[0])
         assert unknown[0].job_id is not None
         # The robust connection comes back and the producer publishes again.
         receipt = await producer.publish("audit_event", {"after": True})

@@ -115,12 +115,13 @@ def test_a_file_reports_each_failure_by_line_and_exits_1(
     )
     result = run_cli(vhost_settings, topology_file, "send_email", "--file", str(jobs))
     assert result.exit_code == 1
-    assert "line 3: not JSON" in result.stderr
+    assert "line 3: refused: not JSON" in result.stderr
     assert "line 5:" in result.stderr
-    assert "3 confirmed, 2 failed" in result.stderr
-    printed = result.stdout.split()
-    assert len(printed) == 3
-    assert sorted(job_id for job_id, _, _ in queued(vhost_settings, "emails")) == sorted(printed)
+    assert "3 confirmed, 2 refused, 0 unknown" in result.stderr
+    printed = dict(line.split("\t") for line in result.stdout.splitlines())
+    assert sorted(printed) == ["1", "4", "6"]  # each job id with the line it came from
+    queued_ids = sorted(job_id for job_id, _, _ in queued(vhost_settings, "emails"))
+    assert queued_ids == sorted(printed.values())
 
 
 def test_a_file_where_every_job_is_confirmed_exits_0(
@@ -129,8 +130,10 @@ def test_a_file_where_every_job_is_confirmed_exits_0(
     lines = "".join(json.dumps({"i": i}) + "\n" for i in range(1200))
     result = run_cli(vhost_settings, topology_file, "audit_event", "--file", "-", stdin=lines)
     assert result.exit_code == 0, result.stderr
-    assert "1200 confirmed, 0 failed" in result.stderr
-    assert len(result.stdout.split()) == 1200
+    assert "1200 confirmed, 0 refused, 0 unknown" in result.stderr
+    assert sorted(int(line.split("\t")[0]) for line in result.stdout.splitlines()) == list(
+        range(1, 1201)
+    )
     assert len(queued(vhost_settings, "audit")) == 1200
 
 
@@ -167,10 +170,10 @@ def test_a_file_with_a_deeply_nested_line_reports_it_and_still_publishes_the_val
     jobs.write_text(f'{{"i": 1}}\n{deep}\n{{"i": 3}}\n{deeper}\n{{"i": 5}}\n', encoding="utf-8")
     result = run_cli(vhost_settings, topology_file, "audit_event", "--file", str(jobs))
     assert result.exit_code == 1, result.stderr
-    assert "line 2: not JSON: nested too deeply" in result.stderr
-    assert "line 4: not JSON: nested too deeply" in result.stderr
+    assert "line 2: refused: not JSON: nested too deeply" in result.stderr
+    assert "line 4: refused: not JSON: nested too deeply" in result.stderr
     assert "Traceback" not in result.stderr
-    assert "3 confirmed, 2 failed" in result.stderr
+    assert "3 confirmed, 2 refused, 0 unknown" in result.stderr
     assert sorted(payload["i"] for _, payload, _ in queued(vhost_settings, "audit")) == [1, 3, 5]
 
 
@@ -181,8 +184,8 @@ def test_a_file_that_is_not_utf8_reports_the_bad_lines_and_publishes_the_rest(
     jobs.write_bytes(b'{"i": 1}\n{"i": "\xff\xfe"}\n{"i": 3}\r\n{"text": "a\xe2\x80\xa8b"}\n')
     result = run_cli(vhost_settings, topology_file, "audit_event", "--file", str(jobs))
     assert result.exit_code == 1, result.stderr
-    assert "line 2: not UTF-8 (byte 7)" in result.stderr
-    assert "3 confirmed, 1 failed" in result.stderr
+    assert "line 2: refused: not UTF-8 (byte 7)" in result.stderr
+    assert "3 confirmed, 1 refused, 0 unknown" in result.stderr
     payloads = [payload for _, payload, _ in queued(vhost_settings, "audit")]
     # A line separator inside a JSON string (U+2028) does not split the line.
     assert sorted(map(str, payloads)) == sorted(
@@ -202,8 +205,8 @@ def test_stdin_that_is_not_utf8_reports_the_bad_line_by_number(
         stdin=b'{"i": 1}\n\xc3\x28\n',
     )
     assert result.exit_code == 1, result.stderr
-    assert "line 2: not UTF-8 (byte 0)" in result.stderr
-    assert "1 confirmed, 1 failed" in result.stderr
+    assert "line 2: refused: not UTF-8 (byte 0)" in result.stderr
+    assert "1 confirmed, 1 refused, 0 unknown" in result.stderr
 
 
 def test_a_payload_argument_nested_too_deeply_is_a_usage_error_not_a_traceback(
@@ -265,3 +268,120 @@ def test_a_refused_job_id_or_header_is_shown_escaped_on_one_line(
     starts = ("error: ", "Error: ", "Usage: ", "Try ", " ")
     assert all(line.startswith(starts) for line in result.stderr.splitlines() if line)
     assert queued(vhost_settings, "audit") == []
+
+
+def test_job_lines_carry_their_own_id_priority_delay_and_headers(
+    vhost_settings: Settings, topology_file: str, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [
+        {"payload": {"to": "a"}, "job_id": "mine-1", "priority": 9, "headers": {"tenant": "x"}},
+        {"payload": {"to": "b"}},
+        {"payload": {"to": "c"}, "priority": "high"},
+        {"payload": {"to": "d"}, "headers": {"x-death": "1"}},
+        {"to": "e"},
+        {"payload": {}, "delay": "5 minutes"},
+        {"payload": {}, "colour": "red"},
+        [1, 2],
+        {"payload": {"to": "f"}, "job_id": "mine-2", "delay": "1s"},
+    ]
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+
+    result = run_cli(
+        vhost_settings,
+        topology_file,
+        "send_email",
+        "--file",
+        str(jobs),
+        "--lines",
+        "jobs",
+        "--header",
+        "source=cli",
+    )
+
+    assert result.exit_code == 1
+    printed = dict(line.split("\t") for line in result.stdout.splitlines())
+    assert sorted(printed) == ["1", "2", "9"]
+    assert printed["1"] == "mine-1" and printed["9"] == "mine-2"
+    errors = result.stderr
+    assert "line 3: refused: 'priority' must be an integer, not a string" in errors
+    assert "line 4: refused: header 'x-death' is reserved" in errors
+    assert "line 5: refused: a job line needs 'payload'" in errors
+    assert "line 6: refused: '5 minutes' is not a duration" in errors
+    assert "line 7: refused: unknown key 'colour'" in errors
+    assert "line 8: refused: a job line is a JSON object with 'payload', not an array" in errors
+    assert "3 confirmed, 6 refused, 0 unknown" in errors
+    messages = {
+        str(m.headers[HEADER_JOB_ID]): m for m in asyncio.run(drain(vhost_settings, "emails"))
+    }
+    first = messages["mine-1"]
+    assert (json.loads(first.body), first.priority) == ({"to": "a"}, 9)
+    assert first.headers["tenant"] == "x" and first.headers["source"] == "cli"
+    assert messages[printed["2"]].priority == 3  # the job type's priority
+    assert "mine-2" not in messages  # delayed: in the delay levels for a second
+
+
+def test_publish_json_prints_one_object_per_job(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    one = run_cli(vhost_settings, topology_file, "send_email", '{"to": "a"}', "--json")
+    delayed = run_cli(
+        vhost_settings, topology_file, "send_email", "{}", "--delay", "1h30m", "--json"
+    )
+    many = run_cli(
+        vhost_settings,
+        topology_file,
+        "audit_event",
+        "--file",
+        "-",
+        "--json",
+        stdin='{"i": 1}\nnot json\n',
+    )
+
+    assert one.exit_code == 0 and delayed.exit_code == 0, one.output + delayed.output
+    receipt = json.loads(one.stdout)
+    assert receipt["status"] == "confirmed" and receipt["delay_s"] is None
+    later = json.loads(delayed.stdout)
+    assert later["delay_s"] == 5400 and later["due_at"].endswith("Z")
+    assert many.exit_code == 1
+    results = sorted(
+        (json.loads(line) for line in many.stdout.splitlines()), key=lambda r: r["line"]
+    )
+    assert [(r["line"], r["status"]) for r in results] == [(1, "confirmed"), (2, "refused")]
+    assert results[1]["error"].startswith("not JSON")
+
+
+def test_a_delayed_job_says_when_it_is_due_on_stderr_and_only_its_id_on_stdout(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "send_email", "{}", "--delay", "90s")
+
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.split()) == 1
+    assert result.stderr.startswith("delayed 90s: due about ")
+    assert result.stderr.rstrip().endswith(" UTC")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--publish-timeout", "0s"), ("--publish-timeout", "soon"), ("--max-payload-bytes", "0")],
+)
+def test_publish_limits_from_the_command_line_are_checked(
+    vhost_settings: Settings, topology_file: str, option: str, value: str
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "send_email", "{}", option, value)
+
+    assert result.exit_code == 2, result.output
+    assert queued(vhost_settings, "emails") == []
+
+
+def test_a_payload_over_the_command_line_limit_is_refused(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    payload = json.dumps({"to": "x" * 100})
+    result = run_cli(
+        vhost_settings, topology_file, "send_email", payload, "--max-payload-bytes", "50"
+    )
+
+    assert result.exit_code == 2
+    assert "the limit is 50 bytes" in result.stderr

@@ -76,7 +76,7 @@ def test_a_missing_exchange_says_to_apply_the_topology() -> None:
 def test_a_lost_connection_or_no_confirm_in_time_is_outcome_unknown(exc: BaseException) -> None:
     error = _map(exc)
     assert isinstance(error, PublishOutcomeUnknown)
-    assert "resubmitting with the same job id is safe" in str(error)
+    assert "publishing it again with the same job id may queue a second copy" in str(error)
 
 
 def test_no_confirm_while_the_broker_blocks_publishing_says_so() -> None:
