@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -231,7 +232,8 @@ def _span_exporters(names: list[str]) -> list[SpanExporter]:
     exporters: list[SpanExporter] = []
     for name in names:
         if name == "console":
-            exporters.append(ConsoleSpanExporter())
+            # stderr: a command's stdout is its result (job ids, JSON), for scripts.
+            exporters.append(ConsoleSpanExporter(out=sys.stderr))
         elif name == "otlp":
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found, unused-ignore]
@@ -250,7 +252,7 @@ def _metric_exporters(names: list[str]) -> list[MetricExporter]:
     exporters: list[MetricExporter] = []
     for name in names:
         if name == "console":
-            exporters.append(ConsoleMetricExporter())
+            exporters.append(ConsoleMetricExporter(out=sys.stderr))
         elif name == "otlp":
             try:
                 from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[import-not-found, unused-ignore]

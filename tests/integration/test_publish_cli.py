@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -385,3 +388,29 @@ def test_a_payload_over_the_command_line_limit_is_refused(
 
     assert result.exit_code == 2
     assert "the limit is 50 bytes" in result.stderr
+
+
+def test_console_spans_go_to_stderr_so_stdout_stays_the_job_id(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobsys",
+            "publish",
+            "send_email",
+            "{}",
+            "--url",
+            vhost_settings.url,
+        ],
+        env={**os.environ, "JOBSYS_TOPOLOGY": topology_file, "OTEL_TRACES_EXPORTER": "console"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    [job_id] = done.stdout.split()
+    assert '"jobsys.job.id"' in done.stderr and job_id in done.stderr
