@@ -10,11 +10,13 @@ import asyncio
 import logging
 import os
 import sys
+import traceback
 
 import click
 
 from jobsys.app import App
 from jobsys.cli.common import (
+    EXIT_INVALID,
     build_settings,
     connection_options,
     fail,
@@ -29,16 +31,23 @@ from jobsys.errors import ConfigError, JobsysError
 from jobsys.process.child import ChildSpec, load_app
 from jobsys.process.serve import exit_code_for, serve
 from jobsys.settings import Settings
+from jobsys.wire.display import escape_keeping_newlines
 
 log = logging.getLogger(__name__)
 
 
 def import_app(target: str) -> App:
-    """The ``App`` named by ``module:attribute`` (the current directory is importable)."""
+    """The ``App`` named by ``module:attribute`` (the current directory is importable); with
+    ``-v``, an import that failed shows its whole traceback too."""
     try:
         return load_app(target)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="APP") from exc
+        cause = exc.__cause__
+        context = click.get_current_context(silent=True)
+        if cause is not None and context is not None and verbosity(context) > 0:
+            shown = "".join(traceback.format_exception(cause))
+            click.echo(escape_keeping_newlines(shown), err=True)
+        raise click.exceptions.Exit(fail(f"error: {exc}", EXIT_INVALID)) from exc
 
 
 def _grace(_ctx: click.Context, _param: click.Parameter, value: str) -> float:

@@ -67,7 +67,8 @@ class ChildSpec:
 
 def load_app(target: str) -> App:
     """The ``App`` named by ``module:attribute`` (the current directory is importable);
-    ``ConfigError`` says what is wrong with ``target``."""
+    ``ConfigError`` says what is wrong with ``target`` in one line, and carries the import's
+    own exception as its cause (for ``-v`` to show its traceback)."""
     import importlib
 
     from jobsys.app import App
@@ -80,14 +81,50 @@ def load_app(target: str) -> App:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+    except ModuleNotFoundError as exc:
+        raise ConfigError(_not_found(module_name, exc)) from exc
+    except (Exception, SystemExit) as exc:
+        # Anything the module raises while it loads (a missing setting, a handler with a bad
+        # signature, even sys.exit): one line that says what and where, not a traceback.
+        raise ConfigError(f"cannot import {module_name!r}: {_raised_where(exc)}") from exc
     if not hasattr(module, attribute):
         raise ConfigError(f"module {module_name!r} has no {attribute!r}")
     app = getattr(module, attribute)
     if not isinstance(app, App):
         raise ConfigError(f"{target} is not a jobsys App (got {type(app).__name__})")
     return app
+
+
+def _not_found(module_name: str, exc: ModuleNotFoundError) -> str:
+    missing = exc.name or "?"
+    if module_name == missing or module_name.startswith(missing + "."):
+        return (
+            f"cannot import {module_name!r}: no module {missing!r} in the current directory "
+            f"({os.getcwd()}) or on PYTHONPATH; run jobsys where the module is, or set "
+            "PYTHONPATH to its directory"
+        )
+    # The app was found; something it imports was not.
+    return f"cannot import {module_name!r}: {_raised_where(exc)}"
+
+
+def _raised_where(exc: BaseException) -> str:
+    """``RuntimeError: config missing (myapp.py:3)``: the error and the line of the app's own
+    code that raised it (not a line of the import machinery, or of jobsys when the app called
+    it wrongly)."""
+    import traceback
+
+    import jobsys
+
+    ours = os.path.dirname(os.path.abspath(jobsys.__file__))
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<frozen")
+    ]
+    theirs = [f for f in frames if not os.path.abspath(f.filename).startswith(ours + os.sep)]
+    chosen = theirs or frames
+    where = f" ({os.path.relpath(chosen[-1].filename)}:{chosen[-1].lineno})" if chosen else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def _telemetry_wanted(env: dict[str, str]) -> bool:
