@@ -53,6 +53,18 @@ START_HINT = (
 )
 
 
+#: Connection closes that name a command the broker would not carry out (AMQP hard errors other
+#: than connection-forced, which is a node going down).
+_REFUSED_BY_BROKER = (
+    aiormq.exceptions.ConnectionNotImplemented,
+    aiormq.exceptions.ConnectionCommandInvalid,
+    aiormq.exceptions.ConnectionSyntaxError,
+    aiormq.exceptions.ConnectionFrameError,
+    aiormq.exceptions.ConnectionUnexpectedFrame,
+    aiormq.exceptions.ConnectionChannelError,
+)
+
+
 def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
     """Map an exception from aio-pika/aiormq (or the socket below) to a jobsys error.
 
@@ -82,6 +94,12 @@ def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
         exc, aiormq.exceptions.ChannelAccessRefused | aiormq.exceptions.ConnectionNotAllowed
     ):
         return AccessRefused(f"the broker at {where} refused an operation: {reason}")
+    if isinstance(exc, _REFUSED_BY_BROKER):
+        # The broker closed the connection because of a command it would not carry out: it
+        # is reachable, and retrying the same command fails the same way.
+        return BrokerError(
+            f"the broker at {where} refused a command and closed the connection: {reason}"
+        )
     # Before OSError: TimeoutError is one of its subclasses.
     if isinstance(exc, TimeoutError):
         return ConnectionFailed(f"timed out talking to the broker at {where}; {START_HINT}")

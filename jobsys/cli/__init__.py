@@ -23,6 +23,7 @@ def _register() -> None:
     from jobsys.cli import dlq as dlq_cli
     from jobsys.cli import publish as publish_cli
     from jobsys.cli import status as status_cli
+    from jobsys.cli import teardown as _teardown_cli  # noqa: F401  (adds `topology delete`)
     from jobsys.cli import topology as topology_cli
     from jobsys.cli import worker as worker_cli
 

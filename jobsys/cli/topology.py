@@ -59,7 +59,7 @@ def _invalid(path: str, exc: TopologyLoadError) -> click.exceptions.Exit:
     return click.exceptions.Exit(EXIT_INVALID)
 
 
-def _file_arguments(func: F) -> F:
+def file_arguments(func: F) -> F:
     """``[FILE]`` and ``--topology FILE`` (env ``JOBSYS_TOPOLOGY``): one of them names the file."""
     func = click.option(
         "--topology",
@@ -71,7 +71,7 @@ def _file_arguments(func: F) -> F:
     return func
 
 
-def _the_file(file: str | None, option: str | None) -> str:
+def the_file(file: str | None, option: str | None) -> str:
     """The topology file named by the FILE argument or ``--topology``/``JOBSYS_TOPOLOGY``;
     FILE wins over the environment, and both on the command line must agree."""
     if file is None:
@@ -93,11 +93,11 @@ def topology() -> None:
 
 @topology.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@_file_arguments
+@file_arguments
 @json_option
 def validate(file: str | None, topology_option: str | None, as_json: bool) -> None:
     """Check FILE and report every problem as file:line:column: message."""
-    path = _the_file(file, topology_option)
+    path = the_file(file, topology_option)
     t = load_or_exit(path).topology
     counts = {
         "exchanges": len(t.exchanges),
@@ -117,13 +117,13 @@ def validate(file: str | None, topology_option: str | None, as_json: bool) -> No
 
 @topology.command()
 @click.argument("args", nargs=-1, metavar="[FILE] JOB_TYPE")
-@_file_arguments
+@file_arguments
 @json_option
 def route(args: tuple[str, ...], topology_option: str | None, as_json: bool) -> None:
     """Print the queues JOB_TYPE reaches, one per line, as RabbitMQ would route it."""
     if len(args) not in (1, 2):
         raise click.UsageError("give JOB_TYPE (and FILE first, unless --topology names it)")
-    path = _the_file(args[0] if len(args) == 2 else None, topology_option)
+    path = the_file(args[0] if len(args) == 2 else None, topology_option)
     job_type = args[-1]
     loaded = load_or_exit(path)
     spec = loaded.topology.job_types.get(job_type)
@@ -141,7 +141,7 @@ def route(args: tuple[str, ...], topology_option: str | None, as_json: bool) -> 
         click.echo(queue)
 
 
-def _no_management_option(func: F) -> F:
+def no_management_option(func: F) -> F:
     return click.option(
         "--no-management",
         is_flag=True,
@@ -153,9 +153,9 @@ def _no_management_option(func: F) -> F:
 
 @topology.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@_file_arguments
+@file_arguments
 @connection_options
-@_no_management_option
+@no_management_option
 @click.option(
     "--changes-only", is_flag=True, default=False, help="Leave out what matches and extras."
 )
@@ -184,7 +184,7 @@ def plan(
     how many match, and - what is on the broker but not in the file. Exits 3 when something
     conflicts.
     """
-    path = _the_file(file, topology_option)
+    path = the_file(file, topology_option)
     loaded = load_or_exit(path)
     settings = build_settings(url, ca_file, insecure)
     result = run(_plan)(loaded, settings, use_management=not no_management)
@@ -216,9 +216,9 @@ async def _plan(loaded: LoadedTopology, settings: Settings, *, use_management: b
 
 @topology.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@_file_arguments
+@file_arguments
 @connection_options
-@_no_management_option
+@no_management_option
 @json_option
 def apply(
     file: str | None,
@@ -234,7 +234,7 @@ def apply(
     Idempotent. Changes nothing at all when the file is invalid or when an entity exists with
     other arguments (exit 3, with the differences). Leaves entities not in the file alone.
     """
-    path = _the_file(file, topology_option)
+    path = the_file(file, topology_option)
     loaded = load_or_exit(path)
     settings = build_settings(url, ca_file, insecure)
     result = run(_apply)(loaded, settings, use_management=not no_management)
@@ -282,7 +282,7 @@ async def _apply(
 
 @topology.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@_file_arguments
+@file_arguments
 @click.option(
     "--vhost",
     default=None,
@@ -304,7 +304,7 @@ def export(
     output: str | None,
 ) -> None:
     """Write FILE as RabbitMQ definitions JSON, for brokers that load definitions at boot."""
-    path = _the_file(file, topology_option)
+    path = the_file(file, topology_option)
     loaded = load_or_exit(path)
     if vhost is None:
         vhost = build_settings(url, None, False).vhost

@@ -215,3 +215,18 @@ def test_the_password_never_appears_in_a_translated_error(make: Any) -> None:
     assert "s3cret" not in str(error)
     assert "s3cret" not in repr(error)
     assert "broker.example" in str(error)
+
+
+def test_a_command_the_broker_closes_the_connection_over_is_a_broker_error() -> None:
+    exc = amqp.ConnectionNotImplemented(
+        540,
+        "NOT_IMPLEMENTED - queue.delete operations with if-empty flag set are not supported by "
+        "quorum queues",
+    )
+
+    error = translate_error(exc, SETTINGS)
+
+    assert type(error) is BrokerError
+    assert "refused a command and closed the connection" in str(error)
+    assert "not supported by quorum queues" in str(error)
+    assert "cannot reach" not in str(error)
