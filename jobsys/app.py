@@ -44,6 +44,11 @@ class JobContext:
     #: When a delayed job or a retry after a delay was due (it never starts earlier); None for
     #: a job published to run at once.
     due_at: datetime | None = None
+    #: The job's AMQP priority (None: published without one).
+    priority: int | None = None
+    #: The W3C trace id of the job's trace (32 hex digits), for logs that link to it; None when
+    #: nothing traced the job.
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from jobsys.consume.threads import DeadlinePassed, HandlerThreads
 from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
 from jobsys.errors import DecodeError, LoopBlocked, MessageError
+from jobsys.observe.propagation import current_trace_id
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 from jobsys.wire.envelope import (
@@ -165,6 +166,8 @@ class AttemptRunner:
                 queue,
                 delivery.redelivered,
                 _as_datetime(delivery.identity.due_at_ms),
+                props.priority,
+                current_trace_id(props.headers),
             )
             args: tuple[Any, ...] = (payload, ctx)
         else:

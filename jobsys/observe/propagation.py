@@ -171,3 +171,12 @@ def parse_span_context(value: object) -> SpanContext | None:
         return None
     span_context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
     return span_context if span_context.is_valid else None
+
+
+def current_trace_id(headers: Mapping[str, Any] | None) -> str | None:
+    """The W3C trace id (32 hex digits) of the trace the running code belongs to: the current
+    span's, else the one ``headers`` carry (``traceparent``); None when there is neither."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid and headers:
+        span_context = _parse_traceparent(headers.get("traceparent")) or span_context
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None
