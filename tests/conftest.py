@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
@@ -122,3 +124,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if "slow" not in item.keywords]
+
+
+# -- tests that need the management API ---------------------------------------------------------
+
+_ENABLE = "`rabbitmq-plugins enable rabbitmq_management` turns it on"
+_skipped_for_management: list[str] = []
+
+
+@functools.cache
+def management_problem() -> str | None:
+    """Why the management API does not answer (None when it does); asked once per run."""
+    try:
+        _management("GET", "/api/overview")
+    except (urllib.error.URLError, OSError) as exc:
+        return f"{MANAGEMENT_URL} does not answer ({getattr(exc, 'reason', exc)})"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a ``management`` test when the API is off (the README's broker may not have the
+    plugin); CI sets JOBSYS_REQUIRE_MANAGEMENT=1, so there the same test fails instead."""
+    if item.get_closest_marker("management") is None:
+        return
+    problem = management_problem()
+    if problem is None:
+        return
+    if os.environ.get("JOBSYS_REQUIRE_MANAGEMENT") == "1":
+        pytest.fail(f"the management API is required here: {problem}; {_ENABLE}", pytrace=False)
+    _skipped_for_management.append(item.nodeid)
+    pytest.skip(f"needs the management API: {problem}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line for every test skipped for want of the management API, not one per test."""
+    if _skipped_for_management:
+        terminalreporter.write_line(
+            f"{len(_skipped_for_management)} tests skipped: the management API at "
+            f"{management_problem()}; {_ENABLE}",
+            yellow=True,
+        )

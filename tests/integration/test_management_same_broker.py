@@ -143,6 +143,7 @@ def test_plan_cli_on_that_node_says_it_probed_and_why(decoy: Settings, tmp_path:
     assert "~ queue m.work" not in result.stdout
 
 
+@pytest.mark.management
 async def test_the_shared_broker_and_its_own_api_are_recognised_as_one(
     vhost_settings: Settings,
 ) -> None:

@@ -190,6 +190,7 @@ def test_every_command_refuses_an_unencoded_reserved_password_without_printing_i
             assert "percent-encode" in run.output, run.output
 
 
+@pytest.mark.management
 def test_every_command_connects_with_a_percent_encoded_reserved_password_and_never_prints_it(
     vhost_settings: Settings, workdir: Path, reserved_user: str
 ) -> None:
@@ -219,6 +220,7 @@ async def fill_dead_letter_queue_after_apply(
     return await fill_dead_letter_queue(vhost_settings, 1)
 
 
+@pytest.mark.management
 def test_every_command_refuses_a_wrong_percent_encoded_password_without_printing_either(
     vhost_settings: Settings, workdir: Path, reserved_user: str
 ) -> None:

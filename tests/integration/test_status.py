@@ -106,6 +106,7 @@ async def test_status_without_management_shows_ready_consumers_dead_letters_and_
     assert report.delayed_total == 3
 
 
+@pytest.mark.management
 async def test_status_with_management_shows_unacked_and_rates(
     broker: tuple[Settings, LoadedTopology],
 ) -> None:

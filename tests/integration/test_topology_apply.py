@@ -84,6 +84,7 @@ async def message_count(conn: BrokerConnection, queue: str) -> int:
 
 
 @BOTH_PATHS
+@pytest.mark.management
 async def test_apply_creates_exactly_what_plan_announced_and_a_second_apply_changes_nothing(
     conn: BrokerConnection, vhost_settings: Settings, use_management: bool
 ) -> None:
@@ -131,6 +132,7 @@ async def test_apply_creates_exactly_what_plan_announced_and_a_second_apply_chan
     ],
     ids=["ttl", "queue-type"],
 )
+@pytest.mark.management
 async def test_changed_argument_is_a_conflict_that_leaves_queue_and_messages_untouched(
     conn: BrokerConnection,
     vhost_settings: Settings,
@@ -179,6 +181,7 @@ async def test_every_differing_argument_is_reported_though_the_broker_names_one_
     )
 
 
+@pytest.mark.management
 async def test_validation_against_the_broker_version_fails_before_anything_is_declared(
     conn: BrokerConnection, vhost_settings: Settings
 ) -> None:
@@ -193,6 +196,7 @@ async def test_validation_against_the_broker_version_fails_before_anything_is_de
     assert own_names(await snapshot(vhost_settings)) == (set(), set())
 
 
+@pytest.mark.management
 async def test_entities_not_in_the_file_are_listed_as_extras_and_left_alone(
     conn: BrokerConnection, vhost_settings: Settings
 ) -> None:
@@ -229,6 +233,7 @@ async def test_unreachable_management_api_falls_back_to_probing_without_showing_
 
 
 @BOTH_PATHS
+@pytest.mark.management
 async def test_exported_definitions_loaded_by_the_broker_match_the_plan_exactly(
     conn: BrokerConnection, vhost_settings: Settings, use_management: bool
 ) -> None:

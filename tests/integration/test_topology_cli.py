@@ -113,6 +113,7 @@ def no_configure_url(vhost_settings: Settings) -> Iterator[str]:
 
 
 @PROBE
+@pytest.mark.management
 def test_plan_on_an_empty_vhost_announces_every_entity_as_created(
     vhost_settings: Settings, tmp_path: Path, flags: list[str]
 ) -> None:
@@ -131,6 +132,7 @@ def test_plan_on_an_empty_vhost_announces_every_entity_as_created(
 
 
 @PROBE
+@pytest.mark.management
 def test_apply_twice_creates_once_then_plan_shows_everything_matching(
     vhost_settings: Settings, tmp_path: Path, flags: list[str]
 ) -> None:
@@ -159,6 +161,7 @@ def test_apply_twice_creates_once_then_plan_shows_everything_matching(
 
 
 @PROBE
+@pytest.mark.management
 def test_apply_with_a_changed_ttl_exits_3_with_the_diff_and_keeps_queue_and_messages(
     vhost_settings: Settings, tmp_path: Path, flags: list[str]
 ) -> None:
@@ -183,6 +186,7 @@ def test_apply_with_a_changed_ttl_exits_3_with_the_diff_and_keeps_queue_and_mess
     assert "c.other" not in queue_names(vhost_settings)
 
 
+@pytest.mark.management
 def test_apply_of_an_invalid_file_exits_2_and_declares_nothing(
     vhost_settings: Settings, tmp_path: Path
 ) -> None:
@@ -197,6 +201,7 @@ def test_apply_of_an_invalid_file_exits_2_and_declares_nothing(
     assert queue_names(vhost_settings) == set()
 
 
+@pytest.mark.management
 def test_wrong_password_exits_4_with_one_clear_message_and_no_password(
     vhost_settings: Settings, tmp_path: Path
 ) -> None:
@@ -211,6 +216,7 @@ def test_wrong_password_exits_4_with_one_clear_message_and_no_password(
     assert queue_names(vhost_settings) == set()
 
 
+@pytest.mark.management
 def test_apply_without_configure_permission_exits_4_with_the_brokers_refusal(
     vhost_settings: Settings, tmp_path: Path, no_configure_url: str
 ) -> None:
@@ -222,6 +228,7 @@ def test_apply_without_configure_permission_exits_4_with_the_brokers_refusal(
     assert queue_names(vhost_settings) == set()
 
 
+@pytest.mark.management
 def test_plan_json_lists_every_item_with_its_action(
     vhost_settings: Settings, tmp_path: Path
 ) -> None:

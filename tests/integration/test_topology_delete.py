@@ -78,6 +78,7 @@ def publish(settings: Settings, exchange: str, key: str) -> None:
     asyncio.run(send())
 
 
+@pytest.mark.management
 def test_delete_shows_first_then_removes_everything_the_file_declared(
     vhost_settings: Settings, tmp_path: Path
 ) -> None:
@@ -97,6 +98,7 @@ def test_delete_shows_first_then_removes_everything_the_file_declared(
     assert names(vhost_settings) == (set(), set())
 
 
+@pytest.mark.management
 def test_a_queue_holding_jobs_stops_the_delete_until_force(
     vhost_settings: Settings, tmp_path: Path
 ) -> None:
@@ -116,6 +118,7 @@ def test_a_queue_holding_jobs_stops_the_delete_until_force(
     assert names(vhost_settings) == (set(), set())
 
 
+@pytest.mark.management
 def test_a_second_file_in_the_namespace_keeps_the_delay_levels_and_its_jobs_flowing(
     vhost_settings: Settings, tmp_path: Path
 ) -> None:
@@ -139,6 +142,7 @@ def test_a_second_file_in_the_namespace_keeps_the_delay_levels_and_its_jobs_flow
 
 
 @pytest.mark.parametrize("flags", [["--no-management"]])
+@pytest.mark.management
 def test_without_the_management_api_the_namespace_stays_unless_forced(
     vhost_settings: Settings, tmp_path: Path, flags: list[str]
 ) -> None:
@@ -156,6 +160,7 @@ def test_without_the_management_api_the_namespace_stays_unless_forced(
     assert names(vhost_settings) == (set(), set())
 
 
+@pytest.mark.management
 def test_an_exchange_bound_from_elsewhere_is_kept(vhost_settings: Settings, tmp_path: Path) -> None:
     mail = write(tmp_path, MAIL, "mail.yaml")
     assert jobsys(vhost_settings, "topology", "apply", mail).exit_code == 0

@@ -124,6 +124,7 @@ async def test_the_broker_takes_every_count_up_to_the_largest_amqp_integer(
     ],
     ids=["max_length 2^63", "max_length_bytes 2^64", "delivery_limit 30 digits", "ttl", "key"],
 )
+@pytest.mark.management
 def test_validate_plan_and_apply_refuse_a_value_the_broker_cannot_hold_and_declare_nothing(
     vhost_settings: Settings, tmp_path: Path, text: str, where: str
 ) -> None:

@@ -95,6 +95,7 @@ def nothing_url(vhost_settings: Settings) -> Iterator[str]:
     yield from user_url(vhost_settings, "^$")
 
 
+@pytest.mark.management
 async def test_a_permission_refused_half_way_reports_exactly_what_was_created(
     vhost_settings: Settings, app_only_url: str
 ) -> None:
@@ -115,6 +116,7 @@ async def test_a_permission_refused_half_way_reports_exactly_what_was_created(
     assert await broker_names(vhost_settings) == {"app.jobs"}
 
 
+@pytest.mark.management
 async def test_a_refusal_of_the_first_declare_says_nothing_was_changed_and_it_is_true(
     vhost_settings: Settings, nothing_url: str
 ) -> None:
@@ -129,6 +131,7 @@ async def test_a_refusal_of_the_first_declare_says_nothing_was_changed_and_it_is
     assert await broker_names(vhost_settings) == set()
 
 
+@pytest.mark.management
 async def test_an_entity_changed_after_the_plan_stops_apply_with_what_it_had_created(
     vhost_settings: Settings,
 ) -> None:
@@ -156,6 +159,7 @@ async def test_an_entity_changed_after_the_plan_stops_apply_with_what_it_had_cre
     assert created == held - {"app.work"}
 
 
+@pytest.mark.management
 def test_apply_cli_exits_4_and_prints_what_it_created_before_the_refusal(
     vhost_settings: Settings, tmp_path: Path, app_only_url: str
 ) -> None:

@@ -126,6 +126,7 @@ def _temporary_user(settings: Settings, *, read: str = ".*") -> Iterator[Setting
         _management("DELETE", f"/api/users/{user}")
 
 
+@pytest.mark.management
 async def test_user_deleted_while_consuming_stops_the_worker_with_exit_4(
     vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
@@ -142,6 +143,7 @@ async def test_user_deleted_while_consuming_stops_the_worker_with_exit_4(
     assert "refused the login" in worker.stderr
 
 
+@pytest.mark.management
 async def test_user_without_read_permission_exits_4_with_a_clear_message(
     vhost_settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
