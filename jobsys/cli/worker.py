@@ -7,6 +7,7 @@ processes (``jobsys.process.supervisor``); without, it is one worker in this pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -14,7 +15,13 @@ import sys
 import click
 
 from jobsys.app import App
-from jobsys.cli.common import build_settings, connection_options, fail, topology_option
+from jobsys.cli.common import (
+    EXIT_INVALID,
+    build_settings,
+    connection_options,
+    fail,
+    topology_option,
+)
 from jobsys.cli.topology import load_or_exit
 from jobsys.consume.options import WorkerOptions
 from jobsys.consume.worker import Worker
@@ -87,6 +94,21 @@ def _grace(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     help="Drain a worker process whose resident memory exceeds MB and start a fresh one "
     "(implies a supervisor; --processes defaults to 1).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="N",
+    help="Serve Prometheus metrics on this port (/metrics). Under --processes P, process "
+    "slot i uses port N+i. Needs jobsys[prometheus].",
+)
+@click.option(
+    "--metrics-bind",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="HOST",
+    help="The address the metrics listener binds (0.0.0.0 for every interface).",
+)
 @connection_options
 @click.pass_context
 def worker(
@@ -101,6 +123,8 @@ def worker(
     processes: int | None,
     max_jobs: int | None,
     max_memory: int | None,
+    metrics_port: int | None,
+    metrics_bind: str,
     url: str | None,
     ca_file: str | None,
     insecure: bool,
@@ -115,6 +139,8 @@ def worker(
     replaces one that reached --max-jobs or --max-memory, forwards SIGTERM to all of them and
     exits 0 when all drained.
     """
+    if metrics_port is not None:
+        _check_metrics(metrics_port, processes or 1)
     app = import_app(app_target)
     loaded = load_or_exit(topology_file)
     settings = build_settings(url, ca_file, insecure)
@@ -132,6 +158,8 @@ def worker(
             topology_file=os.path.abspath(topology_file),
             options=options,
             verbose=int(ctx.find_root().params.get("verbose") or 0),
+            metrics_port=metrics_port,
+            metrics_bind=metrics_bind,
         )
         _exit(_supervise(spec, settings, processes or 1, max_memory))
         return
@@ -140,7 +168,12 @@ def worker(
 
     try:
         running = Worker(app, loaded, settings, options)
-        with configure_from_env("jobsys-worker"):
+        with contextlib.ExitStack() as stack:
+            if metrics_port is not None:
+                from jobsys.observe.prometheus import serve_metrics
+
+                stack.callback(serve_metrics(metrics_bind, metrics_port).close)
+            stack.enter_context(configure_from_env("jobsys-worker"))
             code = asyncio.run(serve(running))
     except JobsysError as exc:
         _exit(fail(f"error: {exc}", exit_code_for(exc)))
@@ -151,6 +184,24 @@ def worker(
         click.echo(f"{running.lingering_threads} sync handler(s) still running; exiting", err=True)
         _exit(code, hard=True)
     _exit(code)
+
+
+def _check_metrics(port: int, processes: int) -> None:
+    if port + processes - 1 > 65535:
+        raise click.BadParameter(
+            f"with --processes {processes} the ports {port}..{port + processes - 1} are needed; "
+            "the highest port is 65535",
+            param_hint="--metrics-port",
+        )
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise click.exceptions.Exit(
+            fail(
+                "error: --metrics-port needs prometheus-client: pip install 'jobsys[prometheus]'",
+                EXIT_INVALID,
+            )
+        ) from None
 
 
 def _supervise(
