@@ -78,6 +78,8 @@ class BrokerView:
         self.settings = settings.with_overrides(
             connect_deadline_s=min(settings.connect_deadline_s, CONNECT_DEADLINE_S),
             connect_timeout_s=min(settings.connect_timeout_s, CONNECT_DEADLINE_S),
+            # Named, so the broker's connection list (and the workers page) tells it apart.
+            client_name="jobsys dashboard" if settings.client_name == "jobsys" else None,
         )
         self.topology = topology
         self.refresh_s = refresh_s

@@ -210,9 +210,7 @@ async def test_a_purge_is_refused_without_every_guard_and_nothing_is_lost(
             form["job_type"] = "send_email"
         if case == "wrong token":
             form["token"] = "not-the-token-\x00\u202e\xff"
-        refused = client.post(
-            f"/dead-letters/{QUEUE}/purge", data=form, follow_redirects=False
-        )
+        refused = client.post(f"/dead-letters/{QUEUE}/purge", data=form, follow_redirects=False)
 
     assert refused.status_code in (400, 401, 403), refused.text
     assert "purged" not in refused.text
