@@ -4,10 +4,12 @@ The same flows in a real browser are in tests/browser/."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import pytest
@@ -31,6 +33,7 @@ from tests.apps.dead_letters import (
     job_ids,
     loaded_topology,
 )
+from tests.harness.fault_proxy import FaultProxy
 
 TOKEN = "dashboard-test-token-0123456789"
 HOSTILE_IDS = [
@@ -316,3 +319,30 @@ async def test_an_unknown_queue_is_a_404_that_lists_the_known_ones(
     assert page.status_code == 404
     assert "&lt;script&gt; is not a work queue" in page.text
     assert "/dead-letters/work" in page.text
+
+
+async def test_a_broker_that_goes_away_mid_session_is_a_message_and_the_page_recovers(
+    vhost_settings: Settings, fault_proxy: FaultProxy
+) -> None:
+    await apply(vhost_settings)
+    through = vhost_settings.with_overrides(
+        url=fault_proxy.url(vhost=quote(vhost_settings.vhost, safe=""))
+    )
+
+    with dashboard(through, use_management=False, refresh_s=1.0) as client:
+        before = client.get("/")
+        fault_proxy.set_mode("reset")
+        await asyncio.sleep(1.1)  # past the refresh interval: the next page reads the broker
+        reset = client.get("/")
+        fault_proxy.set_mode("blackhole")
+        await asyncio.sleep(1.1)
+        silent = client.get("/", headers={"HX-Request": "true"})
+        fault_proxy.set_mode("pass")
+        await asyncio.sleep(1.1)
+        after = client.get("/")
+
+    assert before.status_code == 200
+    assert reset.status_code == 503 and "Cannot read the broker" in reset.text
+    assert "Traceback" not in reset.text and "guest:guest" not in reset.text
+    assert silent.status_code == 200 and "Cannot read the broker" in silent.text
+    assert after.status_code == 200 and 'data-queue="work"' in after.text
