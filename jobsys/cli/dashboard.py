@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from jobsys.cli.common import (
@@ -87,6 +89,10 @@ def dashboard(
         from jobsys.dashboard.serve import serve
     except ImportError:
         raise click.exceptions.Exit(fail(f"error: {DASHBOARD_HINT}", EXIT_INVALID)) from None
+    if token is None and "JOBSYS_DASHBOARD_TOKEN" in os.environ:
+        # click reads an empty variable as unset: the operator meant a token, so say so
+        # rather than start without one.
+        token = os.environ["JOBSYS_DASHBOARD_TOKEN"]
     loaded = load_or_exit(topology_file)
     settings = build_settings(url, ca_file, insecure)
     try:
