@@ -216,3 +216,43 @@ def test_the_queue_gauges_leave_out_what_is_unknown() -> None:
     assert 'jobsys_queue_oldest_job_age_seconds{queue="work"}' in text
     assert "jobsys_broker_up 1.0" in text
     assert "jobsys_broker_up 0.0" in down and "jobsys_queue_ready" not in down
+
+
+def test_a_hostile_connection_name_on_the_workers_page_is_text() -> None:
+    from jobsys.dashboard.source import Connections
+
+    found = connections_of(
+        [
+            {
+                "name": "c<1>",
+                "client_properties": {
+                    "connection_name": "<script>x()</script>\u202e",
+                    "product": "\x1b]0;title\x07",
+                },
+            }
+        ],
+        [
+            {
+                "channel_details": {"connection_name": "c<1>", "name": "ch"},
+                "queue": {"name": "<img src=x>"},
+                "prefetch_count": 1,
+                "ack_required": True,
+            }
+        ],
+    )
+    html = (
+        environment()
+        .get_template("_workers.html")
+        .render(
+            found=Connections(found, "", 0.0),
+            error=None,
+            queues=set(),
+            refresh_s=5.0,
+            request_path="/workers",
+        )
+    )
+
+    assert "<script>" not in html and "<img" not in html
+    assert "\u202e" not in html and "\x1b" not in html
+    assert "&lt;script&gt;x()&lt;/script&gt;\\u202e" in html
+    assert "(not in the topology)" in html
