@@ -57,6 +57,7 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)) and not os.environ.
     )
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
@@ -186,6 +187,22 @@ async def _do(call: Any, *args: Any) -> Any:
     return await asyncio.to_thread(call, *args)
 
 
+async def _follow(browser: Any, element: Any) -> None:
+    """Click ``element`` and wait until the browser has left the page it was on (a click
+    returns before the next page loads)."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    await _do(element.click)
+
+    def left() -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return browser.execute_script("return document.readyState") == "complete"
+        return False
+
+    await wait_until(left, 15, "the next page")
+
+
 async def test_every_page_loads_in_a_browser_and_a_replayed_job_runs(
     setup: tuple[Settings, LoadedTopology, Path], browser: Any, shots: Path, tmp_path: Path
 ) -> None:
@@ -200,7 +217,7 @@ async def test_every_page_loads_in_a_browser_and_a_replayed_job_runs(
         await _do(browser.get, dashboard.url + "/")
         assert "/login" in browser.current_url
         browser.find_element(By.NAME, "token").send_keys(TOKEN)
-        await _do(browser.find_element(By.CSS_SELECTOR, "form.login button").click)
+        await _follow(browser, browser.find_element(By.CSS_SELECTOR, "form.login button"))
         flaky.failing = False
         async with running_worker(flaky.app, loaded, settings):
             for path, name, expect in (
@@ -217,13 +234,13 @@ async def test_every_page_loads_in_a_browser_and_a_replayed_job_runs(
             assert HOSTILE_ID in browser.find_element(By.ID, "jobs").text  # text, not markup
 
             link = browser.find_element(By.LINK_TEXT, "job-two")
-            await _do(link.click)
+            await _follow(browser, link)
             assert "flaky failed <b>on purpose</b>" in browser.find_element(By.TAG_NAME, "dl").text
             _shot(browser, shots, "job")
-            await _do(browser.find_element(By.PARTIAL_LINK_TEXT, "Replay this job").click)
+            await _follow(browser, browser.find_element(By.PARTIAL_LINK_TEXT, "Replay this job"))
             browser.find_element(By.NAME, "token").send_keys(TOKEN)
             _shot(browser, shots, "confirm-replay")
-            await _do(browser.find_element(By.ID, "confirm").click)
+            await _follow(browser, browser.find_element(By.ID, "confirm"))
             assert "replayed 1 job to br.work" in browser.find_element(By.ID, "message").text
             _shot(browser, shots, "replayed")
             await wait_until(lambda: flaky.succeeded == ["two"], 20, "the replayed job to run")
@@ -245,8 +262,13 @@ async def test_the_queues_page_updates_live_without_a_reload(
         browser.execute_script("window.__same_page = 1")
 
         def ready_idle() -> str:
-            row = browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="br.idle"]')
-            return str(row.find_elements(By.CSS_SELECTOR, "td.n")[0].text)
+            # One script, so an htmx swap cannot land between finding the cell and reading it.
+            return str(
+                browser.execute_script(
+                    "const c = document.querySelector('tr[data-queue=\"br.idle\"] td.n');"
+                    "return c ? c.textContent : '';"
+                )
+            )
 
         async with Producer(settings, loaded) as producer:
             for i in range(7):
@@ -272,11 +294,11 @@ async def test_a_purge_without_the_token_is_refused_in_the_browser(
         await _do(browser.get, guarded.url + "/dead-letters/br.work/purge")
         assert "/login" in browser.current_url
         browser.find_element(By.NAME, "token").send_keys(TOKEN)
-        await _do(browser.find_element(By.CSS_SELECTOR, "form.login button").click)
+        await _follow(browser, browser.find_element(By.CSS_SELECTOR, "form.login button"))
         assert browser.current_url.endswith("/dead-letters/br.work/purge")
         # Logged in, but the confirmation is sent with a wrong token.
         browser.find_element(By.NAME, "token").send_keys("not-the-token")
-        await _do(browser.find_element(By.ID, "confirm").click)
+        await _follow(browser, browser.find_element(By.ID, "confirm"))
         assert "wrong token: nothing was done" in browser.find_element(By.ID, "message").text
         _shot(browser, shots, "purge-refused")
         # (A resubmitted or forged form is refused too: tests/integration/test_dashboard.py.)
