@@ -108,6 +108,7 @@ async def child_jobsys(url: str, token: str, mode: str, n: int) -> dict[str, Any
         async def noop(payload: Any) -> None:
             return None
 
+    _bench_metrics(os.environ.get("JOBSYS_BENCH_METRICS", "off"))
     worker = Worker(app, loaded, Settings(url=url), WorkerOptions(max_jobs=n))
     start = time.perf_counter()
     task = asyncio.create_task(worker.run())
@@ -116,6 +117,23 @@ async def child_jobsys(url: str, token: str, mode: str, n: int) -> dict[str, Any
     await task
     elapsed = time.perf_counter() - start
     return {"elapsed_s": elapsed, "done": worker.stats.done, "latencies": latencies, **_memory()}
+
+
+def _bench_metrics(mode: str) -> None:
+    """Turn on a metrics exporter for ``bench.metrics``: ``prometheus`` (jobsys's
+    prometheus-client exporter) or ``otel-prometheus`` (the OpenTelemetry SDK with its
+    Prometheus reader; needs opentelemetry-exporter-prometheus). ``off`` changes nothing."""
+    if mode == "prometheus":
+        from jobsys.observe.prometheus import job_metrics_registry
+
+        job_metrics_registry()
+    elif mode == "otel-prometheus":
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        from jobsys.observe import metrics
+
+        metrics.use_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
 
 
 async def child_raw(url: str, token: str, mode: str, n: int) -> dict[str, Any]:

@@ -132,8 +132,22 @@ class ManagementClient:
     async def queue_counts(self, vhost: str) -> list[dict[str, Any]]:
         """Every queue of ``vhost`` with its depth, consumers and message rates, as the API
         gives them (raw rows; ``jobsys.ops.status`` reads them)."""
-        columns = "name,messages,messages_ready,messages_unacknowledged,consumers,message_stats"
+        columns = (
+            "name,messages,messages_ready,messages_unacknowledged,consumers,message_stats,"
+            "head_message_timestamp"
+        )
         return await self._get_list(f"/api/queues/{_q(vhost)}?columns={columns}")
+
+    async def connections(self, vhost: str) -> list[dict[str, Any]]:
+        """The client connections to ``vhost`` (name, user, peer, client properties, state,
+        channels, when connected), as the API gives them."""
+        columns = "name,user,peer_host,peer_port,client_properties,connected_at,state,channels"
+        return await self._get_list(f"/api/vhosts/{_q(vhost)}/connections?columns={columns}")
+
+    async def consumers(self, vhost: str) -> list[dict[str, Any]]:
+        """The consumers on ``vhost``'s queues, each with its queue, channel, connection and
+        prefetch, as the API gives them."""
+        return await self._get_list(f"/api/consumers/{_q(vhost)}")
 
     async def load_definitions(self, vhost: str, definitions: dict[str, Any]) -> None:
         """Load RabbitMQ definitions into ``vhost`` (``POST /api/definitions/{vhost}``)."""

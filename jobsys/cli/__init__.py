@@ -18,6 +18,7 @@ def main(verbose: int) -> None:
 def _register() -> None:
     # Each command group lives in its own module; importing them here keeps `jobsys.cli`
     # the only place that knows them all.
+    from jobsys.cli import dashboard as dashboard_cli
     from jobsys.cli import delays as delays_cli
     from jobsys.cli import demo as demo_cli
     from jobsys.cli import dlq as dlq_cli
@@ -34,6 +35,7 @@ def _register() -> None:
     main.add_command(delays_cli.delays_group)
     main.add_command(status_cli.status)
     main.add_command(demo_cli.demo)
+    main.add_command(dashboard_cli.dashboard)
     for command in main.commands.values():
         add_verbose_option(command)
 

@@ -179,7 +179,7 @@ async def show_command(
             where=dlq.Filter(job_id=full_id),
             limit=1,
             scan_limit=dlq.DEFAULT_SCAN_LIMIT * 10,
-            payload_bytes=payload_limit if payload else 0,
+            body_bytes=payload_limit if payload else 0,
         )
     if not result.jobs:  # replayed or purged between the two looks
         message = (

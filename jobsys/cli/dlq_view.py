@@ -74,9 +74,9 @@ def print_job(job: DeadJob, *, payload_limit: int) -> None:
     click.echo("headers:")
     for name in sorted(job.headers):
         _print_header(name, job.headers[name])
-    if job.payload is not None:
-        shown = payload_text(job.payload)
-        more = job.body_size - len(job.payload)
+    if job.body_head is not None:
+        shown = payload_text(job.body_head)
+        more = job.body_size - len(job.body_head)
         note = f" (first {payload_limit} of {job.body_size} bytes)" if more > 0 else ""
         click.echo(f"payload{note}:")
         for line in escape_lines(shown):
@@ -119,9 +119,9 @@ def job_json(job: DeadJob) -> dict[str, Any]:
         "payload_size": job.body_size,
         "headers": json_value(job.headers),
     }
-    if job.payload is not None:
-        data["payload"] = payload_text(job.payload)
-        data["payload_complete"] = len(job.payload) == job.body_size
+    if job.body_head is not None:
+        data["payload"] = payload_text(job.body_head)
+        data["payload_complete"] = len(job.body_head) == job.body_size
     return data
 
 

@@ -7,6 +7,7 @@ processes (``jobsys.process.supervisor``); without, it is one worker in this pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -102,6 +103,21 @@ def _grace(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     help="Drain a worker process whose resident memory exceeds MB and start a fresh one "
     "(implies a supervisor; --processes defaults to 1).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="N",
+    help="Serve Prometheus metrics on this port (/metrics). Under --processes P, process "
+    "slot i uses port N+i. Needs jobsys[prometheus].",
+)
+@click.option(
+    "--metrics-bind",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="HOST",
+    help="The address the metrics listener binds (0.0.0.0 for every interface).",
+)
 @connection_options
 @click.pass_context
 def worker(
@@ -116,6 +132,8 @@ def worker(
     processes: int | None,
     max_jobs: int | None,
     max_memory: int | None,
+    metrics_port: int | None,
+    metrics_bind: str,
     url: str | None,
     ca_file: str | None,
     insecure: bool,
@@ -130,6 +148,8 @@ def worker(
     replaces one that reached --max-jobs or --max-memory, forwards SIGTERM to all of them and
     exits 0 when all drained.
     """
+    if metrics_port is not None:
+        _check_metrics(metrics_port, processes or 1)
     app = import_app(app_target)
     loaded = load_or_exit(topology_file)
     settings = build_settings(url, ca_file, insecure)
@@ -147,6 +167,8 @@ def worker(
             topology_file=os.path.abspath(topology_file),
             options=options,
             verbose=verbosity(ctx),
+            metrics_port=metrics_port,
+            metrics_bind=metrics_bind,
         )
         _exit(_supervise(spec, settings, processes or 1, max_memory))
         return
@@ -155,7 +177,12 @@ def worker(
 
     try:
         running = Worker(app, loaded, settings, options)
-        with configure_from_env("jobsys-worker"):
+        with contextlib.ExitStack() as stack:
+            if metrics_port is not None:
+                from jobsys.observe.prometheus import serve_metrics
+
+                stack.callback(serve_metrics(metrics_bind, metrics_port).close)
+            stack.enter_context(configure_from_env("jobsys-worker"))
             code = asyncio.run(serve(running))
     except JobsysError as exc:
         _exit(fail(f"error: {exc}", exit_code_for(exc)))
@@ -166,6 +193,24 @@ def worker(
         click.echo(f"{running.lingering_threads} sync handler(s) still running; exiting", err=True)
         _exit(code, hard=True)
     _exit(code)
+
+
+def _check_metrics(port: int, processes: int) -> None:
+    if port + processes - 1 > 65535:
+        raise click.BadParameter(
+            f"with --processes {processes} the ports {port}..{port + processes - 1} are needed; "
+            "the highest port is 65535",
+            param_hint="--metrics-port",
+        )
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise click.exceptions.Exit(
+            fail(
+                "error: --metrics-port needs prometheus-client: pip install 'jobsys[prometheus]'",
+                EXIT_INVALID,
+            )
+        ) from None
 
 
 def _supervise(

@@ -32,6 +32,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import socket
 from typing import Any, cast
 
 import aiormq
@@ -92,7 +94,7 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()  # job runners
         self._in_progress = 0  # jobs between start and settlement
         self._idle = asyncio.Event()
-        self._connection = BrokerConnection(settings)
+        self._connection = BrokerConnection(worker_settings(settings))
         self._producer: Producer | None = None
         self._watch: FaultWatch | None = None
         self._runner = AttemptRunner(app, self.topology, settings)
@@ -351,3 +353,14 @@ class Worker:
 
 
 __all__ = ["Worker", "WorkerOptions", "WorkerStats"]
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """``settings`` with the connection named after this worker (``jobsys worker HOST pid
+    N``), so the broker's connection list (and the dashboard's workers page) tells workers
+    apart; a name the user chose is kept."""
+    if settings.client_name != "jobsys":
+        return settings
+    return settings.with_overrides(
+        client_name=f"jobsys worker {socket.gethostname()} pid {os.getpid()}"
+    )

@@ -14,6 +14,9 @@ observable (asynchronous) instruments when a reader collects: a job costs a few 
 instead of an SDK measurement each, which matters on a worker's hot path. Only the two
 histograms are measured per job. With no SDK configured the callbacks never run.
 
+``set_histogram_sink`` sends the two histograms' measurements to a second place too, and
+``counts`` reads the counters; ``jobsys.observe.prometheus`` serves both to Prometheus.
+
 Recording never raises: the first failure is logged and metrics then stay off for the process,
 so a job is never failed by them.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -125,10 +129,22 @@ class _Instruments:
         return attributes
 
 
+class HistogramSink(Protocol):
+    """A second place the two per-job histograms go (the Prometheus exporter): called on the
+    job's thread, so it must be cheap and must not block."""
+
+    def observe_latency(self, job_type: str, queue: str, seconds: float) -> None:
+        """One attempt started ``seconds`` after its publish."""
+
+    def observe_duration(self, job_type: str, queue: str, outcome: str, seconds: float) -> None:
+        """One attempt's handler ran ``seconds`` and ended with ``outcome``."""
+
+
 class _State:
     def __init__(self) -> None:
         self.instruments: _Instruments | None = None
         self.disabled = False
+        self.sink: HistogramSink | None = None
 
 
 _state = _State()
@@ -148,6 +164,35 @@ def use_meter_provider(provider: otel_metrics.MeterProvider | None) -> None:
     )
     _state.instruments = _Instruments(meter)
     _state.disabled = False
+
+
+def set_histogram_sink(sink: HistogramSink | None) -> None:
+    """Send the per-job histogram measurements to ``sink`` too (None: stop)."""
+    _state.sink = sink
+
+
+#: The counters ``counts`` reports, with the names of their attributes.
+COUNTERS: dict[str, tuple[str, ...]] = {
+    "published": _PER_EXCHANGE,
+    "started": _PER_QUEUE,
+    "succeeded": _PER_QUEUE,
+    "retried": _PER_QUEUE,
+    "dead_lettered": _PER_QUEUE,
+    "in_flight": _PER_QUEUE,
+}
+
+
+def counts() -> dict[str, list[tuple[dict[str, str], int]]]:
+    """Every counter (and the in-flight gauge) now: per name in ``COUNTERS``, each attribute
+    set with its value. Safe to call from another thread (each store is copied in one step)."""
+    stores = _instruments().counts
+    return {
+        name: [
+            (dict(zip(attributes, key, strict=True)), value)
+            for key, value in list(getattr(stores, name).items())
+        ]
+        for name, attributes in COUNTERS.items()
+    }
 
 
 def _instruments() -> _Instruments:
@@ -194,9 +239,10 @@ def record_started(job_type: str, queue: str, queued_s: float | None) -> None:
         _add(instruments.counts.in_flight, key)
         if queued_s is not None:
             # Clocks of producer and worker differ a little; a negative wait means "none".
-            instruments.latency.record(
-                max(0.0, queued_s), instruments.latency_attributes_of(job_type, queue)
-            )
+            waited = max(0.0, queued_s)
+            instruments.latency.record(waited, instruments.latency_attributes_of(job_type, queue))
+            if _state.sink is not None:
+                _state.sink.observe_latency(job_type, queue, waited)
     except Exception as exc:
         _failed(exc)
 
@@ -214,6 +260,8 @@ def record_finished(job_type: str, queue: str, outcome: str, duration_s: float) 
         instruments.duration.record(
             duration_s, instruments.duration_attributes_of(job_type, queue, outcome)
         )
+        if _state.sink is not None:
+            _state.sink.observe_duration(job_type, queue, outcome, duration_s)
         counter = _OUTCOME_COUNTERS.get(outcome)
         if counter is not None:
             _add(getattr(instruments.counts, counter), key)

@@ -119,11 +119,13 @@ async def peek(
     where: Filter | None = None,
     limit: int = 50,
     scan_limit: int = DEFAULT_SCAN_LIMIT,
-    payload_bytes: int = 0,
+    body_bytes: int = 0,
 ) -> PeekResult:
     """The first ``limit`` dead-lettered jobs of ``queue`` that match ``where``, in queue
-    order, reading at most ``scan_limit`` jobs; with their first ``payload_bytes`` bytes of
-    body when that is above 0. Every job read goes back where it was."""
+    order, reading at most ``scan_limit`` jobs. Every job read goes back where it was.
+
+    ``body_bytes`` above 0 keeps that many leading bytes of each job's body (``body_head``),
+    for a viewer that was asked to show payloads; by default no body is kept."""
     where = where or Filter()
     channel = await connection.channel(confirms=False)
     try:
@@ -144,8 +146,8 @@ async def peek(
                 # UTF-8 where AMQP wants text (decoded leniently, see jobsys.broker.decoding).
                 job_type = escape_invalid(message.type) if message.type else None
                 headers = sendable_headers(_headers(message))
-                payload = message.body[:payload_bytes] if payload_bytes > 0 else None
-                jobs.append(dead_job(headers, job_type, len(message.body), payload))
+                head = bytes(message.body[:body_bytes]) if body_bytes > 0 else None
+                jobs.append(dead_job(headers, job_type, len(message.body), head))
         if last is not None:
             # One nack puts every job read back, in order, without a redelivery loop.
             await last.nack(multiple=True, requeue=True)

@@ -48,6 +48,9 @@ class QueueCounts:
     consumers: int | None
     rates: Rates | None = None
     exists: bool = True
+    #: When the job at the head of the queue was published (its AMQP timestamp, seconds since
+    #: the epoch), as the management API reports it for a classic queue holding ready jobs.
+    head_published_s: int | None = None
 
     @property
     def total(self) -> int | None:
@@ -132,6 +135,25 @@ class StatusReader:
                 note = f"from the management API at {management_endpoint(self.settings).masked}"
                 return self._report(found, "management", note)
         return self._report(await self._amqp_counts(names), "amqp", self._note)
+
+    async def management(self) -> ManagementClient | None:
+        """A client for the management API once it is shown to answer for this broker; None
+        when it is not used, or stopped answering (``note`` of the next report says why)."""
+        if self._endpoint is None:
+            return None
+        client = ManagementClient(self._endpoint)
+        try:
+            await self._confirm_same_broker(client)
+        except ManagementUnavailable as exc:
+            self._endpoint = None
+            self._note = f"{exc}; read over AMQP instead (no unacked counts, no rates)"
+            return None
+        return client
+
+    @property
+    def note(self) -> str:
+        """Why the management API is not used (empty while it is)."""
+        return self._note
 
     async def _confirm_same_broker(self, client: ManagementClient) -> None:
         if self._confirmed:
@@ -248,6 +270,7 @@ def _counts_of(raw: dict[str, Any]) -> QueueCounts:
         unacked=_int_or_none(raw.get("messages_unacknowledged")),
         consumers=_int_or_none(raw.get("consumers")),
         rates=Rates(rate("publish"), rate("deliver_get"), rate("ack")),
+        head_published_s=_int_or_none(raw.get("head_message_timestamp")),
     )
 
 

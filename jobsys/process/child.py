@@ -46,6 +46,9 @@ class ChildSpec:
     topology_file: str
     options: WorkerOptions = field(default_factory=WorkerOptions)
     verbose: int = 0
+    #: Where this process serves its Prometheus metrics (None: it does not).
+    metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"
 
     def command(self) -> list[str]:
         """The child's command line."""
@@ -62,6 +65,8 @@ class ChildSpec:
             topology_file=data["topology_file"],
             options=WorkerOptions(**options),
             verbose=int(data.get("verbose", 0)),
+            metrics_port=data.get("metrics_port"),
+            metrics_bind=data.get("metrics_bind", "127.0.0.1"),
         )
 
 
@@ -197,12 +202,17 @@ def _run(spec: ChildSpec, requests: StopRequests) -> tuple[Worker, int]:
     app = load_app(spec.app_target)
     loaded = load_topology(spec.topology_file)
     worker = Worker(app, loaded, Settings.from_env(), spec.options)
-    if _telemetry_wanted(dict(os.environ)):
-        from jobsys.observe.telemetry_setup import configure_from_env
+    with contextlib.ExitStack() as stack:
+        if spec.metrics_port is not None:
+            from jobsys.observe.prometheus import serve_metrics
 
-        with configure_from_env("jobsys-worker"):
-            return worker, asyncio.run(serve(worker, requests))
-    return worker, asyncio.run(serve(worker, requests))
+            server = serve_metrics(spec.metrics_bind, spec.metrics_port)
+            stack.callback(server.close)
+        if _telemetry_wanted(dict(os.environ)):
+            from jobsys.observe.telemetry_setup import configure_from_env
+
+            stack.enter_context(configure_from_env("jobsys-worker"))
+        return worker, asyncio.run(serve(worker, requests))
 
 
 if __name__ == "__main__":

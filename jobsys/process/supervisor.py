@@ -38,7 +38,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobsys.process.child import REPORT_FD_ENV, ChildSpec
@@ -244,9 +244,13 @@ class Supervisor:
         os.set_blocking(read_fd, False)
         env = {**self.env, REPORT_FD_ENV: str(write_fd)}
         parent = os.getpid()
+        spec = self.spec
+        if spec.metrics_port is not None:
+            # Each slot has its own metrics port; a replacement takes over its slot's port.
+            spec = replace(spec, metrics_port=spec.metrics_port + slot)
         try:
             proc = subprocess.Popen(
-                self.spec.command(),
+                spec.command(),
                 env=env,
                 pass_fds=(write_fd,),
                 process_group=0,

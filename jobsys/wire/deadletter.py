@@ -176,8 +176,8 @@ DEAD_LETTER_HEADERS = frozenset(
 
 @dataclass(frozen=True)
 class DeadJob:
-    """What the dead-letter queue knows about one job: its headers and size; its body only
-    when asked for (``payload``, at most the bytes asked for), never by default."""
+    """What the dead-letter queue knows about one job: its headers and size, and its body's
+    first bytes only when a look asked for them (``body_head``)."""
 
     job_id: str | None
     job_type: str | None
@@ -189,11 +189,14 @@ class DeadJob:
     replays: int
     body_size: int
     headers: dict[str, Any] = field(repr=False)
-    payload: bytes | None = field(default=None, repr=False)
+    body_head: bytes | None = field(default=None, repr=False)
 
 
 def dead_job(
-    headers: Mapping[str, Any], job_type: str | None, body_size: int, payload: bytes | None = None
+    headers: Mapping[str, Any],
+    job_type: str | None,
+    body_size: int,
+    body_head: bytes | None = None,
 ) -> DeadJob:
     """Describe a dead-lettered delivery. Jobs the broker dead-lettered itself (max length,
     delivery limit, message TTL) carry no ``jobsys-`` error headers; their reason and queue
@@ -214,7 +217,7 @@ def dead_job(
         replays=integer(headers.get(HEADER_REPLAYS)) or 0,
         body_size=body_size,
         headers=dict(headers),
-        payload=payload,
+        body_head=body_head,
     )
 
 

@@ -1,5 +1,5 @@
 """The dependency direction, room by room: errors <- settings <- wire/topology/app (pure) <-
-observe <- broker <- publish <- consume/ops <- process <- cli.
+observe <- broker <- publish <- consume/ops <- process <- dashboard <- cli.
 
 Imports are read with ``ast`` from every module under ``jobsys/`` (so modules added later are
 checked too) and followed through jobsys's own modules. Imports under ``if TYPE_CHECKING:``
@@ -30,6 +30,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("jobsys.publish",),
     ("jobsys.consume", "jobsys.ops"),
     ("jobsys.process",),
+    # The web dashboard: over ops/, below the command line that starts it.
+    ("jobsys.dashboard",),
     ("jobsys.cli",),
 )
 #: Rooms that are plain Python: they never reach a broker client, directly or through jobsys.
@@ -274,6 +276,16 @@ def test_the_command_line_reaches_the_broker_only_through_jobsys() -> None:
         module: sorted(name for name in direct_imports(module) if name in BROKER_CLIENTS)
         for module in all_modules()
         if _is_cli(module)
+    }
+
+    assert {module: names for module, names in offenders.items() if names} == {}
+
+
+def test_the_dashboard_reaches_the_broker_only_through_jobsys() -> None:
+    offenders = {
+        module: sorted(name for name in direct_imports(module) if name in BROKER_CLIENTS)
+        for module in all_modules()
+        if room_of(module) == "jobsys.dashboard"
     }
 
     assert {module: names for module, names in offenders.items() if names} == {}
