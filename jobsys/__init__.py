@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from jobsys.consume.worker import Worker
     from jobsys.publish.producer import JobRequest, Producer, PublishResult, Receipt
     from jobsys.publish.sync import SyncProducer
+    from jobsys.schedule.scheduler import Scheduler, SchedulerStats
     from jobsys.topology.loader import LoadedTopology, load_topology, load_topology_text
     from jobsys.topology.model import Topology
 
@@ -63,6 +64,8 @@ _LAZY = {
     "Worker": "jobsys.consume.worker",
     "WorkerOptions": "jobsys.consume.options",
     "WorkerStats": "jobsys.consume.options",
+    "Scheduler": "jobsys.schedule.scheduler",
+    "SchedulerStats": "jobsys.schedule.scheduler",
 }
 
 
@@ -98,6 +101,9 @@ __all__ = [  # noqa: RUF022 - grouped by topic, not sorted
     "Worker",
     "WorkerOptions",
     "WorkerStats",
+    # schedules
+    "Scheduler",
+    "SchedulerStats",
     # errors, grouped by what the caller can do
     "JobsysError",
     "ConfigError",

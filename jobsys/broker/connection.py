@@ -345,12 +345,14 @@ class BrokerConnection:
         # 0 means "no limit" in AMQP; RabbitMQ always names one (131072 by default).
         return frame_max or DEFAULT_FRAME_MAX
 
-    async def plain_channel(self) -> aiormq.abc.AbstractChannel:
+    async def plain_channel(self, *, confirms: bool = True) -> aiormq.abc.AbstractChannel:
         """A plain aiormq channel, not a robust one: for probes and passive declares that the
-        broker may refuse. A robust channel the broker closed would restore itself by
-        repeating the refused operation, forever."""
+        broker may refuse (a robust channel the broker closed would restore itself by
+        repeating the refused operation, forever), and for what must end with its
+        connection (a transaction, the scheduler's leadership). ``confirms=False`` for a
+        channel that will select transaction mode."""
         with broker_errors(self.settings):
-            return await self.amqp.channel()
+            return await self.amqp.channel(publisher_confirms=confirms)
 
     async def close(self) -> None:
         """Close the connection; safe to call twice."""

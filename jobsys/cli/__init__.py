@@ -22,7 +22,9 @@ def _register() -> None:
     from jobsys.cli import delays as delays_cli
     from jobsys.cli import demo as demo_cli
     from jobsys.cli import dlq as dlq_cli
+    from jobsys.cli import jobs as jobs_cli
     from jobsys.cli import publish as publish_cli
+    from jobsys.cli import schedules as schedules_cli
     from jobsys.cli import status as status_cli
     from jobsys.cli import teardown as _teardown_cli  # noqa: F401  (adds `topology delete`)
     from jobsys.cli import topology as topology_cli
@@ -34,6 +36,9 @@ def _register() -> None:
     main.add_command(dlq_cli.dlq_group)
     main.add_command(delays_cli.delays_group)
     main.add_command(status_cli.status)
+    main.add_command(schedules_cli.scheduler)
+    main.add_command(schedules_cli.schedules_group)
+    main.add_command(jobs_cli.jobs_group)
     main.add_command(demo_cli.demo)
     main.add_command(dashboard_cli.dashboard)
     for command in main.commands.values():

@@ -1,6 +1,8 @@
-"""``jobsys delays status|retire``: the broker-side delay levels of a topology."""
+"""``jobsys delays status|list|retire``: the broker-side delay levels of a topology."""
 
 from __future__ import annotations
+
+import time
 
 import click
 
@@ -9,9 +11,10 @@ from jobsys.cli.common import build_settings, connection_options, run, topology_
 from jobsys.cli.output import Column, json_option, plural, print_json, print_table
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import format_duration
-from jobsys.ops.delays import retire_legacy_levels
+from jobsys.ops.delays import MAX_PEEK_PER_LEVEL, WaitingJob, peek_levels, retire_legacy_levels
 from jobsys.ops.status import legacy_waiting, waiting_per_level
-from jobsys.topology.delays import LEVELS, level_ttl_ms
+from jobsys.topology.delays import LEVELS, DelayLayout, level_ttl_ms
+from jobsys.wire.display import utc_time
 
 NOT_DECLARED = "not declared - run `jobsys topology apply`"
 
@@ -74,6 +77,85 @@ async def status_command(
             f"{plural(sum(legacy.values()), 'job')}; they deliver on time, and "
             "`jobsys delays retire` removes them once empty"
         )
+
+
+@delays_group.command(name="list")
+@topology_option(required=True, help="The topology file.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_PEEK_PER_LEVEL),
+    default=100,
+    show_default=True,
+    help="Jobs read per level (each is held for the few ms the level takes to read).",
+)
+@json_option
+@connection_options
+@run
+async def list_command(
+    topology_file: str,
+    limit: int,
+    as_json: bool,
+    url: str | None,
+    ca_file: str | None,
+    insecure: bool,
+) -> None:
+    """The jobs waiting in the delay levels, soonest due first, left where they are (reading
+    them holds each level's first jobs for a few ms: see docs/schedules.md)."""
+    layout = load_or_exit(topology_file).topology.delay_layout
+    settings = build_settings(url, ca_file, insecure)
+    async with BrokerConnection(settings) as connection:
+        jobs, more = await peek_levels(connection, layout, limit)
+    jobs.sort(key=lambda job: (job.due_at_ms is None, job.due_at_ms or 0))
+    if as_json:
+        print_json(
+            {
+                "jobs": [_as_json(job, layout) for job in jobs],
+                "not_read": {layout.level_name(level): n for level, n in sorted(more.items())},
+            }
+        )
+        return
+    now_ms = int(time.time() * 1000)
+    print_table(
+        [
+            Column("due (UTC)"),
+            Column("in", "right"),
+            Column("job id", max_width=60),
+            Column("job type", max_width=40),
+            Column("queue", max_width=60),
+            Column("level"),
+        ],
+        [
+            (
+                (utc_time(job.due_at_ms) if job.due_at_ms is not None else None) or "?",
+                format_duration(max(0, (job.due_at_ms - now_ms) // 1000)) if job.due_at_ms else "?",
+                job.job_id or "?",
+                job.job_type or "?",
+                job.queue,
+                layout.level_name(job.level),
+            )
+            for job in jobs
+        ],
+    )
+    unread = sum(more.values())
+    note = f"; {unread} more not read (--limit)" if unread else ""
+    click.echo(f"{plural(len(jobs), 'job')} waiting{note}")
+
+
+def _iso(ms: int | None) -> str | None:
+    shown = utc_time(ms) if ms is not None else None
+    return None if shown is None else shown.replace(" ", "T") + "Z"
+
+
+def _as_json(job: WaitingJob, layout: DelayLayout) -> dict[str, object]:
+    return {
+        "job_id": job.job_id,
+        "job_type": job.job_type,
+        "queue": job.queue,
+        "due_at": _iso(job.due_at_ms),
+        "due_at_ms": job.due_at_ms,
+        "attempt": job.attempt,
+        "level": layout.level_name(job.level),
+    }
 
 
 @delays_group.command(name="retire")

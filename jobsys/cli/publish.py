@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import click
@@ -45,6 +46,23 @@ _SAME_ID = (
     "Publishing the same id again queues another copy; handlers that deduplicate by "
     "ctx.job_id run it once."
 )
+
+
+def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"'{escape(value)}' is not an ISO 8601 moment, e.g. 2026-12-24T09:00:00+01:00"
+        ) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(
+            f"'{escape(value)}' has no UTC offset, so the moment it names is unknown: add one, "
+            "e.g. +01:00 or Z"
+        )
+    return moment
 
 
 def _delay(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -93,6 +111,14 @@ def _headers(ctx: click.Context, param: click.Parameter, values: Sequence[str]) 
 @click.option(
     "--delay", callback=_delay, metavar="DURATION", help="Deliver after, e.g. 90s, 1h30m."
 )
+@click.option(
+    "--at",
+    "run_at",
+    callback=_moment,
+    metavar="ISO-8601",
+    help="Deliver at this moment, with its UTC offset (e.g. 2026-12-24T09:00:00+01:00); a "
+    "moment already past runs now.",
+)
 @click.option("--job-id", help=f"The job id (default: a new UUID). {_SAME_ID}")
 @click.option(
     "--header",
@@ -123,6 +149,7 @@ def publish(
     line_format: LineFormat,
     priority: int | None,
     delay: float | None,
+    run_at: datetime | None,
     job_id: str | None,
     headers: dict[str, Any],
     publish_timeout: float | None,
@@ -146,6 +173,8 @@ def publish(
         raise click.UsageError(
             "--job-id names one job; give each line its id with --lines jobs instead"
         )
+    if delay is not None and run_at is not None:
+        raise click.UsageError("give either --delay or --at, not both")
     loaded = load_or_exit(topology_file)
     try:
         settings = build_settings(url, ca_file, insecure).with_overrides(
@@ -158,12 +187,12 @@ def publish(
             payload = parse_json(payload_json)
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD_JSON") from None
-        request = JobRequest(job_type, payload, priority, delay, job_id, headers)
+        request = JobRequest(job_type, payload, priority, delay, job_id, headers, run_at)
         code = _guard(lambda: _publish_one(settings, loaded.topology, request, as_json))
     else:
         assert jobs_file is not None
         lines = read_lines(jobs_file)
-        defaults = Defaults(priority, delay, headers)
+        defaults = Defaults(priority, delay, headers, run_at)
 
         async def body() -> int:
             tally = await publish_file(
@@ -208,6 +237,7 @@ async def _publish_one(
             delay_s=request.delay_s,
             job_id=request.job_id,
             headers=request.headers,
+            run_at=request.run_at,
         )
     due = None
     if receipt.delay_s:

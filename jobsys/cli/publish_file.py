@@ -17,6 +17,7 @@ import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import click
@@ -43,6 +44,7 @@ class Defaults:
     priority: int | None
     delay_s: float | None
     headers: dict[str, Any]
+    run_at: datetime | None = None  # --at: the moment every line is due (a line's delay wins)
 
 
 @dataclass
@@ -106,7 +108,13 @@ def request_of(line: bytes, job_type: str, fmt: LineFormat, defaults: Defaults) 
         raise ValueError(f"not JSON: {exc}") from None
     if fmt == "payloads":
         return JobRequest(
-            job_type, value, defaults.priority, defaults.delay_s, new_job_id(), defaults.headers
+            job_type,
+            value,
+            defaults.priority,
+            defaults.delay_s,
+            new_job_id(),
+            defaults.headers,
+            defaults.run_at,
         )
     return _job_line(value, job_type, defaults)
 
@@ -130,12 +138,13 @@ def _job_line(value: Any, job_type: str, defaults: Defaults) -> JobRequest:
     priority = value.get("priority", defaults.priority)
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
         raise ValueError(f"'priority' must be an integer, not {_json_type(priority)}")
-    delay_s = defaults.delay_s
+    delay_s, run_at = defaults.delay_s, defaults.run_at
     if "delay" in value:
         delay_s = parse_duration_s(value["delay"])  # its ValueError says what to write
+        run_at = None
     headers = dict(defaults.headers)
     headers.update(_headers(value.get("headers", {})))
-    return JobRequest(job_type, value["payload"], priority, delay_s, job_id, headers)
+    return JobRequest(job_type, value["payload"], priority, delay_s, job_id, headers, run_at)
 
 
 def _headers(value: Any) -> Mapping[str, Any]:

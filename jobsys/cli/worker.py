@@ -30,8 +30,9 @@ from jobsys.consume.worker import Worker
 from jobsys.duration import parse_duration_s
 from jobsys.errors import ConfigError, JobsysError
 from jobsys.process.child import ChildSpec, load_app
-from jobsys.process.serve import exit_code_for, serve
+from jobsys.process.serve import Served, exit_code_for, serve
 from jobsys.settings import Settings
+from jobsys.topology.loader import LoadedTopology
 from jobsys.wire.display import escape_keeping_newlines
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,14 @@ def _grace(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     metavar="HOST",
     help="The address the metrics listener binds (0.0.0.0 for every interface).",
 )
+@click.option(
+    "--scheduler",
+    "with_scheduler",
+    is_flag=True,
+    default=False,
+    help="Also stand for election as the topology's scheduler and fire its schedules while "
+    "elected (any number of workers may; exactly one fires).",
+)
 @connection_options
 @click.pass_context
 def worker(
@@ -134,6 +143,7 @@ def worker(
     max_memory: int | None,
     metrics_port: int | None,
     metrics_bind: str,
+    with_scheduler: bool,
     url: str | None,
     ca_file: str | None,
     insecure: bool,
@@ -161,6 +171,11 @@ def worker(
         max_jobs=max_jobs,
         threads=threads,
     )
+    if with_scheduler and (processes is not None or max_memory is not None):
+        raise click.UsageError(
+            "--scheduler runs in a single worker process; with --processes, run `jobsys "
+            "scheduler` beside the supervisor"
+        )
     if processes is not None or max_memory is not None:
         spec = ChildSpec(
             app_target=app_target,
@@ -177,13 +192,16 @@ def worker(
 
     try:
         running = Worker(app, loaded, settings, options)
+        served: Served = running
+        if with_scheduler:
+            served = _with_scheduler(running, app, loaded, settings)
         with contextlib.ExitStack() as stack:
             if metrics_port is not None:
                 from jobsys.observe.prometheus import serve_metrics
 
                 stack.callback(serve_metrics(metrics_bind, metrics_port).close)
             stack.enter_context(configure_from_env("jobsys-worker"))
-            code = asyncio.run(serve(running))
+            code = asyncio.run(serve(served))
     except JobsysError as exc:
         _exit(fail(f"error: {exc}", exit_code_for(exc)))
         return
@@ -211,6 +229,18 @@ def _check_metrics(port: int, processes: int) -> None:
                 EXIT_INVALID,
             )
         ) from None
+
+
+def _with_scheduler(
+    running: Worker, app: App, loaded: LoadedTopology, settings: Settings
+) -> Served:
+    from jobsys.process.together import WorkerAndScheduler, models_of
+    from jobsys.schedule.check import check_payloads
+    from jobsys.schedule.scheduler import Scheduler
+
+    models = models_of(app)
+    check_payloads(loaded, models, settings.max_payload_bytes)
+    return WorkerAndScheduler(running, Scheduler(settings, loaded, models=models))
 
 
 def _supervise(

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -21,7 +22,7 @@ from aiormq.abc import DeliveredMessage
 from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
-from jobsys.consume.outcome import ACK, Outcome
+from jobsys.consume.outcome import ACK, CANCEL, Outcome
 from jobsys.consume.retry import decide
 from jobsys.consume.threads import DeadlinePassed, HandlerThreads
 from jobsys.consume.watchdog import LoopWatchdog
@@ -131,12 +132,16 @@ class AttemptRunner:
         #: Set by the worker: the threads of its sync handlers, and its event-loop watchdog.
         self.threads: HandlerThreads | None = None
         self.watchdog: LoopWatchdog | None = None
+        #: Set by the worker: the job ids cancelled before they ran.
+        self.cancellations: Container[str] = ()
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
 
     async def run(self, delivery: Delivery, queue: str) -> Outcome:
         """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
         return its outcome."""
         props = delivery.message.header.properties
+        if delivery.job_id is not None and delivery.job_id in self.cancellations:
+            return CANCEL  # before anything else: not run, not held, not sent back to wait
         blocked = self._blocked_before(delivery)
         if blocked is not None:
             return blocked

@@ -37,6 +37,8 @@ class WorkerStats:
     lost_acks: int = 0
     #: Delayed jobs that arrived before their due time and went back to wait.
     early: int = 0
+    #: Jobs cancelled before they ran, acked without running.
+    cancelled: int = 0
 
     @property
     def settled(self) -> int:
@@ -56,4 +58,6 @@ class WorkerStats:
             line += f", {self.lost_acks} redelivered after a lost channel"
         if self.early:
             line += f", {self.early} arrived early and went back to wait"
+        if self.cancelled:
+            line += f", {self.cancelled} cancelled before they ran"
         return line

@@ -2,7 +2,8 @@
 
 ``retry.decide`` turns a failure into a ``retry`` or ``dead_letter`` outcome, an attempt that
 succeeded is ``ack``, a delivery taken back unrun (shutdown) is ``requeue``, and a delayed job
-that arrived before its due time goes back to wait (``wait``, not an attempt);
+that arrived before its due time goes back to wait (``wait``, not an attempt), and a job
+cancelled before it ran is acked unrun (``cancel``);
 ``settle.Settler`` carries each out. Spans and metrics show these kinds under their documented
 names (``ok``, ``retry``, ``dead_lettered``, ``requeued``), mapped in one place in
 ``jobsys.observe.tracing``.
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-OutcomeKind = Literal["ack", "retry", "dead_letter", "requeue", "wait"]
+OutcomeKind = Literal["ack", "retry", "dead_letter", "requeue", "wait", "cancel"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,4 +48,6 @@ class Outcome:
 
 
 ACK = Outcome("ack")
+#: A job cancelled before it ran (``Producer.cancel``): acked without running.
+CANCEL = Outcome("cancel")
 REQUEUE = Outcome("requeue")

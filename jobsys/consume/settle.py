@@ -85,6 +85,16 @@ class Settler:
             return outcome
         if outcome.kind == "wait":
             return await self._wait_again(delivery, outcome, queue)
+        if outcome.kind == "cancel":
+            delivery.counted = True
+            self.stats.cancelled += 1
+            log.info(
+                "job %s (%s) was cancelled: acked without running",
+                delivery.job_id,
+                delivery.job_type,
+            )
+            delivery.acks.ack(delivery)
+            return outcome
         try:
             applied = await self._republish(delivery, outcome, queue)
         except (UnroutableError, AccessRefused) as exc:

@@ -44,6 +44,7 @@ from jobsys.app import App
 from jobsys.broker.connection import BrokerConnection, broker_errors
 from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
+from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
@@ -99,6 +100,7 @@ class Worker:
         self._watch: FaultWatch | None = None
         self._runner = AttemptRunner(app, self.topology, settings)
         self._settler: Settler | None = None
+        self._cancellations: Cancellations | None = None
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -122,6 +124,12 @@ class Worker:
         self._runner.watchdog.start()
         self._producer = Producer(self.settings, self.topology, connection=self._connection)
         await self._producer.open()
+        # Every cancellation made before this worker consumes is known before its first job.
+        self._cancellations = Cancellations(
+            self._connection, self.topology.namespace, self.topology.delays.max_delay
+        )
+        await self._cancellations.start(self._producer)
+        self._runner.cancellations = self._cancellations
         self._settler = Settler(
             self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
         )
@@ -241,6 +249,9 @@ class Worker:
         await asyncio.gather(*self._running, return_exceptions=True)
         if self._watch is not None:
             await self._watch.close()
+        if self._cancellations is not None:
+            with contextlib.suppress(Exception):
+                await self._cancellations.close()
         # Closing a channel waits for the broker's close-ok, which follows every ack sent on
         # it: a job counted as done has really been acked.
         for pool in self.pools:

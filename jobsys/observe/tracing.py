@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 PublishKind = Literal["publish", "retry", "dead_letter", "replay", "wait"]
 #: How an attempt ended, as its span's ``jobsys.job.outcome`` and the metrics show it.
-SpanOutcome = Literal["ok", "retry", "dead_lettered", "requeued", "waiting", "error"]
+SpanOutcome = Literal["ok", "retry", "dead_lettered", "requeued", "waiting", "cancelled", "error"]
 #: Settlement kinds (``jobsys.consume.outcome``) under their documented names: the one place
 #: the two vocabularies meet.
 SPAN_OUTCOMES: Mapping[str, SpanOutcome] = {
@@ -52,6 +52,7 @@ SPAN_OUTCOMES: Mapping[str, SpanOutcome] = {
     "dead_letter": "dead_lettered",
     "requeue": "requeued",
     "wait": "waiting",
+    "cancel": "cancelled",
 }
 
 _INSTRUMENTATION_NAME = "jobsys"
@@ -357,7 +358,7 @@ class ConsumeSpan:
             if error is not None:
                 span.record_exception(error)
                 span.set_attribute("error.type", type(error).__qualname__)
-            if outcome not in ("ok", "requeued", "waiting"):
+            if outcome not in ("ok", "requeued", "waiting", "cancelled"):
                 span.set_status(
                     Status(StatusCode.ERROR, type(error).__name__ if error else outcome)
                 )

@@ -1,4 +1,14 @@
-"""Retiring the delay levels of the layout before jobsys fixed its level count.
+"""Looking at the jobs waiting in the delay levels, and retiring the delay levels of the
+layout before jobsys fixed its level count.
+
+``peek_levels`` reads what waits without taking it: each level's first messages are fetched
+with ``basic.get`` (not acked) on a channel of their own, their headers read, and the channel
+closed, which gives them back to the broker. Measured on 3.10.8 (classic and quorum levels):
+they go back in their place, keep their TTL expiry, and reach their queue with ``redelivered``
+unset, as if never read. The cost: while held (a few ms per level) they cannot expire, so a job
+due in that instant arrives that much later. On RabbitMQ 4.x a quorum level counts each peek as
+a delivery of the job: peeked 20 times it is dead-lettered early to the next level, where it
+still arrives on time (the worker holds an early job until its due time).
 
 Those levels (``jobsys.delay.NN`` and ``jobsys.delivery``) had a level count that grew with
 ``delays.max_delay``; nothing publishes into them since, but jobs delayed before keep waiting
@@ -12,11 +22,75 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aiormq.exceptions
+from pamqp import commands as spec
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
 from jobsys.errors import JobsysError
 from jobsys.ops.status import legacy_waiting
 from jobsys.topology import delays
+from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_DUE_AT_MS, HEADER_JOB_ID, positive_int, text
+
+#: The most jobs ``peek_levels`` reads per level (each is held while the level is read).
+MAX_PEEK_PER_LEVEL = 10_000
+
+
+@dataclass(frozen=True)
+class WaitingJob:
+    """One job waiting in a delay level, as its headers describe it."""
+
+    level: int
+    job_id: str | None
+    job_type: str | None
+    queue: str  # where it goes when due
+    due_at_ms: int | None
+    attempt: int | None
+
+
+async def peek_levels(
+    connection: BrokerConnection, layout: delays.DelayLayout, limit_per_level: int
+) -> tuple[list[WaitingJob], dict[int, int]]:
+    """The first ``limit_per_level`` jobs of each delay level, left where they are; and per
+    level how many more wait than were read."""
+    if not 1 <= limit_per_level <= MAX_PEEK_PER_LEVEL:
+        raise ValueError(f"the limit per level is 1 to {MAX_PEEK_PER_LEVEL}")
+    found: list[WaitingJob] = []
+    more: dict[int, int] = {}
+    for level in range(delays.LEVELS):
+        name = layout.level_name(level)
+        channel = await connection.plain_channel()
+        try:
+            with broker_errors(connection.settings):
+                try:
+                    declared = await channel.queue_declare(name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    continue  # not declared: `delays status` says so
+                waiting = declared.message_count or 0
+                for _ in range(min(waiting, limit_per_level)):
+                    message = await channel.basic_get(name, no_ack=False)
+                    if not isinstance(message.delivery, spec.Basic.GetOk):
+                        break
+                    found.append(_waiting_job(level, message))
+            if waiting > limit_per_level:
+                more[level] = waiting - limit_per_level
+        finally:
+            await close_quietly(channel)  # the jobs read go back, in their place
+    return found, more
+
+
+def _waiting_job(level: int, message: aiormq.abc.DeliveredMessage) -> WaitingJob:
+    props = message.header.properties
+    headers = props.headers or {}
+    key = getattr(message.delivery, "routing_key", "") or ""
+    # The routing key is one word per level (the delay in bits), then the destination queue.
+    parts = key.split(".", delays.LEVELS)
+    return WaitingJob(
+        level=level,
+        job_id=text(headers.get(HEADER_JOB_ID)),
+        job_type=props.message_type,
+        queue=parts[-1] if len(parts) > delays.LEVELS else "?",
+        due_at_ms=positive_int(headers.get(HEADER_DUE_AT_MS)),
+        attempt=positive_int(headers.get(HEADER_ATTEMPT)),
+    )
 
 
 class LegacyLevelsBusy(JobsysError):

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from jobsys.errors import (
     AccessRefused,
@@ -24,8 +24,20 @@ from jobsys.errors import (
 )
 from jobsys.wire.display import escape, escape_keeping_newlines
 
-if TYPE_CHECKING:
-    from jobsys.consume.worker import Worker
+
+class Served(Protocol):
+    """What ``serve`` runs: a worker, a scheduler, or both in one process."""
+
+    @property
+    def graceful(self) -> bool:
+        """Whether it drained gracefully."""
+
+    async def run(self) -> object:
+        """Serve until stopped."""
+
+    def request_stop(self) -> None:
+        """Drain gracefully; called a second time, stop at once."""
+
 
 #: Exit codes, documented in docs/cli.md.
 EXIT_OK = 0
@@ -90,7 +102,7 @@ class StopRequests:
 
     def __init__(self) -> None:
         self.count = 0
-        self._worker: Worker | None = None
+        self._worker: Served | None = None
 
     def request(self) -> None:
         """One more stop request (a signal)."""
@@ -98,14 +110,14 @@ class StopRequests:
         if self._worker is not None:
             self._worker.request_stop()
 
-    def attach(self, worker: Worker) -> None:
+    def attach(self, worker: Served) -> None:
         """Pass every request so far, and every later one, to ``worker``."""
         self._worker = worker
         for _ in range(self.count):
             worker.request_stop()
 
 
-async def serve(worker: Worker, requests: StopRequests | None = None) -> int:
+async def serve(worker: Served, requests: StopRequests | None = None) -> int:
     """Run ``worker`` until SIGTERM/SIGINT: the first signal drains, a second stops at once.
 
     Returns the exit code: 0 when it drained gracefully, 1 when jobs were left unfinished.

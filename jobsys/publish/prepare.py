@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -44,6 +45,8 @@ class JobRequest:
     delay_s: float | None = None
     job_id: str | None = None
     headers: Mapping[str, Any] | None = None
+    #: When the job is due: a timezone-aware datetime (instead of ``delay_s``).
+    run_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +167,19 @@ def prepare_job(
     if route.static_headers:
         # A headers exchange routes on these, so they win over the caller's.
         headers.update(route.static_headers)
-    targets, delay_s = _targets(route, request.delay_s, layout)
+    now = now_ms()
+    run_at_ms = None if request.run_at is None else _run_at_ms(request, route)
+    wanted_s = request.delay_s if run_at_ms is None else max(0, run_at_ms - now) / 1000
+    targets, delay_s = _targets(route, wanted_s, layout)
     if delay_s is not None:
         # A delayed job arrives through the delivery exchange; its dead-letter record must
         # still name the exchange and routing key it was published for.
         headers.update(origin_headers(Origin(route.exchange, route.routing_key)))
-        headers[HEADER_DUE_AT_MS] = due_at_ms(delay_s, now_ms())
+        headers[HEADER_DUE_AT_MS] = due_at_ms(delay_s, now)
+    if run_at_ms is not None:
+        # The moment asked for, exactly: the levels round the wait up to whole seconds, and a
+        # worker never starts the job before this (a moment already past runs at once).
+        headers[HEADER_DUE_AT_MS] = run_at_ms
     return PreparedJob(
         job_id=job_id,
         job_type=request.job_type,
@@ -179,6 +189,37 @@ def prepare_job(
         targets=targets,
         delay_s=delay_s,
     )
+
+
+def _run_at_ms(request: JobRequest, route: JobRoute) -> int:
+    """``request.run_at`` in whole ms since the epoch, rounded up (never early); refuses a naive
+    or non-datetime value, one given with ``delay_s``, and one further off than the topology's
+    ``delays.max_delay`` allows."""
+    run_at = request.run_at
+    if request.delay_s is not None:
+        raise ConfigError("give either delay_s or run_at, not both")
+    if not isinstance(run_at, datetime):
+        raise ConfigError(
+            f"run_at must be a datetime with a timezone, got {type(run_at).__name__} "
+            f"{shown(run_at, 60)}"
+        )
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise ConfigError(
+            f"run_at {run_at.isoformat()} has no timezone, so the moment it names is unknown: "
+            "pass an aware datetime, e.g. datetime(..., tzinfo=ZoneInfo('Europe/Berlin')) or "
+            "datetime.now(UTC) + timedelta(...)"
+        )
+    try:
+        ms = math.ceil(run_at.timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        ms = None
+    if ms is None or (ms - now_ms()) / 1000 > route.max_delay_s:
+        raise ConfigError(
+            f"run_at {run_at.isoformat()} is further off than delays.max_delay "
+            f"({format_duration(route.max_delay_s)}) in the topology allows; publish it later, "
+            "or raise delays.max_delay (at most about 17 years)"
+        )
+    return ms if ms > 0 else 1
 
 
 def _check_priority(job_type: str, route: JobRoute, priority: int) -> None:

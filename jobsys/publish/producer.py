@@ -30,6 +30,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -47,11 +48,20 @@ from jobsys.publish.properties import copied_properties, message_properties
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
-from jobsys.wire.envelope import JobProperties, new_message_id
+from jobsys.topology.own import OwnLayout
+from jobsys.wire.envelope import JobProperties, check_job_id, new_message_id
 from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, positive_int, text
 from jobsys.wire.table import shown
 
-__all__ = ["JobRequest", "PreparedJob", "Producer", "PublishResult", "Receipt"]
+__all__ = [
+    "CANCEL_TYPE",
+    "SYNC_TYPE",
+    "JobRequest",
+    "PreparedJob",
+    "Producer",
+    "PublishResult",
+    "Receipt",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +70,9 @@ log = logging.getLogger(__name__)
 _CONTENT_HEADER_OVERHEAD = 20
 #: Confirms ``publish_many`` keeps in flight at once.
 DEFAULT_WINDOW = 512
+#: The AMQP type of a cancellation on the cancellations stream, and of a worker's marker there.
+CANCEL_TYPE = "jobsys.cancel"
+SYNC_TYPE = "jobsys.cancel-sync"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +187,14 @@ class Producer:
         delay_s: float | None = None,
         job_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
     ) -> Receipt:
         """Publish one job and return its receipt once the broker confirmed it as routed.
+
+        ``delay_s`` delays the job by so many seconds; ``run_at`` (a timezone-aware datetime,
+        instead) makes it due at that moment: it goes through the same delay levels, a moment
+        already past runs at once, and no worker starts it before the moment. A naive
+        datetime, both at once, or a moment beyond ``delays.max_delay`` is a ``ConfigError``.
 
         Pass ``job_id`` so that a resubmission after ``PublishOutcomeUnknown`` carries the same
         id: a second copy may be queued, and handlers that deduplicate by ``ctx.job_id`` run
@@ -186,7 +205,7 @@ class Producer:
         one fails, the error is raised and the queues before it may already hold the job
         (publish it again with the same job id; handlers deduplicate by it).
         """
-        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers)
+        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
         job = self.prepare(request)
         return await self._publish_prepared(job)
 
@@ -284,6 +303,31 @@ class Producer:
             props = self._copied(outgoing, kept, headers, message_id)
             await self._channel().publish(outgoing, props)
         return Receipt(job_id, outgoing.job_type, exchange, routing_key, message_id, delay_s)
+
+    async def cancel(self, job_id: str) -> Receipt:
+        """Cancel job ``job_id`` if it has not started: every worker acks it without running
+        it when it arrives (waiting in its queue, delayed, or fired later by a schedule), and
+        counts it as cancelled. Returns once the broker confirmed the cancellation.
+
+        jobsys keeps no index of jobs, so it cannot tell whether such a job exists or already
+        ran: the cancellation is recorded either way, and remembered for as long as a job can
+        wait in the delay levels (``delays.max_delay``). A job already running is not stopped.
+        A malformed or oversized id is refused (``MessageError``) before any I/O.
+        """
+        return await self._to_cancellations(check_job_id(job_id), CANCEL_TYPE)
+
+    async def cancel_marker(self, marker: str) -> Receipt:
+        """Append a worker's marker to the cancellations stream (see
+        ``jobsys.consume.cancellations``); it cancels nothing."""
+        return await self._to_cancellations(marker, SYNC_TYPE)
+
+    async def _to_cancellations(self, job_id: str, kind: str) -> Receipt:
+        exchange = OwnLayout(self.topology.namespace).cancel_exchange
+        outgoing = Outgoing(job_id, kind, exchange, "", b"", ())
+        message_id = new_message_id()
+        props = message_properties(kind, None, {HEADER_JOB_ID: job_id}, message_id)
+        await self._channel().publish(outgoing, props)
+        return Receipt(job_id, kind, exchange, "", message_id)
 
     def prepare(self, request: JobRequest) -> PreparedJob:
         """Validate and encode ``request`` without any I/O (what ``publish`` does first)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -94,23 +95,32 @@ class SyncProducer:
         delay_s: float | None = None,
         job_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
     ) -> Receipt:
         """Publish one job and block until the broker confirmed it (see ``Producer.publish``)."""
-        return self._call(self._publish(job_type, payload, priority, delay_s, job_id, headers))
+        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
+        return self._call(self._publish(request))
 
-    async def _publish(
-        self,
-        job_type: str,
-        payload: Any,
-        priority: int | None,
-        delay_s: float | None,
-        job_id: str | None,
-        headers: Mapping[str, Any] | None,
-    ) -> Receipt:
+    async def _publish(self, request: JobRequest) -> Receipt:
         await self._producer.open()  # a no-op once open; connects lazily with connect=False
         return await self._producer.publish(
-            job_type, payload, priority=priority, delay_s=delay_s, job_id=job_id, headers=headers
+            request.job_type,
+            request.payload,
+            priority=request.priority,
+            delay_s=request.delay_s,
+            job_id=request.job_id,
+            headers=request.headers,
+            run_at=request.run_at,
         )
+
+    def cancel(self, job_id: str) -> Receipt:
+        """Cancel a job that has not started and block until the broker confirmed the
+        cancellation (see ``Producer.cancel``)."""
+        return self._call(self._cancel(job_id))
+
+    async def _cancel(self, job_id: str) -> Receipt:
+        await self._producer.open()
+        return await self._producer.cancel(job_id)
 
     def publish_many(
         self, requests: Iterable[JobRequest], *, window: int = DEFAULT_WINDOW

@@ -19,6 +19,7 @@ from jobsys.topology.model import (
     JobType,
     Topology,
 )
+from jobsys.topology.own import OwnLayout
 from jobsys.topology.routing import route_job_type
 from jobsys.topology.source import printable
 
@@ -47,6 +48,7 @@ class Malformed:
 
     exchanges: Collection[str] = field(default=())
     queues: Collection[str] = field(default=())
+    job_types: Collection[str] = field(default=())
 
 
 def check_topology(topology: Topology, malformed: Malformed | None = None) -> list[Problem]:
@@ -58,6 +60,7 @@ def check_topology(topology: Topology, malformed: Malformed | None = None) -> li
         *_check_queues(topology),
         *_check_bindings(topology, known),
         *_check_job_types(topology, known),
+        *_check_schedules(topology, known),
     ]
 
 
@@ -79,7 +82,11 @@ def check_broker_support(topology: Topology, version: tuple[int, ...]) -> list[P
 
 def _check_names(topology: Topology) -> Iterator[Problem]:
     layout = topology.delay_layout
-    derived = {layout.due_exchange, topology.dead_letter_exchange}
+    derived = {
+        layout.due_exchange,
+        topology.dead_letter_exchange,
+        *OwnLayout(topology.namespace).derived_names(),
+    }
     waits = f"{topology.namespace}.wait."
     for section in ("exchanges", "queues"):
         for name in getattr(topology, section):
@@ -94,7 +101,8 @@ def _check_names(topology: Topology) -> Iterator[Problem]:
                     (section, name),
                     f"name {name!r} is one jobsys derives for namespace "
                     f"{topology.namespace!r} ({waits}*, {layout.due_exchange}, "
-                    f"{topology.dead_letter_exchange})",
+                    f"{topology.dead_letter_exchange}, {topology.namespace}.scheduler*, "
+                    f"{topology.namespace}.cancel*)",
                 )
     for name in topology.queues:
         if (
@@ -220,6 +228,17 @@ def _check_job_types(topology: Topology, malformed: Malformed) -> Iterator[Probl
             yield Problem(path, _unroutable_message(topology, name, job_type))
             continue
         yield from _check_priority(topology, path, job_type, queues)
+
+
+def _check_schedules(topology: Topology, malformed: Malformed) -> Iterator[Problem]:
+    for name, schedule in topology.schedules.items():
+        if schedule.job_type not in topology.job_types:
+            yield Problem(
+                ("schedules", name, "job_type"),
+                _not_declared(
+                    "job type", schedule.job_type, topology.job_types, malformed.job_types
+                ),
+            )
 
 
 def _check_retry_delays(topology: Topology, name: str, job_type: JobType) -> Iterator[Problem]:

@@ -20,6 +20,14 @@ from jobsys.topology.model import (
     dead_letter_queue_name,
     ttl_ms,
 )
+from jobsys.topology.own import (
+    STATE_KEY,
+    TOKEN_KEY,
+    OwnLayout,
+    cancellations_arguments,
+    last_value_arguments,
+    leader_arguments,
+)
 
 ArgValue = str | int | bool
 
@@ -41,7 +49,7 @@ class QueueSpec:
     name: str
     durable: bool
     arguments: dict[str, ArgValue]
-    role: Literal["work", "dead-letter", "delay"]
+    role: Literal["work", "dead-letter", "delay", "scheduler", "cancellations"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,29 @@ def _delay_level_arguments(
     return args
 
 
+def _add_own(
+    topology: Topology,
+    exchanges: list[ExchangeSpec],
+    queues: list[QueueSpec],
+    bindings: list[BindingSpec],
+) -> None:
+    """The cancellations stream (every topology), and the scheduler's queues (a topology with
+    schedules; of ``delays.queue_type``, like the levels: quorum for a cluster)."""
+    own = OwnLayout(topology.namespace)
+    exchanges.append(ExchangeSpec(name=own.cancel_exchange, type="fanout"))
+    queues.append(QueueSpec(own.cancellations, True, cancellations_arguments(), "cancellations"))
+    bindings.append(BindingSpec(own.cancel_exchange, own.cancellations, "queue", ""))
+    if not topology.schedules:
+        return
+    kind = topology.delays.queue_type
+    exchanges.append(ExchangeSpec(name=own.scheduler_exchange, type="direct"))
+    queues.append(QueueSpec(own.leader_queue, True, leader_arguments(kind), "scheduler"))
+    bindings.append(BindingSpec(own.scheduler_exchange, own.leader_queue, "queue", TOKEN_KEY))
+    for name in (own.state_queue, own.status_queue):
+        queues.append(QueueSpec(name, True, last_value_arguments(kind), "scheduler"))
+        bindings.append(BindingSpec(own.scheduler_exchange, name, "queue", STATE_KEY))
+
+
 def desired_entities(topology: Topology) -> Entities:
     """Every exchange, queue and binding the topology needs, in declaration order."""
     layout = topology.delay_layout
@@ -183,6 +214,7 @@ def desired_entities(topology: Topology) -> Entities:
             )
         )
 
+    _add_own(topology, exchanges, queues, bindings)
     bindings += user_bindings(topology)
     return Entities(
         exchanges=exchanges, queues=queues, bindings=bindings, delay_levels=delays.LEVELS

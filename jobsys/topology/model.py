@@ -23,6 +23,7 @@ from pydantic import (
 from jobsys.duration import format_duration, parse_duration_s
 from jobsys.topology import limits
 from jobsys.topology.delays import DEFAULT_NAMESPACE, MAX_DELAY_S, DelayLayout
+from jobsys.topology.schedules import Schedule
 
 _T = TypeVar("_T")
 
@@ -239,6 +240,8 @@ class Topology(_Frozen):
     bindings: list[Binding] = Field(default_factory=list)
     job_types: dict[Name, JobType] = Field(default_factory=dict)
     delays: Delays = Delays()
+    #: Periodic jobs, by name; fired by ``jobsys scheduler`` (``jobsys.schedule``).
+    schedules: dict[Name, Schedule] = Field(default_factory=dict)
     #: The prefix of the exchanges and queues jobsys derives for this topology (delay levels,
     #: the due exchange, the dead-letter exchange). Apps sharing a vhost keep apart by using
     #: namespaces of their own: one app's producers then cannot reach the other's queues

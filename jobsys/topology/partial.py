@@ -18,7 +18,7 @@ from jobsys.topology.check import Malformed, Path, Problem, check_topology
 from jobsys.topology.model import Topology
 
 #: Sections whose entries are keyed by name; ``bindings`` is a list.
-_NAMED = ("exchanges", "queues", "job_types")
+_NAMED = ("exchanges", "queues", "job_types", "schedules")
 
 
 def sound_part_problems(data: dict[str, Any], error_paths: Iterable[Path]) -> list[Problem]:
@@ -49,6 +49,7 @@ def sound_part_problems(data: dict[str, Any], error_paths: Iterable[Path]) -> li
     malformed = Malformed(
         exchanges={str(name) for name in left_out["exchanges"]},
         queues={str(name) for name in left_out["queues"]},
+        job_types={str(name) for name in left_out["job_types"]},
     )
     kept = []
     for problem in check_topology(topology, malformed):
@@ -58,8 +59,11 @@ def sound_part_problems(data: dict[str, Any], error_paths: Iterable[Path]) -> li
             if _names_left_out(path, binding.exchange, binding.queue, left_out):
                 continue
             problem = Problem(("bindings", kept_bindings[int(path[1])], *path[2:]), problem.message)
-        elif path[0] == "job_types" and _depends_on_left_out(
-            path, topology, left_out, routing_known
+        elif (
+            path[0] == "job_types" and _depends_on_left_out(path, topology, left_out, routing_known)
+        ) or (
+            path[0] == "schedules"
+            and topology.schedules[str(path[1])].job_type in left_out["job_types"]
         ):
             continue
         kept.append(problem)

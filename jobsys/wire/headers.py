@@ -25,6 +25,9 @@ HEADER_REPLAYS = "jobsys-replays"
 #: When a delayed job (or a retry after a delay) is due, ms since the epoch by the clock of whoever
 #: delayed it: no worker starts it before then, whatever the broker's own clock did meanwhile.
 HEADER_DUE_AT_MS = "jobsys-due-at-ms"
+#: On a job a schedule fired: the schedule's name, and its slot (ms since the epoch).
+HEADER_SCHEDULE = "jobsys-schedule"
+HEADER_SLOT_MS = "jobsys-slot-ms"
 
 # -- origin: where a job was first published, and when trouble began -------------------------
 # A retry or a delayed job arrives through the delivery exchange; these say where it was meant

@@ -224,8 +224,8 @@ APPLY_PERMISSIONS = (r"^(ft\..*|jobsys\..*)$",) * 3
 PRODUCER_PERMISSIONS = ("^$", r"^(ft\.jobs|jobsys\.wait\..*)$", "^$")
 WORKER_PERMISSIONS = (
     "^$",
-    r"^(jobsys\.dead-letter|jobsys\.due|jobsys\.wait\..*)$",
-    r"^ft\.work$",
+    r"^(jobsys\.dead-letter|jobsys\.due|jobsys\.wait\..*|jobsys\.cancel)$",
+    r"^(ft\.work|jobsys\.cancellations)$",
 )
 
 

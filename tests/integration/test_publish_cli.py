@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -414,3 +415,64 @@ def test_console_spans_go_to_stderr_so_stdout_stays_the_job_id(
     assert done.returncode == 0, done.stderr
     [job_id] = done.stdout.split()
     assert '"jobsys.job.id"' in done.stderr and job_id in done.stderr
+
+
+def test_at_a_moment_ahead_waits_in_the_delay_levels_and_in_the_past_runs_now(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    ahead = run_cli(
+        vhost_settings, topology_file, "send_email", "{}", "--at", "2099-01-01T00:00:00+01:00"
+    )
+    assert ahead.exit_code == 2  # beyond delays.max_delay: refused, not published
+    assert "further off than delays.max_delay" in ahead.stderr
+    soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    result = run_cli(vhost_settings, topology_file, "send_email", "{}", "--at", soon)
+    assert result.exit_code == 0, result.stderr
+    assert queued(vhost_settings, "emails") == []  # waiting in a delay level
+    past = run_cli(
+        vhost_settings,
+        topology_file,
+        "send_email",
+        "{}",
+        "--at",
+        "2020-01-01T00:00:00Z",
+        "--job-id",
+        "late",
+    )
+    assert past.exit_code == 0, past.stderr
+    assert [job_id for job_id, _, _ in queued(vhost_settings, "emails")] == ["late"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2030-01-01T09:00:00", "has no UTC offset"),
+        ("tomorrow", "is not an ISO 8601 moment"),
+        ("2030-13-01T00:00:00Z", "is not an ISO 8601 moment"),
+        ("2030-01-01T00:00:00Z\x1b[2J", "\\x1b"),
+    ],
+)
+def test_at_without_an_offset_or_not_a_moment_is_a_usage_error(
+    vhost_settings: Settings, topology_file: str, value: str, expected: str
+) -> None:
+    result = run_cli(vhost_settings, topology_file, "send_email", "{}", "--at", value)
+    assert result.exit_code == 2
+    assert expected in result.stderr
+    assert "\x1b" not in result.stderr
+
+
+def test_at_and_delay_together_are_a_usage_error(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    result = run_cli(
+        vhost_settings,
+        topology_file,
+        "send_email",
+        "{}",
+        "--at",
+        "2030-01-01T00:00:00Z",
+        "--delay",
+        "5s",
+    )
+    assert result.exit_code == 2
+    assert "either --delay or --at" in result.stderr

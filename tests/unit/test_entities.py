@@ -122,7 +122,8 @@ def test_the_derived_exchanges_follow_the_users_own() -> None:
         ExchangeSpec("jobsys.dead-letter", "direct"),
         ExchangeSpec("jobsys.due", "topic"),
     ]
-    assert exchanges[4:] == [ExchangeSpec(f"jobsys.wait.{n:02d}", "topic") for n in range(29)]
+    assert exchanges[4:33] == [ExchangeSpec(f"jobsys.wait.{n:02d}", "topic") for n in range(29)]
+    assert exchanges[33:] == [ExchangeSpec("jobsys.cancel", "fanout")]
 
 
 def test_classic_delay_levels_carry_a_ttl_and_a_dead_letter_exchange_only() -> None:

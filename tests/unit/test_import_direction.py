@@ -1,5 +1,5 @@
 """The dependency direction, room by room: errors <- settings <- wire/topology/app (pure) <-
-observe <- broker <- publish <- consume/ops <- process <- dashboard <- cli.
+observe <- broker <- publish <- consume/ops/schedule <- process <- dashboard <- cli.
 
 Imports are read with ``ast`` from every module under ``jobsys/`` (so modules added later are
 checked too) and followed through jobsys's own modules. Imports under ``if TYPE_CHECKING:``
@@ -28,7 +28,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("jobsys.observe",),
     ("jobsys.broker",),
     ("jobsys.publish",),
-    ("jobsys.consume", "jobsys.ops"),
+    ("jobsys.consume", "jobsys.ops", "jobsys.schedule"),
     ("jobsys.process",),
     # The web dashboard: over ops/, below the command line that starts it.
     ("jobsys.dashboard",),
@@ -49,6 +49,7 @@ PURE_MODULES = (
     "jobsys.consume.retry",
     "jobsys.consume.outcome",
     "jobsys.consume.options",
+    "jobsys.schedule.plan",
 )
 BROKER_CLIENTS = ("aio_pika", "aiormq", "pamqp")
 #: The public API (lazy for the names that need aio-pika) and the program entry point sit

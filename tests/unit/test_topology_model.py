@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from jobsys.errors import TopologyLoadError, TopologyValidationError
-from jobsys.topology import model
+from jobsys.topology import model, schedules
 from jobsys.topology.loader import load_topology_text
 from jobsys.topology.model import Topology, dead_letter_queue_name
 from jobsys.topology.routing import route_job_type
@@ -335,10 +335,11 @@ def test_docs_topology_md_documents_every_key_of_the_model() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "topology.md").read_text("utf-8")
     models = [
         value
-        for value in vars(model).values()
+        for module in (model, schedules)
+        for value in vars(module).values()
         if isinstance(value, type)
         and issubclass(value, BaseModel)
-        and value.__module__ == model.__name__
+        and value.__module__ == module.__name__
     ]
 
     assert len(models) >= 8

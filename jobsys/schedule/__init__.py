@@ -1,0 +1,1 @@
+"""Schedules at run time: the elected scheduler that fires them, its state in the broker."""

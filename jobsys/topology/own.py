@@ -1,0 +1,95 @@
+"""The names and arguments of the entities jobsys keeps for itself beside the delay levels: the
+scheduler's election and state queues (for a topology with ``schedules:``) and the stream of
+cancellations (for every topology), all under the topology's namespace (pure, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobsys.topology.delays import DEFAULT_NAMESPACE
+
+#: How much of the cancellations stream the broker keeps, at most: about a million
+#: cancellations. Workers read back as far as ``delays.max_delay`` (the longest a job can wait
+#: in the levels); a cancellation older than what is kept is forgotten.
+CANCELLATIONS_MAX_BYTES = 256 * 1024 * 1024
+#: Segment files of the stream: retention drops whole segments, so they are kept small.
+CANCELLATIONS_SEGMENT_BYTES = 16 * 1024 * 1024
+
+#: Routing keys on the scheduler's exchange.
+TOKEN_KEY = "token"
+STATE_KEY = "state"
+
+
+@dataclass(frozen=True)
+class OwnLayout:
+    """The scheduler's and the cancellations' entities of one namespace."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    @property
+    def scheduler_exchange(self) -> str:
+        """Direct exchange for the election token and the state records."""
+        return f"{self.namespace}.scheduler"
+
+    @property
+    def leader_queue(self) -> str:
+        """Single-active-consumer queue holding the token: its active consumer leads."""
+        return f"{self.namespace}.scheduler.leader"
+
+    @property
+    def state_queue(self) -> str:
+        """The last slot fired per schedule: one message (``x-max-length: 1``), read by
+        leaders only."""
+        return f"{self.namespace}.scheduler.state"
+
+    @property
+    def status_queue(self) -> str:
+        """A copy of the state for ``jobsys schedules list`` to peek at, with the leader."""
+        return f"{self.namespace}.scheduler.status"
+
+    @property
+    def cancel_exchange(self) -> str:
+        """Fanout exchange cancellations are published to."""
+        return f"{self.namespace}.cancel"
+
+    @property
+    def cancellations(self) -> str:
+        """The stream of cancellations every worker reads."""
+        return f"{self.namespace}.cancellations"
+
+    def derived_names(self) -> tuple[str, ...]:
+        """Every name above: a topology may not declare one of its own."""
+        return (
+            self.scheduler_exchange,
+            self.leader_queue,
+            self.state_queue,
+            self.status_queue,
+            self.cancel_exchange,
+            self.cancellations,
+        )
+
+
+def last_value_arguments(queue_type: str) -> dict[str, str | int | bool]:
+    """A queue that keeps only its newest message (the state and status records)."""
+    return {"x-queue-type": queue_type, "x-max-length": 1, "x-overflow": "drop-head"}
+
+
+def leader_arguments(queue_type: str) -> dict[str, str | int | bool]:
+    """The election queue: its first consumer gets every message (the token); when it goes,
+    the next one does. At most one token waits: more would be harmless, fewer is never the
+    case once any scheduler started."""
+    return {
+        "x-queue-type": queue_type,
+        "x-single-active-consumer": True,
+        "x-max-length": 1,
+        "x-overflow": "drop-head",
+    }
+
+
+def cancellations_arguments() -> dict[str, str | int | bool]:
+    """The cancellations stream: readable from any point by any number of workers."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-length-bytes": CANCELLATIONS_MAX_BYTES,
+        "x-stream-max-segment-size-bytes": CANCELLATIONS_SEGMENT_BYTES,
+    }
