@@ -18,6 +18,8 @@ from tests.apps.worker_apps import WorkerProcess, publish, queue_depth, wait_unt
 
 pytestmark = pytest.mark.timeout(90)
 
+REPO = Path(__file__).resolve().parents[2]
+
 # ``boom`` retried once after 1 s, then dead-lettered: one retry line and one dead-letter line.
 _RETRYING = worker_apps.TOPOLOGY_YAML.replace(
     "boom: {exchange: wt.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 1}}",
@@ -91,3 +93,18 @@ async def test_with_v_a_worker_also_logs_each_finished_job(
     assert len(done) == 1, worker.stderr
     expected = r"DEBUG jobsys\.consume\.worker: job \S+ \(echo\) done at attempt 1 in "
     assert re.search(expected, done[0]), done[0]
+
+
+async def test_the_handler_thread_count_is_the_documented_threads_option(
+    vhost_settings: Settings, topology_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # Item 6 of the hardening: the sync handlers' pool size is an option, documented, and the
+    # worker says which it uses.
+    assert "[--threads T]" in (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    worker = WorkerProcess(topology_dir, vhost_settings, "--threads", "3", verbose=False)
+    workers.append(worker)
+    await worker.wait_for_output("worker ready")
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit() == 0, worker.stderr
+    [banner] = [line for line in worker.stderr.splitlines() if "worker ready" in line]
+    assert "; 3 handler threads; " in banner, banner
