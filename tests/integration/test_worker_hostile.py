@@ -17,7 +17,7 @@ from jobsys.consume.options import WorkerOptions
 from jobsys.ops import dlq
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
-from jobsys.topology.loader import LoadedTopology
+from jobsys.topology.loader import LoadedTopology, load_topology_text
 from jobsys.wire.envelope import new_job_id
 from jobsys.wire.headers import now_ms
 from tests.apps import hostile_apps
@@ -91,6 +91,35 @@ async def test_bursts_of_exactly_prefetch_on_a_live_worker_all_run_promptly(
             total += 4
             await wait_until(lambda ids=ids: _ran(ids), timeout_s=5, what="the burst run")
             await wait_until(lambda t=total: worker.stats.done == t, timeout_s=5, what="acked")
+
+
+#: (concurrency, prefetch) of hx.work besides the 2/4 above: one runner, prefetch equal to
+#: concurrency, and prefetch a few times it.
+POOL_SHAPES = [(1, 1), (1, 3), (3, 3), (3, 7), (4, 16)]
+
+
+@pytest.mark.parametrize(("concurrency", "prefetch"), POOL_SHAPES)
+async def test_a_burst_of_exactly_prefetch_runs_promptly_for_any_pool_shape(
+    vhost_settings: Settings, concurrency: int, prefetch: int
+) -> None:
+    text = hostile_apps.TOPOLOGY_YAML.replace(
+        "consumer: {concurrency: 2, prefetch: 4}",
+        f"consumer: {{concurrency: {concurrency}, prefetch: {prefetch}}}",
+        1,
+    )
+    loaded = load_topology_text(text, "pool-shape.yaml")
+    await hostile_apps.apply(vhost_settings, loaded)
+    for burst in (prefetch - 1, prefetch, prefetch + 1):
+        SEEN.clear()
+        ids = await publish(vhost_settings, loaded, "quick", [{"sleep_s": 0.0}] * burst)
+        async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+            # At start-up: the burst was ready before the worker consumed.
+            await wait_until(lambda ids=ids: _ran(ids), timeout_s=5, what=f"{burst} at start")
+            # Live: another burst of the same size while it consumes.
+            more = await publish(vhost_settings, loaded, "quick", [{"sleep_s": 0.0}] * burst)
+            await wait_until(lambda ids=more: _ran(ids), timeout_s=5, what=f"{burst} live")
+            await wait_until(lambda b=burst: worker.stats.done == 2 * b, what="all acked")
+        assert await queue_depth(vhost_settings, WORK) == 0
 
 
 # -- F6, F8: a handler raising any BaseException is settled like a failure -----------------------
