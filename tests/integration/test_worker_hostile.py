@@ -223,6 +223,24 @@ async def test_a_worker_that_starts_with_a_property_that_is_not_utf8_at_the_head
     assert await queue_depth(vhost_settings, WORK) == 0
 
 
+@pytest.mark.parametrize("where", [w for w in NOT_UTF8 if w != "type"])
+async def test_a_worker_starting_behind_any_property_not_utf8_serves_both_pools(
+    vhost_settings: Settings, loaded: LoadedTopology, where: str
+) -> None:
+    # The test above starts behind a bad type; a bad header name, message id or content type
+    # at the head of the queue must not stop the worker either, nor its other pool.
+    props = hostile_apps.raw_properties(**NOT_UTF8[where], replace={_PLACEHOLDER: _INVALID})
+    await hostile_apps.publish_raw(vhost_settings, props)
+    good = await publish(vhost_settings, loaded, "quick", [{}] * 3)
+    other = await publish(vhost_settings, loaded, "other_quick", [{}])
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: _ran(good + other), what="the jobs of both pools run")
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="it is dead-lettered")
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert dead.headers["jobsys-error-type"] == "jobsys.errors.DecodeError"
+    assert await queue_depth(vhost_settings, WORK) == 0
+
+
 async def test_dead_letter_tools_read_and_replay_past_a_message_that_is_not_utf8(
     vhost_settings: Settings, loaded: LoadedTopology, tmp_path: Path
 ) -> None:
