@@ -4,6 +4,7 @@ as ``jobsys worker`` in a subprocess, as an operator starts it."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 from collections.abc import Iterator
@@ -108,3 +109,23 @@ async def test_the_handler_thread_count_is_the_documented_threads_option(
     assert await worker.wait_exit() == 0, worker.stderr
     [banner] = [line for line in worker.stderr.splitlines() if "worker ready" in line]
     assert "; 3 handler threads; " in banner, banner
+
+
+async def test_a_sync_handler_that_overran_and_then_returned_is_not_reported_still_running(
+    vhost_settings: Settings, topology_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # U8: a worker once said "1 sync handler(s) still running; exiting" and exited hard long
+    # after its sync handlers had finished. sync_slow sleeps 1.5 s past its 500 ms deadline.
+    worker = WorkerProcess(topology_dir, vhost_settings, verbose=False)
+    workers.append(worker)
+    await worker.wait_for_output("worker ready")
+    loaded = load_topology(topology_dir / "topology.yaml")
+    await publish(vhost_settings, loaded, "sync_slow", [{}, {}])
+    await wait_until(
+        lambda: worker.stderr.count("(sync_slow) dead-lettered to") == 2, 20, what="both failed"
+    )
+    await asyncio.sleep(2.5)  # both threads have returned by now
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit() == 0, worker.stderr
+    assert worker.stderr.count("sync handler overran its deadline") == 2, worker.stderr
+    assert "still running" not in worker.stderr, worker.stderr
