@@ -4,6 +4,7 @@ as ``jobsys worker`` in a subprocess, as an operator starts it."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from tests.apps import worker_apps
 from tests.apps.worker_apps import WorkerProcess, publish, queue_depth, wait_until
 
 pytestmark = pytest.mark.timeout(90)
+
+REPO = Path(__file__).resolve().parents[2]
 
 # ``boom`` retried once after 1 s, then dead-lettered: one retry line and one dead-letter line.
 _RETRYING = worker_apps.TOPOLOGY_YAML.replace(
@@ -91,3 +94,38 @@ async def test_with_v_a_worker_also_logs_each_finished_job(
     assert len(done) == 1, worker.stderr
     expected = r"DEBUG jobsys\.consume\.worker: job \S+ \(echo\) done at attempt 1 in "
     assert re.search(expected, done[0]), done[0]
+
+
+async def test_the_handler_thread_count_is_the_documented_threads_option(
+    vhost_settings: Settings, topology_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # Item 6 of the hardening: the sync handlers' pool size is an option, documented, and the
+    # worker says which it uses.
+    assert "[--threads T]" in (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    worker = WorkerProcess(topology_dir, vhost_settings, "--threads", "3", verbose=False)
+    workers.append(worker)
+    await worker.wait_for_output("worker ready")
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit() == 0, worker.stderr
+    [banner] = [line for line in worker.stderr.splitlines() if "worker ready" in line]
+    assert "; 3 handler threads; " in banner, banner
+
+
+async def test_a_sync_handler_that_overran_and_then_returned_is_not_reported_still_running(
+    vhost_settings: Settings, topology_dir: Path, workers: list[WorkerProcess]
+) -> None:
+    # U8: a worker once said "1 sync handler(s) still running; exiting" and exited hard long
+    # after its sync handlers had finished. sync_slow sleeps 1.5 s past its 500 ms deadline.
+    worker = WorkerProcess(topology_dir, vhost_settings, verbose=False)
+    workers.append(worker)
+    await worker.wait_for_output("worker ready")
+    loaded = load_topology(topology_dir / "topology.yaml")
+    await publish(vhost_settings, loaded, "sync_slow", [{}, {}])
+    await wait_until(
+        lambda: worker.stderr.count("(sync_slow) dead-lettered to") == 2, 20, what="both failed"
+    )
+    await asyncio.sleep(2.5)  # both threads have returned by now
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit() == 0, worker.stderr
+    assert worker.stderr.count("sync handler overran its deadline") == 2, worker.stderr
+    assert "still running" not in worker.stderr, worker.stderr
