@@ -12,6 +12,11 @@ parameter and, optionally, a ``JobContext`` as its second::
 When the first parameter is annotated with a pydantic model, the payload is validated into it
 before the handler runs; otherwise the handler gets the decoded JSON as it is. Sync functions
 are allowed; the worker runs them in a thread pool.
+
+Lifecycle hooks run once per worker process: ``@app.on_startup`` before it takes its first job
+(to open a database pool, say, and put it on ``app.state``), ``@app.on_shutdown`` after it has
+drained. A handler reaches ``app.state`` as ``ctx.state``. Running them is ``jobsys.consume``'s
+job (``jobsys.consume.lifecycle``); here they are only registered and checked.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -28,7 +34,13 @@ from pydantic import BaseModel, ValidationError
 from jobsys.errors import PayloadValidationError, UnknownJobTypeError
 
 Handler = Callable[..., Any]
+Hook = Callable[..., Any]
 _MAX_VALIDATION_ERRORS = 5
+
+
+class State(SimpleNamespace):
+    """What the startup hooks of one worker process share with its handlers (a database pool,
+    an HTTP client): set attributes on ``app.state``, read them as ``ctx.state``."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,18 @@ class JobContext:
     #: The W3C trace id of the job's trace (32 hex digits), for logs that link to it; None when
     #: nothing traced the job.
     trace_id: str | None = None
+    #: The app's ``state``: what its startup hooks opened for the handlers of this process.
+    state: State = field(default_factory=State)
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """One lifecycle hook: a function of no argument or of the app's ``State``."""
+
+    name: str
+    func: Hook
+    wants_state: bool
+    is_async: bool
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,33 @@ class App:
 
     def __init__(self) -> None:
         self._handlers: dict[str, HandlerSpec] = {}
+        #: Shared by the hooks and the handlers of one worker process (``ctx.state``).
+        self.state = State()
+        self._startup: list[HookSpec] = []
+        self._shutdown: list[HookSpec] = []
+
+    def on_startup(self, func: Hook) -> Hook:
+        """Register ``func`` (sync or async, taking nothing or the app's ``State``) to run once
+        per worker process before it takes any job, in registration order. If it raises, the
+        worker stops before consuming, with exit code 5."""
+        self._startup.append(_inspect_hook("startup", func))
+        return func
+
+    def on_shutdown(self, func: Hook) -> Hook:
+        """Register ``func`` to run once per worker process after it drained (also on SIGTERM),
+        in registration order; one that raises is logged and the others still run."""
+        self._shutdown.append(_inspect_hook("shutdown", func))
+        return func
+
+    @property
+    def startup_hooks(self) -> tuple[HookSpec, ...]:
+        """The startup hooks, in registration order."""
+        return tuple(self._startup)
+
+    @property
+    def shutdown_hooks(self) -> tuple[HookSpec, ...]:
+        """The shutdown hooks, in registration order."""
+        return tuple(self._shutdown)
 
     def handler(self, job_type: str) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of ``job_type``.
@@ -143,20 +194,43 @@ def _qualname(func: Handler) -> str:
     return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
 
 
-def _inspect_handler(job_type: str, func: Handler) -> HandlerSpec:
-    if not callable(func):
-        raise ValueError(f"the handler of {job_type!r} is not callable")
+def _positional(func: Callable[..., Any]) -> tuple[list[inspect.Parameter], bool]:
+    """The positional parameters of ``func``, and whether it has required keyword-only ones."""
     params = list(inspect.signature(func).parameters.values())
     positional = [
         p
         for p in params
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
-    required_rest = [
-        p
-        for p in params[len(positional) :]
-        if p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
-    ]
+    required_rest = any(
+        p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+        for p in params
+    )
+    return positional, required_rest
+
+
+def _inspect_hook(kind: str, func: Hook) -> HookSpec:
+    if not callable(func):
+        raise ValueError(f"a {kind} hook must be a function, got {type(func).__name__}")
+    try:
+        positional, required_rest = _positional(func)
+    except (TypeError, ValueError):  # a builtin without a signature: called with nothing
+        positional, required_rest = [], False
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    if len(required) > 1 or required_rest:
+        raise ValueError(f"the {kind} hook {_qualname(func)} must take () or (state)")
+    return HookSpec(
+        name=_qualname(func),
+        func=func,
+        wants_state=len(required) == 1,
+        is_async=inspect.iscoroutinefunction(func),
+    )
+
+
+def _inspect_handler(job_type: str, func: Handler) -> HandlerSpec:
+    if not callable(func):
+        raise ValueError(f"the handler of {job_type!r} is not callable")
+    positional, required_rest = _positional(func)
     if not positional or len(positional) > 2 or required_rest:
         raise ValueError(
             f"the handler of {job_type!r} ({_qualname(func)}) must take (payload) or (payload, ctx)"

@@ -173,6 +173,7 @@ class AttemptRunner:
                 _as_datetime(delivery.identity.due_at_ms),
                 props.priority,
                 current_trace_id(props.headers),
+                state=self.app.state,
             )
             args: tuple[Any, ...] = (payload, ctx)
         else:

@@ -46,6 +46,7 @@ from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
 from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
+from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
 from jobsys.consume.pools import Pool, plan_pools
@@ -192,7 +193,11 @@ class Worker:
             self._stop.set()
 
     async def run(self) -> WorkerStats:
-        """Serve until stopped; returns the stats (``graceful`` says how it ended)."""
+        """Serve until stopped; returns the stats (``graceful`` says how it ended).
+
+        The app's startup hooks run first (``StartupFailed`` when one fails: nothing was
+        consumed), its shutdown hooks last, once the worker has drained and disconnected."""
+        await run_startup_hooks(self.app, self.options.hook_timeout_s)
         try:
             # e.g. basic.consume refused for lack of read permission: one clear error.
             with broker_errors(self.settings):
@@ -202,7 +207,10 @@ class Worker:
             if self._fatal is None:
                 await self._drain()
         finally:
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                await run_shutdown_hooks(self.app, self.options.hook_timeout_s)
         if self._fatal is not None:
             raise self._fatal
         return self.stats
