@@ -21,9 +21,10 @@ job (``jobsys.consume.lifecycle``); here they are only registered and checked.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
@@ -35,6 +36,13 @@ from jobsys.errors import PayloadValidationError, UnknownJobTypeError
 
 Handler = Callable[..., Any]
 Hook = Callable[..., Any]
+#: ``async def mw(ctx, call_next)`` around every attempt; ``await call_next()`` runs the rest of
+#: the chain and the handler, and returns the handler's return value.
+Middleware = Callable[["JobContext", Callable[[], Awaitable[Any]]], Awaitable[Any]]
+#: ``async def mw(request, call_next)`` around every publish of a ``Producer`` built with the
+#: app; ``await call_next(request)`` publishes (a request it may have replaced) and returns the
+#: ``Receipt``. Typed loosely here: the request and receipt types live in ``jobsys.publish``.
+PublishMiddleware = Callable[[Any, Callable[[Any], Awaitable[Any]]], Awaitable[Any]]
 _MAX_VALIDATION_ERRORS = 5
 
 
@@ -120,6 +128,8 @@ class App:
         self.state = State()
         self._startup: list[HookSpec] = []
         self._shutdown: list[HookSpec] = []
+        self._middleware: list[Middleware] = []
+        self._publish_middleware: list[PublishMiddleware] = []
 
     def on_startup(self, func: Hook) -> Hook:
         """Register ``func`` (sync or async, taking nothing or the app's ``State``) to run once
@@ -133,6 +143,44 @@ class App:
         in registration order; one that raises is logged and the others still run."""
         self._shutdown.append(_inspect_hook("shutdown", func))
         return func
+
+    def middleware(self, func: Middleware) -> Middleware:
+        """Register ``func`` (``async def mw(ctx, call_next)``) around every attempt; see
+        ``add_middleware``."""
+        return self.add_middleware(func)
+
+    def add_middleware(self, func: Middleware) -> Middleware:
+        """Add ``func`` around every attempt, inside the ones added before it (the first added
+        runs first). It gets the job's ``JobContext`` and ``call_next``; raising ``Retry``,
+        ``Reject`` or any error settles the attempt as the handler's would."""
+        self._middleware.append(_check_middleware("middleware", func, "ctx"))
+        return func
+
+    def publish_middleware(self, func: PublishMiddleware) -> PublishMiddleware:
+        """Register ``func`` (``async def mw(request, call_next)``) around every publish of a
+        ``Producer(..., app=app)``; see ``add_publish_middleware``."""
+        return self.add_publish_middleware(func)
+
+    def add_publish_middleware(self, func: PublishMiddleware) -> PublishMiddleware:
+        """Add ``func`` around every publish of a producer built with this app, inside the ones
+        added before it. It gets the ``JobRequest`` and ``call_next(request)``."""
+        self._publish_middleware.append(_check_middleware("publish middleware", func, "request"))
+        return func
+
+    @property
+    def middlewares(self) -> tuple[Middleware, ...]:
+        """The attempt middleware, outermost first."""
+        return tuple(self._middleware)
+
+    @property
+    def publish_middlewares(self) -> tuple[PublishMiddleware, ...]:
+        """The publish middleware, outermost first."""
+        return tuple(self._publish_middleware)
+
+    @property
+    def payload_models(self) -> dict[str, type[BaseModel]]:
+        """The pydantic payload models of the handlers, by job type."""
+        return {s.job_type: s.payload_model for s in self if s.payload_model is not None}
 
     @property
     def startup_hooks(self) -> tuple[HookSpec, ...]:
@@ -207,6 +255,19 @@ def _positional(func: Callable[..., Any]) -> tuple[list[inspect.Parameter], bool
         for p in params
     )
     return positional, required_rest
+
+
+def _check_middleware(kind: str, func: Any, first: str) -> Any:
+    shape = f"async def mw({first}, call_next)"
+    if not callable(func):
+        raise ValueError(f"a {kind} must be a function ({shape}), got {type(func).__name__}")
+    call = func if inspect.isroutine(func) or isinstance(func, functools.partial) else func.__call__
+    if not inspect.iscoroutinefunction(call):
+        raise ValueError(f"the {kind} {_qualname(func)} must be {shape}: it is not async")
+    positional, required_rest = _positional(func)
+    if len(positional) != 2 or required_rest:
+        raise ValueError(f"the {kind} {_qualname(func)} must be {shape}")
+    return func
 
 
 def _inspect_hook(kind: str, func: Hook) -> HookSpec:

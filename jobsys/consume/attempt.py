@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Container
@@ -22,6 +23,7 @@ from aiormq.abc import DeliveredMessage
 from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
+from jobsys.consume.middleware import around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
 from jobsys.consume.retry import decide
 from jobsys.consume.threads import DeadlinePassed, HandlerThreads
@@ -135,6 +137,8 @@ class AttemptRunner:
         #: Set by the worker: the job ids cancelled before they ran.
         self.cancellations: Container[str] = ()
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
+        #: The app's attempt middleware, outermost first (``jobsys.consume.middleware``).
+        self.middleware = app.middlewares
 
     async def run(self, delivery: Delivery, queue: str) -> Outcome:
         """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
@@ -162,7 +166,8 @@ class AttemptRunner:
             payload = handler.parse_payload(envelope.payload)
         except MessageError as exc:
             return self.failed(delivery, exc)
-        if handler.wants_context:
+        ctx: JobContext | None = None
+        if handler.wants_context or self.middleware:
             ctx = JobContext(
                 envelope.job_id,
                 envelope.job_type,
@@ -175,11 +180,15 @@ class AttemptRunner:
                 current_trace_id(props.headers),
                 state=self.app.state,
             )
-            args: tuple[Any, ...] = (payload, ctx)
-        else:
-            args = (payload,)
+        args: tuple[Any, ...] = (payload, ctx) if handler.wants_context else (payload,)
         try:
-            await self._call(handler, args, delivery)
+            if self.middleware:  # none: no extra call or await on the hot path
+                assert ctx is not None
+                timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
+                call = functools.partial(self._call, handler, args, delivery)
+                await around(self.middleware, ctx, call, timeout_s)
+            else:
+                await self._call(handler, args, delivery)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and cancel_requested():
                 raise  # a hard stop: leave the job unsettled, the broker redelivers it
@@ -237,12 +246,13 @@ class AttemptRunner:
             max_delay_s=self.topology.delays.max_delay,
         )
 
-    async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery) -> None:
+    async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery) -> Any:
+        """Run the handler under its deadline; returns what it returned."""
         timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
         if not handler.is_async:
             assert self.threads is not None, "a worker with sync handlers has handler threads"
             try:
-                await self.threads.run(handler.func, args, timeout_s)
+                return await self.threads.run(handler.func, args, timeout_s)
             except DeadlinePassed:
                 log.warning(
                     "job %s (%s): sync handler overran its deadline; its thread runs on in the "
@@ -251,7 +261,6 @@ class AttemptRunner:
                     delivery.job_type,
                 )
                 raise TimeoutError(_overran(timeout_s)) from None
-            return
         loop = asyncio.get_running_loop()
         started = loop.time()
         watching = (
@@ -262,7 +271,7 @@ class AttemptRunner:
         try:
             with watching:
                 async with asyncio.timeout(timeout_s) as deadline:
-                    await handler.func(*args)
+                    result = await handler.func(*args)
         except TimeoutError:
             if not deadline.expired():
                 raise  # the handler's own TimeoutError
@@ -274,6 +283,7 @@ class AttemptRunner:
                 f"{_overran(timeout_s)}: it ran {ran_s:.1f}s without yielding to the event "
                 "loop (blocking code in an async handler), so it could not be stopped in time"
             )
+        return result
 
 
 def _as_datetime(ms: int | None) -> datetime | None:

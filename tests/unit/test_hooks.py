@@ -171,3 +171,38 @@ async def test_an_app_without_hooks_runs_nothing() -> None:
     app = App()
     await run_startup_hooks(app, 5)
     assert await run_shutdown_hooks(app, 5) == 0
+
+
+# -- middleware registration -------------------------------------------------------------------
+
+
+def test_middleware_must_be_an_async_function_of_two_arguments() -> None:
+    app = App()
+
+    def sync_mw(ctx: object, call_next: object) -> None: ...
+
+    async def one_arg(ctx: object) -> None: ...
+
+    with pytest.raises(ValueError, match="must be async def mw\\(ctx, call_next\\): it is not"):
+        app.add_middleware(sync_mw)
+    with pytest.raises(ValueError, match="must be async def mw\\(ctx, call_next\\)"):
+        app.add_middleware(one_arg)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="got int"):
+        app.add_middleware(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="async def mw\\(request, call_next\\)"):
+        app.add_publish_middleware(sync_mw)
+
+
+def test_an_object_with_an_async_call_is_a_middleware_and_order_is_kept() -> None:
+    app = App()
+
+    class Timing:
+        async def __call__(self, ctx: object, call_next: object) -> None: ...
+
+    async def second(ctx: object, call_next: object) -> None: ...
+
+    first = Timing()
+    app.add_middleware(first)  # type: ignore[arg-type]
+    app.middleware(second)  # type: ignore[arg-type]
+    assert app.middlewares == (first, second)
+    assert app.publish_middlewares == ()
