@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -71,6 +71,74 @@ class JobContext:
     trace_id: str | None = None
     #: The app's ``state``: what its startup hooks opened for the handlers of this process.
     state: State = field(default_factory=State)
+    #: Where ``publish`` holds follow-up jobs; set by the worker.
+    outbox: Outbox | None = field(default=None, repr=False, compare=False)
+
+    async def publish(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
+        then: str | None = None,
+    ) -> str:
+        """Hold a follow-up job, published (and confirmed) only if this attempt succeeds,
+        before the job is acked; returns its id, derived from this job's id. The job is
+        validated at once: a bad payload or job type raises here. See ``hold`` for sync
+        handlers and docs/handlers.md for the guarantees."""
+        return self.hold(
+            job_type,
+            payload,
+            priority=priority,
+            delay_s=delay_s,
+            headers=headers,
+            run_at=run_at,
+            then=then,
+        )
+
+    def hold(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
+        then: str | None = None,
+    ) -> str:
+        """``publish`` for sync handlers (it does no I/O: the job is sent after the handler)."""
+        if self.outbox is None:
+            raise RuntimeError("follow-up jobs need a worker: this JobContext was not made by one")
+        return self.outbox.hold(
+            job_type,
+            payload,
+            priority=priority,
+            delay_s=delay_s,
+            headers=headers,
+            run_at=run_at,
+            then=then,
+        )
+
+
+class Outbox(Protocol):
+    """Where a job's follow-ups wait until its attempt succeeded (``jobsys.consume.followups``)."""
+
+    def hold(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        priority: int | None,
+        delay_s: float | None,
+        headers: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        then: str | None,
+    ) -> str:
+        """Validate and keep one follow-up; returns its job id."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from aiormq.abc import DeliveredMessage
 from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
+from jobsys.consume.followups import Outbox, read_then, send_then
 from jobsys.consume.middleware import around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
 from jobsys.consume.retry import decide
@@ -31,6 +32,7 @@ from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
 from jobsys.errors import DecodeError, LoopBlocked, MessageError
 from jobsys.observe.propagation import current_trace_id
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 from jobsys.wire.envelope import (
@@ -139,6 +141,8 @@ class AttemptRunner:
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
         #: The app's attempt middleware, outermost first (``jobsys.consume.middleware``).
         self.middleware = app.middlewares
+        #: Set by the worker: the producer follow-up jobs go out on.
+        self.producer: Producer | None = None
 
     async def run(self, delivery: Delivery, queue: str) -> Outcome:
         """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
@@ -164,10 +168,14 @@ class AttemptRunner:
             )
             handler = self.app.get(envelope.job_type)
             payload = handler.parse_payload(envelope.payload)
+            then = read_then(props.headers, self.topology.job_types)
         except MessageError as exc:
             return self.failed(delivery, exc)
         ctx: JobContext | None = None
+        outbox: Outbox | None = None
         if handler.wants_context or self.middleware:
+            if self.producer is not None:
+                outbox = Outbox(self.producer, envelope.job_id)
             ctx = JobContext(
                 envelope.job_id,
                 envelope.job_type,
@@ -179,6 +187,7 @@ class AttemptRunner:
                 props.priority,
                 current_trace_id(props.headers),
                 state=self.app.state,
+                outbox=outbox,
             )
         args: tuple[Any, ...] = (payload, ctx) if handler.wants_context else (payload,)
         try:
@@ -186,9 +195,11 @@ class AttemptRunner:
                 assert ctx is not None
                 timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
                 call = functools.partial(self._call, handler, args, delivery)
-                await around(self.middleware, ctx, call, timeout_s)
+                result = await around(self.middleware, ctx, call, timeout_s)
             else:
-                await self._call(handler, args, delivery)
+                result = await self._call(handler, args, delivery)
+            if then is not None or (outbox is not None and outbox.held):
+                await self._follow_up(envelope.job_id, outbox, then, result)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and cancel_requested():
                 raise  # a hard stop: leave the job unsettled, the broker redelivers it
@@ -199,6 +210,16 @@ class AttemptRunner:
             # back to do it again on the next worker.
             return self.failed(delivery, exc)
         return ACK
+
+    async def _follow_up(
+        self, job_id: str, outbox: Outbox | None, then: str | None, result: Any
+    ) -> None:
+        """Publish what the successful attempt held, then its chained job (``followups``)."""
+        if outbox is not None:
+            await outbox.send()
+        if then is not None:
+            assert self.producer is not None, "a worker's runner has its producer"
+            await send_then(self.producer, job_id, then, result)
 
     async def _until_due(self, delivery: Delivery) -> Outcome | None:
         """Hold a job that arrived before its due time until it is due: a short wait here, a

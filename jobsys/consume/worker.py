@@ -123,8 +123,13 @@ class Worker:
             self._runner.threads = HandlerThreads(size)
         self._runner.watchdog = LoopWatchdog(self.settings.heartbeat_s)
         self._runner.watchdog.start()
-        self._producer = Producer(self.settings, self.topology, connection=self._connection)
+        # With the app: follow-up jobs are validated by its payload models and go through its
+        # publish middleware.
+        self._producer = Producer(
+            self.settings, self.topology, connection=self._connection, app=self.app
+        )
         await self._producer.open()
+        self._runner.producer = self._producer
         # Every cancellation made before this worker consumes is known before its first job.
         self._cancellations = Cancellations(
             self._connection, self.topology.namespace, self.topology.delays.max_delay

@@ -202,8 +202,12 @@ class Producer:
         job_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
         run_at: datetime | None = None,
+        then: str | None = None,
     ) -> Receipt:
         """Publish one job and return its receipt once the broker confirmed it as routed.
+
+        ``then`` names a job type that receives this job's handler's return value as its
+        payload once the job succeeded (docs/handlers.md#chains).
 
         ``delay_s`` delays the job by so many seconds; ``run_at`` (a timezone-aware datetime,
         instead) makes it due at that moment: it goes through the same delay levels, a moment
@@ -219,7 +223,11 @@ class Producer:
         one fails, the error is raised and the queues before it may already hold the job
         (publish it again with the same job id; handlers deduplicate by it).
         """
-        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
+        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at, then)
+        return await self.publish_request(request)
+
+    async def publish_request(self, request: JobRequest) -> Receipt:
+        """``publish`` for a ``JobRequest`` (through the app's publish middleware, if any)."""
         if self._middleware:
             return cast(Receipt, await around_publish(self._middleware, request, self._publish))
         return await self._publish(request)
