@@ -24,7 +24,7 @@ from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
 from jobsys.consume.followups import Outbox, read_then, send_then
-from jobsys.consume.middleware import around
+from jobsys.consume.middleware import MIDDLEWARE_SLACK_S, around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
 from jobsys.consume.retry import decide
 from jobsys.consume.threads import DeadlinePassed, HandlerThreads
@@ -194,8 +194,11 @@ class AttemptRunner:
             if self.middleware:  # none: no extra call or await on the hot path
                 assert ctx is not None
                 timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
-                call = functools.partial(self._call, handler, args, delivery)
-                result = await around(self.middleware, ctx, call, timeout_s)
+                # An async handler runs under the chain's deadline alone (one timer per job);
+                # a sync one keeps its own, which its thread accounting needs, inside a looser.
+                slack = 0.0 if handler.is_async else MIDDLEWARE_SLACK_S
+                call = functools.partial(self._call, handler, args, delivery, timed=False)
+                result = await around(self.middleware, ctx, call, timeout_s, slack)
             else:
                 result = await self._call(handler, args, delivery)
             if then is not None or (outbox is not None and outbox.held):
@@ -267,8 +270,11 @@ class AttemptRunner:
             max_delay_s=self.topology.delays.max_delay,
         )
 
-    async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery) -> Any:
-        """Run the handler under its deadline; returns what it returned."""
+    async def _call(
+        self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery, timed: bool = True
+    ) -> Any:
+        """Run the handler under its deadline; returns what it returned. ``timed=False``: an
+        async handler is left to the deadline of the middleware chain around it."""
         timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
         if not handler.is_async:
             assert self.threads is not None, "a worker with sync handlers has handler threads"
@@ -289,12 +295,16 @@ class AttemptRunner:
             if self.watchdog is not None
             else contextlib.nullcontext()
         )
+        deadline: asyncio.Timeout | None = None
         try:
             with watching:
-                async with asyncio.timeout(timeout_s) as deadline:
+                if timed:
+                    async with asyncio.timeout(timeout_s) as deadline:
+                        result = await handler.func(*args)
+                else:
                     result = await handler.func(*args)
         except TimeoutError:
-            if not deadline.expired():
+            if deadline is None or not deadline.expired():
                 raise  # the handler's own TimeoutError
             raise TimeoutError(_overran(timeout_s)) from None
         ran_s = loop.time() - started

@@ -7,9 +7,10 @@ returns without calling it short-circuits the attempt, which then counts as done
 raises is the attempt's failure, settled exactly as a handler's (the dead-letter record names
 it). ``call_next`` runs the chain once: a second call is a ``RuntimeError``.
 
-The handler keeps its own deadline (the job type's ``timeout``). The chain as a whole gets
-``MIDDLEWARE_SLACK_S`` more, so that a middleware that blocks is stopped too while the
-handler's deadline still fires first for the handler.
+The job type's ``timeout`` covers the chain: an async handler runs under the chain's deadline
+alone (one timer per attempt, as without middleware); a sync handler keeps its own deadline
+(its thread's accounting needs it) and the chain gets ``MIDDLEWARE_SLACK_S`` more, so that its
+own deadline fires first for it while a middleware that blocks is stopped too.
 
 A worker whose app has no middleware never comes here: the handler is called directly.
 """
@@ -32,11 +33,12 @@ async def around(
     ctx: JobContext,
     handler: Callable[[], Awaitable[Any]],
     timeout_s: float,
+    slack_s: float = MIDDLEWARE_SLACK_S,
 ) -> Any:
-    """Run ``handler`` inside ``middleware`` under the job's deadline plus the slack; returns
-    what the chain returned."""
+    """Run ``handler`` inside ``middleware`` under the job's deadline plus ``slack_s``;
+    returns what the chain returned."""
     try:
-        async with asyncio.timeout(timeout_s + MIDDLEWARE_SLACK_S) as deadline:
+        async with asyncio.timeout(timeout_s + slack_s) as deadline:
             return await _step(middleware, 0, ctx, handler)
     except TimeoutError:
         if not deadline.expired():
