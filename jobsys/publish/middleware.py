@@ -14,14 +14,26 @@ A producer without publish middleware never comes here.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from jobsys.app import PublishMiddleware
+from pydantic import BaseModel
+
+from jobsys.app import App, PublishMiddleware
 from jobsys.errors import ConfigError
 from jobsys.publish.prepare import JobRequest
 
 Send = Callable[[JobRequest], Awaitable[Any]]
+
+
+def from_app(
+    app: App | None, models: Mapping[str, type[BaseModel]] | None
+) -> tuple[dict[str, type[BaseModel]], tuple[PublishMiddleware, ...]]:
+    """A producer's payload models and publish middleware: the app's handlers' models, with
+    ``models`` winning for the job types it names, and the app's publish middleware."""
+    if app is None:
+        return dict(models or {}), ()
+    return {**app.payload_models, **(models or {})}, app.publish_middlewares
 
 
 async def around_publish(

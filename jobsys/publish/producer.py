@@ -43,7 +43,7 @@ from jobsys.broker.confirm import ConfirmChannel, Outgoing, unknown
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import ConfigError, ConnectionFailed, JobsysError, MessageError
 from jobsys.observe import tracing
-from jobsys.publish.middleware import around_publish
+from jobsys.publish.middleware import around_publish, from_app
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
 from jobsys.publish.properties import copied_properties, message_properties
 from jobsys.settings import Settings
@@ -126,13 +126,7 @@ class Producer:
             topology = topology.topology
         self.settings = settings
         self.topology = topology
-        # ``app`` brings its handlers' payload models and its publish middleware; ``models``
-        # given as well win for their job types.
-        self.models: dict[str, type[BaseModel]] = {
-            **(app.payload_models if app is not None else {}),
-            **(models or {}),
-        }
-        self._middleware = app.publish_middlewares if app is not None else ()
+        self.models, self._middleware = from_app(app, models)
         self._routes: dict[str, JobRoute] = build_routes(topology)
         #: Queues that dead-letter the publishes they refuse when full (reject-publish-dlx).
         self._refusals_dead_lettered = frozenset(
@@ -207,7 +201,7 @@ class Producer:
         """Publish one job and return its receipt once the broker confirmed it as routed.
 
         ``then`` names a job type that receives this job's handler's return value as its
-        payload once the job succeeded (docs/handlers.md#chains).
+        payload once the job succeeded (docs/handlers.md, chains).
 
         ``delay_s`` delays the job by so many seconds; ``run_at`` (a timezone-aware datetime,
         instead) makes it due at that moment: it goes through the same delay levels, a moment
