@@ -99,22 +99,15 @@ class SyncProducer:
         job_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
         run_at: datetime | None = None,
+        then: str | None = None,
     ) -> Receipt:
         """Publish one job and block until the broker confirmed it (see ``Producer.publish``)."""
-        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
+        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at, then)
         return self._call(self._publish(request))
 
     async def _publish(self, request: JobRequest) -> Receipt:
         await self._producer.open()  # a no-op once open; connects lazily with connect=False
-        return await self._producer.publish(
-            request.job_type,
-            request.payload,
-            priority=request.priority,
-            delay_s=request.delay_s,
-            job_id=request.job_id,
-            headers=request.headers,
-            run_at=request.run_at,
-        )
+        return await self._producer.publish_request(request)
 
     def cancel(self, job_id: str) -> Receipt:
         """Cancel a job that has not started and block until the broker confirmed the

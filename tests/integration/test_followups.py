@@ -257,3 +257,14 @@ async def test_kill_9_between_the_follow_up_confirms_and_the_ack_loses_none_and_
         ledger.mark(job_id, "confirmed")
     ledger.queued.update(follow_ups)
     ledger.check().assert_ok(allowed_duplicates=[killed_parent, *again])
+
+
+def test_the_sync_producer_publishes_with_then_too(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    from jobsys.publish.sync import SyncProducer
+
+    with SyncProducer(vhost_settings, loaded) as producer:
+        producer.publish("echo", {}, then="other")
+        with pytest.raises(UnknownJobTypeError):
+            producer.publish("echo", {}, then="no_such_type")
