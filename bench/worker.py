@@ -109,6 +109,7 @@ async def child_jobsys(url: str, token: str, mode: str, n: int) -> dict[str, Any
             return None
 
     _bench_metrics(os.environ.get("JOBSYS_BENCH_METRICS", "off"))
+    _bench_middleware(app, int(os.environ.get("JOBSYS_BENCH_MIDDLEWARE", "0")))
     worker = Worker(app, loaded, Settings(url=url), WorkerOptions(max_jobs=n))
     start = time.perf_counter()
     task = asyncio.create_task(worker.run())
@@ -117,6 +118,16 @@ async def child_jobsys(url: str, token: str, mode: str, n: int) -> dict[str, Any
     await task
     elapsed = time.perf_counter() - start
     return {"elapsed_s": elapsed, "done": worker.stats.done, "latencies": latencies, **_memory()}
+
+
+def _bench_middleware(app: Any, count: int) -> None:
+    """Register ``count`` no-op attempt middlewares on ``app`` (for ``bench.middleware``)."""
+    for _ in range(count):
+
+        async def passthrough(ctx: Any, call_next: Any) -> Any:
+            return await call_next()
+
+        app.add_middleware(passthrough)
 
 
 def _bench_metrics(mode: str) -> None:

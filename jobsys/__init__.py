@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from jobsys.app import App, JobContext
+from jobsys.app import App, JobContext, State
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
@@ -31,6 +31,7 @@ from jobsys.errors import (
     QueueFullError,
     Reject,
     Retry,
+    StartupFailed,
     TLSHandshakeFailed,
     TopologyChangedDuringApply,
     TopologyConflictError,
@@ -86,6 +87,8 @@ __all__ = [  # noqa: RUF022 - grouped by topic, not sorted
     # handlers
     "App",
     "JobContext",
+    "State",
+    "StartupFailed",
     "Retry",
     "Reject",
     "HandlerSignal",

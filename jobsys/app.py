@@ -12,23 +12,43 @@ parameter and, optionally, a ``JobContext`` as its second::
 When the first parameter is annotated with a pydantic model, the payload is validated into it
 before the handler runs; otherwise the handler gets the decoded JSON as it is. Sync functions
 are allowed; the worker runs them in a thread pool.
+
+Lifecycle hooks run once per worker process: ``@app.on_startup`` before it takes its first job
+(to open a database pool, say, and put it on ``app.state``), ``@app.on_shutdown`` after it has
+drained. A handler reaches ``app.state`` as ``ctx.state``. Running them is ``jobsys.consume``'s
+job (``jobsys.consume.lifecycle``); here they are only registered and checked.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
 from jobsys.errors import PayloadValidationError, UnknownJobTypeError
 
 Handler = Callable[..., Any]
+Hook = Callable[..., Any]
+#: ``async def mw(ctx, call_next)`` around every attempt; ``await call_next()`` runs the rest of
+#: the chain and the handler, and returns the handler's return value.
+Middleware = Callable[["JobContext", Callable[[], Awaitable[Any]]], Awaitable[Any]]
+#: ``async def mw(request, call_next)`` around every publish of a ``Producer`` built with the
+#: app; ``await call_next(request)`` publishes (a request it may have replaced) and returns the
+#: ``Receipt``. Typed loosely here: the request and receipt types live in ``jobsys.publish``.
+PublishMiddleware = Callable[[Any, Callable[[Any], Awaitable[Any]]], Awaitable[Any]]
 _MAX_VALIDATION_ERRORS = 5
+
+
+class State(SimpleNamespace):
+    """What the startup hooks of one worker process share with its handlers (a database pool,
+    an HTTP client): set attributes on ``app.state``, read them as ``ctx.state``."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,86 @@ class JobContext:
     #: The W3C trace id of the job's trace (32 hex digits), for logs that link to it; None when
     #: nothing traced the job.
     trace_id: str | None = None
+    #: The app's ``state``: what its startup hooks opened for the handlers of this process.
+    state: State = field(default_factory=State)
+    #: Where ``publish`` holds follow-up jobs; set by the worker.
+    outbox: Outbox | None = field(default=None, repr=False, compare=False)
+
+    async def publish(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
+        then: str | None = None,
+    ) -> str:
+        """Hold a follow-up job, published (and confirmed) only if this attempt succeeds,
+        before the job is acked; returns its id, derived from this job's id. The job is
+        validated at once: a bad payload or job type raises here. See ``hold`` for sync
+        handlers and docs/handlers.md for the guarantees."""
+        return self.hold(
+            job_type,
+            payload,
+            priority=priority,
+            delay_s=delay_s,
+            headers=headers,
+            run_at=run_at,
+            then=then,
+        )
+
+    def hold(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
+        then: str | None = None,
+    ) -> str:
+        """``publish`` for sync handlers (it does no I/O: the job is sent after the handler)."""
+        if self.outbox is None:
+            raise RuntimeError("follow-up jobs need a worker: this JobContext was not made by one")
+        return self.outbox.hold(
+            job_type,
+            payload,
+            priority=priority,
+            delay_s=delay_s,
+            headers=headers,
+            run_at=run_at,
+            then=then,
+        )
+
+
+class Outbox(Protocol):
+    """Where a job's follow-ups wait until its attempt succeeded (``jobsys.consume.followups``)."""
+
+    def hold(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        priority: int | None,
+        delay_s: float | None,
+        headers: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        then: str | None,
+    ) -> str:
+        """Validate and keep one follow-up; returns its job id."""
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """One lifecycle hook: a function of no argument or of the app's ``State``."""
+
+    name: str
+    func: Hook
+    wants_state: bool
+    is_async: bool
 
 
 @dataclass(frozen=True)
@@ -92,6 +192,73 @@ class App:
 
     def __init__(self) -> None:
         self._handlers: dict[str, HandlerSpec] = {}
+        #: Shared by the hooks and the handlers of one worker process (``ctx.state``).
+        self.state = State()
+        self._startup: list[HookSpec] = []
+        self._shutdown: list[HookSpec] = []
+        self._middleware: list[Middleware] = []
+        self._publish_middleware: list[PublishMiddleware] = []
+
+    def on_startup(self, func: Hook) -> Hook:
+        """Register ``func`` (sync or async, taking nothing or the app's ``State``) to run once
+        per worker process before it takes any job, in registration order. If it raises, the
+        worker stops before consuming, with exit code 5."""
+        self._startup.append(_inspect_hook("startup", func))
+        return func
+
+    def on_shutdown(self, func: Hook) -> Hook:
+        """Register ``func`` to run once per worker process after it drained (also on SIGTERM),
+        in registration order; one that raises is logged and the others still run."""
+        self._shutdown.append(_inspect_hook("shutdown", func))
+        return func
+
+    def middleware(self, func: Middleware) -> Middleware:
+        """Register ``func`` (``async def mw(ctx, call_next)``) around every attempt; see
+        ``add_middleware``."""
+        return self.add_middleware(func)
+
+    def add_middleware(self, func: Middleware) -> Middleware:
+        """Add ``func`` around every attempt, inside the ones added before it (the first added
+        runs first). It gets the job's ``JobContext`` and ``call_next``; raising ``Retry``,
+        ``Reject`` or any error settles the attempt as the handler's would."""
+        self._middleware.append(_check_middleware("middleware", func, "ctx"))
+        return func
+
+    def publish_middleware(self, func: PublishMiddleware) -> PublishMiddleware:
+        """Register ``func`` (``async def mw(request, call_next)``) around every publish of a
+        ``Producer(..., app=app)``; see ``add_publish_middleware``."""
+        return self.add_publish_middleware(func)
+
+    def add_publish_middleware(self, func: PublishMiddleware) -> PublishMiddleware:
+        """Add ``func`` around every publish of a producer built with this app, inside the ones
+        added before it. It gets the ``JobRequest`` and ``call_next(request)``."""
+        self._publish_middleware.append(_check_middleware("publish middleware", func, "request"))
+        return func
+
+    @property
+    def middlewares(self) -> tuple[Middleware, ...]:
+        """The attempt middleware, outermost first."""
+        return tuple(self._middleware)
+
+    @property
+    def publish_middlewares(self) -> tuple[PublishMiddleware, ...]:
+        """The publish middleware, outermost first."""
+        return tuple(self._publish_middleware)
+
+    @property
+    def payload_models(self) -> dict[str, type[BaseModel]]:
+        """The pydantic payload models of the handlers, by job type."""
+        return {s.job_type: s.payload_model for s in self if s.payload_model is not None}
+
+    @property
+    def startup_hooks(self) -> tuple[HookSpec, ...]:
+        """The startup hooks, in registration order."""
+        return tuple(self._startup)
+
+    @property
+    def shutdown_hooks(self) -> tuple[HookSpec, ...]:
+        """The shutdown hooks, in registration order."""
+        return tuple(self._shutdown)
 
     def handler(self, job_type: str) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of ``job_type``.
@@ -143,20 +310,56 @@ def _qualname(func: Handler) -> str:
     return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
 
 
-def _inspect_handler(job_type: str, func: Handler) -> HandlerSpec:
-    if not callable(func):
-        raise ValueError(f"the handler of {job_type!r} is not callable")
+def _positional(func: Callable[..., Any]) -> tuple[list[inspect.Parameter], bool]:
+    """The positional parameters of ``func``, and whether it has required keyword-only ones."""
     params = list(inspect.signature(func).parameters.values())
     positional = [
         p
         for p in params
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
-    required_rest = [
-        p
-        for p in params[len(positional) :]
-        if p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
-    ]
+    required_rest = any(
+        p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+        for p in params
+    )
+    return positional, required_rest
+
+
+def _check_middleware(kind: str, func: Any, first: str) -> Any:
+    shape = f"async def mw({first}, call_next)"
+    if not callable(func):
+        raise ValueError(f"a {kind} must be a function ({shape}), got {type(func).__name__}")
+    call = func if inspect.isroutine(func) or isinstance(func, functools.partial) else func.__call__
+    if not inspect.iscoroutinefunction(call):
+        raise ValueError(f"the {kind} {_qualname(func)} must be {shape}: it is not async")
+    positional, required_rest = _positional(func)
+    if len(positional) != 2 or required_rest:
+        raise ValueError(f"the {kind} {_qualname(func)} must be {shape}")
+    return func
+
+
+def _inspect_hook(kind: str, func: Hook) -> HookSpec:
+    if not callable(func):
+        raise ValueError(f"a {kind} hook must be a function, got {type(func).__name__}")
+    try:
+        positional, required_rest = _positional(func)
+    except (TypeError, ValueError):  # a builtin without a signature: called with nothing
+        positional, required_rest = [], False
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    if len(required) > 1 or required_rest:
+        raise ValueError(f"the {kind} hook {_qualname(func)} must take () or (state)")
+    return HookSpec(
+        name=_qualname(func),
+        func=func,
+        wants_state=len(required) == 1,
+        is_async=inspect.iscoroutinefunction(func),
+    )
+
+
+def _inspect_handler(job_type: str, func: Handler) -> HandlerSpec:
+    if not callable(func):
+        raise ValueError(f"the handler of {job_type!r} is not callable")
+    positional, required_rest = _positional(func)
     if not positional or len(positional) > 2 or required_rest:
         raise ValueError(
             f"the handler of {job_type!r} ({_qualname(func)}) must take (payload) or (payload, ctx)"

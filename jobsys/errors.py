@@ -146,6 +146,12 @@ class LoopBlocked(JobsysError):
     again)."""
 
 
+class StartupFailed(JobsysError):
+    """Raised when a startup hook of the ``App`` raised or overran its timeout: the worker
+    stopped before it took any job (every job is still in its queue). Fix what the message
+    names and start the worker again; a restart alone fails the same way."""
+
+
 # -- messages ----------------------------------------------------------------------------------
 
 

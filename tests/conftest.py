@@ -142,9 +142,46 @@ def management_problem() -> str | None:
     return None
 
 
+# -- tests that need PostgreSQL (the inbox) ------------------------------------------------------
+
+POSTGRES_URL = os.environ.get(
+    "JOBSYS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_START_POSTGRES = "`.ci/run` installs and starts it (Debian's postgresql package)"
+
+
+@functools.cache
+def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used (None when it can); asked once per run."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[dev]')"
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())[:200]
+        return f"PostgreSQL at {POSTGRES_URL} does not answer ({reason})"
+    return None
+
+
+def _postgres_setup(item: pytest.Item) -> None:
+    """Skip a ``postgres`` test when PostgreSQL is down; under JOBSYS_REQUIRE_POSTGRES=1 (CI)
+    the same test fails instead."""
+    problem = postgres_problem()
+    if problem is None:
+        return
+    if os.environ.get("JOBSYS_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required here: {problem}; {_START_POSTGRES}", pytrace=False)
+    pytest.skip(f"needs PostgreSQL: {problem}")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip a ``management`` test when the API is off (the README's broker may not have the
-    plugin); CI sets JOBSYS_REQUIRE_MANAGEMENT=1, so there the same test fails instead."""
+    plugin); CI sets JOBSYS_REQUIRE_MANAGEMENT=1, so there the same test fails instead. The
+    same for a ``postgres`` test and JOBSYS_REQUIRE_POSTGRES."""
+    if item.get_closest_marker("postgres") is not None:
+        _postgres_setup(item)
     if item.get_closest_marker("management") is None:
         return
     problem = management_problem()

@@ -60,6 +60,13 @@ def _grace(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
+def _positive_duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    seconds = _grace(ctx, param, value)
+    if seconds <= 0:
+        raise click.BadParameter("must be more than 0")
+    return seconds
+
+
 @click.command("worker")
 @click.argument("app_target", metavar="APP_MODULE:OBJECT")
 @topology_option(required=True, help="The topology file (queues, job types, pool defaults).")
@@ -80,6 +87,13 @@ def _grace(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     show_default=True,
     callback=_grace,
     help="How long running jobs may take to finish after SIGTERM.",
+)
+@click.option(
+    "--hook-timeout",
+    default="60s",
+    show_default=True,
+    callback=_positive_duration,
+    help="How long each startup or shutdown hook of the app may take.",
 )
 @click.option(
     "--threads",
@@ -138,6 +152,7 @@ def worker(
     concurrency: int | None,
     prefetch: int | None,
     grace: float,
+    hook_timeout: float,
     threads: int | None,
     processes: int | None,
     max_jobs: int | None,
@@ -173,6 +188,7 @@ def worker(
         concurrency=concurrency,
         prefetch=prefetch,
         grace_s=grace,
+        hook_timeout_s=hook_timeout,
         max_jobs=max_jobs,
         threads=threads,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Container
@@ -22,6 +23,8 @@ from aiormq.abc import DeliveredMessage
 from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
+from jobsys.consume.followups import Outbox, read_then, send_then
+from jobsys.consume.middleware import MIDDLEWARE_SLACK_S, around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
 from jobsys.consume.retry import decide
 from jobsys.consume.threads import DeadlinePassed, HandlerThreads
@@ -29,6 +32,7 @@ from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
 from jobsys.errors import DecodeError, LoopBlocked, MessageError
 from jobsys.observe.propagation import current_trace_id
+from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 from jobsys.wire.envelope import (
@@ -135,6 +139,10 @@ class AttemptRunner:
         #: Set by the worker: the job ids cancelled before they ran.
         self.cancellations: Container[str] = ()
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
+        #: The app's attempt middleware, outermost first (``jobsys.consume.middleware``).
+        self.middleware = app.middlewares
+        #: Set by the worker: the producer follow-up jobs go out on.
+        self.producer: Producer | None = None
 
     async def run(self, delivery: Delivery, queue: str) -> Outcome:
         """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
@@ -160,9 +168,14 @@ class AttemptRunner:
             )
             handler = self.app.get(envelope.job_type)
             payload = handler.parse_payload(envelope.payload)
+            then = read_then(props.headers, self.topology.job_types)
         except MessageError as exc:
             return self.failed(delivery, exc)
-        if handler.wants_context:
+        ctx: JobContext | None = None
+        outbox: Outbox | None = None
+        if handler.wants_context or self.middleware:
+            if self.producer is not None:
+                outbox = Outbox(self.producer, envelope.job_id)
             ctx = JobContext(
                 envelope.job_id,
                 envelope.job_type,
@@ -173,12 +186,23 @@ class AttemptRunner:
                 _as_datetime(delivery.identity.due_at_ms),
                 props.priority,
                 current_trace_id(props.headers),
+                state=self.app.state,
+                outbox=outbox,
             )
-            args: tuple[Any, ...] = (payload, ctx)
-        else:
-            args = (payload,)
+        args: tuple[Any, ...] = (payload, ctx) if handler.wants_context else (payload,)
         try:
-            await self._call(handler, args, delivery)
+            if self.middleware:  # none: no extra call or await on the hot path
+                assert ctx is not None
+                timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
+                # An async handler runs under the chain's deadline alone (one timer per job);
+                # a sync one keeps its own, which its thread accounting needs, inside a looser.
+                slack = 0.0 if handler.is_async else MIDDLEWARE_SLACK_S
+                call = functools.partial(self._call, handler, args, delivery, timed=False)
+                result = await around(self.middleware, ctx, call, timeout_s, slack)
+            else:
+                result = await self._call(handler, args, delivery)
+            if then is not None or (outbox is not None and outbox.held):
+                await self._follow_up(envelope.job_id, outbox, then, result)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and cancel_requested():
                 raise  # a hard stop: leave the job unsettled, the broker redelivers it
@@ -189,6 +213,16 @@ class AttemptRunner:
             # back to do it again on the next worker.
             return self.failed(delivery, exc)
         return ACK
+
+    async def _follow_up(
+        self, job_id: str, outbox: Outbox | None, then: str | None, result: Any
+    ) -> None:
+        """Publish what the successful attempt held, then its chained job (``followups``)."""
+        if outbox is not None:
+            await outbox.send()
+        if then is not None:
+            assert self.producer is not None, "a worker's runner has its producer"
+            await send_then(self.producer, job_id, then, result)
 
     async def _until_due(self, delivery: Delivery) -> Outcome | None:
         """Hold a job that arrived before its due time until it is due: a short wait here, a
@@ -236,12 +270,16 @@ class AttemptRunner:
             max_delay_s=self.topology.delays.max_delay,
         )
 
-    async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery) -> None:
+    async def _call(
+        self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery, timed: bool = True
+    ) -> Any:
+        """Run the handler under its deadline; returns what it returned. ``timed=False``: an
+        async handler is left to the deadline of the middleware chain around it."""
         timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
         if not handler.is_async:
             assert self.threads is not None, "a worker with sync handlers has handler threads"
             try:
-                await self.threads.run(handler.func, args, timeout_s)
+                return await self.threads.run(handler.func, args, timeout_s)
             except DeadlinePassed:
                 log.warning(
                     "job %s (%s): sync handler overran its deadline; its thread runs on in the "
@@ -250,7 +288,6 @@ class AttemptRunner:
                     delivery.job_type,
                 )
                 raise TimeoutError(_overran(timeout_s)) from None
-            return
         loop = asyncio.get_running_loop()
         started = loop.time()
         watching = (
@@ -258,12 +295,16 @@ class AttemptRunner:
             if self.watchdog is not None
             else contextlib.nullcontext()
         )
+        deadline: asyncio.Timeout | None = None
         try:
             with watching:
-                async with asyncio.timeout(timeout_s) as deadline:
-                    await handler.func(*args)
+                if timed:
+                    async with asyncio.timeout(timeout_s) as deadline:
+                        result = await handler.func(*args)
+                else:
+                    result = await handler.func(*args)
         except TimeoutError:
-            if not deadline.expired():
+            if deadline is None or not deadline.expired():
                 raise  # the handler's own TimeoutError
             raise TimeoutError(_overran(timeout_s)) from None
         ran_s = loop.time() - started
@@ -273,6 +314,7 @@ class AttemptRunner:
                 f"{_overran(timeout_s)}: it ran {ran_s:.1f}s without yielding to the event "
                 "loop (blocking code in an async handler), so it could not be stopped in time"
             )
+        return result
 
 
 def _as_datetime(ms: int | None) -> datetime | None:

@@ -23,6 +23,8 @@ class WorkerOptions:
     #: Threads for sync handlers (None: the pools' concurrency added up). A sync handler that
     #: overruns its deadline keeps its thread until it returns; more threads leave room.
     threads: int | None = None
+    #: How long each of the app's startup and shutdown hooks may take.
+    hook_timeout_s: float = 60.0
 
 
 @dataclass

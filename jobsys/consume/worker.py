@@ -49,6 +49,7 @@ from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
 from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
+from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
 from jobsys.consume.pools import Pool, describe_pools, plan_pools
@@ -125,8 +126,13 @@ class Worker:
             self._runner.threads = HandlerThreads(size)
         self._runner.watchdog = LoopWatchdog(self.settings.heartbeat_s)
         self._runner.watchdog.start()
-        self._producer = Producer(self.settings, self.topology, connection=self._connection)
+        # With the app: follow-up jobs are validated by its payload models and go through its
+        # publish middleware.
+        self._producer = Producer(
+            self.settings, self.topology, connection=self._connection, app=self.app
+        )
         await self._producer.open()
+        self._runner.producer = self._producer
         # Every cancellation made before this worker consumes is known before its first job.
         self._cancellations = Cancellations(
             self._connection, self.topology.namespace, self.topology.delays.max_delay
@@ -204,7 +210,11 @@ class Worker:
             self._stop.set()
 
     async def run(self) -> WorkerStats:
-        """Serve until stopped; returns the stats (``graceful`` says how it ended)."""
+        """Serve until stopped; returns the stats (``graceful`` says how it ended).
+
+        The app's startup hooks run first (``StartupFailed`` when one fails: nothing was
+        consumed), its shutdown hooks last, once the worker has drained and disconnected."""
+        await run_startup_hooks(self.app, self.options.hook_timeout_s)
         try:
             # e.g. basic.consume refused for lack of read permission: one clear error.
             with broker_errors(self.settings):
@@ -214,7 +224,10 @@ class Worker:
             if self._fatal is None:
                 await self._drain()
         finally:
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                await run_shutdown_hooks(self.app, self.options.hook_timeout_s)
         if self._fatal is not None:
             raise self._fatal
         return self.stats

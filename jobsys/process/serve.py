@@ -19,6 +19,7 @@ from jobsys.errors import (
     ConnectionFailed,
     JobsysError,
     MessageError,
+    StartupFailed,
     TopologyConflictError,
     TopologyLoadError,
 )
@@ -45,6 +46,7 @@ EXIT_FAILED = 1  # the work was not (all) done: a publish not confirmed, a worke
 EXIT_INVALID = 2  # bad input: usage, an invalid topology file, a bad payload
 EXIT_CONFLICT = 3  # the broker's topology differs from the file
 EXIT_BROKER = 4  # the broker could not be reached or refused access
+EXIT_STARTUP = 5  # a startup hook of the app failed: the worker took no job
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -53,6 +55,8 @@ def exit_code_for(exc: JobsysError) -> int:
     """The exit code a program ends with for ``exc``."""
     if isinstance(exc, TopologyConflictError):
         return EXIT_CONFLICT
+    if isinstance(exc, StartupFailed):
+        return EXIT_STARTUP
     if isinstance(exc, TopologyLoadError | ConfigError | MessageError):
         return EXIT_INVALID
     if isinstance(exc, ConnectionFailed | AccessRefused):

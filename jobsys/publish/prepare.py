@@ -21,9 +21,11 @@ from jobsys.topology import delays
 from jobsys.topology.check import MAX_ROUTING_KEY_BYTES
 from jobsys.topology.model import Topology
 from jobsys.topology.routing import route_job_type
+from jobsys.wire.chain import then_job_type
 from jobsys.wire.envelope import check_job_id, check_user_headers, encode_payload, new_job_id
 from jobsys.wire.headers import (
     HEADER_DUE_AT_MS,
+    HEADER_THEN,
     Origin,
     due_at_ms,
     identity_headers,
@@ -47,6 +49,9 @@ class JobRequest:
     headers: Mapping[str, Any] | None = None
     #: When the job is due: a timezone-aware datetime (instead of ``delay_s``).
     run_at: datetime | None = None
+    #: The job type that receives the handler's return value as its payload once this job
+    #: succeeded (a chain; ``jobsys.wire.chain``).
+    then: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +172,8 @@ def prepare_job(
     if route.static_headers:
         # A headers exchange routes on these, so they win over the caller's.
         headers.update(route.static_headers)
+    if request.then is not None:
+        headers[HEADER_THEN] = then_job_type(request.then, routes)
     now = now_ms()
     run_at_ms = None if request.run_at is None else _run_at_ms(request, route)
     wanted_s = request.delay_s if run_at_ms is None else max(0, run_at_ms - now) / 1000

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aio_pika import RobustChannel
 from opentelemetry.context import Context
@@ -43,6 +43,7 @@ from jobsys.broker.confirm import ConfirmChannel, Outgoing, unknown
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import ConfigError, ConnectionFailed, JobsysError, MessageError
 from jobsys.observe import tracing
+from jobsys.publish.middleware import around_publish, from_app
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
 from jobsys.publish.properties import copied_properties, message_properties
 from jobsys.settings import Settings
@@ -52,6 +53,9 @@ from jobsys.topology.own import OwnLayout
 from jobsys.wire.envelope import JobProperties, check_job_id, new_message_id
 from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, positive_int, text
 from jobsys.wire.table import shown
+
+if TYPE_CHECKING:
+    from jobsys.app import App
 
 __all__ = [
     "CANCEL_TYPE",
@@ -103,7 +107,10 @@ class Producer:
     Construct it without I/O, then ``await producer.open()`` (or ``async with``). Pass
     ``connection`` to share an already-open ``BrokerConnection`` (a worker reusing its own);
     the producer then never closes it. ``models`` maps job types to pydantic models that
-    validate (and normalise) payloads before anything is sent.
+    validate (and normalise) payloads before anything is sent. ``app`` (the ``App`` of the
+    handlers) brings the payload models of its handlers and its publish middleware
+    (``jobsys.publish.middleware``), which runs around ``publish`` and each job of
+    ``publish_many``.
     """
 
     def __init__(
@@ -113,12 +120,13 @@ class Producer:
         *,
         models: Mapping[str, type[BaseModel]] | None = None,
         connection: BrokerConnection | None = None,
+        app: App | None = None,
     ) -> None:
         if isinstance(topology, LoadedTopology):
             topology = topology.topology
         self.settings = settings
         self.topology = topology
-        self.models: dict[str, type[BaseModel]] = dict(models or {})
+        self.models, self._middleware = from_app(app, models)
         self._routes: dict[str, JobRoute] = build_routes(topology)
         #: Queues that dead-letter the publishes they refuse when full (reject-publish-dlx).
         self._refusals_dead_lettered = frozenset(
@@ -188,8 +196,12 @@ class Producer:
         job_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
         run_at: datetime | None = None,
+        then: str | None = None,
     ) -> Receipt:
         """Publish one job and return its receipt once the broker confirmed it as routed.
+
+        ``then`` names a job type that receives this job's handler's return value as its
+        payload once the job succeeded (docs/handlers.md, chains).
 
         ``delay_s`` delays the job by so many seconds; ``run_at`` (a timezone-aware datetime,
         instead) makes it due at that moment: it goes through the same delay levels, a moment
@@ -205,9 +217,17 @@ class Producer:
         one fails, the error is raised and the queues before it may already hold the job
         (publish it again with the same job id; handlers deduplicate by it).
         """
-        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
-        job = self.prepare(request)
-        return await self._publish_prepared(job)
+        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at, then)
+        return await self.publish_request(request)
+
+    async def publish_request(self, request: JobRequest) -> Receipt:
+        """``publish`` for a ``JobRequest`` (through the app's publish middleware, if any)."""
+        if self._middleware:
+            return cast(Receipt, await around_publish(self._middleware, request, self._publish))
+        return await self._publish(request)
+
+    async def _publish(self, request: JobRequest) -> Receipt:
+        return await self._publish_prepared(self.prepare(request))
 
     async def publish_many(
         self,
@@ -245,6 +265,22 @@ class Producer:
 
     async def _result_of(self, request: JobRequest) -> PublishResult:
         """The receipt of one job of ``publish_many``, or the error it met."""
+        if self._middleware:
+            # The middleware's own exceptions propagate, as they do from ``publish``.
+            try:
+                return cast(Receipt, await around_publish(self._middleware, request, self._raised))
+            except JobsysError as exc:
+                return exc
+        return await self._result_of_one(request)
+
+    async def _raised(self, request: JobRequest) -> Receipt:
+        # Inside middleware a failed publish raises, in publish_many as in publish.
+        result = await self._result_of_one(request)
+        if isinstance(result, JobsysError):
+            raise result
+        return result
+
+    async def _result_of_one(self, request: JobRequest) -> PublishResult:
         try:
             job = self.prepare(request)
         except JobsysError as exc:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from jobsys.app import App
 from jobsys.errors import ConnectionFailed
 from jobsys.publish.producer import DEFAULT_WINDOW, JobRequest, Producer, PublishResult, Receipt
 from jobsys.settings import Settings
@@ -34,8 +35,9 @@ _GRACE_S = 10.0
 class SyncProducer:
     """A blocking, thread-safe ``Producer``: ``publish``, ``publish_many``, ``close``.
 
-    It connects on construction (or lazily on first use with ``connect=False``) and must be
-    closed, or used as a context manager, to stop its thread and connection.
+    ``app`` brings the payload models and publish middleware of an ``App``, as for
+    ``Producer``. It connects on construction (or lazily on first use with ``connect=False``)
+    and must be closed, or used as a context manager, to stop its thread and connection.
     """
 
     def __init__(
@@ -45,9 +47,10 @@ class SyncProducer:
         models: Mapping[str, type[BaseModel]] | None = None,
         *,
         connect: bool = True,
+        app: App | None = None,
     ) -> None:
         self.settings = settings
-        self._producer = Producer(settings, topology, models=models)
+        self._producer = Producer(settings, topology, models=models, app=app)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._run_loop, name="jobsys-sync-producer", daemon=True
@@ -96,22 +99,15 @@ class SyncProducer:
         job_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
         run_at: datetime | None = None,
+        then: str | None = None,
     ) -> Receipt:
         """Publish one job and block until the broker confirmed it (see ``Producer.publish``)."""
-        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
+        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at, then)
         return self._call(self._publish(request))
 
     async def _publish(self, request: JobRequest) -> Receipt:
         await self._producer.open()  # a no-op once open; connects lazily with connect=False
-        return await self._producer.publish(
-            request.job_type,
-            request.payload,
-            priority=request.priority,
-            delay_s=request.delay_s,
-            job_id=request.job_id,
-            headers=request.headers,
-            run_at=request.run_at,
-        )
+        return await self._producer.publish_request(request)
 
     def cancel(self, job_id: str) -> Receipt:
         """Cancel a job that has not started and block until the broker confirmed the

@@ -28,6 +28,9 @@ HEADER_DUE_AT_MS = "jobsys-due-at-ms"
 #: On a job a schedule fired: the schedule's name, and its slot (ms since the epoch).
 HEADER_SCHEDULE = "jobsys-schedule"
 HEADER_SLOT_MS = "jobsys-slot-ms"
+#: The job type that receives this job's handler's return value as its payload once the job
+#: succeeded (``jobsys.wire.chain``).
+HEADER_THEN = "jobsys-then"
 
 # -- origin: where a job was first published, and when trouble began -------------------------
 # A retry or a delayed job arrives through the delivery exchange; these say where it was meant

@@ -25,6 +25,9 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("jobsys.errors",),
     ("jobsys.duration", "jobsys.settings"),
     ("jobsys.wire", "jobsys.topology", "jobsys.app"),
+    # Exactly-once effects in the user's database: over the app (JobContext), and never
+    # reaching the broker.
+    ("jobsys.inbox",),
     ("jobsys.observe",),
     ("jobsys.broker",),
     ("jobsys.publish",),
@@ -42,6 +45,7 @@ PURE_ROOMS = (
     "jobsys.wire",
     "jobsys.topology",
     "jobsys.app",
+    "jobsys.inbox",
 )
 #: Modules of I/O rooms that are pure all the same (and are held to it).
 PURE_MODULES = (
