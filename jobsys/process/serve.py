@@ -139,6 +139,10 @@ async def serve(worker: Served, requests: StopRequests | None = None) -> int:
     """
     requests = requests or StopRequests()
     loop = asyncio.get_running_loop()
+    # Put back what handled the signals before, not the default: a supervisor's child keeps
+    # counting a SIGTERM that comes after it drained (for --max-jobs, say) instead of dying by
+    # it, and exits with its own code.
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, requests.request)
     requests.attach(worker)
@@ -147,4 +151,6 @@ async def serve(worker: Served, requests: StopRequests | None = None) -> int:
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+            if previous[sig] is not None:
+                signal.signal(sig, previous[sig])
     return EXIT_OK if worker.graceful else EXIT_FAILED
