@@ -35,11 +35,11 @@ async def around(
     timeout_s: float,
     slack_s: float = MIDDLEWARE_SLACK_S,
 ) -> Any:
-    """Run ``handler`` inside ``middleware`` under the job's deadline plus ``slack_s``;
-    returns what the chain returned."""
+    """Run ``handler`` inside ``middleware`` (at least one) under the job's deadline plus
+    ``slack_s``; returns what the chain returned."""
     try:
         async with asyncio.timeout(timeout_s + slack_s) as deadline:
-            return await _step(middleware, 0, ctx, handler)
+            return await middleware[0](ctx, _next(middleware, 1, ctx, handler))
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -49,24 +49,27 @@ async def around(
         ) from None
 
 
-async def _step(
+def _next(
     middleware: tuple[Middleware, ...],
     index: int,
     ctx: JobContext,
     handler: Callable[[], Awaitable[Any]],
-) -> Any:
-    if index == len(middleware):
-        return await handler()
+) -> Callable[[], Awaitable[Any]]:
+    """The ``call_next`` of ``middleware[index - 1]``: it returns the awaitable of the next
+    middleware (or of the handler) itself, not a coroutine wrapping it, so each link of the
+    chain costs one coroutine, the middleware's own."""
     called = False
 
-    async def call_next() -> Any:
+    def call_next() -> Awaitable[Any]:
         nonlocal called
         if called:
-            raise RuntimeError(f"middleware {_name(middleware[index])} called call_next twice")
+            raise RuntimeError(f"middleware {_name(middleware[index - 1])} called call_next twice")
         called = True
-        return await _step(middleware, index + 1, ctx, handler)
+        if index == len(middleware):
+            return handler()
+        return middleware[index](ctx, _next(middleware, index + 1, ctx, handler))
 
-    return await middleware[index](ctx, call_next)
+    return call_next
 
 
 def _name(func: Any) -> str:
