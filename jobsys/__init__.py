@@ -30,6 +30,7 @@ from jobsys.errors import (
     PublishOutcomeUnknown,
     QueueFullError,
     Reject,
+    ResultError,
     Retry,
     TLSHandshakeFailed,
     TopologyChangedDuringApply,
@@ -128,4 +129,5 @@ __all__ = [  # noqa: RUF022 - grouped by topic, not sorted
     "UnknownJobTypeError",
     "PayloadValidationError",
     "PayloadTooLargeError",
+    "ResultError",
 ]

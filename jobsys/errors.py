@@ -177,6 +177,13 @@ class PayloadTooLargeError(MessageError):
     """Raised when an encoded job is larger than the configured limit."""
 
 
+class ResultError(MessageError):
+    """Raised as an attempt's failure when a handler's return value cannot be the job's result:
+    not JSON-serialisable (NaN and infinity included), not matching the handler's return
+    annotation, larger than ``max_payload_bytes`` encoded, or a coroutine returned unawaited.
+    The job is dead-lettered at once: running it again would return the same kind of value."""
+
+
 # -- handler signals ---------------------------------------------------------------------------
 
 

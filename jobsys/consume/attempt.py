@@ -23,6 +23,7 @@ from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
+from jobsys.consume.result import ResultCodec
 from jobsys.consume.retry import decide
 from jobsys.consume.threads import DeadlinePassed, HandlerThreads
 from jobsys.consume.watchdog import LoopWatchdog
@@ -135,6 +136,7 @@ class AttemptRunner:
         #: Set by the worker: the job ids cancelled before they ran.
         self.cancellations: Container[str] = ()
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
+        self.results = ResultCodec(settings.max_payload_bytes)
 
     async def run(self, delivery: Delivery, queue: str) -> Outcome:
         """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
@@ -178,7 +180,7 @@ class AttemptRunner:
         else:
             args = (payload,)
         try:
-            await self._call(handler, args, delivery)
+            value = await self._call(handler, args, delivery)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and cancel_requested():
                 raise  # a hard stop: leave the job unsettled, the broker redelivers it
@@ -188,7 +190,12 @@ class AttemptRunner:
             # "topology differs") or leave the job unacked forever, and the job would come
             # back to do it again on the next worker.
             return self.failed(delivery, exc)
-        return ACK
+        if value is None:
+            return ACK  # the cheap path: nothing to encode, nothing to send
+        try:
+            return Outcome.done(self.results.encode(handler, value))
+        except MessageError as exc:  # ResultError: dead-lettered with the reason
+            return self.failed(delivery, exc)
 
     async def _until_due(self, delivery: Delivery) -> Outcome | None:
         """Hold a job that arrived before its due time until it is due: a short wait here, a
@@ -236,12 +243,12 @@ class AttemptRunner:
             max_delay_s=self.topology.delays.max_delay,
         )
 
-    async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery) -> None:
+    async def _call(self, handler: HandlerSpec, args: tuple[Any, ...], delivery: Delivery) -> Any:
         timeout_s = self._timeouts.get(handler.job_type, _DEFAULT_TIMEOUT_S)
         if not handler.is_async:
             assert self.threads is not None, "a worker with sync handlers has handler threads"
             try:
-                await self.threads.run(handler.func, args, timeout_s)
+                return await self.threads.run(handler.func, args, timeout_s)
             except DeadlinePassed:
                 log.warning(
                     "job %s (%s): sync handler overran its deadline; its thread runs on in the "
@@ -250,7 +257,6 @@ class AttemptRunner:
                     delivery.job_type,
                 )
                 raise TimeoutError(_overran(timeout_s)) from None
-            return
         loop = asyncio.get_running_loop()
         started = loop.time()
         watching = (
@@ -261,7 +267,7 @@ class AttemptRunner:
         try:
             with watching:
                 async with asyncio.timeout(timeout_s) as deadline:
-                    await handler.func(*args)
+                    value = await handler.func(*args)
         except TimeoutError:
             if not deadline.expired():
                 raise  # the handler's own TimeoutError
@@ -273,6 +279,7 @@ class AttemptRunner:
                 f"{_overran(timeout_s)}: it ran {ran_s:.1f}s without yielding to the event "
                 "loop (blocking code in an async handler), so it could not be stopped in time"
             )
+        return value
 
 
 def _as_datetime(ms: int | None) -> datetime | None:
