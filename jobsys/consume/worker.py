@@ -49,6 +49,7 @@ from jobsys.consume.fault_watch import FaultWatch
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
 from jobsys.consume.pools import Pool, plan_pools
+from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
 from jobsys.consume.threads import HandlerThreads
 from jobsys.consume.watchdog import LoopWatchdog
@@ -101,6 +102,7 @@ class Worker:
         self._runner = AttemptRunner(app, self.topology, settings)
         self._settler: Settler | None = None
         self._cancellations: Cancellations | None = None
+        self._replies: ReplySender | None = None
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -133,6 +135,7 @@ class Worker:
         self._settler = Settler(
             self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
         )
+        self._settler.replies = self._replies = ReplySender(self._open_reply_channel)
         for pool in self.pools:
             pool.channel = await self._connection.channel(confirms=False, prefetch=pool.prefetch)
             # A passive declare, which the robust channel repeats after every reconnect.
@@ -160,6 +163,10 @@ class Worker:
                 functools.partial(self._on_message, pool),
                 consumer_tag=pool.consumer_tag,
             )
+
+    async def _open_reply_channel(self) -> aiormq.Channel:
+        # A plain channel of the connection's current transport, opened again on demand.
+        return cast(aiormq.Channel, await self._connection.amqp.channel())
 
     async def _on_reopen(self, pool: Pool, *_: Any) -> None:
         await self._subscribe(pool)
@@ -260,6 +267,9 @@ class Worker:
             if pool.channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pool.channel.close(), 5)
+        if self._replies is not None:
+            with contextlib.suppress(Exception):
+                await self._replies.close()
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.close()

@@ -43,6 +43,7 @@ from jobsys.broker.confirm import ConfirmChannel, Outgoing, unknown
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import ConfigError, ConnectionFailed, JobsysError, MessageError
 from jobsys.observe import tracing
+from jobsys.publish.call import Caller, check_timeout
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
 from jobsys.publish.properties import copied_properties, message_properties
 from jobsys.settings import Settings
@@ -132,6 +133,7 @@ class Producer:
         self._connection = connection
         self._confirms: ConfirmChannel | None = None
         self._open_lock = asyncio.Lock()
+        self._caller: Caller | None = None  # opened by the first call()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -151,6 +153,9 @@ class Producer:
 
     async def close(self) -> None:
         """Close the channel, and the connection if the producer opened it; safe to call twice."""
+        caller, self._caller = self._caller, None
+        if caller is not None:
+            await caller.close()
         confirms, self._confirms = self._confirms, None
         if confirms is not None and not confirms.robust.is_closed:
             await confirms.robust.close()
@@ -208,6 +213,36 @@ class Producer:
         request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
         job = self.prepare(request)
         return await self._publish_prepared(job)
+
+    async def call(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        timeout_s: float,
+        returns: Any = None,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        job_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
+    ) -> Any:
+        """Publish one job (as ``publish``) and wait up to ``timeout_s`` for its outcome
+        through RabbitMQ direct reply-to; returns the handler's result as decoded JSON, or
+        validated into ``returns`` (a type pydantic can validate) when given.
+
+        Raises ``JobFailed`` when the job was dead-lettered (after its retries) or cancelled,
+        ``CallTimeout`` when no outcome came in time and ``ResultUnknown`` when the connection
+        was lost while waiting -- in both the job was published and may still run -- and the
+        errors of ``publish``. See ``jobsys.publish.call`` and docs/results.md.
+        """
+        timeout_s = check_timeout(timeout_s)
+        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
+        job = self.prepare(request)
+        self._channel()  # ConnectionFailed when not open, as publish
+        if self._caller is None:
+            self._caller = Caller(self.connection, self.settings, self._refusals_dead_lettered)
+        return await self._caller.call(job, timeout_s=timeout_s, returns=returns)
 
     async def publish_many(
         self,

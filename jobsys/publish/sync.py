@@ -32,7 +32,8 @@ _GRACE_S = 10.0
 
 
 class SyncProducer:
-    """A blocking, thread-safe ``Producer``: ``publish``, ``publish_many``, ``close``.
+    """A blocking, thread-safe ``Producer``: ``publish``, ``publish_many``, ``call``,
+    ``cancel``, ``close``.
 
     It connects on construction (or lazily on first use with ``connect=False``) and must be
     closed, or used as a context manager, to stop its thread and connection.
@@ -112,6 +113,39 @@ class SyncProducer:
             headers=request.headers,
             run_at=request.run_at,
         )
+
+    def call(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        timeout_s: float,
+        returns: Any = None,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        job_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
+    ) -> Any:
+        """Publish one job and block until its outcome arrives or ``timeout_s`` passes (see
+        ``Producer.call``): the result, or ``JobFailed``, ``CallTimeout``, ``ResultUnknown``."""
+        return self._call(
+            self._call_job(
+                job_type,
+                payload,
+                timeout_s=timeout_s,
+                returns=returns,
+                priority=priority,
+                delay_s=delay_s,
+                job_id=job_id,
+                headers=headers,
+                run_at=run_at,
+            )
+        )
+
+    async def _call_job(self, job_type: str, payload: Any, **options: Any) -> Any:
+        await self._producer.open()
+        return await self._producer.call(job_type, payload, **options)
 
     def cancel(self, job_id: str) -> Receipt:
         """Cancel a job that has not started and block until the broker confirmed the
