@@ -46,6 +46,7 @@ from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
 from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
+from jobsys.consume.history import HistoryWriter
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
 from jobsys.consume.pools import Pool, plan_pools
@@ -103,6 +104,8 @@ class Worker:
         self._settler: Settler | None = None
         self._cancellations: Cancellations | None = None
         self._replies: ReplySender | None = None
+        #: Job history (a topology with ``history:``), written off the hot path.
+        self.history: HistoryWriter | None = None
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -136,7 +139,11 @@ class Worker:
             self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
         )
         self._settler.replies = self._replies = ReplySender(self._open_reply_channel)
+        if self.topology.history is not None:
+            self.history = HistoryWriter(self._connection, self.topology, self.topology.history)
+            self.history.start()
         for pool in self.pools:
+            pool.recorded = self.history is not None and self.history.records(pool.queue)
             pool.channel = await self._connection.channel(confirms=False, prefetch=pool.prefetch)
             # A passive declare, which the robust channel repeats after every reconnect.
             await pool.channel.get_queue(pool.queue, ensure=True)
@@ -267,9 +274,7 @@ class Worker:
             if pool.channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pool.channel.close(), 5)
-        if self._replies is not None:
-            with contextlib.suppress(Exception):
-                await self._replies.close()
+        await self._close_side_channels()
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.close()
@@ -278,6 +283,13 @@ class Worker:
             self._runner.threads.shutdown()
         if self._runner.watchdog is not None:
             self._runner.watchdog.stop()
+
+    async def _close_side_channels(self) -> None:
+        """The reply channel, and the job history (its last events written first)."""
+        for side in (self._replies, self.history):
+            if side is not None:
+                with contextlib.suppress(Exception):
+                    await side.close()
 
     @property
     def lingering_threads(self) -> int:
@@ -345,9 +357,16 @@ class Worker:
             exchange=deliver.exchange or "",
             routing_key=deliver.routing_key or "",
         ) as span:
+            history = self.history if pool.recorded else None
+            if history is not None:
+                history.started(delivery, pool.queue)
+                began = asyncio.get_running_loop().time()
             outcome = await self._runner.run(delivery, pool.queue)
             settled = await self._settle(delivery, outcome, pool)
             span.set_outcome(settled.kind, settled.error)
+            if history is not None:
+                ran_s = asyncio.get_running_loop().time() - began
+                history.settled(delivery, pool.queue, settled, ran_s)
 
     def _runner_done(self, pool: Pool, runner: asyncio.Task[None]) -> None:
         self._running.discard(runner)

@@ -151,12 +151,18 @@ async def hold(payload: Any) -> str:
     return "released"
 
 
-def loaded_topology(tmp_path: Path | None = None) -> LoadedTopology:
-    """The test topology; written to ``tmp_path/topology.yaml`` when a path is given."""
+#: The same topology with the job history on.
+HISTORY_YAML = TOPOLOGY_YAML + "history: {max_age: 1h, max_bytes: 67108864}\n"
+
+
+def loaded_topology(tmp_path: Path | None = None, *, history: bool = False) -> LoadedTopology:
+    """The test topology (with the job history on when ``history``); written to
+    ``tmp_path/topology.yaml`` when a path is given."""
+    text = HISTORY_YAML if history else TOPOLOGY_YAML
     if tmp_path is None:
-        return load_topology_text(TOPOLOGY_YAML, "results-test.yaml")
+        return load_topology_text(text, "results-test.yaml")
     file = tmp_path / "topology.yaml"
-    file.write_text(TOPOLOGY_YAML, encoding="utf-8")
+    file.write_text(text, encoding="utf-8")
     return load_topology(file)
 
 
