@@ -9,7 +9,9 @@ Two measurements, in a private vhost (created through the management API, delete
   reply-to). p50/p99 of each, and ``call`` against ``publish``.
 * **drain**: ``n`` jobs are queued, then an in-process worker drains them; the handler returns
   None in one mode and a ~200-byte dict (checked and encoded as the job's result, no caller
-  waiting) in the other. Jobs/s between the first and the last job done, rounds interleaved.
+  waiting) in the other, and None again with the job history on (``history:``), every job
+  then writing two events to the history stream. Jobs/s between the first and the last job
+  done, rounds interleaved.
 
 Run with ``.venv/bin/python -m bench.call [-n 500] [--drain-n 5000] [--rounds 3] [--url URL]``.
 """
@@ -48,6 +50,8 @@ job_types:
   none: {{exchange: bc.jobs, routing_key: work}}
   value: {{exchange: bc.jobs, routing_key: work}}
 """
+
+HISTORY_YAML = "history: {max_age: 1h, max_bytes: 67108864}\n"
 
 app = App()
 
@@ -152,7 +156,8 @@ async def round_trip(url: str, topology_file: Path, n: int, rounds: int) -> dict
 
 
 async def drain(url: str, topology_file: Path, job_type: str, n: int) -> float:
-    """Jobs/s of an in-process worker draining ``n`` queued jobs of ``job_type``."""
+    """Jobs/s of an in-process worker draining ``n`` queued jobs of ``job_type`` (with the job
+    history on when ``topology_file`` has ``history:``)."""
     from jobsys.consume.worker import Worker
     from jobsys.publish.producer import JobRequest, Producer
     from jobsys.settings import Settings
@@ -197,6 +202,10 @@ async def run(args: argparse.Namespace) -> None:
             topology_file.write_text(TOPOLOGY_YAML, encoding="utf-8")
             async with BrokerConnection(Settings(url=url)) as conn:
                 await apply_topology(conn, load_topology(topology_file), use_management=False)
+            history_file = Path(tmp) / "history.yaml"
+            history_file.write_text(TOPOLOGY_YAML + HISTORY_YAML, encoding="utf-8")
+            async with BrokerConnection(Settings(url=url)) as conn:
+                await apply_topology(conn, load_topology(history_file), use_management=False)
             trips = await round_trip(url, topology_file, args.n, args.rounds)
             print(f"round trip, one at a time, n = {args.n} x {args.rounds} rounds:")
             for name, ms in trips.items():
@@ -205,17 +214,20 @@ async def run(args: argparse.Namespace) -> None:
             c50, c99 = _percentiles(trips["call"])
             j50, j99 = _percentiles(trips["publish"])
             print(f"  call / publish: p50 {c50 / j50:.2f}x, p99 {c99 / j99:.2f}x")
-            rates: dict[str, list[float]] = {"none": [], "value": []}
+            rates: dict[str, list[float]] = {"none": [], "value": [], "none, history on": []}
             for _ in range(args.rounds):
-                for job_type in ("none", "value"):
-                    rates[job_type].append(await drain(url, topology_file, job_type, args.drain_n))
+                for mode, job_type, file in (
+                    ("none", "none", topology_file),
+                    ("value", "value", topology_file),
+                    ("none, history on", "none", history_file),
+                ):
+                    rates[mode].append(await drain(url, file, job_type, args.drain_n))
             print(f"drain, n = {args.drain_n}, {args.rounds} rounds (jobs/s, best / median):")
-            for job_type, values in rates.items():
-                print(
-                    f"  returns {job_type:<6} {max(values):8.0f} / {statistics.median(values):8.0f}"
-                )
-            ratios = [v / z for v, z in zip(rates["value"], rates["none"], strict=True)]
-            print(f"  value / none: median of rounds {statistics.median(ratios):.2f}x")
+            for mode, values in rates.items():
+                print(f"  returns {mode:<18} {max(values):8.0f} / {statistics.median(values):8.0f}")
+            for mode in ("value", "none, history on"):
+                ratios = [v / z for v, z in zip(rates[mode], rates["none"], strict=True)]
+                print(f"  {mode} / none: median of rounds {statistics.median(ratios):.2f}x")
     finally:
         _management("DELETE", f"/api/vhosts/{quote(vhost, safe='')}")
 

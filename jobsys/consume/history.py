@@ -1,6 +1,6 @@
 """The worker's half of job history: an event when a worker takes a job and one when it is
-settled, recorded without waiting (``jobsys.observe.history``) and published in batches, with
-confirms, to the topology's history exchange.
+settled, recorded without waiting (``jobsys.observe.history``) and published in batches (one
+confirmed message per batch) to the topology's history exchange.
 
 Only the queues named by ``history:`` in the topology are recorded (all of them when it names
 none). A job without a job id (undecodable) is not recorded. A history write that fails never
@@ -26,8 +26,8 @@ from jobsys.topology.model import History, Topology
 from jobsys.topology.own import OwnLayout
 from jobsys.wire.deadletter import error_type_name
 from jobsys.wire.envelope import new_message_id
-from jobsys.wire.headers import HEADER_JOB_ID, now_ms
-from jobsys.wire.history import EVENT_TYPE, EventKind, HistoryEvent, encode_event
+from jobsys.wire.headers import now_ms
+from jobsys.wire.history import EVENT_TYPE, HEADER_EVENTS, EventKind, HistoryEvent, encode_batch
 
 _KINDS: dict[str, EventKind] = {
     "ack": "succeeded",
@@ -107,14 +107,10 @@ class HistoryWriter:
             await confirms.robust.close()
 
     async def _write(self, batch: Sequence[HistoryEvent]) -> None:
+        # One message per batch: two publishes per job would halve what a worker can drain.
         confirms = await self._channel()
-        await asyncio.gather(*(self._publish(confirms, event) for event in batch))
-
-    async def _publish(self, confirms: ConfirmChannel, event: HistoryEvent) -> None:
-        out = Outgoing(event.job_id, EVENT_TYPE, self._exchange, "", encode_event(event))
-        props = message_properties(
-            EVENT_TYPE, None, {HEADER_JOB_ID: event.job_id}, new_message_id()
-        )
+        out = Outgoing("history", EVENT_TYPE, self._exchange, "", encode_batch(batch))
+        props = message_properties(EVENT_TYPE, None, {HEADER_EVENTS: len(batch)}, new_message_id())
         await confirms.publish(out, props)
 
     async def _channel(self) -> ConfirmChannel:

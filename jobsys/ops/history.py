@@ -3,7 +3,7 @@
 A stream has no index and no end a reader can see, so ``job_timeline`` appends a marker of its
 own to the stream and reads from ``since`` (or the start of what the broker keeps) until it
 reads the marker back: every event written before it was read. It keeps the events of one job
-id, telling them by their ``jobsys-job-id`` header before decoding any body. The reader needs
+id, decoding only the batches whose bytes mention it. The reader needs
 write permission on the history exchange for its marker.
 """
 
@@ -22,7 +22,7 @@ from jobsys.errors import BrokerError, ConfigError, TopologyError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 from jobsys.wire.headers import HEADER_JOB_ID, text
-from jobsys.wire.history import MARKER_TYPE, HistoryEvent, decode_event
+from jobsys.wire.history import MARKER_TYPE, HistoryEvent, decode_batch, mentions
 
 #: How long a read may take before it gives up.
 DEFAULT_READ_TIMEOUT_S = 120.0
@@ -74,7 +74,7 @@ async def job_timeline(
         except TimeoutError:
             raise BrokerError(
                 f"the history stream was not read to its end within {timeout_s:g}s "
-                f"({reader.read} events read); try --since to read less of it"
+                f"({reader.read} batches read); try --since to read less of it"
             ) from None
     finally:
         with contextlib.suppress(Exception):
@@ -93,13 +93,11 @@ class _Reader:
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self.read += 1
-        wanted = text((message.headers or {}).get(HEADER_JOB_ID))
-        if wanted == self.job_id:
-            event = decode_event(message.body)
-            if event is not None and event.job_id == self.job_id:
-                self.events.append(event)
-        elif wanted == self.marker and message.type == MARKER_TYPE:
-            self.done.set()
+        if message.type == MARKER_TYPE:
+            if text((message.headers or {}).get(HEADER_JOB_ID)) == self.marker:
+                self.done.set()
+        elif mentions(message.body, self.job_id):
+            self.events += [e for e in decode_batch(message.body) if e.job_id == self.job_id]
         self._unacked += 1
         if self._unacked >= _ACK_EVERY:
             self._unacked = 0

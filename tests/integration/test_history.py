@@ -178,7 +178,7 @@ async def test_jobs_show_prints_the_timeline_and_the_state(
             "details": {"note": "\r\u202e"},
         }
         await exchange.publish(
-            aio_pika.Message(json.dumps(event).encode(), headers={"jobsys-job-id": job_id}),
+            aio_pika.Message(json.dumps([event]).encode(), type="jobsys.history"),
             routing_key="",
         )
     args = ["jobs", "show", job_id, "--url", vhost_settings.url]

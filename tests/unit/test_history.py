@@ -15,7 +15,15 @@ from jobsys.errors import TopologyLoadError
 from jobsys.observe.history import HistoryRecorder
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.loader import load_topology_text
-from jobsys.wire.history import HistoryEvent, decode_event, encode_event, job_state
+from jobsys.wire.history import (
+    HistoryEvent,
+    decode_batch,
+    decode_event,
+    encode_batch,
+    encode_event,
+    job_state,
+    mentions,
+)
 
 BASE = """\
 version: 1
@@ -108,9 +116,28 @@ def test_what_is_not_an_event_is_skipped(body: bytes) -> None:
     assert decode_event(body) is None
 
 
-def test_nan_in_details_is_refused_at_encoding() -> None:
+def test_nan_in_details_is_refused_at_encoding_and_left_out_of_a_batch() -> None:
     with pytest.raises(ValueError):
         encode_event(_event("succeeded", duration_ms=float("nan")))
+    batch = encode_batch([_event("started"), _event("succeeded", duration_ms=float("nan"))])
+    assert [e.kind for e in decode_batch(batch)] == ["started"]
+
+
+def test_a_batch_round_trips_and_skips_what_is_not_an_event() -> None:
+    events = [_event("started"), _event("succeeded", duration_ms=1.5)]
+    assert decode_batch(encode_batch(events)) == events
+    assert decode_batch(b'[{"kind": "started"}, 5, null]') == []
+    assert decode_batch(b"\xff") == []
+    assert decode_batch(encode_event(events[0])) == [events[0]]  # a lone event too
+
+
+@pytest.mark.parametrize("job_id", ["job-1", 'quo"te', "é✓", "tab\there", "back\\slash"])
+def test_a_batch_is_found_by_the_job_ids_it_mentions(job_id: str) -> None:
+    event = HistoryEvent("started", job_id, "j", "q", 1, 1, "h", 1)
+    body = encode_batch([event])
+    assert mentions(body, job_id)
+    assert not mentions(body, job_id + "x")
+    assert decode_batch(body)[0].job_id == job_id
 
 
 # -- a job's state -------------------------------------------------------------------------------
