@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from jobsys.cli.common import build_settings, connection_options, run, topology_option
-from jobsys.cli.jobs_show import show_command
+from jobsys.cli.jobs_show import show_command, tail_command
 from jobsys.cli.topology import load_or_exit
 from jobsys.publish.producer import Producer
 from jobsys.wire.display import escape
@@ -41,3 +41,4 @@ async def cancel_command(
 
 
 show_command(jobs_group)
+tail_command(jobs_group)

@@ -1,13 +1,15 @@
-"""``jobsys jobs show ID``: one job's timeline and current state, from the job history."""
+"""``jobsys jobs show ID``: one job's timeline and current state, from the job history;
+``jobsys jobs tail``: the history as it is written."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
 from jobsys.cli.common import build_settings, connection_options, run, topology_option
-from jobsys.cli.output import Column, json_option, print_json, print_table
+from jobsys.cli.output import Column, json_option, print_json, print_json_line, print_table
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import parse_duration_s
 from jobsys.ops.history import job_timeline
@@ -112,3 +114,60 @@ def _as_json(event: HistoryEvent) -> dict[str, Any]:
         "pid": event.pid,
         "details": dict(event.details),
     }
+
+
+def tail_command(jobs_group: click.Group) -> None:
+    """Add ``tail`` to the ``jobs`` group."""
+
+    @jobs_group.command(name="tail")
+    @topology_option(required=True, help="The topology file (its history: section).")
+    @click.option("--job-type", help="Only jobs of this type.")
+    @click.option("--queue", help="Only jobs of this queue.")
+    @click.option("--failed", is_flag=True, help="Only retries and dead letters.")
+    @click.option(
+        "--since",
+        callback=_since,
+        metavar="DURATION",
+        help="Start this long ago (e.g. 10m); default: from now on.",
+    )
+    @json_option
+    @connection_options
+    @run
+    async def tail(
+        topology_file: str,
+        job_type: str | None,
+        queue: str | None,
+        failed: bool,
+        since: float | None,
+        as_json: bool,
+        url: str | None,
+        ca_file: str | None,
+        insecure: bool,
+    ) -> None:
+        """Follow the job history live, one line per event, until interrupted. Needs
+        `history:` in the topology."""
+        from jobsys.broker.connection import BrokerConnection
+        from jobsys.ops.history import follow
+
+        loaded = load_or_exit(topology_file)
+        settings = build_settings(url, ca_file, insecure)
+
+        def show(event: HistoryEvent) -> None:
+            if job_type is not None and event.job_type != job_type:
+                return
+            if queue is not None and event.queue != queue:
+                return
+            if failed and event.kind not in ("retried", "dead_lettered"):
+                return
+            if as_json:
+                print_json_line(
+                    {"job_id": event.job_id, "job_type": event.job_type, **_as_json(event)}
+                )
+                return
+            time, kind, attempt, where, details = _row(event, ())
+            line = f"{time}  {kind:<13} {event.job_id} ({event.job_type}) attempt {attempt}"
+            click.echo(escape(f"{line}  {where}  {details}".rstrip()))
+            sys.stdout.flush()
+
+        async with BrokerConnection(settings) as connection:
+            await follow(connection, loaded.topology, show, since_s=since)

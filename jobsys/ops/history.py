@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
@@ -80,6 +81,49 @@ async def job_timeline(
         with contextlib.suppress(Exception):
             await close_quietly(channel)
     return sorted(reader.events, key=lambda event: event.at_ms)
+
+
+async def follow(
+    connection: BrokerConnection,
+    topology: Topology,
+    on_event: Callable[[HistoryEvent], object],
+    *,
+    since_s: float | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Call ``on_event`` for every event written to the history from now on (or from
+    ``since_s`` seconds ago), in stream order, until ``stop`` is set (or forever)."""
+    if topology.history is None:
+        raise ConfigError(
+            "the topology has no `history:` section, so no job history is recorded; add one "
+            "and run `jobsys topology apply FILE` (docs/results.md#job-history)"
+        )
+    own = OwnLayout(topology.namespace)
+    channel = await connection.channel(confirms=False, prefetch=_PREFETCH)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        if message.type != MARKER_TYPE:
+            for event in decode_batch(message.body):
+                on_event(event)
+        await message.ack()
+
+    try:
+        with broker_errors(connection.settings):
+            try:
+                stream = await channel.get_queue(own.history, ensure=True)
+            except Exception as exc:
+                raise TopologyError(
+                    f"the history stream {own.history!r} is missing — run `jobsys topology "
+                    f"apply FILE` ({exc})"
+                ) from None
+            offset: str | datetime = "next"
+            if since_s is not None:
+                offset = datetime.now(UTC) - timedelta(seconds=since_s)
+            await stream.consume(on_message, arguments={"x-stream-offset": offset})
+        await (stop or asyncio.Event()).wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await close_quietly(channel)
 
 
 class _Reader:

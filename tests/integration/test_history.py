@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from jobsys.broker.connection import BrokerConnection
 from jobsys.cli import main
 from jobsys.errors import ConfigError, JobFailed
-from jobsys.ops.history import job_timeline
+from jobsys.ops.history import follow, job_timeline
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
@@ -201,3 +202,59 @@ async def test_jobs_show_prints_the_timeline_and_the_state(
         CliRunner().invoke, main, ["jobs", "show", "x" * 300, "--url", vhost_settings.url], env=env
     )
     assert bad.exit_code == 2
+
+
+async def test_jobs_tail_follows_the_history_with_its_filters(
+    vhost_settings: Settings, loaded: LoadedTopology, producer: Producer, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "JOBSYS_URL": vhost_settings.url,
+        "JOBSYS_TOPOLOGY": str(tmp_path / "topology.yaml"),
+    }
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobsys",
+        "jobs",
+        "tail",
+        "--failed",
+        "--since",
+        "10m",
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with running_worker(result_apps.app, loaded, vhost_settings):
+            assert await producer.call("add", {"a": 1, "b": 1}, timeout_s=30) == 2
+            with pytest.raises(JobFailed):
+                await producer.call("refuse", {}, timeout_s=30)
+            assert tail.stdout is not None
+            line = await asyncio.wait_for(tail.stdout.readline(), 30)
+        printed = json.loads(line)
+        assert (printed["kind"], printed["job_type"]) == ("dead_lettered", "refuse")
+    finally:
+        tail.send_signal(signal.SIGINT)
+        await asyncio.wait_for(tail.wait(), 30)
+
+
+async def test_follow_hands_over_every_event_written_from_now_on(
+    vhost_settings: Settings, loaded: LoadedTopology, producer: Producer
+) -> None:
+    seen: list[HistoryEvent] = []
+    stop = asyncio.Event()
+    async with BrokerConnection(vhost_settings) as connection:
+        following = asyncio.ensure_future(
+            follow(connection, loaded.topology, seen.append, since_s=600, stop=stop)
+        )
+        async with running_worker(result_apps.app, loaded, vhost_settings):
+            job_id = new_job_id()
+            await producer.call("add", {"a": 1, "b": 1}, timeout_s=30, job_id=job_id)
+            await wait_until(
+                lambda: [e.kind for e in seen if e.job_id == job_id] == ["started", "succeeded"],
+                what="both events followed",
+            )
+        stop.set()
+        await following
