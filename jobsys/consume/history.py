@@ -9,25 +9,18 @@ fails or delays a job.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from collections.abc import Sequence
 
-from aio_pika import RobustChannel
-
-from jobsys.broker.confirm import ConfirmChannel, Outgoing
 from jobsys.broker.connection import BrokerConnection
 from jobsys.consume.attempt import Delivery
 from jobsys.consume.outcome import Outcome
 from jobsys.observe.history import HistoryRecorder
-from jobsys.publish.properties import message_properties
+from jobsys.publish.history import HistorySink
 from jobsys.topology.model import History, Topology
-from jobsys.topology.own import OwnLayout
 from jobsys.wire.deadletter import error_type_name
-from jobsys.wire.envelope import new_message_id
 from jobsys.wire.headers import now_ms
-from jobsys.wire.history import EVENT_TYPE, HEADER_EVENTS, EventKind, HistoryEvent, encode_batch
+from jobsys.wire.history import EventKind, HistoryEvent
 
 _KINDS: dict[str, EventKind] = {
     "ack": "succeeded",
@@ -45,12 +38,10 @@ class HistoryWriter:
     def __init__(self, connection: BrokerConnection, topology: Topology, history: History) -> None:
         self._connection = connection
         self._history = history
-        self._exchange = OwnLayout(topology.namespace).history_exchange
-        self._confirms: ConfirmChannel | None = None
-        self._lock = asyncio.Lock()
+        self._sink = HistorySink(connection, topology)
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.recorder = HistoryRecorder(self._write)
+        self.recorder = HistoryRecorder(self._sink)
 
     def records(self, queue: str) -> bool:
         """Whether the jobs of ``queue`` are recorded."""
@@ -102,21 +93,4 @@ class HistoryWriter:
     async def close(self) -> None:
         """Write what is buffered (briefly) and close the channel."""
         await self.recorder.close()
-        confirms, self._confirms = self._confirms, None
-        if confirms is not None and not confirms.robust.is_closed:
-            await confirms.robust.close()
-
-    async def _write(self, batch: Sequence[HistoryEvent]) -> None:
-        # One message per batch: two publishes per job would halve what a worker can drain.
-        confirms = await self._channel()
-        out = Outgoing("history", EVENT_TYPE, self._exchange, "", encode_batch(batch))
-        props = message_properties(EVENT_TYPE, None, {HEADER_EVENTS: len(batch)}, new_message_id())
-        await confirms.publish(out, props)
-
-    async def _channel(self) -> ConfirmChannel:
-        async with self._lock:
-            if self._confirms is None:
-                robust = await self._connection.channel(confirms=True)
-                assert isinstance(robust, RobustChannel)
-                self._confirms = ConfirmChannel(robust, self._connection.settings)
-            return self._confirms
+        await self._sink.close()

@@ -23,6 +23,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -41,6 +42,7 @@ from jobsys.publish.prepare import PreparedJob
 from jobsys.publish.properties import PERSISTENT
 from jobsys.settings import Settings
 from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE, new_message_id
+from jobsys.wire.headers import now_ms
 from jobsys.wire.reply import DIRECT_REPLY_TO, Reply, read_reply
 from jobsys.wire.table import shown
 
@@ -87,9 +89,18 @@ class Caller:
         self._waiting: dict[str, _Waiting] = {}  # by correlation id
         self._lock = asyncio.Lock()
 
-    async def call(self, job: PreparedJob, *, timeout_s: float, returns: Any = None) -> Any:
+    async def call(
+        self,
+        job: PreparedJob,
+        *,
+        timeout_s: float,
+        returns: Any = None,
+        on_published: Callable[[PreparedJob, int], None] | None = None,
+    ) -> Any:
         """Publish ``job`` and return its result (validated into ``returns`` when given);
-        raises ``JobFailed``, ``CallTimeout``, ``ResultUnknown`` or a publish error."""
+        raises ``JobFailed``, ``CallTimeout``, ``ResultUnknown`` or a publish error.
+        ``on_published`` hears of the job, and when its publish began (ms), once the broker
+        confirmed it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         try:
@@ -101,7 +112,10 @@ class Caller:
         waiting = _Waiting(loop.create_future(), channel, job.job_id)
         self._waiting[correlation_id] = waiting
         try:
+            began_ms = now_ms()
             await self._publish(job, correlation_id)
+            if on_published is not None:
+                on_published(job, began_ms)
             try:
                 async with asyncio.timeout_at(deadline):
                     reply = await waiting.future

@@ -44,6 +44,7 @@ from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import ConfigError, ConnectionFailed, JobsysError, MessageError
 from jobsys.observe import tracing
 from jobsys.publish.call import Caller, check_timeout
+from jobsys.publish.history import ProducerHistory
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
 from jobsys.publish.properties import copied_properties, message_properties
 from jobsys.settings import Settings
@@ -51,7 +52,7 @@ from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 from jobsys.wire.envelope import JobProperties, check_job_id, new_message_id
-from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, positive_int, text
+from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, now_ms, positive_int, text
 from jobsys.wire.table import shown
 
 __all__ = [
@@ -134,6 +135,8 @@ class Producer:
         self._confirms: ConfirmChannel | None = None
         self._open_lock = asyncio.Lock()
         self._caller: Caller | None = None  # opened by the first call()
+        #: ``published`` and ``replayed`` events, with ``history:`` in the topology.
+        self._history: ProducerHistory | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -149,6 +152,8 @@ class Producer:
             # The concrete class gives the hot path synchronous access to the live channel.
             assert isinstance(channel, RobustChannel)
             self._confirms = ConfirmChannel(channel, self.settings, self._refusals_dead_lettered)
+            if self.topology.history is not None:
+                self._history = ProducerHistory(self._connection, self.topology)
         return self
 
     async def close(self) -> None:
@@ -156,6 +161,9 @@ class Producer:
         caller, self._caller = self._caller, None
         if caller is not None:
             await caller.close()
+        history, self._history = self._history, None
+        if history is not None:
+            await history.close()
         confirms, self._confirms = self._confirms, None
         if confirms is not None and not confirms.robust.is_closed:
             await confirms.robust.close()
@@ -242,7 +250,9 @@ class Producer:
         self._channel()  # ConnectionFailed when not open, as publish
         if self._caller is None:
             self._caller = Caller(self.connection, self.settings, self._refusals_dead_lettered)
-        return await self._caller.call(job, timeout_s=timeout_s, returns=returns)
+        return await self._caller.call(
+            job, timeout_s=timeout_s, returns=returns, on_published=self._published
+        )
 
     async def publish_many(
         self,
@@ -337,6 +347,8 @@ class Producer:
         ):
             props = self._copied(outgoing, kept, headers, message_id)
             await self._channel().publish(outgoing, props)
+        if kind == "replay" and self._history is not None:
+            self._history.record("replayed", job_id, outgoing.job_type, outgoing.queues)
         return Receipt(job_id, outgoing.job_type, exchange, routing_key, message_id, delay_s)
 
     async def cancel(self, job_id: str) -> Receipt:
@@ -376,6 +388,7 @@ class Producer:
         )
 
     async def _publish_prepared(self, job: PreparedJob) -> Receipt:
+        began_ms = now_ms()
         receipt: Receipt | None = None
         # A delayed job that fans out goes once per target queue; all must be confirmed.
         for exchange, routing_key, queues in job.targets:
@@ -383,7 +396,15 @@ class Producer:
             sent = await self._send(outgoing, job.priority, job.headers, job.delay_s)
             receipt = receipt or sent
         assert receipt is not None  # prepare_job always yields a target
+        self._published(job, began_ms)
         return receipt
+
+    def _published(self, job: PreparedJob, began_ms: int) -> None:
+        if self._history is not None:
+            queues = [q for *_, targets in job.targets for q in targets]
+            self._history.record(
+                "published", job.job_id, job.job_type, queues, job.delay_s, at_ms=began_ms
+            )
 
     async def _send(
         self, out: Outgoing, priority: int | None, headers: dict[str, Any], delay_s: float | None

@@ -24,10 +24,28 @@ MARKER_TYPE = "jobsys.history-marker"
 HEADER_EVENTS = "jobsys-events"
 
 EventKind = Literal[
-    "started", "succeeded", "retried", "dead_lettered", "cancelled", "waiting", "requeued"
+    "published",
+    "replayed",
+    "started",
+    "succeeded",
+    "retried",
+    "dead_lettered",
+    "cancelled",
+    "waiting",
+    "requeued",
 ]
 _KINDS: frozenset[str] = frozenset(
-    {"started", "succeeded", "retried", "dead_lettered", "cancelled", "waiting", "requeued"}
+    {
+        "published",
+        "replayed",
+        "started",
+        "succeeded",
+        "retried",
+        "dead_lettered",
+        "cancelled",
+        "waiting",
+        "requeued",
+    }
 )
 
 
@@ -177,6 +195,15 @@ def job_state(events: Sequence[HistoryEvent]) -> JobState:
         state = JobState(
             "waiting", f"delayed until {utc_time(due)} UTC for attempt {nxt}", interrupted
         )
+    elif last.kind == "published":
+        delay = float(details.get("delay_s") or 0)
+        if delay:
+            until = utc_time(last.at_ms + int(delay * 1000))
+            state = JobState("waiting", f"published, delayed until {until} UTC", interrupted)
+        else:
+            state = JobState("waiting", "published, waiting in its queue", interrupted)
+    elif last.kind == "replayed":
+        state = JobState("waiting", "replayed from its dead-letter queue, waiting", interrupted)
     else:  # requeued
         state = JobState("waiting", f"back in {last.queue}, waiting", interrupted)
     return state

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from jobsys.broker.connection import BrokerConnection
 from jobsys.cli import main
 from jobsys.errors import ConfigError, JobFailed
+from jobsys.ops import dlq
 from jobsys.ops.history import follow, job_timeline
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
@@ -76,27 +77,36 @@ async def test_timelines_of_a_success_a_retried_job_and_a_dead_letter(
         with pytest.raises(JobFailed):
             await producer.call("always_fails", {}, timeout_s=30, job_id=failing)
         assert await kinds_until(vhost_settings, loaded, ok, "succeeded") == [
+            "published",
             "started",
             "succeeded",
         ]
         assert await kinds_until(vhost_settings, loaded, flaky, "succeeded") == [
+            "published",
             "started",
             "retried",
             "started",
             "succeeded",
         ]
         assert await kinds_until(vhost_settings, loaded, failing, "dead_lettered") == [
+            "published",
             "started",
             "retried",
             "started",
             "dead_lettered",
         ]
     events = await timeline(vhost_settings, loaded, failing)
-    assert [e.attempt for e in events] == [1, 1, 2, 2]
-    assert events[1].details["error_type"] == "ValueError"
-    assert events[1].details["delay_s"] == 1.0
+    assert [e.attempt for e in events] == [1, 1, 1, 2, 2]
+    assert events[2].details["error_type"] == "ValueError"
+    assert events[2].details["delay_s"] == 1.0
     assert "gave up after 2 attempts" in events[-1].details["reason"]
     assert job_state(events).state == "dead_lettered"
+    async with Producer(vhost_settings, loaded) as replaying:
+        assert (await dlq.replay(replaying, result_apps.WORK)).replayed == 1
+    assert (await kinds_until(vhost_settings, loaded, failing, "replayed"))[-2:] == [
+        "dead_lettered",
+        "replayed",
+    ]
     succeeded = (await timeline(vhost_settings, loaded, ok))[-1]
     assert succeeded.details["result_bytes"] == 1  # "3": its size, never the result itself
     assert succeeded.pid == os.getpid()
@@ -123,9 +133,9 @@ async def test_a_worker_killed_mid_job_shows_the_interrupted_attempt_and_the_rer
     result_apps.RELEASE.set()
     async with running_worker(result_apps.app, loaded, vhost_settings):
         kinds = await kinds_until(vhost_settings, loaded, job_id, "succeeded")
-    assert kinds == ["started", "started", "succeeded"]
+    assert kinds == ["published", "started", "started", "succeeded"]
     events = await timeline(vhost_settings, loaded, job_id)
-    assert events[0].pid != events[1].pid
+    assert events[1].pid != events[2].pid
     state = job_state(events)
     assert (state.state, state.interrupted) == ("succeeded", (1,))
 
@@ -253,7 +263,10 @@ async def test_follow_hands_over_every_event_written_from_now_on(
             job_id = new_job_id()
             await producer.call("add", {"a": 1, "b": 1}, timeout_s=30, job_id=job_id)
             await wait_until(
-                lambda: [e.kind for e in seen if e.job_id == job_id] == ["started", "succeeded"],
+                lambda: (
+                    [e.kind for e in seen if e.job_id == job_id]
+                    == ["published", "started", "succeeded"]
+                ),
                 what="both events followed",
             )
         stop.set()

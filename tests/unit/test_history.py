@@ -155,6 +155,14 @@ def test_state_of_each_ending() -> None:
     assert job_state([_event("cancelled")]).state == "cancelled"
 
 
+def test_state_of_a_job_published_or_replayed_but_not_taken() -> None:
+    assert job_state([_event("published")]).summary == "published, waiting in its queue"
+    delayed = job_state([_event("published", delay_s=60)])
+    assert delayed.summary == "published, delayed until 2023-11-14 22:14:20 UTC"
+    replayed = job_state([_event("dead_lettered", reason="x"), _event("replayed")])
+    assert replayed.state == "waiting" and "replayed" in replayed.summary
+
+
 def test_an_attempt_started_twice_was_interrupted() -> None:
     events = [_event("started", pid=1), _event("started", pid=2), _event("succeeded", pid=2)]
     assert job_state(events).interrupted == (1,)
