@@ -12,10 +12,12 @@ from jobsys.broker.connection import BrokerConnection
 from jobsys.cli.common import (
     EXIT_INVALID,
     build_settings,
+    configure_logging,
     connection_options,
     fail,
     run,
     topology_option,
+    verbosity,
 )
 from jobsys.cli.output import Column, json_option, print_json, print_table
 from jobsys.cli.topology import load_or_exit
@@ -55,11 +57,20 @@ def _with_schedules(topology_file: str) -> LoadedTopology:
     help="Validate each schedule's payload with this app's handler models before firing.",
 )
 @connection_options
+@click.pass_context
 def scheduler(
-    topology_file: str, app_target: str | None, url: str | None, ca_file: str | None, insecure: bool
+    ctx: click.Context,
+    topology_file: str,
+    app_target: str | None,
+    url: str | None,
+    ca_file: str | None,
+    insecure: bool,
 ) -> None:
     """Fire the topology's schedules while the broker elects this copy: run as many copies as
-    you like, on any hosts; exactly one fires. SIGTERM or SIGINT stops it."""
+    you like, on any hosts; exactly one fires. SIGTERM or SIGINT stops it.
+
+    Logs who leads and each fire by default; -v adds debug lines."""
+    configure_logging(verbosity(ctx), service=True)
     loaded = _with_schedules(topology_file)
     settings = build_settings(url, ca_file, insecure)
     models = models_of(import_app(app_target)) if app_target else {}

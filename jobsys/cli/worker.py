@@ -19,6 +19,7 @@ from jobsys.app import App
 from jobsys.cli.common import (
     EXIT_INVALID,
     build_settings,
+    configure_logging,
     connection_options,
     fail,
     topology_option,
@@ -157,7 +158,11 @@ def worker(
     With --processes P, a supervisor runs P worker processes: it restarts one that crashes,
     replaces one that reached --max-jobs or --max-memory, forwards SIGTERM to all of them and
     exits 0 when all drained.
+
+    Logs a banner when it is ready, every retry, dead letter and reconnect; -v adds one line
+    per finished job.
     """
+    configure_logging(verbosity(ctx), service=True)
     if metrics_port is not None:
         _check_metrics(metrics_port, processes or 1)
     app = import_app(app_target)

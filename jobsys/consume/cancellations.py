@@ -79,7 +79,7 @@ class Cancellations:
             )
         finally:
             self._markers.pop(marker, None)
-        log.info("%d cancelled job ids known", len(self._cancelled))
+        log.debug("%d cancelled job ids known", len(self._cancelled))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}

@@ -73,3 +73,10 @@ def _pool_for(topology: Topology, options: WorkerOptions, name: str) -> Pool:
         raise ConfigError(f"prefetch ({prefetch}) is below concurrency ({concurrency})")
     tag = f"jobsys.{socket.gethostname()}.{os.getpid()}.{name}.{uuid.uuid4().hex[:8]}"
     return Pool(name, concurrency, prefetch, tag)
+
+
+def describe_pools(pools: list[Pool]) -> str:
+    """The pools in one line for the start banner: ``a (concurrency 10, prefetch 20), b (...)``."""
+    return ", ".join(
+        f"{pool.queue} (concurrency {pool.concurrency}, prefetch {pool.prefetch})" for pool in pools
+    )

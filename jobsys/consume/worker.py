@@ -34,6 +34,9 @@ import functools
 import logging
 import os
 import socket
+import time
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as distribution_version
 from typing import Any, cast
 
 import aiormq
@@ -49,7 +52,7 @@ from jobsys.consume.fault_watch import FaultWatch
 from jobsys.consume.history import HistoryWriter
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
-from jobsys.consume.pools import Pool, plan_pools
+from jobsys.consume.pools import Pool, describe_pools, plan_pools
 from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
 from jobsys.consume.threads import HandlerThreads
@@ -151,12 +154,21 @@ class Worker:
             pool.channel.reopen_callbacks.add(functools.partial(self._on_reopen, pool))
             pool.consuming = True
             await self._subscribe(pool)
-            log.info(
-                "consuming %s (concurrency %d, prefetch %d)",
-                pool.queue,
-                pool.concurrency,
-                pool.prefetch,
-            )
+            log.debug("consuming %s", pool.queue)
+        self._log_banner()
+
+    def _log_banner(self) -> None:
+        # One line an operator can read at a glance: what this process serves, and where.
+        threads = self._runner.threads
+        log.info(
+            "jobsys %s worker ready (pid %d): %s; %s; broker %s (RabbitMQ %s)",
+            _jobsys_version(),
+            os.getpid(),
+            describe_pools(self.pools),
+            f"{threads.size} handler threads" if threads is not None else "no sync handlers",
+            self.settings.masked_url,
+            ".".join(map(str, self._connection.server_version)),
+        )
 
     async def _subscribe(self, pool: Pool) -> None:
         # Consuming on the aiormq channel under the robust one skips aio-pika's per-delivery
@@ -357,6 +369,8 @@ class Worker:
             exchange=deliver.exchange or "",
             routing_key=deliver.routing_key or "",
         ) as span:
+            # One line per finished job only under -v: a busy worker's log stays readable.
+            started = time.monotonic() if log.isEnabledFor(logging.DEBUG) else None
             history = self.history if pool.recorded else None
             if history is not None:
                 history.started(delivery, pool.queue)
@@ -367,6 +381,14 @@ class Worker:
             if history is not None:
                 ran_s = asyncio.get_running_loop().time() - began
                 history.settled(delivery, pool.queue, settled, ran_s)
+        if started is not None and settled.kind == "ack":
+            log.debug(
+                "job %s (%s) done at attempt %d in %.1f ms",
+                identity.job_id,
+                identity.job_type,
+                identity.attempt,
+                (time.monotonic() - started) * 1000,
+            )
 
     def _runner_done(self, pool: Pool, runner: asyncio.Task[None]) -> None:
         self._running.discard(runner)
@@ -404,3 +426,10 @@ def worker_settings(settings: Settings) -> Settings:
     return settings.with_overrides(
         client_name=f"jobsys worker {socket.gethostname()} pid {os.getpid()}"
     )
+
+
+def _jobsys_version() -> str:
+    try:
+        return distribution_version("jobsys")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(source)"

@@ -26,6 +26,7 @@ from jobsys.ops import dlq
 from jobsys.ops.status import StatusReader, StatusReport
 from jobsys.ops.workers import ConnectionInfo, read_connections
 from jobsys.publish.producer import Producer
+from jobsys.schedule.status import ScheduleRow, read_status, rows
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 
@@ -60,6 +61,17 @@ class Connections:
     read_at_s: float
 
 
+@dataclass(frozen=True)
+class Schedules:
+    """One read of the scheduler's state: each schedule's next and last fire, and who leads
+    (``leader`` None when no scheduler has run yet)."""
+
+    rows: list[ScheduleRow]
+    leader: str | None
+    leader_since_ms: int | None
+    read_at_s: float
+
+
 def _message(exc: BaseException) -> str:
     if isinstance(exc, JobsysError):
         return str(exc)
@@ -88,10 +100,11 @@ class BrokerView:
         self._reader_since = 0.0
         self._status: StatusSnapshot | None = None
         self._connections: Connections | None = None
+        self._schedules: Schedules | None = None
         self._lock = asyncio.Lock()
         self._queue_locks: dict[str, asyncio.Lock] = {}
         #: Reads of the broker so far, by what they read (the bench reports broker load).
-        self.reads = {"status": 0, "connections": 0}
+        self.reads = {"status": 0, "connections": 0, "schedules": 0}
 
     # -- counts -----------------------------------------------------------------------------
 
@@ -124,6 +137,29 @@ class BrokerView:
             self.reads["connections"] += 1
             self._connections = Connections(rows, "", time.time())
             return self._connections
+
+    async def schedules(self) -> Schedules:
+        """The schedules with the state the leader last wrote, at most ``refresh_s`` old."""
+        async with self._lock:
+            cached = self._schedules
+            if cached is not None and time.time() - cached.read_at_s < self.refresh_s:
+                return cached
+            if not self.topology.schedules:
+                state = None
+            else:
+                async with self._connected() as connection:
+                    state = await asyncio.wait_for(
+                        read_status(connection, self.topology), READ_TIMEOUT_S
+                    )
+                self.reads["schedules"] += 1
+            leader = state.leader if state is not None else None
+            self._schedules = Schedules(
+                rows(self.topology, state),
+                leader.name if leader is not None else None,
+                leader.since_ms if leader is not None else None,
+                time.time(),
+            )
+            return self._schedules
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[StatusReader]:

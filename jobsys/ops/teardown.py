@@ -4,7 +4,8 @@ What the file names itself (its exchanges, its queues and their dead-letter queu
 file's own. What jobsys derives under the topology's namespace (the delay levels, the due and
 dead-letter exchanges, and any other ``<namespace>.`` entity) may serve other topology files in
 the same vhost and namespace: it goes only when no queue outside this file is bound to it, which
-only the management API can show (without it, it stays unless ``--force``).
+only the management API can show (without it, it stays unless ``--force``; what the API shows
+in use stays even with ``--force``).
 
 Nothing is deleted while a queue to delete holds jobs, unless ``force``: the check covers every
 queue first, and each classic queue is deleted with ``if-empty`` too, so a job that arrives
@@ -64,11 +65,12 @@ async def plan_teardown(
     entities = desired_entities(topology)
     own_queues, shared_queues, own_exchanges, shared_exchanges = _split(topology, entities)
     kept: dict[str, str] = {}
-    if not force:
-        reason = await _shared_in_use(conn, topology, entities, use_management=use_management)
-        if reason is not None:
-            kept = dict.fromkeys([*shared_queues, *shared_exchanges], reason)
-            shared_queues, shared_exchanges = [], []
+    reason, known = await _shared_in_use(conn, topology, entities, use_management=use_management)
+    # --force lets jobs go and vouches that nothing else uses the namespace when that cannot be
+    # seen; it never deletes what the broker shows other files' queues still use.
+    if reason is not None and (known or not force):
+        kept = dict.fromkeys([*shared_queues, *shared_exchanges], reason)
+        shared_queues, shared_exchanges = [], []
     counts = await _ready_counts(conn, [*own_queues, *shared_queues])
     # The scheduler's token and state, and the cancellations, are jobsys's records, not jobs:
     # they never stop a delete.
@@ -128,16 +130,18 @@ def _split(
 
 async def _shared_in_use(
     conn: BrokerConnection, topology: Topology, entities: Entities, *, use_management: bool
-) -> str | None:
-    """Why the namespace's own entities must stay, or None when nothing else uses them."""
+) -> tuple[str | None, bool]:
+    """Why the namespace's own entities must stay (None when nothing else uses them), and
+    whether that is known (the management API showed other queues bound to them) rather
+    than only unknown."""
     if not use_management:
-        return "the management API was not used, so other files' use of them is unknown"
+        return "the management API was not used, so other files' use of them is unknown", False
     client = ManagementClient(management_endpoint(conn.settings))
     try:
         await client.confirm_same_broker(conn.amqp.server_properties)
         bindings = await client.bindings(conn.settings.vhost)
     except ManagementUnavailable as exc:
-        return f"{exc}, so other files' use of them is unknown"
+        return f"{exc}, so other files' use of them is unknown", False
     shared = {e.name for e in entities.exchanges if e.name not in topology.exchanges}
     ours = {q.name for q in entities.queues}
     others = sorted(
@@ -150,8 +154,8 @@ async def _shared_in_use(
         }
     )
     if others:
-        return f"queues outside this file use them ({', '.join(others[:5])})"
-    return None
+        return f"queues outside this file use them ({', '.join(others[:5])})", True
+    return None, False
 
 
 async def _ready_counts(conn: BrokerConnection, names: list[str]) -> dict[str, int]:

@@ -164,7 +164,7 @@ def child_main(spec: ChildSpec) -> int:
         # still starting is kept and honoured as soon as the worker exists.
         signal.signal(sig, lambda _signum, _frame: requests.request())
     report = _Report()
-    configure_logging(spec.verbose)
+    configure_logging(spec.verbose, service=True)
     from jobsys.errors import JobsysError
 
     try:

@@ -79,17 +79,27 @@ class EscapingFormatter(logging.Formatter):
         return escape_keeping_newlines(super().formatStack(stack_info))
 
 
-def configure_logging(verbose: int) -> None:
+def configure_logging(verbose: int, *, service: bool = False) -> None:
     """Log to stderr, one line per record (``EscapingFormatter``); ``verbose`` 1 shows
     jobsys's info, 2 everything at debug. Called again (``-v`` after a subcommand), it only
-    changes the levels."""
+    changes the levels.
+
+    A ``service`` (a worker, the scheduler) runs for days and its log is how operators follow
+    it: jobsys's own info lines (the start banner, retries, reconnects) show by default, ``-v``
+    adds one line per finished job (debug), ``-vv`` every library's debug."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     root = logging.getLogger()
     if not any(isinstance(h.formatter, EscapingFormatter) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.basicConfig(level=level, handlers=[handler])
-    root.setLevel(level)
+    if service:
+        root.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+        own = logging.INFO if verbose == 0 else logging.DEBUG
+        logging.getLogger("jobsys").setLevel(own)
+    else:
+        root.setLevel(level)
+        logging.getLogger("jobsys").setLevel(logging.NOTSET)
     # aio-pika logs every failed reconnect attempt with a traceback; jobsys says it once.
     quiet = logging.CRITICAL if verbose < 2 else logging.NOTSET
     logging.getLogger("aio_pika").setLevel(quiet)

@@ -342,7 +342,11 @@ class Scheduler:
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             waits: set[asyncio.Future[Any]] = {stop, *also}
-            await asyncio.wait(waits, timeout=max(0.0, seconds))
+            # The first of them ends the pause: a stop request must not wait for the next slot
+            # (an hour for ``every: 1h``), nor for the election channel to close as well.
+            await asyncio.wait(
+                waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stop.cancel()
             with contextlib.suppress(asyncio.CancelledError):

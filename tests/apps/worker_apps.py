@@ -246,7 +246,14 @@ class WorkerProcess(WorkerSubprocess):
     """``jobsys worker tests.apps.worker_apps:app`` in a subprocess; handlers record to
     ``tmp_path/record.txt``, stderr goes to ``tmp_path/<name>.stderr``."""
 
-    def __init__(self, tmp_path: Path, settings: Settings, *args: str, name: str = "w") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        settings: Settings,
+        *args: str,
+        name: str = "w",
+        verbose: bool = True,
+    ) -> None:
         self.record = tmp_path / "record.txt"
         super().__init__(
             "tests.apps.worker_apps:app",
@@ -254,4 +261,5 @@ class WorkerProcess(WorkerSubprocess):
             tmp_path / f"{name}.stderr",
             {"JOBSYS_URL": settings.url, "JOBSYS_TEST_RECORD": str(self.record)},
             args,
+            verbose=verbose,
         )

@@ -30,7 +30,7 @@ async def wait_until(check: Callable[[], Any], timeout_s: float = 15.0, what: st
 
 
 class WorkerSubprocess:
-    """``python -m jobsys -v worker APP --topology FILE ARGS...`` with stderr in a file the
+    """``python -m jobsys [-v] worker APP --topology FILE ARGS...`` with stderr in a file the
     test can poll; stdout is discarded."""
 
     #: How long ``wait_for_output`` waits by default.
@@ -43,13 +43,15 @@ class WorkerSubprocess:
         stderr_path: Path,
         env: Mapping[str, str],
         args: Sequence[str],
+        *,
+        verbose: bool = True,
     ) -> None:
         self.stderr_path = stderr_path
         command = [
             sys.executable,
             "-m",
             "jobsys",
-            "-v",
+            *(["-v"] if verbose else []),
             "worker",
             app_target,
             "--topology",

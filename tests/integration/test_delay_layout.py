@@ -241,3 +241,45 @@ async def test_a_producer_cannot_reach_another_namespaces_queue_through_its_dela
         await arrivals.wait_for({"own"}, timeout_s=10)
         await asyncio.sleep(2.5)
     assert set(arrivals.seen) == {"own"}
+
+
+async def _dead_letter_depth(connection: BrokerConnection, queue: str) -> int:
+    channel = await connection.channel(confirms=False)
+    declared = await channel.get_queue(queue, ensure=True)
+    return declared.declaration_result.message_count or 0
+
+
+async def test_another_namespaces_due_and_dead_letter_exchanges_reach_only_their_own_queues(
+    vhost_settings: Settings,
+) -> None:
+    # The delivery side of item 8: billing's due exchange (undelayed retries, replays) and its
+    # dead-letter exchange route by queue name too, so a user who may write them could name the
+    # other app's queue. The broker returns those unroutable; the other app's own deliver.
+    billing = topology(namespace="billing", queue="billing.work")
+    other = topology(namespace="other", queue="other.secret")
+    async with BrokerConnection(vhost_settings) as connection:
+        await apply_topology(connection, billing, use_management=False)
+        await apply_topology(connection, other, use_management=False)
+        arrivals = Arrivals()
+        await arrivals.consume(connection, "other.secret")
+        channel = await connection.channel(confirms=True)
+        due_key = billing.topology.delay_layout.route("other.secret", 0).routing_key
+        sends = [
+            (billing.topology.delay_layout.due_exchange, due_key, "intruder-due"),
+            (billing.topology.dead_letter_exchange, "other.secret.dead", "intruder-dead"),
+            (other.topology.delay_layout.due_exchange, due_key, "own-due"),
+            (other.topology.dead_letter_exchange, "other.secret.dead", "own-dead"),
+        ]
+        for exchange_name, key, job_id in sends:
+            exchange = await channel.get_exchange(exchange_name, ensure=False)
+            message = aio_pika.Message(b"{}", headers={HEADER_JOB_ID: job_id}, type="tick")
+            if job_id.startswith("intruder"):
+                with pytest.raises(aiormq.exceptions.PublishError, match="NO_ROUTE"):
+                    await exchange.publish(message, key, mandatory=True)
+            else:
+                await exchange.publish(message, key, mandatory=True)
+        await arrivals.wait_for({"own-due"}, timeout_s=10)
+        await asyncio.sleep(1)
+        assert set(arrivals.seen) == {"own-due"}
+        assert await _dead_letter_depth(connection, "other.secret.dead") == 1
+        assert await _dead_letter_depth(connection, "billing.work.dead") == 0

@@ -245,6 +245,20 @@ def test_a_reserved_or_too_long_header_name_exits_2_with_the_reason(
     assert queued(vhost_settings, "audit") == []
 
 
+def test_a_header_that_would_fill_a_frame_exits_2_naming_the_limit_and_publishes_nothing(
+    vhost_settings: Settings, topology_file: str
+) -> None:
+    # F1's reproduction: a 130,300-byte header value was confirmed, then looped forever when
+    # its job failed, because no retry or dead-letter copy fit one frame.
+    result = run_cli(
+        vhost_settings, topology_file, "audit_event", "{}", "--header", "big=" + "v" * 130_300
+    )
+    assert result.exit_code == 2, result.stderr
+    assert "the limit is 16384 bytes" in result.stderr
+    assert "v" * 100 not in result.stderr
+    assert queued(vhost_settings, "audit") == []
+
+
 @pytest.mark.parametrize("job_id", ["", "two\nlines", "x" * 300])
 def test_a_job_id_that_cannot_be_used_exits_2_with_the_reason(
     vhost_settings: Settings, topology_file: str, job_id: str

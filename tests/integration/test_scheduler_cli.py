@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +15,13 @@ from click.testing import CliRunner
 
 from jobsys.cli import main
 from jobsys.settings import Settings
-from tests.apps.schedule_apps import apply, topology, write_topology
+from tests.apps.schedule_apps import (
+    SchedulerProcess,
+    apply,
+    topology,
+    wait_for_leader,
+    write_topology,
+)
 from tests.harness.ledger import Ledger
 from tests.harness.worker_subprocess import WorkerSubprocess, wait_until
 
@@ -117,3 +124,22 @@ def test_a_topology_without_schedules_is_refused_by_the_scheduler(
 
     assert code == 2
     assert "has no schedules" in err
+
+
+async def test_a_leading_scheduler_stops_on_sigterm_before_its_next_slot(
+    vhost_settings: Settings, tmp_path: Path
+) -> None:
+    loaded = write_topology(tmp_path, topology(every="1h"))
+    await apply(vhost_settings, loaded)
+    scheduler = SchedulerProcess(Path(loaded.filename), tmp_path / "s.log", vhost_settings.url)
+    try:
+        await wait_for_leader(vhost_settings, loaded, [scheduler])
+        scheduler.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(scheduler.proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        scheduler.kill9()
+    assert code == 0, f"still running 10s after SIGTERM:\n{scheduler.stderr}"
+    assert "scheduler stopped:" in scheduler.stderr

@@ -179,3 +179,27 @@ def test_an_exchange_bound_from_elsewhere_is_kept(vhost_settings: Settings, tmp_
     assert "kept mail.jobs: bindings from outside this file still use it" in deleted.stdout
     queues, exchanges = names(vhost_settings)
     assert queues == {"stranger"} and exchanges == {"mail.jobs"}
+
+
+@pytest.mark.management
+def test_force_for_a_queue_holding_jobs_keeps_what_another_file_uses(
+    vhost_settings: Settings, tmp_path: Path
+) -> None:
+    shop = write(tmp_path, SHOP, "shop.yaml")
+    mail = write(tmp_path, MAIL, "mail.yaml")
+    for file in (shop, mail):
+        assert jobsys(vhost_settings, "topology", "apply", file).exit_code == 0
+    publish(vhost_settings, "shop.jobs", "bill.charge")  # so that shop needs --force
+
+    shown = jobsys(vhost_settings, "topology", "delete", shop)
+    forced = jobsys(vhost_settings, "topology", "delete", shop, "--yes", "--force")
+    published = CliRunner(env={"JOBSYS_TOPOLOGY": mail}).invoke(
+        main, ["publish", "send_email", "{}", "--delay", "1s", "--url", vhost_settings.url]
+    )
+
+    assert "queues outside this file use them (mail.outbox, mail.outbox.dead)" in shown.stdout
+    assert forced.exit_code == 0, forced.output
+    queues, exchanges = names(vhost_settings)
+    assert not any(name.startswith("shop.") for name in queues | exchanges)
+    assert {"jobsys.wait.00", "jobsys.cancellations"} <= queues, sorted(queues)
+    assert published.exit_code == 0, published.output

@@ -166,6 +166,36 @@ async def test_bad_input_is_dead_lettered_once_with_the_reason_and_the_worker_ke
     assert await queue_depth(vhost_settings, WORK) == 0
 
 
+@pytest.mark.parametrize(
+    ("properties", "reason"),
+    [
+        ({"content_encoding": "gzip"}, "content encoding 'gzip'"),
+        ({"content_type": "text/plain"}, "content type 'text/plain'"),
+        ({"content_type": None}, "no content type"),
+    ],
+    ids=["gzip-flag", "text-plain", "no-content-type"],
+)
+async def test_a_body_in_a_form_jobsys_did_not_write_is_refused_whatever_the_annotation(
+    vhost_settings: Settings,
+    loaded: LoadedTopology,
+    properties: dict[str, Any],
+    reason: str,
+) -> None:
+    # The handler takes a pydantic model that this body would satisfy: the decoder refuses the
+    # delivery before the model (or the handler) ever sees it, as for an unannotated handler.
+    body = b'{"to": "a@example.com", "subject": "hi"}'
+    async with running_worker(worker_apps.app, loaded, vhost_settings) as worker:
+        await publish_raw(vhost_settings, body, type="email", **properties)
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the job dead-lettered")
+        [job_id] = await publish(vhost_settings, loaded, "email", [json.loads(body)])
+        await wait_until(lambda: worker.stats.done == 1, what="the next job done")
+    assert PROBE.done == [job_id]
+    [dead] = await drain_dead(vhost_settings)
+    assert dead.headers[HEADER_ERROR_TYPE] == "jobsys.errors.ContentTypeError"
+    assert reason in str(dead.headers[HEADER_ERROR_MESSAGE])
+    assert dead.headers[HEADER_ATTEMPTS] == 1  # refused at once, never retried
+
+
 async def test_handler_exception_is_dead_lettered_with_its_traceback(
     vhost_settings: Settings, loaded: LoadedTopology, start_worker: StartWorker
 ) -> None:

@@ -17,11 +17,11 @@ from jobsys.consume.options import WorkerOptions
 from jobsys.ops import dlq
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
-from jobsys.topology.loader import LoadedTopology
+from jobsys.topology.loader import LoadedTopology, load_topology_text
 from jobsys.wire.envelope import new_job_id
 from jobsys.wire.headers import now_ms
 from tests.apps import hostile_apps
-from tests.apps.hostile_apps import SEEN, STARTED, WORK
+from tests.apps.hostile_apps import OTHER, SEEN, STARTED, WORK
 from tests.apps.worker_apps import drain_dead, queue_depth, wait_until
 from tests.harness.running import running_worker
 from tests.harness.worker_subprocess import WorkerSubprocess
@@ -91,6 +91,35 @@ async def test_bursts_of_exactly_prefetch_on_a_live_worker_all_run_promptly(
             total += 4
             await wait_until(lambda ids=ids: _ran(ids), timeout_s=5, what="the burst run")
             await wait_until(lambda t=total: worker.stats.done == t, timeout_s=5, what="acked")
+
+
+#: (concurrency, prefetch) of hx.work besides the 2/4 above: one runner, prefetch equal to
+#: concurrency, and prefetch a few times it.
+POOL_SHAPES = [(1, 1), (1, 3), (3, 3), (3, 7), (4, 16)]
+
+
+@pytest.mark.parametrize(("concurrency", "prefetch"), POOL_SHAPES)
+async def test_a_burst_of_exactly_prefetch_runs_promptly_for_any_pool_shape(
+    vhost_settings: Settings, concurrency: int, prefetch: int
+) -> None:
+    text = hostile_apps.TOPOLOGY_YAML.replace(
+        "consumer: {concurrency: 2, prefetch: 4}",
+        f"consumer: {{concurrency: {concurrency}, prefetch: {prefetch}}}",
+        1,
+    )
+    loaded = load_topology_text(text, "pool-shape.yaml")
+    await hostile_apps.apply(vhost_settings, loaded)
+    for burst in (prefetch - 1, prefetch, prefetch + 1):
+        SEEN.clear()
+        ids = await publish(vhost_settings, loaded, "quick", [{"sleep_s": 0.0}] * burst)
+        async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+            # At start-up: the burst was ready before the worker consumed.
+            await wait_until(lambda ids=ids: _ran(ids), timeout_s=5, what=f"{burst} at start")
+            # Live: another burst of the same size while it consumes.
+            more = await publish(vhost_settings, loaded, "quick", [{"sleep_s": 0.0}] * burst)
+            await wait_until(lambda ids=more: _ran(ids), timeout_s=5, what=f"{burst} live")
+            await wait_until(lambda b=burst: worker.stats.done == 2 * b, what="all acked")
+        assert await queue_depth(vhost_settings, WORK) == 0
 
 
 # -- F6, F8: a handler raising any BaseException is settled like a failure -----------------------
@@ -194,6 +223,24 @@ async def test_a_worker_that_starts_with_a_property_that_is_not_utf8_at_the_head
     assert await queue_depth(vhost_settings, WORK) == 0
 
 
+@pytest.mark.parametrize("where", [w for w in NOT_UTF8 if w != "type"])
+async def test_a_worker_starting_behind_any_property_not_utf8_serves_both_pools(
+    vhost_settings: Settings, loaded: LoadedTopology, where: str
+) -> None:
+    # The test above starts behind a bad type; a bad header name, message id or content type
+    # at the head of the queue must not stop the worker either, nor its other pool.
+    props = hostile_apps.raw_properties(**NOT_UTF8[where], replace={_PLACEHOLDER: _INVALID})
+    await hostile_apps.publish_raw(vhost_settings, props)
+    good = await publish(vhost_settings, loaded, "quick", [{}] * 3)
+    other = await publish(vhost_settings, loaded, "other_quick", [{}])
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: _ran(good + other), what="the jobs of both pools run")
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="it is dead-lettered")
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert dead.headers["jobsys-error-type"] == "jobsys.errors.DecodeError"
+    assert await queue_depth(vhost_settings, WORK) == 0
+
+
 async def test_dead_letter_tools_read_and_replay_past_a_message_that_is_not_utf8(
     vhost_settings: Settings, loaded: LoadedTopology, tmp_path: Path
 ) -> None:
@@ -220,6 +267,83 @@ async def test_dead_letter_tools_read_and_replay_past_a_message_that_is_not_utf8
     result = await asyncio.to_thread(CliRunner().invoke, main, args)
     assert result.exit_code == 0, result.output
     assert "1 job shown" in result.output
+
+
+async def test_dlq_list_show_and_replay_on_the_command_line_work_past_a_message_not_utf8(
+    vhost_settings: Settings, loaded: LoadedTopology, tmp_path: Path
+) -> None:
+    # A dead-letter queue holding a job whose type and a header name are not UTF-8, between two
+    # ordinary ones: each dlq command an operator runs answers for the whole queue (exit 0),
+    # shows the bad bytes escaped, and replays all three.
+    before, bad, after = "dlq-before", "dlq-not-utf8", "dlq-after"
+    for job_id, replace in ((before, {}), (bad, {_PLACEHOLDER: _INVALID, b"\x04RRRR": _INVALID})):
+        props = hostile_apps.raw_properties(
+            job_type="QQQQ" if replace else "quick",
+            headers={"jobsys-job-id": job_id, "RRRR": "v"},
+            replace=replace,
+        )
+        await hostile_apps.publish_raw(
+            vhost_settings, props, exchange="jobsys.dead-letter", routing_key=f"{WORK}.dead"
+        )
+    props = hostile_apps.raw_properties(headers={"jobsys-job-id": after})
+    await hostile_apps.publish_raw(
+        vhost_settings, props, exchange="jobsys.dead-letter", routing_key=f"{WORK}.dead"
+    )
+    topology_path = tmp_path / "topology.yaml"
+    topology_path.write_text(hostile_apps.TOPOLOGY_YAML, encoding="utf-8")
+    common = ["--topology", str(topology_path), "--url", vhost_settings.url]
+
+    async def dlq_cli(*args: str) -> str:
+        result = await asyncio.to_thread(
+            CliRunner().invoke, main, ["dlq", *args, *common], catch_exceptions=False
+        )
+        assert result.exit_code == 0, (args, result.output)
+        assert "\xff" not in result.output and "\ufffd" not in result.output, result.output
+        return result.output
+
+    listed = await dlq_cli("list", WORK)
+    assert "3 jobs shown" in listed
+    assert before in listed and bad in listed and after in listed
+    shown = await dlq_cli("show", WORK, bad)
+    assert "\\xff\\xfeQQ" in shown  # the type and the header name, escaped
+    assert after in await dlq_cli("show", WORK, after)
+    replayed = await dlq_cli("replay", WORK)
+    assert "replayed 3 jobs" in replayed
+    assert await queue_depth(vhost_settings, f"{WORK}.dead") == 0
+    assert await queue_depth(vhost_settings, WORK) == 3
+
+
+# -- F3: CC and BCC on a job published past jobsys -----------------------------------------------
+
+
+async def test_a_cc_job_from_past_jobsys_is_retried_and_dead_lettered_in_its_own_queue_only(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    # CC/BCC naming the keys that reach hx.other through the delay levels, the due exchange and
+    # the dead-letter exchange: were the retry or the dead-letter publish to carry them, the
+    # broker would put copies in hx.other (run there too) and hx.other.dead.
+    layout = loaded.topology.delay_layout
+    job_id = new_job_id()
+    props = hostile_apps.raw_properties(
+        job_type="fails_twice",
+        headers={
+            "jobsys-job-id": job_id,
+            "CC": [layout.route(OTHER, 1).routing_key, layout.route(OTHER, 0).routing_key],
+            "BCC": [f"{OTHER}.dead"],
+        },
+    )
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await hostile_apps.publish_raw(vhost_settings, props)
+        await wait_until(lambda: worker.stats.dead_lettered >= 1, what="the job dead-lettered")
+        await asyncio.sleep(2.5)  # room for a copy through the 1 s level, were there one
+        assert worker.stats.dead_lettered == 1
+    assert SEEN[job_id] == 2  # max_attempts: 2, both in hx.work
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert dead.headers["jobsys-job-id"] == job_id
+    assert not {"CC", "BCC"} & set(dead.headers)
+    assert await drain_dead(vhost_settings, f"{OTHER}.dead") == []
+    assert await queue_depth(vhost_settings, OTHER) == 0
+    assert await queue_depth(vhost_settings, WORK) == 0
 
 
 # -- F1: headers that leave no room for the dead-letter record ----------------------------------

@@ -4,14 +4,22 @@ reason), never in another exception that would leave the job unsettled."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobsys.errors import MessageError
-from jobsys.wire.envelope import Envelope, decode_envelope, not_utf8, read_identity
-from jobsys.wire.headers import escape_invalid, sendable_headers
+from jobsys.wire.envelope import (
+    CONTENT_TYPE,
+    Envelope,
+    decode_envelope,
+    not_utf8,
+    read_identity,
+)
+from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, escape_invalid, sendable_headers
 
 LIMIT = 4096
 
@@ -69,3 +77,107 @@ def test_what_a_republish_sends_is_always_valid_utf8(headers: dict[str, Any], va
     assert all(not not_utf8({}, [name]) for name in sendable)
     escape_invalid(value).encode("utf-8")  # never raises
     assert not_utf8({"type": escape_invalid(value)}, []) is None
+
+
+# -- deliveries as jobsys writes them, one property at a time spoiled ------------------------
+#
+# The property above draws every field at random, so a delivery almost never carries a job type,
+# a job id and the JSON content type together: in 500 cases it decodes no Envelope at all, and
+# never reaches the body. This one starts from what a producer sends and spoils some fields, so
+# both outcomes are common, and it checks each against what the decoder promises.
+
+_json: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_job_bodies = (
+    _json.map(lambda value: json.dumps(value).encode())
+    | st.binary(max_size=100)
+    | st.sampled_from([b"NaN", b'{"x": Infinity}', b"[" * 5000 + b"]" * 5000, b"\xef\xbb\xbf{}"])
+    | st.integers(LIMIT - 10, LIMIT + 10).map(lambda n: b'"' + b"x" * (n - 2) + b'"')
+)
+_attempts = st.none() | st.integers(1, 2**40) | st.sampled_from([0, -1, "2", 1.5, True])
+CASES: Counter[str] = Counter()
+
+
+def _is_valid_json_text(body: bytes) -> bool:
+    try:
+        json.loads(body.decode("utf-8"), parse_constant=lambda name: 1 / 0)
+    except (UnicodeDecodeError, ValueError, RecursionError, ZeroDivisionError):
+        return False
+    return True
+
+
+@settings(max_examples=1000)
+@given(
+    body=_job_bodies,
+    message_type=st.text(min_size=1, max_size=20) | st.sampled_from([None, ""]),
+    content_type=st.just(CONTENT_TYPE) | st.sampled_from([None, "", "text/plain"]) | _text,
+    content_encoding=st.sampled_from([None, "utf-8", "UTF-8", "gzip", "deflate", ""]),
+    job_id=st.text(min_size=1, max_size=20) | st.sampled_from([None, "", 42]),
+    attempt=_attempts,
+    user_headers=_headers,
+)
+def test_a_delivery_decodes_exactly_when_it_is_what_jobsys_writes(
+    body: bytes,
+    message_type: str | None,
+    content_type: str | None,
+    content_encoding: str | None,
+    job_id: object,
+    attempt: object,
+    user_headers: dict[str, Any],
+) -> None:
+    headers = dict(user_headers)
+    if job_id is not None:
+        headers[HEADER_JOB_ID] = job_id
+    if attempt is not None:
+        headers[HEADER_ATTEMPT] = attempt
+    acceptable = (
+        bool(message_type)
+        and isinstance(job_id, str)
+        and job_id != ""
+        and (attempt is None or (type(attempt) is int and attempt >= 1))
+        and content_type == CONTENT_TYPE
+        and (content_encoding is None or content_encoding.lower() == "utf-8")
+        and len(body) <= LIMIT
+        and _is_valid_json_text(body)
+    )
+    CASES["all"] += 1
+    try:
+        envelope = decode_envelope(
+            body,
+            read_identity(message_type, headers),
+            content_type=content_type,
+            content_encoding=content_encoding,
+            headers=headers,
+            max_bytes=LIMIT,
+        )
+    except MessageError as exc:
+        assert not acceptable, f"refused a job jobsys would write: {exc}"
+        CASES["refused"] += 1
+        return
+    assert acceptable, "decoded a delivery jobsys would never write"
+    CASES["decoded"] += 1
+    assert envelope.payload == json.loads(body)
+    assert (envelope.job_id, envelope.job_type) == (job_id, escape_invalid(str(message_type)))
+    assert envelope.attempt == (attempt or 1)
+    assert envelope.headers == {
+        name: value
+        for name, value in user_headers.items()
+        if not name.startswith(("jobsys-", "x-"))
+    }
+
+
+def test_the_delivery_property_decoded_and_refused_many() -> None:
+    # Runs after the property above (file order): it proves both outcomes were reached.
+    if CASES["all"] == 0:
+        test_a_delivery_decodes_exactly_when_it_is_what_jobsys_writes()
+    print(f"delivery property: {dict(CASES)}")
+    assert CASES["decoded"] >= 20 and CASES["refused"] >= 20

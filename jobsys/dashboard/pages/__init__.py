@@ -23,7 +23,8 @@ class Page:
 
 
 def default_pages() -> list[Page]:
-    """Queues, workers, delay levels and dead-letter queues, in the navigation's order."""
-    from jobsys.dashboard.pages import deadletters, delays, queues, workers
+    """Queues, workers, delay levels, dead-letter queues and schedules, in the navigation's
+    order."""
+    from jobsys.dashboard.pages import deadletters, delays, queues, schedules, workers
 
-    return [queues.page(), workers.page(), delays.page(), deadletters.page()]
+    return [queues.page(), workers.page(), delays.page(), deadletters.page(), schedules.page()]
