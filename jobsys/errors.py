@@ -183,6 +183,77 @@ class PayloadTooLargeError(MessageError):
     """Raised when an encoded job is larger than the configured limit."""
 
 
+class ResultError(MessageError):
+    """Raised as an attempt's failure when a handler's return value cannot be the job's result:
+    not JSON-serialisable (NaN and infinity included), not matching the handler's return
+    annotation, larger than ``max_payload_bytes`` encoded, or a coroutine returned unawaited.
+    The job is dead-lettered at once: running it again would return the same kind of value."""
+
+
+# -- waiting for a result (``Producer.call``) ---------------------------------------------------
+
+
+class JobFailed(JobsysError):
+    """Raised by ``call()`` when the job failed for good: dead-lettered after its attempts (or
+    at once, for bad input or ``Reject``), or cancelled before it ran. It carries the remote
+    error's type and message, the attempts made, the job id, the retry policy's verdict
+    (``reason``) and ``safe_to_resubmit``: True when resubmitting (or replaying the dead
+    letter) may succeed and no copy of the job is still going to run; False when the job's
+    input or result was refused, which resubmitting it unchanged repeats."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        job_type: str,
+        error_type: str,
+        error_message: str,
+        attempts: int,
+        reason: str | None,
+        safe_to_resubmit: bool,
+        cancelled: bool = False,
+    ) -> None:
+        self.job_id = job_id
+        self.job_type = job_type
+        self.error_type = error_type
+        self.error_message = error_message
+        self.attempts = attempts
+        self.reason = reason
+        self.safe_to_resubmit = safe_to_resubmit
+        self.cancelled = cancelled
+        if cancelled:
+            what = "was cancelled before it ran"
+        else:
+            plural = "s" if attempts != 1 else ""
+            what = (
+                f"failed after {attempts} attempt{plural} and was dead-lettered: "
+                f"{error_type}: {error_message}"
+            )
+        advice = (
+            "resubmitting it (or replaying its dead letter) may succeed"
+            if safe_to_resubmit
+            else "resubmitting it unchanged will fail the same way"
+        )
+        super().__init__(f"job {job_id} ({job_type}) {what}; {advice}")
+
+
+class ResultUnknown(JobsysError):
+    """Raised by ``call()`` when no outcome reached the caller: the connection carrying its
+    reply address was lost while it waited. The job was published and may still run, or may
+    have run: look it up by ``job_id`` rather than resubmitting blindly (a resubmission with
+    the same job id is what idempotent handlers run once)."""
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(message)
+
+
+class CallTimeout(ResultUnknown):
+    """Raised by ``call()`` when its timeout passed before the job's outcome arrived. The job
+    was published and may still run (it may be waiting, retrying or running); its outcome
+    will not reach this caller."""
+
+
 # -- handler signals ---------------------------------------------------------------------------
 
 

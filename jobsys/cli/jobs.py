@@ -1,10 +1,11 @@
-"""``jobsys jobs cancel ID``: cancel a job that has not started."""
+"""``jobsys jobs cancel ID``: cancel a job that has not started; ``jobs show ID``: its history."""
 
 from __future__ import annotations
 
 import click
 
 from jobsys.cli.common import build_settings, connection_options, run, topology_option
+from jobsys.cli.jobs_show import show_command, tail_command
 from jobsys.cli.topology import load_or_exit
 from jobsys.publish.producer import Producer
 from jobsys.wire.display import escape
@@ -37,3 +38,7 @@ async def cancel_command(
         f"cancellation of job {escape(checked)} recorded; workers will not run it if it has "
         "not started"
     )
+
+
+show_command(jobs_group)
+tail_command(jobs_group)

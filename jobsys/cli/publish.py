@@ -33,6 +33,7 @@ from jobsys.cli.publish_file import (
     publish_file,
     read_lines,
 )
+from jobsys.cli.publish_wait import DEFAULT_WAIT_S, call_one, check_wait_usage
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import format_duration, parse_duration_s
 from jobsys.errors import ConfigError, JobsysError, MessageError
@@ -139,6 +140,20 @@ def _headers(ctx: click.Context, param: click.Parameter, values: Sequence[str]) 
     type=click.IntRange(1, 128 * 1024 * 1024),
     help="Largest encoded payload. Env: JOBSYS_MAX_PAYLOAD_BYTES (default 1 MiB).",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    default=False,
+    help="Wait for the job's outcome and print its result (exit 6: it failed; 7: no outcome "
+    "in time, it may still run).",
+)
+@click.option(
+    "--timeout",
+    "wait_timeout",
+    callback=_delay,
+    metavar="DURATION",
+    help=f"How long --wait waits (default {DEFAULT_WAIT_S:g}s).",
+)
 @json_option
 @connection_options
 def publish(
@@ -154,6 +169,8 @@ def publish(
     headers: dict[str, Any],
     publish_timeout: float | None,
     max_payload_bytes: int | None,
+    wait: bool,
+    wait_timeout: float | None,
     as_json: bool,
     url: str | None,
     ca_file: str | None,
@@ -175,6 +192,7 @@ def publish(
         )
     if delay is not None and run_at is not None:
         raise click.UsageError("give either --delay or --at, not both")
+    check_wait_usage(wait, wait_timeout, jobs_file)
     loaded = load_or_exit(topology_file)
     try:
         settings = build_settings(url, ca_file, insecure).with_overrides(
@@ -188,7 +206,11 @@ def publish(
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD_JSON") from None
         request = JobRequest(job_type, payload, priority, delay, job_id, headers, run_at)
-        code = _guard(lambda: _publish_one(settings, loaded.topology, request, as_json))
+        if wait:
+            timeout_s = wait_timeout or DEFAULT_WAIT_S
+            code = _guard(lambda: call_one(settings, loaded.topology, request, timeout_s, as_json))
+        else:
+            code = _guard(lambda: _publish_one(settings, loaded.topology, request, as_json))
     else:
         assert jobs_file is not None
         lines = read_lines(jobs_file)

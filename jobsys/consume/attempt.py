@@ -26,6 +26,7 @@ from jobsys.consume.acks import Acks
 from jobsys.consume.followups import Outbox, read_then, send_then
 from jobsys.consume.middleware import MIDDLEWARE_SLACK_S, around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
+from jobsys.consume.result import ResultCodec
 from jobsys.consume.retry import decide
 from jobsys.consume.threads import DeadlinePassed, HandlerThreads
 from jobsys.consume.watchdog import LoopWatchdog
@@ -143,6 +144,7 @@ class AttemptRunner:
         self.middleware = app.middlewares
         #: Set by the worker: the producer follow-up jobs go out on.
         self.producer: Producer | None = None
+        self.results = ResultCodec(settings.max_payload_bytes)
 
     async def run(self, delivery: Delivery, queue: str) -> Outcome:
         """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
@@ -201,6 +203,9 @@ class AttemptRunner:
                 result = await around(self.middleware, ctx, call, timeout_s, slack)
             else:
                 result = await self._call(handler, args, delivery)
+            # The result is checked and encoded before any follow-up goes out: a result that
+            # cannot be one fails the attempt, and a failed attempt publishes no follow-up.
+            encoded = None if result is None else self.results.encode(handler, result)
             if then is not None or (outbox is not None and outbox.held):
                 await self._follow_up(envelope.job_id, outbox, then, result)
         except BaseException as exc:
@@ -212,7 +217,9 @@ class AttemptRunner:
             # "topology differs") or leave the job unacked forever, and the job would come
             # back to do it again on the next worker.
             return self.failed(delivery, exc)
-        return ACK
+        if encoded is None:
+            return ACK  # the cheap path: nothing to encode, nothing to send
+        return Outcome.done(encoded)
 
     async def _follow_up(
         self, job_id: str, outbox: Outbox | None, then: str | None, result: Any

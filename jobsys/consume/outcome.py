@@ -27,6 +27,8 @@ class Outcome:
     with_traceback: bool = True
     delay_s: float | None = None  # for "retry": how long the job waits before its next run
     reason: str | None = None  # why the job is retried or dead-lettered
+    #: For "ack": the handler's return value encoded as JSON (None: it returned None).
+    result: bytes | None = None
 
     @classmethod
     def dead_letter(
@@ -39,6 +41,12 @@ class Outcome:
     def retry(cls, error: BaseException, delay_s: float, reason: str) -> Outcome:
         """Run the job again after ``delay_s`` seconds, as its next attempt."""
         return cls("retry", error=error, delay_s=delay_s, reason=reason)
+
+    @classmethod
+    def done(cls, result: bytes) -> Outcome:
+        """The attempt succeeded and returned ``result`` (JSON): ack the job, reply with it.
+        A handler that returns None gets the shared ``ACK`` instead, at no cost."""
+        return cls("ack", result=result)
 
     @classmethod
     def wait(cls, delay_s: float, reason: str) -> Outcome:

@@ -36,6 +36,8 @@ class Pool:
     running: int = 0
     waiting: deque[Delivery] = field(default_factory=deque)
     consuming: bool = False
+    #: Its jobs go into the job history (set by the worker).
+    recorded: bool = False
 
 
 def plan_pools(app: App, topology: Topology, options: WorkerOptions) -> list[Pool]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from jobsys.consume.attempt import Delivery
 from jobsys.consume.options import WorkerStats
 from jobsys.consume.outcome import Outcome
+from jobsys.consume.reply import ReplySender
 from jobsys.duration import format_duration
 from jobsys.errors import (
     AccessRefused,
@@ -72,11 +73,16 @@ class Settler:
         self.host = socket.gethostname()
         self._on_fatal = on_fatal
         self._on_settled = on_settled
+        #: Set by the worker: replies to callers waiting in ``Producer.call`` (sent just before
+        #: the ack, see ``jobsys.consume.reply``).
+        self.replies: ReplySender | None = None
 
     async def settle(self, delivery: Delivery, outcome: Outcome, queue: str) -> Outcome:
         """Carry out ``outcome`` for ``delivery`` (consumed from ``queue``); returns the
         outcome applied, which is ``requeue`` when a republish was not confirmed."""
         if outcome.kind == "ack":
+            if self.replies is not None and delivery.message.header.properties.reply_to:
+                await self.replies.succeeded(delivery, outcome)
             delivery.acks.ack(delivery)  # counted as done in on_acks_sent, once the ack is out
             return outcome
         if outcome.kind == "requeue":
@@ -93,6 +99,8 @@ class Settler:
                 delivery.job_id,
                 delivery.job_type,
             )
+            if self.replies is not None and delivery.message.header.properties.reply_to:
+                await self.replies.failed(delivery, outcome)
             delivery.acks.ack(delivery)
             return outcome
         try:
@@ -114,6 +122,8 @@ class Settler:
             self.stats.retried += 1
         else:
             self.stats.dead_lettered += 1
+            if self.replies is not None and delivery.message.header.properties.reply_to:
+                await self.replies.failed(delivery, outcome)
         delivery.acks.ack(delivery)
         self._on_settled()
         return outcome

@@ -49,10 +49,12 @@ from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
 from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
+from jobsys.consume.history import HistoryWriter
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
 from jobsys.consume.pools import Pool, describe_pools, plan_pools
+from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
 from jobsys.consume.threads import HandlerThreads
 from jobsys.consume.watchdog import LoopWatchdog
@@ -105,6 +107,9 @@ class Worker:
         self._runner = AttemptRunner(app, self.topology, settings)
         self._settler: Settler | None = None
         self._cancellations: Cancellations | None = None
+        self._replies: ReplySender | None = None
+        #: Job history (a topology with ``history:``), written off the hot path.
+        self.history: HistoryWriter | None = None
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -142,7 +147,12 @@ class Worker:
         self._settler = Settler(
             self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
         )
+        self._settler.replies = self._replies = ReplySender(self._open_reply_channel)
+        if self.topology.history is not None:
+            self.history = HistoryWriter(self._connection, self.topology, self.topology.history)
+            self.history.start()
         for pool in self.pools:
+            pool.recorded = self.history is not None and self.history.records(pool.queue)
             pool.channel = await self._connection.channel(confirms=False, prefetch=pool.prefetch)
             # A passive declare, which the robust channel repeats after every reconnect.
             await pool.channel.get_queue(pool.queue, ensure=True)
@@ -178,6 +188,10 @@ class Worker:
                 functools.partial(self._on_message, pool),
                 consumer_tag=pool.consumer_tag,
             )
+
+    async def _open_reply_channel(self) -> aiormq.Channel:
+        # A plain channel of the connection's current transport, opened again on demand.
+        return cast(aiormq.Channel, await self._connection.amqp.channel())
 
     async def _on_reopen(self, pool: Pool, *_: Any) -> None:
         await self._subscribe(pool)
@@ -285,6 +299,7 @@ class Worker:
             if pool.channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pool.channel.close(), 5)
+        await self._close_side_channels()
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.close()
@@ -293,6 +308,13 @@ class Worker:
             self._runner.threads.shutdown()
         if self._runner.watchdog is not None:
             self._runner.watchdog.stop()
+
+    async def _close_side_channels(self) -> None:
+        """The reply channel, and the job history (its last events written first)."""
+        for side in (self._replies, self.history):
+            if side is not None:
+                with contextlib.suppress(Exception):
+                    await side.close()
 
     @property
     def lingering_threads(self) -> int:
@@ -362,9 +384,16 @@ class Worker:
         ) as span:
             # One line per finished job only under -v: a busy worker's log stays readable.
             started = time.monotonic() if log.isEnabledFor(logging.DEBUG) else None
+            history = self.history if pool.recorded else None
+            if history is not None:
+                history.started(delivery, pool.queue)
+                began = asyncio.get_running_loop().time()
             outcome = await self._runner.run(delivery, pool.queue)
             settled = await self._settle(delivery, outcome, pool)
             span.set_outcome(settled.kind, settled.error)
+            if history is not None:
+                ran_s = asyncio.get_running_loop().time() - began
+                history.settled(delivery, pool.queue, settled, ran_s)
         if started is not None and settled.kind == "ack":
             log.debug(
                 "job %s (%s) done at attempt %d in %.1f ms",

@@ -74,7 +74,9 @@ async def plan_teardown(
     counts = await _ready_counts(conn, [*own_queues, *shared_queues])
     # The scheduler's token and state, and the cancellations, are jobsys's records, not jobs:
     # they never stop a delete.
-    records = {q.name for q in entities.queues if q.role in ("scheduler", "cancellations")}
+    records = {
+        q.name for q in entities.queues if q.role in ("scheduler", "cancellations", "history")
+    }
     counts = {name: 0 if name in records else count for name, count in counts.items()}
     exchanges = await _existing_exchanges(conn, [*own_exchanges, *shared_exchanges])
     quorum = frozenset(

@@ -43,6 +43,8 @@ from jobsys.broker.confirm import ConfirmChannel, Outgoing, unknown
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import ConfigError, ConnectionFailed, JobsysError, MessageError
 from jobsys.observe import tracing
+from jobsys.publish.call import Caller, check_timeout
+from jobsys.publish.history import ProducerHistory
 from jobsys.publish.middleware import around_publish, from_app
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
 from jobsys.publish.properties import copied_properties, message_properties
@@ -51,7 +53,7 @@ from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 from jobsys.wire.envelope import JobProperties, check_job_id, new_message_id
-from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, positive_int, text
+from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, now_ms, positive_int, text
 from jobsys.wire.table import shown
 
 if TYPE_CHECKING:
@@ -140,6 +142,9 @@ class Producer:
         self._connection = connection
         self._confirms: ConfirmChannel | None = None
         self._open_lock = asyncio.Lock()
+        self._caller: Caller | None = None  # opened by the first call()
+        #: ``published`` and ``replayed`` events, with ``history:`` in the topology.
+        self._history: ProducerHistory | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -155,10 +160,18 @@ class Producer:
             # The concrete class gives the hot path synchronous access to the live channel.
             assert isinstance(channel, RobustChannel)
             self._confirms = ConfirmChannel(channel, self.settings, self._refusals_dead_lettered)
+            if self.topology.history is not None:
+                self._history = ProducerHistory(self._connection, self.topology)
         return self
 
     async def close(self) -> None:
         """Close the channel, and the connection if the producer opened it; safe to call twice."""
+        caller, self._caller = self._caller, None
+        if caller is not None:
+            await caller.close()
+        history, self._history = self._history, None
+        if history is not None:
+            await history.close()
         confirms, self._confirms = self._confirms, None
         if confirms is not None and not confirms.robust.is_closed:
             await confirms.robust.close()
@@ -228,6 +241,38 @@ class Producer:
 
     async def _publish(self, request: JobRequest) -> Receipt:
         return await self._publish_prepared(self.prepare(request))
+
+    async def call(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        timeout_s: float,
+        returns: Any = None,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        job_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
+    ) -> Any:
+        """Publish one job (as ``publish``) and wait up to ``timeout_s`` for its outcome
+        through RabbitMQ direct reply-to; returns the handler's result as decoded JSON, or
+        validated into ``returns`` (a type pydantic can validate) when given.
+
+        Raises ``JobFailed`` when the job was dead-lettered (after its retries) or cancelled,
+        ``CallTimeout`` when no outcome came in time and ``ResultUnknown`` when the connection
+        was lost while waiting -- in both the job was published and may still run -- and the
+        errors of ``publish``. See ``jobsys.publish.call`` and docs/results.md.
+        """
+        timeout_s = check_timeout(timeout_s)
+        request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
+        job = self.prepare(request)
+        self._channel()  # ConnectionFailed when not open, as publish
+        if self._caller is None:
+            self._caller = Caller(self.connection, self.settings, self._refusals_dead_lettered)
+        return await self._caller.call(
+            job, timeout_s=timeout_s, returns=returns, on_published=self._published
+        )
 
     async def publish_many(
         self,
@@ -338,6 +383,8 @@ class Producer:
         ):
             props = self._copied(outgoing, kept, headers, message_id)
             await self._channel().publish(outgoing, props)
+        if kind == "replay" and self._history is not None:
+            self._history.record("replayed", job_id, outgoing.job_type, outgoing.queues)
         return Receipt(job_id, outgoing.job_type, exchange, routing_key, message_id, delay_s)
 
     async def cancel(self, job_id: str) -> Receipt:
@@ -377,6 +424,7 @@ class Producer:
         )
 
     async def _publish_prepared(self, job: PreparedJob) -> Receipt:
+        began_ms = now_ms()
         receipt: Receipt | None = None
         # A delayed job that fans out goes once per target queue; all must be confirmed.
         for exchange, routing_key, queues in job.targets:
@@ -384,7 +432,15 @@ class Producer:
             sent = await self._send(outgoing, job.priority, job.headers, job.delay_s)
             receipt = receipt or sent
         assert receipt is not None  # prepare_job always yields a target
+        self._published(job, began_ms)
         return receipt
+
+    def _published(self, job: PreparedJob, began_ms: int) -> None:
+        if self._history is not None:
+            queues = [q for *_, targets in job.targets for q in targets]
+            self._history.record(
+                "published", job.job_id, job.job_type, queues, job.delay_s, at_ms=began_ms
+            )
 
     async def _send(
         self, out: Outgoing, priority: int | None, headers: dict[str, Any], delay_s: float | None

@@ -33,7 +33,8 @@ _GRACE_S = 10.0
 
 
 class SyncProducer:
-    """A blocking, thread-safe ``Producer``: ``publish``, ``publish_many``, ``close``.
+    """A blocking, thread-safe ``Producer``: ``publish``, ``publish_many``, ``call``,
+    ``cancel``, ``close``.
 
     ``app`` brings the payload models and publish middleware of an ``App``, as for
     ``Producer``. It connects on construction (or lazily on first use with ``connect=False``)
@@ -108,6 +109,39 @@ class SyncProducer:
     async def _publish(self, request: JobRequest) -> Receipt:
         await self._producer.open()  # a no-op once open; connects lazily with connect=False
         return await self._producer.publish_request(request)
+
+    def call(
+        self,
+        job_type: str,
+        payload: Any,
+        *,
+        timeout_s: float,
+        returns: Any = None,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        job_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        run_at: datetime | None = None,
+    ) -> Any:
+        """Publish one job and block until its outcome arrives or ``timeout_s`` passes (see
+        ``Producer.call``): the result, or ``JobFailed``, ``CallTimeout``, ``ResultUnknown``."""
+        return self._call(
+            self._call_job(
+                job_type,
+                payload,
+                timeout_s=timeout_s,
+                returns=returns,
+                priority=priority,
+                delay_s=delay_s,
+                job_id=job_id,
+                headers=headers,
+                run_at=run_at,
+            )
+        )
+
+    async def _call_job(self, job_type: str, payload: Any, **options: Any) -> Any:
+        await self._producer.open()
+        return await self._producer.call(job_type, payload, **options)
 
     def cancel(self, job_id: str) -> Receipt:
         """Cancel a job that has not started and block until the broker confirmed the

@@ -61,6 +61,7 @@ def check_topology(topology: Topology, malformed: Malformed | None = None) -> li
         *_check_bindings(topology, known),
         *_check_job_types(topology, known),
         *_check_schedules(topology, known),
+        *_check_history(topology, known),
     ]
 
 
@@ -102,7 +103,7 @@ def _check_names(topology: Topology) -> Iterator[Problem]:
                     f"name {name!r} is one jobsys derives for namespace "
                     f"{topology.namespace!r} ({waits}*, {layout.due_exchange}, "
                     f"{topology.dead_letter_exchange}, {topology.namespace}.scheduler*, "
-                    f"{topology.namespace}.cancel*)",
+                    f"{topology.namespace}.cancel*, {topology.namespace}.history*)",
                 )
     for name in topology.queues:
         if (
@@ -238,6 +239,17 @@ def _check_schedules(topology: Topology, malformed: Malformed) -> Iterator[Probl
                 _not_declared(
                     "job type", schedule.job_type, topology.job_types, malformed.job_types
                 ),
+            )
+
+
+def _check_history(topology: Topology, malformed: Malformed) -> Iterator[Problem]:
+    if topology.history is None or topology.history.queues is None:
+        return
+    for index, queue in enumerate(topology.history.queues):
+        if queue not in topology.queues:
+            yield Problem(
+                ("history", "queues", index),
+                _not_declared("queue", queue, topology.queues, malformed.queues),
             )
 
 

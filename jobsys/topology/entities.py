@@ -25,6 +25,7 @@ from jobsys.topology.own import (
     TOKEN_KEY,
     OwnLayout,
     cancellations_arguments,
+    history_arguments,
     last_value_arguments,
     leader_arguments,
 )
@@ -49,7 +50,7 @@ class QueueSpec:
     name: str
     durable: bool
     arguments: dict[str, ArgValue]
-    role: Literal["work", "dead-letter", "delay", "scheduler", "cancellations"]
+    role: Literal["work", "dead-letter", "delay", "scheduler", "cancellations", "history"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,11 @@ def _add_own(
     exchanges.append(ExchangeSpec(name=own.cancel_exchange, type="fanout"))
     queues.append(QueueSpec(own.cancellations, True, cancellations_arguments(), "cancellations"))
     bindings.append(BindingSpec(own.cancel_exchange, own.cancellations, "queue", ""))
+    if topology.history is not None:
+        history = history_arguments(topology.history.max_age, topology.history.max_bytes)
+        exchanges.append(ExchangeSpec(name=own.history_exchange, type="fanout"))
+        queues.append(QueueSpec(own.history, True, history, "history"))
+        bindings.append(BindingSpec(own.history_exchange, own.history, "queue", ""))
     if not topology.schedules:
         return
     kind = topology.delays.queue_type

@@ -231,6 +231,27 @@ class Delays(_Frozen):
         return self
 
 
+class History(_Frozen):
+    """Opt-in job history: the lifecycle events of the jobs of ``queues`` (every queue when
+    absent) appended to a stream of the namespace, kept ``max_age`` and at most ``max_bytes``
+    (the broker drops whole old segments beyond either)."""
+
+    queues: list[Name] | None = Field(default=None, min_length=1)
+    max_age: Duration = 7 * 86400.0
+    max_bytes: int = Field(default=1024**3, ge=16 * 1024**2, le=2**50)
+
+    @field_validator("max_age")
+    @classmethod
+    def _sensible_age(cls, value: float) -> float:
+        if value < 60:
+            raise ValueError("max_age must be at least 1m (the stream drops whole segments)")
+        return value
+
+    def records(self, queue: str) -> bool:
+        """Whether the jobs of ``queue`` are recorded."""
+        return self.queues is None or queue in self.queues
+
+
 class Topology(_Frozen):
     """A whole topology file."""
 
@@ -242,6 +263,8 @@ class Topology(_Frozen):
     delays: Delays = Delays()
     #: Periodic jobs, by name; fired by ``jobsys scheduler`` (``jobsys.schedule``).
     schedules: dict[Name, Schedule] = Field(default_factory=dict)
+    #: Job history in a stream (``jobsys.observe.history``); None: off.
+    history: History | None = None
     #: The prefix of the exchanges and queues jobsys derives for this topology (delay levels,
     #: the due exchange, the dead-letter exchange). Apps sharing a vhost keep apart by using
     #: namespaces of their own: one app's producers then cannot reach the other's queues

@@ -57,6 +57,16 @@ class OwnLayout:
         """The stream of cancellations every worker reads."""
         return f"{self.namespace}.cancellations"
 
+    @property
+    def history_exchange(self) -> str:
+        """Fanout exchange job history events are published to (a topology with ``history``)."""
+        return f"{self.namespace}.history"
+
+    @property
+    def history(self) -> str:
+        """The stream of job history events."""
+        return f"{self.namespace}.history.events"
+
     def derived_names(self) -> tuple[str, ...]:
         """Every name above: a topology may not declare one of its own."""
         return (
@@ -66,6 +76,8 @@ class OwnLayout:
             self.status_queue,
             self.cancel_exchange,
             self.cancellations,
+            self.history_exchange,
+            self.history,
         )
 
 
@@ -92,4 +104,19 @@ def cancellations_arguments() -> dict[str, str | int | bool]:
         "x-queue-type": "stream",
         "x-max-length-bytes": CANCELLATIONS_MAX_BYTES,
         "x-stream-max-segment-size-bytes": CANCELLATIONS_SEGMENT_BYTES,
+    }
+
+
+#: Segment files of the history stream: retention drops whole segments.
+HISTORY_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+def history_arguments(max_age_s: float, max_bytes: int) -> dict[str, str | int | bool]:
+    """The history stream: events older than ``max_age_s`` or beyond ``max_bytes`` go, a
+    whole segment at a time."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-age": f"{max(1, int(max_age_s))}s",
+        "x-max-length-bytes": max_bytes,
+        "x-stream-max-segment-size-bytes": min(HISTORY_SEGMENT_BYTES, max(max_bytes // 8, 1)),
     }

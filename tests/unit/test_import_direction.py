@@ -53,6 +53,7 @@ PURE_MODULES = (
     "jobsys.consume.retry",
     "jobsys.consume.outcome",
     "jobsys.consume.options",
+    "jobsys.consume.result",
     "jobsys.schedule.plan",
 )
 BROKER_CLIENTS = ("aio_pika", "aiormq", "pamqp")

@@ -1,0 +1,108 @@
+"""The job history recorder: events batched in memory and written off the hot path.
+
+``record`` only appends to a bounded buffer (no I/O, no await): a job's ack never waits for its
+history. A background task hands the buffer to ``sink`` (the publisher of the history stream,
+given by the worker) every ``interval_s`` or as soon as ``batch`` events wait. A history write
+that fails never fails a job: the batch is dropped, counted in ``failed``, and logged once (and
+once more when writes succeed again). A buffer that fills up (the stream unreachable for long)
+drops the oldest events, counted in ``dropped``. Like every observer here, it disables nothing
+else when it breaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+from jobsys.wire.history import HistoryEvent
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Sequence[HistoryEvent]], Awaitable[None]]
+
+#: Events waiting at most; beyond it the oldest go.
+DEFAULT_BUFFER = 100_000
+
+
+class HistoryRecorder:
+    """Buffers events and writes them in batches through ``sink``."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        interval_s: float = 0.2,
+        batch: int = 500,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> None:
+        self._sink = sink
+        self._interval_s = interval_s
+        self._batch = batch
+        self._events: deque[HistoryEvent] = deque(maxlen=buffer)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.failed = 0
+        self.dropped = 0
+        self._failing = False
+
+    def record(self, event: HistoryEvent) -> None:
+        """Note ``event``; it is written within ``interval_s`` (never raises)."""
+        if len(self._events) == self._events.maxlen:
+            self.dropped += 1
+        self._events.append(event)
+        if len(self._events) >= self._batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        """Start writing in the background."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is buffered (up to ``timeout_s``) and stop."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._events:
+                    await self._flush()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._events:
+            return
+        batch = [self._events.popleft() for _ in range(min(self._batch, len(self._events)))]
+        try:
+            await self._sink(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failed += len(batch)
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "job history: %d events could not be written (%s: %s); jobs are not "
+                    "affected; further failures are counted, not logged",
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
+                )
+            return
+        self.written += len(batch)
+        if self._failing:
+            self._failing = False
+            log.info("job history: writing again (%d events lost meanwhile)", self.failed)
