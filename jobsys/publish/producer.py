@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -44,15 +43,17 @@ from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import ConfigError, ConnectionFailed, JobsysError, MessageError
 from jobsys.observe import tracing
 from jobsys.publish.call import Caller, check_timeout
+from jobsys.publish.cancel import CANCEL_TYPE, SYNC_TYPE, CancelsJobs
 from jobsys.publish.history import ProducerHistory
 from jobsys.publish.middleware import around_publish, from_app
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
 from jobsys.publish.properties import copied_properties, message_properties
+from jobsys.publish.receipt import PublishResult, Receipt
+from jobsys.publish.window import in_window
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
-from jobsys.topology.own import OwnLayout
-from jobsys.wire.envelope import JobProperties, check_job_id, new_message_id
+from jobsys.wire.envelope import JobProperties, new_message_id
 from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, now_ms, positive_int, text
 from jobsys.wire.table import shown
 
@@ -76,33 +77,9 @@ log = logging.getLogger(__name__)
 _CONTENT_HEADER_OVERHEAD = 20
 #: Confirms ``publish_many`` keeps in flight at once.
 DEFAULT_WINDOW = 512
-#: The AMQP type of a cancellation on the cancellations stream, and of a worker's marker there.
-CANCEL_TYPE = "jobsys.cancel"
-SYNC_TYPE = "jobsys.cancel-sync"
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """Proof that the broker confirmed a job and routed it to a queue.
-
-    For a delayed job ``exchange`` and ``routing_key`` are those of the delay level it entered
-    and ``delay_s`` the delay applied (rounded up to whole seconds); a delayed job type that
-    fans out to several queues was published once per queue and all were confirmed.
-    """
-
-    job_id: str
-    job_type: str
-    exchange: str
-    routing_key: str
-    message_id: str
-    delay_s: float | None = None
-
-
-#: What ``publish_many`` reports per job: its receipt, or the error that job met.
-PublishResult = Receipt | JobsysError
-
-
-class Producer:
+class Producer(CancelsJobs):
     """Publishes jobs of the job types in ``topology`` (a ``Topology``, or the
     ``LoadedTopology`` that ``load_topology`` returns) with publisher confirms.
 
@@ -293,20 +270,7 @@ class Producer:
         """
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ConfigError(f"window must be an integer of at least 1, got {shown(window, 40)}")
-        pending = list(requests)
-        results: list[PublishResult | None] = [None] * len(pending)
-        cursor = iter(range(len(pending)))
-
-        async def lane() -> None:
-            # A fixed set of lanes pulling from one cursor keeps ``window`` confirms in flight
-            # without creating a task per job.
-            for index in cursor:
-                result = results[index] = await self._result_of(pending[index])
-                if on_result is not None:
-                    on_result(index, result)
-
-        await asyncio.gather(*(lane() for _ in range(min(window, len(pending)))))
-        return [r for r in results if r is not None]
+        return await in_window(list(requests), self._result_of, window, on_result)
 
     async def _result_of(self, request: JobRequest) -> PublishResult:
         """The receipt of one job of ``publish_many``, or the error it met."""
@@ -386,31 +350,6 @@ class Producer:
         if kind == "replay" and self._history is not None:
             self._history.record("replayed", job_id, outgoing.job_type, outgoing.queues)
         return Receipt(job_id, outgoing.job_type, exchange, routing_key, message_id, delay_s)
-
-    async def cancel(self, job_id: str) -> Receipt:
-        """Cancel job ``job_id`` if it has not started: every worker acks it without running
-        it when it arrives (waiting in its queue, delayed, or fired later by a schedule), and
-        counts it as cancelled. Returns once the broker confirmed the cancellation.
-
-        jobsys keeps no index of jobs, so it cannot tell whether such a job exists or already
-        ran: the cancellation is recorded either way, and remembered for as long as a job can
-        wait in the delay levels (``delays.max_delay``). A job already running is not stopped.
-        A malformed or oversized id is refused (``MessageError``) before any I/O.
-        """
-        return await self._to_cancellations(check_job_id(job_id), CANCEL_TYPE)
-
-    async def cancel_marker(self, marker: str) -> Receipt:
-        """Append a worker's marker to the cancellations stream (see
-        ``jobsys.consume.cancellations``); it cancels nothing."""
-        return await self._to_cancellations(marker, SYNC_TYPE)
-
-    async def _to_cancellations(self, job_id: str, kind: str) -> Receipt:
-        exchange = OwnLayout(self.topology.namespace).cancel_exchange
-        outgoing = Outgoing(job_id, kind, exchange, "", b"", ())
-        message_id = new_message_id()
-        props = message_properties(kind, None, {HEADER_JOB_ID: job_id}, message_id)
-        await self._channel().publish(outgoing, props)
-        return Receipt(job_id, kind, exchange, "", message_id)
 
     def prepare(self, request: JobRequest) -> PreparedJob:
         """Validate and encode ``request`` without any I/O (what ``publish`` does first)."""
