@@ -28,7 +28,7 @@ from tests.apps import worker_apps
 from tests.apps.worker_apps import PROBE, WORK, publish, queue_depth, wait_until
 from tests.conftest import settings_for_vhost
 from tests.harness.fault_proxy import FaultProxy
-from tests.harness.fixtures import node_settings
+from tests.harness.fixtures import OWN_BROKER_N, node_settings
 from tests.harness.rabbit_node import RabbitNode
 from tests.harness.running import running_worker
 
@@ -196,3 +196,49 @@ async def test_acks_written_into_a_dead_socket_are_not_counted_as_done(
         assert worker.stats.lost_acks == 1
     assert worker.stats.done == 1, "an ack the broker never received was counted as done"
     assert await queue_depth(vhost_settings, WORK) == 0
+
+
+@pytest.fixture
+def timeout_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """A node of its own whose ``consumer_timeout`` is 1 s (the others keep the default)."""
+    node = RabbitNode(
+        OWN_BROKER_N + 4, tmp_path_factory.mktemp("timeout-node"), extra_config=TIMEOUT_CONFIG
+    )
+    try:
+        node.start()
+        yield node
+    finally:
+        node.close()
+
+
+TIMEOUT_CONFIG = "consumer_timeout = 1000"
+
+
+@pytest.mark.slow
+async def test_a_consumer_timeout_is_logged_with_its_reason_and_the_pool_consumes_again(
+    timeout_node: RabbitNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobsys")
+    settings = node_settings(timeout_node)
+    loaded = worker_apps.loaded_topology()
+    await worker_apps.apply(settings, loaded)
+    PROBE.reset()
+    PROBE.release = asyncio.Event()
+    options = WorkerOptions(concurrency=1, prefetch=1)
+    async with running_worker(worker_apps.app, loaded, settings, options) as worker:
+        [job_id] = await publish(settings, loaded, "hold", [{}])
+        # The broker checks consumer timeouts about once a minute.
+        await wait_until(
+            lambda: _lines(caplog, "the broker closed the channel consuming wt.work"),
+            timeout_s=150,
+            what="the consumer timeout",
+        )
+        PROBE.release.set()
+        await wait_until(lambda: PROBE.done == [job_id, job_id], timeout_s=30, what="the rerun")
+        await wait_until(lambda: worker.stats.done == 1, what="the rerun acked")
+        assert worker.stats.lost_acks == 1
+        assert not worker.stopping
+    [line] = [m.string for m in _lines(caplog, "the broker closed the channel")]
+    print(f"\n{line}")
+    assert ": 406 PRECONDITION_FAILED - " in line and "timed out" in line
+    assert await queue_depth(settings, WORK) == 0
