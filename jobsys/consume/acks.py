@@ -9,7 +9,9 @@ An ack has no reply in AMQP: written into a socket that is already dead, it is l
 error, and the broker redelivers the job. So a batch of acks counts as sent only once a cheap
 synchronous method sent after it on the same channel (``prove``, the worker's ``basic.qos``
 with the prefetch it already has) is answered: the broker handles a channel's frames in order,
-so its reply shows every ack before it arrived.
+so its reply shows every ack before it arrived. One round trip is in flight at a time; acks
+written meanwhile wait for the next one, so a busy channel costs one ``basic.qos`` per round
+trip, not one per batch.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class Acks(Generic[T]):
         self._pending: dict[int, T | None] = {}  # delivery tag -> job once ready; tag order
         self._scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
+        self._unproven: list[T] = []  # acks written, waiting for the next round trip
+        self._proving = False  # one round trip at a time; it proves every ack written before
 
     def track(self, tag: int) -> None:
         """Note a delivery as unsettled."""
@@ -111,9 +115,24 @@ class Acks(Generic[T]):
                 lost += jobs
             else:
                 sent += jobs
-        if sent and self._prove is not None and not await self._proven(self._prove):
-            lost, sent = lost + sent, []
-        self._on_sent(sent, lost)
+        if self._prove is None:
+            self._on_sent(sent, lost)
+            return
+        if lost:
+            self._on_sent([], lost)
+        self._unproven += sent
+        if self._proving:
+            return  # the round trip under way, or the next one, covers these too
+        self._proving = True
+        try:
+            while self._unproven:
+                batch, self._unproven = self._unproven, []
+                if await self._proven(self._prove):
+                    self._on_sent(batch, [])
+                else:
+                    self._on_sent([], batch)
+        finally:
+            self._proving = False
 
     @staticmethod
     async def _proven(prove: Callable[[], Awaitable[Any]]) -> bool:
