@@ -91,6 +91,12 @@ class TLSHandshakeFailed(ConnectionFailed):
     cannot succeed, so jobsys does not wait out its connect deadline on it."""
 
 
+class HostNotFound(ConnectionFailed):
+    """Raised when the broker's host name does not resolve (no such name). Waiting does not
+    make a mistyped name resolve, so jobsys does not wait out its connect deadline on it; a
+    name server that did not answer in time is a plain ``ConnectionFailed`` and is retried."""
+
+
 class AccessRefused(BrokerError):
     """Raised for wrong credentials, a missing vhost or refused permissions. Fatal: retrying
     with the same settings cannot succeed, so jobsys never loops on it (and it is not a

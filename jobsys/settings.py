@@ -159,9 +159,14 @@ class Settings:
     url: str = DEFAULT_URL
     ca_file: str | None = None
     insecure_tls: bool = False
-    connect_timeout_s: float = 10.0
+    #: How long one connection attempt (the first connect or a reconnect) may take.
+    connect_timeout_s: float = 5.0
     # How long the first connection attempt may keep retrying a broker that is not up yet.
     connect_deadline_s: float = 30.0
+    #: The pause after the first failed connect or reconnect attempt in a row; it doubles
+    #: with every further failure up to ``reconnect_max_s`` (``jobsys.broker.reconnect``).
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 5.0
     publish_timeout_s: float = 30.0
     heartbeat_s: int = 20
     max_payload_bytes: int = 1 * MiB
@@ -188,10 +193,18 @@ class Settings:
             raise ConfigError("a CA file was given but the broker URL is not amqps://")
         if self.ca_file is not None and not os.path.isfile(self.ca_file):
             raise ConfigError(f"CA file not found: {self.ca_file}")
-        for name in ("connect_timeout_s", "connect_deadline_s", "publish_timeout_s"):
+        for name in (
+            "connect_timeout_s",
+            "connect_deadline_s",
+            "publish_timeout_s",
+            "reconnect_min_s",
+            "reconnect_max_s",
+        ):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ConfigError("reconnect_max_s must not be below reconnect_min_s")
         if self.max_payload_bytes <= 0:
             raise ConfigError("max_payload_bytes must be positive")
         if not 0 < self.max_header_bytes <= MAX_HEADER_BYTES_LIMIT:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Iterator
 from types import TracebackType
@@ -25,18 +26,19 @@ import aiormq
 import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential,
-)
 
 from jobsys.broker import decoding
+from jobsys.broker.reconnect import (
+    CLOSE_TIMEOUT_S,
+    close_within,
+    connect_retrying,
+    robust_connection_class,
+)
 from jobsys.errors import (
     AccessRefused,
     BrokerError,
     ConnectionFailed,
+    HostNotFound,
     JobsysError,
     TLSHandshakeFailed,
 )
@@ -80,6 +82,12 @@ def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
             f"TLS handshake with {where} failed: {_scrub(_tls_problem(tls, settings), settings)}"
         )
     reason = _scrub(_reason(exc), settings)
+    if _unknown_host(exc):
+        host = urlsplit(settings.url).hostname
+        return HostNotFound(
+            f"the broker's host name {host!r} does not resolve ({reason}); check the host in "
+            "JOBSYS_URL / --url"
+        )
     if isinstance(
         exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError
     ):
@@ -156,9 +164,29 @@ _NOT_TLS = frozenset(
 )
 
 
+#: getaddrinfo's answers for a name that does not exist (EAI_NODATA is Linux's "no address"); a
+#: name server that did not answer (EAI_AGAIN) may answer later, and is retried.
+_NO_SUCH_NAME = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
+
+
+def _unknown_host(exc: BaseException) -> bool:
+    """True when ``exc`` comes from a host name that does not resolve."""
+    cause = _cause(exc, socket.gaierror)
+    return cause is not None and cause.errno in _NO_SUCH_NAME
+
+
 def _tls_cause(exc: BaseException) -> ssl.SSLError | ssl.CertificateError | None:
     """The TLS error behind ``exc``: aiormq wraps it in ``AMQPConnectionError``, keeping it
     as the cause (or context, or an argument)."""
+    found = _cause(exc, ssl.SSLError | ssl.CertificateError)
+    assert found is None or isinstance(found, ssl.SSLError | ssl.CertificateError)
+    return found
+
+
+def _cause(exc: BaseException, kind: Any) -> Any:
+    """The first exception of ``kind`` in ``exc``'s chain (cause, context, arguments)."""
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -166,7 +194,7 @@ def _tls_cause(exc: BaseException) -> ssl.SSLError | ssl.CertificateError | None
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, ssl.SSLError | ssl.CertificateError):
+        if isinstance(current, kind):
             return current
         pending += [e for e in (current.__cause__, current.__context__) if e is not None]
         pending += [arg for arg in current.args if isinstance(arg, BaseException)]
@@ -260,23 +288,15 @@ class BrokerConnection:
         self._connection: AbstractRobustConnection | None = None
 
     async def open(self) -> BrokerConnection:
-        """Connect, retrying a broker that is not up yet until ``connect_deadline_s``.
+        """Connect, retrying a broker that is not up yet until ``connect_deadline_s`` with the
+        backoff of ``jobsys.broker.reconnect`` (each failed attempt is logged).
 
-        Raises ``AccessRefused`` at once (retrying cannot help) and ``ConnectionFailed`` when
-        the deadline passes.
+        Raises ``AccessRefused``, ``HostNotFound`` and ``TLSHandshakeFailed`` at once (waiting
+        cannot help) and ``ConnectionFailed`` when the deadline passes.
         """
         if self._connection is not None:
             return self
-        retrying = AsyncRetrying(
-            # A broker that is not up yet may come; a TLS handshake that failed will not heal.
-            retry=retry_if_exception(
-                lambda e: isinstance(e, ConnectionFailed) and not isinstance(e, TLSHandshakeFailed)
-            ),
-            stop=stop_after_delay(self.settings.connect_deadline_s),
-            wait=wait_exponential(multiplier=0.2, max=3.0),
-            reraise=True,
-        )
-        async for attempt in retrying:
+        async for attempt in connect_retrying(self.settings):
             with attempt:
                 self._connection = await self._connect_once()
         return self
@@ -289,6 +309,9 @@ class BrokerConnection:
                     ssl_context=_ssl_context(self.settings),
                     timeout=self.settings.connect_timeout_s,
                     client_properties={"connection_name": self.settings.client_name},
+                    connection_class=robust_connection_class(
+                        self.settings, lambda text: _scrub(text, self.settings)
+                    ),
                 ),
                 timeout=self.settings.connect_timeout_s + 1,
             )
@@ -354,11 +377,12 @@ class BrokerConnection:
         with broker_errors(self.settings):
             return await self.amqp.channel(publisher_confirms=confirms)
 
-    async def close(self) -> None:
-        """Close the connection; safe to call twice."""
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the connection; safe to call twice. A broker that does not answer the close
+        within ``timeout_s`` (a connection blocked by a resource alarm) has its socket dropped."""
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
-            await connection.close()
+            await close_within(connection, timeout_s)
 
     async def __aenter__(self) -> BrokerConnection:
         return await self.open()

@@ -45,8 +45,34 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Where ``--heartbeat`` leaves its value for ``build_settings`` (``ctx.meta``).
+_HEARTBEAT = "jobsys.heartbeat_s"
+#: AMQP heartbeats jobsys accepts on the command line, in seconds. 0 (which turns heartbeats
+#: off, so a dead connection goes unnoticed for hours) is refused here; JOBSYS_HEARTBEAT_S=0
+#: is how to ask for it.
+HEARTBEAT_RANGE = (1, 600)
+
+
+def _keep_heartbeat(ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        ctx.meta[_HEARTBEAT] = value
+
+
 def connection_options(func: F) -> F:
-    """Add ``--url``, ``--ca-file`` and ``--insecure`` to a command."""
+    """Add ``--url``, ``--ca-file``, ``--insecure`` and ``--heartbeat`` to a command (the
+    heartbeat reaches the settings through ``build_settings``, not as a parameter)."""
+    func = click.option(
+        "--heartbeat",
+        type=click.IntRange(*HEARTBEAT_RANGE),
+        default=None,
+        metavar="SECONDS",
+        expose_value=False,
+        callback=_keep_heartbeat,
+        help=(
+            "AMQP heartbeat in seconds, 1 to 600: a connection silent for about two "
+            "heartbeats is taken as dead. Env: JOBSYS_HEARTBEAT_S (default 20)."
+        ),
+    )(func)
     func = click.option(
         "--insecure",
         is_flag=True,
@@ -118,8 +144,12 @@ def add_verbose_option(command: click.Command) -> None:
 def build_settings(url: str | None, ca_file: str | None, insecure: bool) -> Settings:
     """Settings from the environment, overridden by command-line options; checked once, with
     the options applied (``--insecure`` counts for a URL from ``JOBSYS_URL`` too)."""
+    ctx = click.get_current_context(silent=True)
+    heartbeat = ctx.meta.get(_HEARTBEAT) if ctx is not None else None
     try:
-        return Settings.from_env(url=url, ca_file=ca_file, insecure_tls=insecure or None)
+        return Settings.from_env(
+            url=url, ca_file=ca_file, insecure_tls=insecure or None, heartbeat_s=heartbeat
+        )
     except ConfigError as exc:
         raise click.exceptions.Exit(fail(str(exc), EXIT_INVALID)) from None
 

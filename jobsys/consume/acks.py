@@ -4,16 +4,26 @@ Jobs that finish in the same event-loop turn are acked with one ``basic.ack(mult
 covering a contiguous run of delivery tags. A tag is only covered when every lower tag still
 unsettled on the channel is ready too, so no job is ever acked before it finished, and none
 that is being requeued.
+
+An ack has no reply in AMQP: written into a socket that is already dead, it is lost without an
+error, and the broker redelivers the job. So a batch of acks counts as sent only once a cheap
+synchronous method sent after it on the same channel (``prove``, the worker's ``basic.qos``
+with the prefetch it already has) is answered: the broker handles a channel's frames in order,
+so its reply shows every ack before it arrived. One round trip is in flight at a time; acks
+written meanwhile wait for the next one, so a busy channel costs one ``basic.qos`` per round
+trip, not one per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiormq.exceptions
 from aio_pika.exceptions import ChannelClosed, ChannelInvalidStateError
+
+from jobsys.broker.connection import cancel_requested
 
 #: Errors that mean the delivery's channel is gone: the broker has already requeued the job.
 CHANNEL_GONE = (ChannelInvalidStateError, ChannelClosed, aiormq.exceptions.AMQPConnectionError)
@@ -51,12 +61,16 @@ class Acks(Generic[T]):
         self,
         channel: AckChannel,
         on_sent: Callable[[list[T], list[T]], None],
+        prove: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.channel = channel
         self._on_sent = on_sent  # (acked jobs, jobs whose ack found the channel gone)
+        self._prove = prove  # a round trip after a batch (module docstring)
         self._pending: dict[int, T | None] = {}  # delivery tag -> job once ready; tag order
         self._scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
+        self._unproven: list[T] = []  # acks written, waiting for the next round trip
+        self._proving = False  # one round trip at a time; it proves every ack written before
 
     def track(self, tag: int) -> None:
         """Note a delivery as unsettled."""
@@ -101,7 +115,39 @@ class Acks(Generic[T]):
                 lost += jobs
             else:
                 sent += jobs
-        self._on_sent(sent, lost)
+        if self._prove is None:
+            self._on_sent(sent, lost)
+            return
+        if lost:
+            self._on_sent([], lost)
+        self._unproven += sent
+        if self._proving:
+            return  # the round trip under way, or the next one, covers these too
+        self._proving = True
+        try:
+            while self._unproven:
+                batch, self._unproven = self._unproven, []
+                if await self._proven(self._prove):
+                    self._on_sent(batch, [])
+                else:
+                    self._on_sent([], batch)
+        finally:
+            self._proving = False
+
+    @staticmethod
+    async def _proven(prove: Callable[[], Awaitable[Any]]) -> bool:
+        """True once the broker answered the round trip after the acks just written."""
+        try:
+            await prove()
+        except CHANNEL_GONE:
+            return False
+        except asyncio.CancelledError:
+            # aiormq cancels the waits of a connection it declared dead; a real cancellation
+            # of this flush (the worker stopping at once) goes on up.
+            if cancel_requested():
+                raise
+            return False
+        return True
 
     async def nack(self, tag: int) -> bool:
         """Requeue ``tag``; False when the channel is gone (it was requeued anyway)."""

@@ -10,18 +10,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import ChannelNotFoundEntity
+from aiormq.channel import EXCEPTION_MAPPING
 
-from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
+from jobsys.broker.connection import (
+    BrokerConnection,
+    broker_errors,
+    close_quietly,
+    translate_error,
+)
 from jobsys.errors import AccessRefused, JobsysError, TopologyError
 from jobsys.topology.model import dead_letter_queue_name
+from jobsys.wire.display import cut, escape
 
 log = logging.getLogger(__name__)
+
+
+def broker_close_reason(exc: BaseException | None) -> str | None:
+    """``"406 PRECONDITION_FAILED - ..."`` for a channel the broker closed (code and its text,
+    escaped and cut to a line), None for a channel closed by jobsys or with its connection."""
+    if not isinstance(exc, aiormq.exceptions.ChannelClosed):
+        return None
+    code: object = next((c for c, kind in EXCEPTION_MAPPING.items() if type(exc) is kind), None)
+    args = list(exc.args)
+    if code is None and args and isinstance(args[0], int):
+        code = args.pop(0)
+    text = next((a for a in args if isinstance(a, str)), "")
+    if code is None and not text:
+        return None  # close-ok: the channel was closed on jobsys's own request
+    return f"{code if code is not None else '?'} {cut(escape(text), 300)}".strip()
 
 
 class FaultWatch:
@@ -78,11 +102,25 @@ class FaultWatch:
         """Start watching the connection for losses."""
         self._connection.connection.close_callbacks.add(self._on_connection_lost)
 
-    async def watch_channel(self, channel: AbstractRobustChannel) -> None:
-        """Notice when the broker cancels a consumer on ``channel`` (e.g. queue deleted)."""
+    async def watch_channel(self, channel: AbstractRobustChannel, queue: str = "") -> None:
+        """Notice when the broker cancels a consumer on ``channel`` (e.g. queue deleted), and
+        say why when it closes the channel (a consumer timeout, a refused operation): the
+        robust channel opens a new one and the worker consumes ``queue`` on it again."""
         self._channels.append(channel)
         channel.reopen_callbacks.add(self._hook_cancel)
+        channel.close_callbacks.add(functools.partial(self._on_channel_closed, queue))
         await self._hook_cancel(channel)
+
+    def _on_channel_closed(self, queue: str, _channel: Any, exc: BaseException | None) -> None:
+        reason = broker_close_reason(exc)
+        if reason is None or self._closed:
+            return  # closed by jobsys, or with its connection (logged once, as a loss)
+        log.warning(
+            "the broker closed the channel consuming %s: %s; opening a new channel and "
+            "consuming again (the broker requeued the jobs it held unacked)",
+            escape(queue),
+            reason,
+        )
 
     async def _hook_cancel(self, channel: Any, *_: Any) -> None:
         # Each reopen brings a new aiormq channel under the robust one; hook every one.
@@ -98,9 +136,16 @@ class FaultWatch:
             with contextlib.suppress(Exception):
                 await self._on_cancelled()
 
-    def _on_connection_lost(self, *_: Any) -> None:
+    def _on_connection_lost(self, _connection: Any = None, exc: Any = None, *_: Any) -> None:
         if self._closed:
             return
+        # Called for the loss and for every failed reconnect attempt after it: a refused one
+        # (credentials, vhost, permissions) ends the worker at once, not at the next probe.
+        if isinstance(exc, BaseException):
+            error = translate_error(exc, self._connection.settings)
+            if isinstance(error, AccessRefused):
+                self._on_fatal(error)
+                return
         if self._probe is None or self._probe.done():
             log.warning("connection to the broker lost; reconnecting")
             self._probe = self._spawn(self._probe_until_healthy())

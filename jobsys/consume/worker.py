@@ -156,7 +156,7 @@ class Worker:
             pool.channel = await self._connection.channel(confirms=False, prefetch=pool.prefetch)
             # A passive declare, which the robust channel repeats after every reconnect.
             await pool.channel.get_queue(pool.queue, ensure=True)
-            await watch.watch_channel(pool.channel)
+            await watch.watch_channel(pool.channel, pool.queue)
             pool.channel.reopen_callbacks.add(functools.partial(self._on_reopen, pool))
             pool.consuming = True
             await self._subscribe(pool)
@@ -329,7 +329,10 @@ class Worker:
         if pool.acks is None or pool.acks.channel is not channel:
             # The channel reopened (or this is the first delivery): delivery tags start again.
             assert self._settler is not None
-            pool.acks = Acks(channel, self._settler.on_acks_sent)
+            # The acks count as sent once a basic.qos after them (the prefetch it already
+            # has, so nothing changes) is answered: an ack into a dead socket is lost silently.
+            prove = functools.partial(channel.basic_qos, prefetch_count=pool.prefetch)
+            pool.acks = Acks(channel, self._settler.on_acks_sent, prove)
         return pool.acks
 
     async def _on_message(self, pool: Pool, message: DeliveredMessage) -> None:

@@ -6,6 +6,7 @@ still running (or being requeued) below a finished one splits the run.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aio_pika.exceptions import ChannelInvalidStateError
@@ -95,3 +96,49 @@ async def test_acks_on_a_channel_that_is_gone_are_reported_lost_not_done() -> No
     assert reported == [([], [1])]
     acks.track(2)
     assert await acks.nack(2) is False  # the broker requeued it already
+
+
+async def test_acks_count_as_sent_only_once_the_round_trip_after_them_is_answered() -> None:
+    # An ack written into a dead socket raises nothing; only the reply to the round trip
+    # sent after it shows the broker got it.
+    channel = _RecordingChannel()
+    reported: list[tuple[list[int], list[int]]] = []
+    answered = True
+
+    async def prove() -> None:
+        if not answered:
+            raise ChannelInvalidStateError("connection lost before the reply")
+
+    acks: Acks[_Finished] = Acks(
+        channel,
+        lambda sent, lost: reported.append(([j.tag for j in sent], [j.tag for j in lost])),
+        prove,
+    )
+    for tag in (1, 2):
+        acks.track(tag)
+    acks.ack(_Finished(1))
+    await acks.flushed()
+    answered = False
+    acks.ack(_Finished(2))
+    await acks.flushed()
+    assert channel.sent == [(1, True), (2, True)]  # both written
+    assert reported == [([1], []), ([], [2])]  # only the first proven
+
+
+async def test_a_round_trip_cancelled_by_a_dead_connection_reports_the_acks_lost() -> None:
+    # aiormq cancels the waits of a connection it declared dead (no one cancelled the flush).
+    channel = _RecordingChannel()
+    reported: list[tuple[list[int], list[int]]] = []
+
+    async def prove() -> None:
+        raise asyncio.CancelledError
+
+    acks: Acks[_Finished] = Acks(
+        channel,
+        lambda sent, lost: reported.append(([j.tag for j in sent], [j.tag for j in lost])),
+        prove,
+    )
+    acks.track(1)
+    acks.ack(_Finished(1))
+    await acks.flushed()
+    assert reported == [([], [1])]

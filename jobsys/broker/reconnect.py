@@ -1,0 +1,213 @@
+"""How jobsys retries a connection to the broker, and how it lets one go.
+
+One backoff for both kinds of retry: the first connect (``connect_retrying``, for up to
+``connect_deadline_s``) and every reconnect of a robust connection after a loss
+(``ReconnectingConnection``, for as long as the connection is wanted). The n-th failed attempt
+is followed by a pause of ``reconnect_min_s * 2**(n-1)``, capped at ``reconnect_max_s``
+(0.5 s, 1 s, 2 s, 4 s, 5 s, 5 s, ... by default), and each attempt may take at most
+``connect_timeout_s``. Every failed attempt is one log line: the attempt, the reason and when
+the next one starts. A failure that waiting cannot heal (a host name that does not resolve,
+refused credentials or vhost, a TLS failure) is not retried.
+
+aio-pika's robust connection runs its own reconnect loop with a fixed interval; jobsys keeps
+that loop (it restores channels, QoS and consumers) and gives it the backoff instead:
+``reconnect_interval`` is read before every pause, and the close and connected hooks count the
+attempts. tenacity drives the first connect, where jobsys owns the loop.
+
+``close_within`` bounds a close: the broker stops reading a connection it blocked (a memory or
+disk alarm), so once the socket's buffers are full the close frame cannot even be written, and
+aiormq would wait three heartbeats and then for the buffers to drain, which they never do. After
+``CLOSE_TIMEOUT_S`` the socket is dropped instead (jobsys keeps the writer aiormq opens, through
+its ``transport_factory``, for that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
+
+from jobsys.errors import AccessRefused, ConnectionFailed, HostNotFound, TLSHandshakeFailed
+from jobsys.settings import Settings
+
+log = logging.getLogger("jobsys.broker.connection")
+
+#: How long closing a connection may take before its socket is dropped.
+CLOSE_TIMEOUT_S = 2.0
+
+
+def reconnect_delay(settings: Settings, failures: int) -> float:
+    """The pause after the ``failures``-th failed attempt in a row (1 for the first)."""
+    exponent = min(max(failures, 1) - 1, 32)  # 2**32 * any sane minimum is past every cap
+    return float(min(settings.reconnect_max_s, settings.reconnect_min_s * 2.0**exponent))
+
+
+def can_heal(exc: BaseException) -> bool:
+    """True for a connect failure that may heal by waiting (refused, reset, timed out); False
+    for one that fails the same way every time (see the module docstring)."""
+    return isinstance(exc, ConnectionFailed) and not isinstance(
+        exc, TLSHandshakeFailed | HostNotFound | AccessRefused
+    )
+
+
+def connect_retrying(settings: Settings) -> AsyncRetrying:
+    """tenacity's loop for the first connect: retries what ``can_heal`` until
+    ``connect_deadline_s``, logging each failed attempt (``before_sleep``)."""
+
+    def log_attempt(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        delay = state.upcoming_sleep
+        log.warning(
+            "connect attempt %d to %s failed: %s; next try in %.1fs (giving up after %gs)",
+            state.attempt_number,
+            settings.masked_url,
+            short_reason(exc),
+            delay,
+            settings.connect_deadline_s,
+        )
+
+    return AsyncRetrying(
+        retry=retry_if_exception(can_heal),
+        stop=stop_after_delay(settings.connect_deadline_s),
+        # The last pause ends at the deadline, for one last attempt there.
+        wait=lambda state: min(
+            reconnect_delay(settings, state.attempt_number),
+            max(0.0, settings.connect_deadline_s - (state.seconds_since_start or 0.0)),
+        ),
+        before_sleep=log_attempt,
+        reraise=True,
+    )
+
+
+def short_reason(exc: BaseException | None) -> str:
+    """What went wrong, in a few words: the library's own text under a jobsys error (which
+    the translation kept as the context), else the error's message."""
+    if exc is None:
+        return "unknown"
+    inner = exc.__context__ if isinstance(exc, ConnectionFailed) else None
+    if inner is not None and not isinstance(inner, ConnectionFailed):
+        args = [a for a in inner.args if isinstance(a, str)]
+        return args[0] if args else str(inner) or type(inner).__name__
+    return str(exc) or type(exc).__name__
+
+
+class _KeepWriter(TransportFactory):
+    """aiormq's own transport factory, keeping the last socket it opened (to drop it)."""
+
+    def __init__(self, inner: TransportFactory) -> None:
+        self.inner = inner
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def create(self, url: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, Any]:
+        reader, writer = await self.inner.create(url, **kwargs)
+        self.writer = writer
+        return reader, writer
+
+
+class ReconnectingConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection with jobsys's backoff and log lines (module docstring).
+
+    ``settings`` and ``scrub`` are set by ``robust_connection_class``; ``scrub`` masks secrets
+    in a library's error text."""
+
+    settings: Settings
+    scrub: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._failures = 0
+        self._live = False
+        self._delay = self.settings.reconnect_min_s
+        super().__init__(*args, **kwargs)
+        tls = self.url.scheme == "amqps"
+        self._sockets = _KeepWriter(TLSTransportFactory() if tls else TCPTransportFactory())
+        self.kwargs["transport_factory"] = self._sockets
+
+    def drop_socket(self) -> None:
+        """Abort the socket under the connection, without a close handshake."""
+        writer = self._sockets.writer
+        if writer is not None:
+            writer.transport.abort()
+
+    @property
+    def reconnect_interval(self) -> float:
+        """The pause before the next attempt (aio-pika reads it before every pause)."""
+        return self._delay
+
+    @reconnect_interval.setter
+    def reconnect_interval(self, _value: Any) -> None:
+        pass  # aio-pika's fixed interval (from the URL or its default) is replaced
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        exc = closing.exception() if closing.done() and not closing.cancelled() else None
+        if self.connection_attempt and not (self._close_called or self.is_closed):
+            reason = self.scrub(short_reason(exc)) if exc is not None else "closed"
+            if self._live:
+                self._live = False
+                log.warning(
+                    "connection to %s lost (%s); reconnecting now",
+                    self.settings.masked_url,
+                    reason,
+                )
+            else:
+                self._failures += 1
+                self._delay = reconnect_delay(self.settings, self._failures)
+                log.warning(
+                    "reconnect attempt %d to %s failed: %s; next try in %.1fs",
+                    self._failures,
+                    self.settings.masked_url,
+                    reason,
+                    self._delay,
+                )
+        await super()._on_connection_close(closing)
+
+    async def _on_connected(self) -> None:
+        reconnect = bool(self.connection_attempt)
+        await super()._on_connected()  # restores channels; raises (and closes) if that fails
+        if reconnect:
+            log.warning(
+                "reconnected to %s after %d failed attempt%s",
+                self.settings.masked_url,
+                self._failures,
+                "" if self._failures == 1 else "s",
+            )
+        self._failures = 0
+        self._delay = self.settings.reconnect_min_s
+        self._live = True
+
+
+def robust_connection_class(settings: Settings, scrub: Any) -> type[ReconnectingConnection]:
+    """A ``ReconnectingConnection`` class bound to ``settings`` (aio-pika builds the object)."""
+    return type(
+        "ReconnectingConnection",
+        (ReconnectingConnection,),
+        {"settings": settings, "scrub": staticmethod(scrub)},
+    )
+
+
+async def close_within(connection: AbstractRobustConnection, timeout_s: float) -> bool:
+    """Close ``connection``, waiting at most ``timeout_s`` for the broker's close-ok; then drop
+    the socket. True when it closed cleanly. The broker requeues what the connection held
+    either way."""
+    # Not wait_for: it would wait for the cancelled close, which waits for the socket.
+    closing = asyncio.ensure_future(connection.close())
+    done, _ = await asyncio.wait({closing}, timeout=timeout_s)
+    if done:
+        if closing.exception() is not None:
+            log.debug("closing the connection failed", exc_info=closing.exception())
+        return closing.exception() is None
+    log.warning(
+        "the broker did not answer the close within %gs (blocked by a resource alarm, or "
+        "unreachable); dropped the connection",
+        timeout_s,
+    )
+    if isinstance(connection, ReconnectingConnection):
+        connection.drop_socket()
+    done, _ = await asyncio.wait({closing}, timeout=1.0)
+    if not done:
+        closing.cancel()
+    return False
