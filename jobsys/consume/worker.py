@@ -32,11 +32,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import socket
 import time
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as distribution_version
 from typing import Any, cast
 
 import aiormq
@@ -53,7 +49,8 @@ from jobsys.consume.history import HistoryWriter
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
-from jobsys.consume.pools import Pool, describe_pools, plan_pools
+from jobsys.consume.pools import Pool, plan_pools
+from jobsys.consume.presence import banner, worker_settings
 from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
 from jobsys.consume.threads import HandlerThreads
@@ -164,17 +161,8 @@ class Worker:
         self._log_banner()
 
     def _log_banner(self) -> None:
-        # One line an operator can read at a glance: what this process serves, and where.
-        threads = self._runner.threads
-        log.info(
-            "jobsys %s worker ready (pid %d): %s; %s; broker %s (RabbitMQ %s)",
-            _jobsys_version(),
-            os.getpid(),
-            describe_pools(self.pools),
-            f"{threads.size} handler threads" if threads is not None else "no sync handlers",
-            self.settings.masked_url,
-            ".".join(map(str, self._connection.server_version)),
-        )
+        threads = self._runner.threads.size if self._runner.threads is not None else None
+        log.info(banner(self.pools, threads, self.settings, self._connection))
 
     async def _subscribe(self, pool: Pool) -> None:
         # Consuming on the aiormq channel under the robust one skips aio-pika's per-delivery
@@ -431,21 +419,3 @@ class Worker:
 
 
 __all__ = ["Worker", "WorkerOptions", "WorkerStats"]
-
-
-def worker_settings(settings: Settings) -> Settings:
-    """``settings`` with the connection named after this worker (``jobsys worker HOST pid
-    N``), so the broker's connection list (and the dashboard's workers page) tells workers
-    apart; a name the user chose is kept."""
-    if settings.client_name != "jobsys":
-        return settings
-    return settings.with_overrides(
-        client_name=f"jobsys worker {socket.gethostname()} pid {os.getpid()}"
-    )
-
-
-def _jobsys_version() -> str:
-    try:
-        return distribution_version("jobsys")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "(source)"
