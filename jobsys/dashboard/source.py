@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import JobsysError
 from jobsys.ops import dlq
+from jobsys.ops.history import job_timeline
 from jobsys.ops.status import StatusReader, StatusReport
 from jobsys.ops.workers import ConnectionInfo, read_connections
 from jobsys.publish.producer import Producer
 from jobsys.schedule.status import ScheduleRow, read_status, rows
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
+from jobsys.wire.history import HistoryEvent
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +104,11 @@ class BrokerView:
         self._connections: Connections | None = None
         self._schedules: Schedules | None = None
         self._lock = asyncio.Lock()
+        # A lookup reads the history stream from its start: one at a time, however many ask.
+        self._history_lock = asyncio.Lock()
         self._queue_locks: dict[str, asyncio.Lock] = {}
         #: Reads of the broker so far, by what they read (the bench reports broker load).
-        self.reads = {"status": 0, "connections": 0, "schedules": 0}
+        self.reads = {"status": 0, "connections": 0, "schedules": 0, "history": 0}
 
     # -- counts -----------------------------------------------------------------------------
 
@@ -160,6 +164,15 @@ class BrokerView:
                 time.time(),
             )
             return self._schedules
+
+    async def job_history(self, job_id: str, since_s: float | None) -> list[HistoryEvent]:
+        """The recorded events of ``job_id``, oldest first (``Unavailable`` when the history
+        cannot be read: off in the topology, its stream missing, the broker gone)."""
+        async with self._history_lock, self._connected() as connection:
+            self.reads["history"] += 1
+            return await job_timeline(
+                connection, self.topology, job_id, since_s=since_s, timeout_s=READ_TIMEOUT_S * 3
+            )
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[StatusReader]:

@@ -225,6 +225,7 @@ async def test_every_page_loads_in_a_browser_and_a_replayed_job_runs(
                 ("/workers", "workers", "jobsys worker"),
                 ("/delays", "delays", "Waiting in all levels"),
                 ("/schedules", "schedules", "This topology has no schedules."),
+                ("/jobs", "jobs", "Job history is off"),
                 ("/dead-letters", "dead-letters", "br.work.dead"),
                 ("/dead-letters/br.work", "dead-letter-queue", "3 jobs in br.work.dead"),
             ):

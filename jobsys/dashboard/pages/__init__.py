@@ -23,8 +23,15 @@ class Page:
 
 
 def default_pages() -> list[Page]:
-    """Queues, workers, delay levels, dead-letter queues and schedules, in the navigation's
-    order."""
-    from jobsys.dashboard.pages import deadletters, delays, queues, schedules, workers
+    """Queues, workers, delay levels, dead-letter queues, schedules and the job lookup, in the
+    navigation's order."""
+    from jobsys.dashboard.pages import deadletters, delays, jobs, queues, schedules, workers
 
-    return [queues.page(), workers.page(), delays.page(), deadletters.page(), schedules.page()]
+    return [
+        queues.page(),
+        workers.page(),
+        delays.page(),
+        deadletters.page(),
+        schedules.page(),
+        jobs.page(),
+    ]
