@@ -28,7 +28,7 @@ from jobsys.errors import BrokerError, ConfigError, TopologyError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 from jobsys.wire.headers import HEADER_JOB_ID, text
-from jobsys.wire.history import MARKER_TYPE, HistoryEvent, decode_batch, mentions
+from jobsys.wire.history import MARKER_TYPE, HistoryEvent, decode_batch, distinct, mentions
 
 #: How long a read may take before it gives up.
 DEFAULT_READ_TIMEOUT_S = 120.0
@@ -86,7 +86,8 @@ async def job_timeline(
         with contextlib.suppress(Exception):
             await close_quietly(channel)
     # By the recording hosts' clocks; a publish before what happened to the job in the same ms.
-    return sorted(reader.events, key=lambda e: (e.at_ms, e.kind not in ("published", "replayed")))
+    events = distinct(reader.events)
+    return sorted(events, key=lambda e: (e.at_ms, e.kind not in ("published", "replayed")))
 
 
 async def follow(

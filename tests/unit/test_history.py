@@ -19,6 +19,7 @@ from jobsys.wire.history import (
     HistoryEvent,
     decode_batch,
     decode_event,
+    distinct,
     encode_batch,
     encode_event,
     job_state,
@@ -262,6 +263,13 @@ async def test_closing_gives_up_on_a_stream_that_keeps_refusing() -> None:
         recorder.record(_event("started", attempt=attempt))
     await recorder.close(timeout_s=60)  # returns at the first refusal, not after 60 s
     assert (recorder.failed, recorder.dropped, recorder.written) == (2, 5, 0)
+
+
+def test_a_batch_written_twice_shows_its_events_once() -> None:
+    first, rerun = _event("started"), _event("started", pid=11)  # a real second start: kept
+    assert distinct([first, first, rerun, first]) == [first, rerun]
+    assert job_state([first, first]).interrupted == (1,)  # what a copy would look like
+    assert job_state(distinct([first, first])).interrupted == ()
 
 
 def test_events_never_carry_payloads_or_results() -> None:
