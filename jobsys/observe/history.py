@@ -3,10 +3,13 @@
 ``record`` only appends to a bounded buffer (no I/O, no await): a job's ack never waits for its
 history. A background task hands the buffer to ``sink`` (the publisher of the history stream,
 given by the worker) every ``interval_s`` or as soon as ``batch`` events wait. A history write
-that fails never fails a job: the batch is dropped, counted in ``failed``, and logged once (and
-once more when writes succeed again). A buffer that fills up (the stream unreachable for long)
-drops the oldest events, counted in ``dropped``. Like every observer here, it disables nothing
-else when it breaks.
+that fails never fails a job: it is counted in ``failed`` and logged once (and once more when
+writes succeed again), and its batch goes back to the head of the buffer to be written on the
+next try, after a backoff that doubles up to ``MAX_BACKOFF_S``: a broker restart, or a stream
+that is not yet writable just after one, costs no events. A buffer that fills up (the stream
+unreachable for long) drops the oldest events, counted in ``dropped``; so does ``close`` when
+the stream still refuses them. Like every observer here, it disables nothing else when it
+breaks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ Sink = Callable[[Sequence[HistoryEvent]], Awaitable[None]]
 
 #: Events waiting at most; beyond it the oldest go.
 DEFAULT_BUFFER = 100_000
+#: The longest wait between two tries of a batch that could not be written.
+MAX_BACKOFF_S = 5.0
 
 
 class HistoryRecorder:
@@ -48,6 +53,7 @@ class HistoryRecorder:
         self.failed = 0
         self.dropped = 0
         self._failing = False
+        self._backoff_s = interval_s
 
     def record(self, event: HistoryEvent) -> None:
         """Note ``event``; it is written within ``interval_s`` (never raises)."""
@@ -71,8 +77,11 @@ class HistoryRecorder:
                 await task
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                while self._events:
-                    await self._flush()
+                while self._events and await self._flush():
+                    pass
+        # What the stream still refuses is given up: closing never waits out an outage.
+        self.dropped += len(self._events)
+        self._events.clear()
 
     async def _run(self) -> None:
         while True:
@@ -80,29 +89,45 @@ class HistoryRecorder:
                 async with asyncio.timeout(self._interval_s):
                     await self._wake.wait()
             self._wake.clear()
-            await self._flush()
+            if not await self._flush():
+                await asyncio.sleep(self._backoff_s)
+                self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Write the oldest batch; False when the write failed (the batch is kept)."""
         if not self._events:
-            return
+            return True
         batch = [self._events.popleft() for _ in range(min(self._batch, len(self._events)))]
         try:
             await self._sink(batch)
         except asyncio.CancelledError:
+            self._put_back(batch)
             raise
         except Exception as exc:
             self.failed += len(batch)
+            self._put_back(batch)
             if not self._failing:
                 self._failing = True
                 log.warning(
-                    "job history: %d events could not be written (%s: %s); jobs are not "
-                    "affected; further failures are counted, not logged",
+                    "job history: %d events could not be written yet (%s: %s); they are kept "
+                    "and tried again; jobs are not affected; further failures are counted, "
+                    "not logged",
                     len(batch),
                     type(exc).__name__,
                     exc,
                 )
-            return
+            return False
         self.written += len(batch)
+        self._backoff_s = self._interval_s
         if self._failing:
             self._failing = False
-            log.info("job history: writing again (%d events lost meanwhile)", self.failed)
+            log.info("job history: writing again (%d events dropped meanwhile)", self.dropped)
+        return True
+
+    def _put_back(self, batch: list[HistoryEvent]) -> None:
+        """Return ``batch`` to the head of the buffer, dropping its oldest events when what was
+        recorded meanwhile leaves no room."""
+        room = (self._events.maxlen or len(batch)) - len(self._events)
+        keep = batch[len(batch) - room :] if room < len(batch) else batch
+        self.dropped += len(batch) - len(keep)
+        self._events.extendleft(reversed(keep))

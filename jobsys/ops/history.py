@@ -12,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aiormq.exceptions import (
+    ChannelPreconditionFailed,
+    ConnectionInternalError,
+    ConnectionResourceError,
+)
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
 from jobsys.errors import BrokerError, ConfigError, TopologyError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 from jobsys.wire.headers import HEADER_JOB_ID, text
-from jobsys.wire.history import MARKER_TYPE, HistoryEvent, decode_batch, mentions
+from jobsys.wire.history import MARKER_TYPE, HistoryEvent, decode_batch, distinct, mentions
 
 #: How long a read may take before it gives up.
 DEFAULT_READ_TIMEOUT_S = 120.0
@@ -63,7 +68,7 @@ async def job_timeline(
             offset: str | datetime = "first"
             if since_s is not None:
                 offset = datetime.now(UTC) - timedelta(seconds=since_s)
-            await stream.consume(reader.on_message, arguments={"x-stream-offset": offset})
+            await _consume(stream, reader.on_message, offset)
             exchange = await channel.get_exchange(own.history_exchange, ensure=False)
             await exchange.publish(
                 aio_pika.Message(b"", type=MARKER_TYPE, headers={HEADER_JOB_ID: marker}),
@@ -81,7 +86,8 @@ async def job_timeline(
         with contextlib.suppress(Exception):
             await close_quietly(channel)
     # By the recording hosts' clocks; a publish before what happened to the job in the same ms.
-    return sorted(reader.events, key=lambda e: (e.at_ms, e.kind not in ("published", "replayed")))
+    events = distinct(reader.events)
+    return sorted(events, key=lambda e: (e.at_ms, e.kind not in ("published", "replayed")))
 
 
 async def follow(
@@ -120,11 +126,35 @@ async def follow(
             offset: str | datetime = "next"
             if since_s is not None:
                 offset = datetime.now(UTC) - timedelta(seconds=since_s)
-            await stream.consume(on_message, arguments={"x-stream-offset": offset})
+            await _consume(stream, on_message, offset)
         await (stop or asyncio.Event()).wait()
     finally:
         with contextlib.suppress(Exception):
             await close_quietly(channel)
+
+
+async def _consume(
+    stream: AbstractQueue,
+    on_message: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    offset: str | datetime,
+) -> None:
+    """Read ``stream`` from ``offset``. Just after a node of a cluster went down, RabbitMQ
+    refuses a stream reader, seen on 3.10 in three ways: its whole connection closed with
+    ``RESOURCE_ERROR`` (no running local replica) or ``INTERNAL_ERROR`` (the stream's leader
+    gone, ``nodedown`` in the node's log), or its channel with ``PRECONDITION_FAILED`` (no
+    replica on the local node), until the stream has a leader again (here under a second).
+    That is no broker out of reach, and no missing stream: say what it is."""
+    try:
+        await stream.consume(on_message, arguments={"x-stream-offset": offset})
+    except (ConnectionResourceError, ConnectionInternalError, ChannelPreconditionFailed) as exc:
+        if isinstance(exc, ChannelPreconditionFailed) and "replica" not in str(exc):
+            raise
+        raise BrokerError(
+            f"the history stream {stream.name!r} cannot be read through this node right now "
+            f"({type(exc).__name__}: {exc}): its leader or its copy on this node is down — a "
+            "node of the cluster restarting or gone; try again in a few seconds, or through "
+            "another node"
+        ) from None
 
 
 class _Reader:

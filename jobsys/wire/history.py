@@ -128,6 +128,20 @@ def decode_batch(body: bytes) -> list[HistoryEvent]:
     return [event for item in items if (event := _event_of(item)) is not None]
 
 
+def distinct(events: Sequence[HistoryEvent]) -> list[HistoryEvent]:
+    """``events`` without the copies of one: a batch whose confirm was lost with the connection
+    is written again (``jobsys.observe.history``), and may have reached the stream both times.
+    An event is its kind, job, attempt, time (ms) and recording process."""
+    seen: set[tuple[object, ...]] = set()
+    kept = []
+    for event in events:
+        key = (event.kind, event.job_id, event.attempt, event.at_ms, event.host, event.pid)
+        if key not in seen:
+            seen.add(key)
+            kept.append(event)
+    return kept
+
+
 def decode_event(body: bytes) -> HistoryEvent | None:
     """The event in ``body``; None for anything that is not one."""
     try:

@@ -21,10 +21,12 @@ from jobsys.cli import main
 from jobsys.errors import ConfigError, JobFailed
 from jobsys.ops import dlq
 from jobsys.ops.history import follow, job_timeline
+from jobsys.publish.history import HistorySink
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
-from jobsys.topology.loader import LoadedTopology
+from jobsys.topology.loader import LoadedTopology, load_topology_text
 from jobsys.wire.envelope import new_job_id
+from jobsys.wire.headers import now_ms
 from jobsys.wire.history import HistoryEvent, job_state
 from tests.apps import result_apps
 from tests.apps.worker_apps import wait_until
@@ -271,3 +273,78 @@ async def test_follow_hands_over_every_event_written_from_now_on(
             )
         stop.set()
         await following
+
+
+#: The smallest history the topology allows: 16 MiB, kept in 2 MiB segments (max_bytes / 8).
+SMALL_HISTORY_YAML = result_apps.TOPOLOGY_YAML + "history: {max_age: 1m, max_bytes: 16777216}\n"
+
+
+async def _write_filler(sink: HistorySink, megabytes: int, tag: str) -> str:
+    """Write about ``megabytes`` MiB of events through the product's writer; the id of the
+    last job written."""
+    job_id = ""
+    for n in range(megabytes * 2):  # ~512 KiB a batch: 400 events of ~1.3 KiB
+        job_id = f"{tag}-{n}"
+        batch = [
+            HistoryEvent(
+                "retried",
+                job_id,
+                "add",
+                result_apps.WORK,
+                i,
+                now_ms(),
+                "h",
+                1,
+                {"error_message": "x" * 1200},
+            )
+            for i in range(400)
+        ]
+        await sink(batch)
+    return job_id
+
+
+async def _oldest_gone(settings: Settings, loaded: LoadedTopology, job_id: str) -> bool:
+    return await timeline(settings, loaded, job_id) == []
+
+
+@pytest.mark.slow
+async def test_retention_by_size_drops_the_oldest_events(
+    vhost_settings: Settings, tmp_path: Path
+) -> None:
+    loaded = load_topology_text(SMALL_HISTORY_YAML, "small-history.yaml")
+    await result_apps.apply(vhost_settings, loaded)
+    async with BrokerConnection(vhost_settings) as connection:
+        sink = HistorySink(connection, loaded.topology)
+        try:
+            await _write_filler(sink, 1, "oldest")
+            assert await timeline(vhost_settings, loaded, "oldest-0") != []
+            newest = await _write_filler(sink, 32, "newer")  # twice max_bytes
+        finally:
+            await sink.close()
+    await wait_until(
+        lambda: _oldest_gone(vhost_settings, loaded, "oldest-0"), 60, "the oldest events dropped"
+    )
+    assert await timeline(vhost_settings, loaded, newest) != []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_retention_by_age_drops_events_older_than_max_age(
+    vhost_settings: Settings, tmp_path: Path
+) -> None:
+    loaded = load_topology_text(SMALL_HISTORY_YAML, "small-history.yaml")
+    await result_apps.apply(vhost_settings, loaded)
+    async with BrokerConnection(vhost_settings) as connection:
+        sink = HistorySink(connection, loaded.topology)
+        try:
+            # The oldest events and enough after them to fill their segment (the stream drops
+            # whole segments, never the one being written).
+            await _write_filler(sink, 3, "old")
+            await asyncio.sleep(62)  # past max_age: 1m
+            newest = await _write_filler(sink, 3, "new")  # a new segment: retention runs
+        finally:
+            await sink.close()
+    await wait_until(
+        lambda: _oldest_gone(vhost_settings, loaded, "old-0"), 60, "the old events dropped"
+    )
+    assert await timeline(vhost_settings, loaded, newest) != []

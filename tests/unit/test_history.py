@@ -19,11 +19,13 @@ from jobsys.wire.history import (
     HistoryEvent,
     decode_batch,
     decode_event,
+    distinct,
     encode_batch,
     encode_event,
     job_state,
     mentions,
 )
+from tests.harness.worker_subprocess import wait_until
 
 BASE = """\
 version: 1
@@ -203,7 +205,8 @@ async def test_a_failing_write_is_counted_and_logged_once(caplog: pytest.LogCapt
             recorder.record(_event("started"))
             await asyncio.sleep(0.02)
         await recorder.close()
-    assert (recorder.failed, recorder.written) == (3, 2)
+    # The event whose write failed three times was kept and written on the fourth try.
+    assert (recorder.failed, recorder.written, recorder.dropped) == (3, 5, 0)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "could not be written" in warnings[0].getMessage()
     assert any("writing again" in r.getMessage() for r in caplog.records)
@@ -217,6 +220,56 @@ async def test_a_full_buffer_drops_the_oldest_events() -> None:
     assert recorder.dropped == 2
     await recorder.close()
     assert [e.attempt for e in sink.batches[0]] == [3, 4, 5]
+
+
+async def test_a_batch_that_could_not_be_written_is_kept_in_order_for_the_next_try() -> None:
+    sink = _Sink(fail=2)
+    recorder = HistoryRecorder(sink, interval_s=0.001, batch=2)
+    recorder.start()
+    for attempt in range(1, 6):
+        recorder.record(_event("started", attempt=attempt))
+    await wait_until(lambda: recorder.written == 5, 10, "all written")
+    await recorder.close()
+    assert [e.attempt for b in sink.batches for e in b] == [1, 2, 3, 4, 5]
+    assert (recorder.failed, recorder.dropped) == (4, 0)
+
+
+async def test_a_kept_batch_gives_way_to_newer_events_when_the_buffer_is_full() -> None:
+    written: list[int] = []
+
+    async def sink(batch: Sequence[HistoryEvent]) -> None:
+        if not written:
+            written.append(0)
+            # Recorded while the write was failing: the buffer has room for two more only.
+            recorder.record(_event("started", attempt=4))
+            recorder.record(_event("started", attempt=5))
+            raise ConnectionError("stream unreachable")
+        written.extend(e.attempt for e in batch)
+
+    recorder = HistoryRecorder(sink, interval_s=0.001, buffer=4, batch=3)
+    for attempt in range(1, 4):
+        recorder.record(_event("started", attempt=attempt))
+    recorder.start()
+    await wait_until(lambda: recorder.written == 4, 10, "the rest written")
+    await recorder.close()
+    assert written[1:] == [2, 3, 4, 5]
+    assert recorder.dropped == 1
+
+
+async def test_closing_gives_up_on_a_stream_that_keeps_refusing() -> None:
+    sink = _Sink(fail=10**6)
+    recorder = HistoryRecorder(sink, batch=2)
+    for attempt in range(1, 6):
+        recorder.record(_event("started", attempt=attempt))
+    await recorder.close(timeout_s=60)  # returns at the first refusal, not after 60 s
+    assert (recorder.failed, recorder.dropped, recorder.written) == (2, 5, 0)
+
+
+def test_a_batch_written_twice_shows_its_events_once() -> None:
+    first, rerun = _event("started"), _event("started", pid=11)  # a real second start: kept
+    assert distinct([first, first, rerun, first]) == [first, rerun]
+    assert job_state([first, first]).interrupted == (1,)  # what a copy would look like
+    assert job_state(distinct([first, first])).interrupted == ()
 
 
 def test_events_never_carry_payloads_or_results() -> None:
