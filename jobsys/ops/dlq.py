@@ -151,6 +151,10 @@ async def peek(
         if last is not None:
             # One nack puts every job read back, in order, without a redelivery loop.
             await last.nack(multiple=True, requeue=True)
+            # The nack has no answer; a passive declare of the same queue after it does, and
+            # the queue answers it only once the requeue is done. Without it, the next look
+            # could start while jobs were still on their way back, count fewer and stop short.
+            await _message_count(channel, dlq_name)
         return PeekResult(jobs=jobs, scanned=scanned, total=total)
     finally:
         await close_quietly(channel)
