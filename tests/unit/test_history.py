@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobsys.errors import TopologyLoadError
 from jobsys.observe.history import HistoryRecorder
@@ -131,6 +133,63 @@ def test_a_batch_round_trips_and_skips_what_is_not_an_event() -> None:
     assert decode_batch(b'[{"kind": "started"}, 5, null]') == []
     assert decode_batch(b"\xff") == []
     assert decode_batch(encode_event(events[0])) == [events[0]]  # a lone event too
+
+
+_texts = st.text(max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    job_id=_texts,
+    job_type=_texts,
+    queue=_texts,
+    host=_texts,
+    attempt=st.integers(min_value=1, max_value=2**40),
+    pid=st.integers(min_value=0, max_value=2**31),
+    message=_texts,
+    duration=st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_the_event_template_writes_what_json_writes(
+    job_id: str,
+    job_type: str,
+    queue: str,
+    host: str,
+    attempt: int,
+    pid: int,
+    message: str,
+    duration: float,
+) -> None:
+    # The oracle: json.dumps of the event as a dict, as the encoder wrote it before the template.
+    for details in ({}, {"error_message": message, "duration_ms": duration}):
+        event = HistoryEvent("retried", job_id, job_type, queue, attempt, 17, host, pid, details)
+        expected = {
+            "kind": "retried",
+            "job_id": job_id,
+            "job_type": job_type,
+            "queue": queue,
+            "attempt": attempt,
+            "at_ms": 17,
+            "host": host,
+            "pid": pid,
+            "details": details,
+        }
+        oracle = json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode()
+        assert encode_event(event) == oracle
+        assert encode_batch([event, event]) == b"[" + oracle + b"," + oracle + b"]"
+
+
+def test_text_that_is_not_unicode_is_written_escaped_and_spares_the_rest_of_the_batch() -> None:
+    # A handler's exception message built from undecodable bytes holds lone surrogates, which
+    # no UTF-8 encoder accepts; before, such an event made its batch unwritable for good, and
+    # the worker's history stopped behind it.
+    bad = _event("retried", error_message=b"caf\xe9".decode("utf-8", "surrogateescape"))
+    worse = HistoryEvent("started", "id-\udc80", "j\ud800", "q", 1, 1, "h", 1, {})
+    events = [_event("started"), bad, worse, _event("succeeded", duration_ms=2.0)]
+    decoded = decode_batch(encode_batch(events))
+    assert [e.kind for e in decoded] == ["started", "retried", "started", "succeeded"]
+    assert decoded[1].details["error_message"] == "caf\\xe9"
+    assert decoded[2].job_id == "id-\\x80" and decoded[2].job_type == "j\\ud800"
+    assert decode_event(encode_event(bad)) == decoded[1]
 
 
 @pytest.mark.parametrize("job_id", ["job-1", 'quo"te', "é✓", "tab\there", "back\\slash"])
