@@ -18,7 +18,7 @@ from jobsys.consume.outcome import Outcome
 from jobsys.observe.history import HistoryRecorder
 from jobsys.publish.history import HistorySink
 from jobsys.topology.model import History, Topology
-from jobsys.wire.deadletter import error_type_name
+from jobsys.wire.deadletter import error_text, error_type_name
 from jobsys.wire.headers import now_ms
 from jobsys.wire.history import EventKind, HistoryEvent
 
@@ -62,7 +62,7 @@ class HistoryWriter:
             details["delay_s"] = outcome.delay_s
         if outcome.error is not None:
             details["error_type"] = error_type_name(outcome.error)
-            details["error_message"] = str(outcome.error) or type(outcome.error).__name__
+            details["error_message"] = error_text(outcome.error)
         if outcome.reason is not None:
             details["reason"] = outcome.reason
         self._record(kind, delivery, queue, details)

@@ -23,6 +23,7 @@ from jobsys.app import App, HookSpec
 from jobsys.broker.connection import cancel_requested
 from jobsys.duration import format_duration
 from jobsys.errors import StartupFailed
+from jobsys.wire.deadletter import error_text
 from jobsys.wire.display import escape
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def describe(exc: BaseException, timeout_s: float) -> str:
     """``RuntimeError: no database`` (shortened), or what the hook's timeout means."""
     if isinstance(exc, _Overran):
         return f"it did not finish within {format_duration(timeout_s)} (--hook-timeout)"
-    text = escape(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    said = error_text(exc)
+    text = escape(f"{type(exc).__name__}: {said}" if said != type(exc).__name__ else said)
     if len(text) > _MAX_ERROR_CHARS:
         text = text[:_MAX_ERROR_CHARS] + "…"
     return text

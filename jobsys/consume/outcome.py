@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from jobsys.wire.headers import escape_invalid
+
 OutcomeKind = Literal["ack", "retry", "dead_letter", "requeue", "wait", "cancel"]
 
 
@@ -35,12 +37,15 @@ class Outcome:
         cls, error: BaseException, *, reason: str, with_traceback: bool = True
     ) -> Outcome:
         """Give up on the job: it goes to its queue's dead-letter queue with ``reason``."""
+        # A reason quotes the handler (a Reject's text): as text every encoder takes, so the
+        # dead letter, the reply and the history event can all be written.
+        reason = escape_invalid(reason)
         return cls("dead_letter", error=error, with_traceback=with_traceback, reason=reason)
 
     @classmethod
     def retry(cls, error: BaseException, delay_s: float, reason: str) -> Outcome:
         """Run the job again after ``delay_s`` seconds, as its next attempt."""
-        return cls("retry", error=error, delay_s=delay_s, reason=reason)
+        return cls("retry", error=error, delay_s=delay_s, reason=escape_invalid(reason))
 
     @classmethod
     def done(cls, result: bytes) -> Outcome:

@@ -32,7 +32,7 @@ from pamqp import commands as spec
 from jobsys.consume.attempt import Delivery
 from jobsys.consume.outcome import Outcome
 from jobsys.errors import MessageError, Reject, ResultError
-from jobsys.wire.deadletter import error_type_name
+from jobsys.wire.deadletter import error_text, error_type_name
 from jobsys.wire.display import escape
 from jobsys.wire.reply import (
     REPLY_TYPE,
@@ -95,7 +95,7 @@ class ReplySender:
                 job_id,
                 outcome="dead_lettered",
                 error_type=error_type_name(error) if error is not None else "unknown",
-                error_message=(str(error) or type(error).__name__) if error is not None else "",
+                error_message=error_text(error) if error is not None else "",
                 attempts=delivery.attempt,
                 reason=outcome.reason,
                 safe_to_resubmit=not isinstance(error, _NOT_WORTH_RESUBMITTING),

@@ -14,6 +14,7 @@ import random
 from jobsys.consume.outcome import Outcome
 from jobsys.errors import MessageError, Reject, Retry
 from jobsys.topology.model import Delays, ExponentialBackoff, RetryPolicy
+from jobsys.wire.deadletter import error_text
 
 #: The schedule of a policy that names neither ``backoff`` nor ``delays``.
 DEFAULT_BACKOFF = ExponentialBackoff()
@@ -51,7 +52,7 @@ def decide(
         return Outcome.dead_letter(error, reason=f"rejected by the handler: {error.reason}")
     if isinstance(error, MessageError):
         return Outcome.dead_letter(
-            error, reason=f"{type(error).__name__}: {error}", with_traceback=False
+            error, reason=f"{type(error).__name__}: {error_text(error)}", with_traceback=False
         )
     blocked = _dont_retry_match(error, policy.dont_retry)
     if blocked is not None:
@@ -121,10 +122,11 @@ def _bounded(delay_s: float, max_delay_s: float) -> float:
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error)
+    name = type(error).__name__
+    text = error_text(error)
     if len(text) > _REASON_LIMIT:
         text = text[: _REASON_LIMIT - 3] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"{name}: {text}" if text != name else name
 
 
 def _dont_retry_match(error: BaseException, names: list[str]) -> str | None:

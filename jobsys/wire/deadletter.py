@@ -30,6 +30,7 @@ from jobsys.wire.headers import (
     HEADER_REPLAYS,
     HEADER_TRACEBACK,
     HEADER_WORKER_HOST,
+    escape_invalid,
     integer,
     is_routing_header,
     now_ms,
@@ -71,11 +72,26 @@ def truncate(text: str, limit: int) -> str:
 
 
 def error_type_name(exc: BaseException) -> str:
-    """``module.Class`` of an exception (just ``Class`` for builtins)."""
+    """``module.Class`` of an exception (just ``Class`` for builtins), as valid text."""
     cls = type(exc)
     if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
+        return escape_invalid(cls.__qualname__)
+    return escape_invalid(f"{cls.__module__}.{cls.__qualname__}")
+
+
+def error_text(exc: BaseException) -> str:
+    """What ``exc`` says (its class name when it says nothing), as text any encoder takes.
+
+    A handler's exception is input like any other: its message may hold lone surrogates (built
+    from bytes that are not UTF-8), which would make every record, reply and history event
+    carrying it unencodable, and its ``__str__`` may raise. Neither may stop a job from being
+    settled.
+    """
+    try:
+        said = str(exc)
+    except Exception as broken:  # any failure of a user's __str__ is reported, not raised
+        said = f"(its message could not be read: {type(broken).__name__})"
+    return escape_invalid(said or type(exc).__name__)
 
 
 def format_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
@@ -104,8 +120,8 @@ def record_for(
     traceback would only show jobsys's own decoding code."""
     return DeadLetterRecord(
         error_type=error_type_name(exc),
-        error_message=truncate(str(exc) or type(exc).__name__, TEXT_LIMIT),
-        traceback=format_traceback(exc) if with_traceback else None,
+        error_message=truncate(error_text(exc), TEXT_LIMIT),
+        traceback=escape_invalid(format_traceback(exc)) if with_traceback else None,
         attempts=attempts,
         failed_at_ms=failed_at_ms,
         exchange=exchange,
@@ -113,7 +129,7 @@ def record_for(
         queue=queue,
         worker_host=worker_host,
         first_failed_at_ms=first_failed_at_ms,
-        reason=truncate(reason, TEXT_LIMIT) if reason is not None else None,
+        reason=truncate(escape_invalid(reason), TEXT_LIMIT) if reason is not None else None,
     )
 
 

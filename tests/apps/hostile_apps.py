@@ -19,6 +19,7 @@ from pamqp import commands as spec
 
 from jobsys.app import App, JobContext
 from jobsys.broker.connection import BrokerConnection
+from jobsys.errors import Reject
 from jobsys.ops.declare import apply_topology
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology_text
@@ -51,6 +52,11 @@ job_types:
   blocks: {exchange: hx.jobs, routing_key: work, timeout: 1s, retry: {max_attempts: 1}}
   sync_hangs: {exchange: hx.jobs, routing_key: work, timeout: 1s, retry: {max_attempts: 1}}
   fails: {exchange: hx.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 1}}
+  garbled:
+    {exchange: hx.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 2, delays: [1s]}}
+  unprintable:
+    {exchange: hx.jobs, routing_key: work, timeout: 10s, retry: {max_attempts: 2, delays: [1s]}}
+  rejects_garbled: {exchange: hx.jobs, routing_key: work, timeout: 10s}
 """
 
 WORK = "hx.work"
@@ -73,6 +79,17 @@ class Weird(BaseException):
     """Neither an Exception nor a cancellation: what a careless library might raise."""
 
 
+#: Text built from bytes that are not UTF-8: lone surrogates, which no encoder accepts.
+GARBLED = "caf" + b"\xe9".decode("utf-8", "surrogateescape")
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot even be read."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
 app = App()
 
 
@@ -91,6 +108,24 @@ async def other_quick(payload: dict[str, Any], ctx: JobContext) -> None:
 async def weird(payload: dict[str, Any], ctx: JobContext) -> None:
     _seen(ctx)
     raise Weird("not an Exception")
+
+
+@app.handler("garbled")
+async def garbled(payload: dict[str, Any], ctx: JobContext) -> None:
+    _seen(ctx)
+    raise ValueError(f"bad name {GARBLED}")
+
+
+@app.handler("unprintable")
+async def unprintable(payload: dict[str, Any], ctx: JobContext) -> None:
+    _seen(ctx)
+    raise Unprintable
+
+
+@app.handler("rejects_garbled")
+async def rejects_garbled(payload: dict[str, Any], ctx: JobContext) -> None:
+    _seen(ctx)
+    raise Reject(f"bad name {GARBLED}")
 
 
 @app.handler("exits")

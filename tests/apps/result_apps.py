@@ -52,6 +52,7 @@ job_types:
     timeout: 10s
     retry: {max_attempts: 2, delays: [1s]}
   refuse: {exchange: rs.jobs, routing_key: work, timeout: 10s}
+  refuse_garbled: {exchange: rs.jobs, routing_key: work, timeout: 10s}
   hold: {exchange: rs.jobs, routing_key: work, timeout: 30s}
 """
 
@@ -143,6 +144,12 @@ async def always_fails(payload: Any) -> int:
 @app.handler("refuse")
 async def refuse(payload: Any) -> int:
     raise Reject("not for us")
+
+
+@app.handler("refuse_garbled")
+async def refuse_garbled(payload: Any) -> int:
+    # A message built from bytes that are not UTF-8: lone surrogates no encoder accepts.
+    raise Reject("bad name " + b"caf\xe9".decode("utf-8", "surrogateescape"))
 
 
 @app.handler("hold")

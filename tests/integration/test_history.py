@@ -114,6 +114,26 @@ async def test_timelines_of_a_success_a_retried_job_and_a_dead_letter(
     assert succeeded.pid == os.getpid()
 
 
+async def test_an_error_text_that_is_not_unicode_is_recorded_escaped_and_history_goes_on(
+    vhost_settings: Settings, loaded: LoadedTopology, producer: Producer
+) -> None:
+    # Before, the event could not be encoded: its batch was retried for good and every later
+    # event of the worker stayed unwritten.
+    garbled, later = new_job_id(), new_job_id()
+    async with running_worker(result_apps.app, loaded, vhost_settings):
+        with pytest.raises(JobFailed):
+            await producer.call("refuse_garbled", {}, timeout_s=30, job_id=garbled)
+        assert await producer.call("add", {"a": 2, "b": 2}, timeout_s=30, job_id=later) == 4
+        assert await kinds_until(vhost_settings, loaded, later, "succeeded") == [
+            "published",
+            "started",
+            "succeeded",
+        ]
+    events = await timeline(vhost_settings, loaded, garbled)
+    assert [e.kind for e in events] == ["published", "started", "dead_lettered"]
+    assert "caf\\xe9" in events[-1].details["reason"]
+
+
 async def test_a_worker_killed_mid_job_shows_the_interrupted_attempt_and_the_rerun(
     vhost_settings: Settings, loaded: LoadedTopology, producer: Producer, tmp_path: Path
 ) -> None:

@@ -148,6 +148,38 @@ async def test_a_handler_raising_a_base_exception_is_settled_and_the_worker_serv
     assert await queue_depth(vhost_settings, WORK) == 0
 
 
+@pytest.mark.parametrize(
+    ("job_type", "runs", "error_type", "said"),
+    [
+        ("garbled", 2, "ValueError", "bad name caf\\xe9"),
+        ("unprintable", 2, "tests.apps.hostile_apps.Unprintable", "could not be read"),
+        ("rejects_garbled", 1, "jobsys.errors.Reject", "bad name caf\\xe9"),
+    ],
+)
+async def test_an_error_whose_text_cannot_be_encoded_or_read_is_settled_once_and_said_escaped(
+    vhost_settings: Settings,
+    loaded: LoadedTopology,
+    job_type: str,
+    runs: int,
+    error_type: str,
+    said: str,
+) -> None:
+    # Before, the dead-letter copy could not be encoded (even trimmed): the job was requeued
+    # and ran again at once, for ever. An unreadable message raised out of the settlement.
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        [bad] = await publish(vhost_settings, loaded, job_type, [{}])
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the job dead-lettered")
+        good = await publish(vhost_settings, loaded, "quick", [{}] * 3)
+        await wait_until(lambda: _ran(good), what="the next jobs run")
+        assert not worker.stopping
+    assert SEEN[bad] == runs
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert dead.headers["jobsys-error-type"] == error_type
+    record = f"{dead.headers['jobsys-error-message']} {dead.headers['jobsys-dead-letter-reason']}"
+    assert said in record
+    assert await queue_depth(vhost_settings, WORK) == 0
+
+
 async def test_sys_exit_in_a_handler_never_ends_a_supervised_worker_process(
     vhost_settings: Settings, loaded: LoadedTopology, tmp_path: Path
 ) -> None:
