@@ -132,17 +132,21 @@ def job_metrics_registry() -> CollectorRegistry:
     return registry
 
 
+#: The probe paths, and what each reports (``Health.live``, ``Health.ready``).
+LIVE_PATH, READY_PATH = "/livez", "/readyz"
+
+
 def probes_and_metrics(metrics_app: WSGIApplication, health: HealthSource) -> WSGIApplication:
     """``/livez`` and ``/readyz`` (200 or 503, with one line saying why), every other path the
     metrics as prometheus-client serves them."""
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path not in ("/livez", "/readyz"):
+        if path not in (LIVE_PATH, READY_PATH):
             return metrics_app(environ, start_response)
         try:
             state = health()
-            ok, detail = (state.live if path == "/livez" else state.ready), state.detail
+            ok, detail = (state.live if path == LIVE_PATH else state.ready), state.detail
         except Exception as exc:  # a probe must answer, and say why it cannot tell
             ok, detail = False, f"health unknown: {type(exc).__name__}"
         body = f"{'ok' if ok else 'not ' + path[1:-1]}: {detail}\n".encode()
