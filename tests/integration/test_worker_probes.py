@@ -11,10 +11,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 
+from jobsys.observe.health import Health
 from jobsys.settings import Settings
-from tests.apps import hostile_apps
+from tests.apps import hostile_apps, worker_apps
 from tests.apps.worker_apps import WORK, apply, loaded_topology, publish
+from tests.harness.fault_proxy import FaultProxy
+from tests.harness.running import running_worker
 from tests.harness.worker_subprocess import WorkerSubprocess, wait_until
 from tests.integration.test_worker_metrics import _free_ports, sample, scrape
 
@@ -118,3 +122,26 @@ def _in_flight(port: int) -> Callable[[], Awaitable[bool]]:
         return sample(await scrape(port), "jobsys_jobs_in_flight", job_type="slow", queue=WORK) == 1
 
     return check
+
+
+async def test_a_worker_that_lost_its_connection_is_live_but_not_ready_until_it_reconnects(
+    vhost_settings: Settings, fault_proxy: FaultProxy
+) -> None:
+    loaded = loaded_topology()
+    await apply(vhost_settings, loaded)
+    settings = vhost_settings.with_overrides(
+        url=fault_proxy.url(vhost=quote(vhost_settings.vhost, safe="")), heartbeat_s=2
+    )
+    async with running_worker(worker_apps.app, loaded, settings) as worker:
+        assert worker.health() == Health(live=True, ready=True, detail="consuming")
+        fault_proxy.set_mode("reset")  # drops the connection and refuses new ones
+        await wait_until(lambda: not worker.health().ready, 10, "not ready")
+        assert worker.health() == Health(
+            live=True, ready=False, detail="reconnecting to the broker"
+        )
+        fault_proxy.set_mode("pass")
+        await wait_until(lambda: worker.health().ready, 30, "ready again after reconnecting")
+        worker.request_stop()
+        assert worker.health() == Health(
+            live=True, ready=False, detail="draining: taking no new jobs"
+        )
