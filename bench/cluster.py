@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 
 from bench.publish import JOB_TYPE, _payload
-from jobsys.publish.producer import JobRequest, Producer, Receipt
+from jobsys.publish.producer import DEFAULT_WINDOW, JobRequest, Producer, Receipt
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
 from tests.harness.rabbit_node import RabbitCluster
@@ -52,8 +52,8 @@ class Lane:
     """One producer connected to one node, publishing to one queue (declared through that
     node, so a quorum queue's leader is that node: ``client-local`` placement)."""
 
-    def __init__(self, url: str, queue_type: str, token: str) -> None:
-        self.url, self.queue_type = url, queue_type
+    def __init__(self, url: str, queue_type: str, token: str, window: int) -> None:
+        self.url, self.queue_type, self.window = url, queue_type, window
         self.queue_name = f"bench.cluster-{queue_type}-{token}"
 
     async def open(self) -> None:
@@ -83,7 +83,7 @@ class Lane:
 
     async def jobsys(self, n: int) -> int:
         results = await self.producer.publish_many(
-            JobRequest(JOB_TYPE, _payload(i)) for i in range(n)
+            (JobRequest(JOB_TYPE, _payload(i)) for i in range(n)), window=self.window
         )
         return sum(isinstance(r, Receipt) for r in results)
 
@@ -105,11 +105,17 @@ async def _rate(lanes: list[Lane], n: int, work: Callable[[Lane], Awaitable[int]
 
 
 async def scenario(
-    cluster: RabbitCluster, name: str, queue_type: str, lane_count: int, n: int, rounds: int
+    cluster: RabbitCluster,
+    name: str,
+    queue_type: str,
+    lane_count: int,
+    n: int,
+    rounds: int,
+    window: int,
 ) -> dict[str, object]:
     token = uuid.uuid4().hex[:8]
     urls = cluster.urls[:lane_count]
-    lanes = [Lane(url, queue_type, f"{token}-{i}") for i, url in enumerate(urls)]
+    lanes = [Lane(url, queue_type, f"{token}-{i}", window) for i, url in enumerate(urls)]
     for lane in lanes:
         await lane.open()
     leaders = (
@@ -133,7 +139,7 @@ async def scenario(
     }
 
 
-async def run(n: int, rounds: int) -> list[dict[str, object]]:
+async def run(n: int, rounds: int, window: int) -> list[dict[str, object]]:
     first = int(os.environ.get("JOBSYS_TEST_NODES_FROM", "60"))
     with tempfile.TemporaryDirectory(prefix="jobsys-bench-cluster-") as base:
         cluster = RabbitCluster((first + 1, first + 2, first + 3), base)
@@ -142,8 +148,12 @@ async def run(n: int, rounds: int) -> list[dict[str, object]]:
             cluster.start()
             print(f"cluster of 3 nodes formed in {time.monotonic() - started:.0f}s", flush=True)
             return [
-                await scenario(cluster, "classic queue, 1 producer", "classic", 1, n, rounds),
-                await scenario(cluster, "1 quorum queue, 1 producer", "quorum", 1, n, rounds),
+                await scenario(
+                    cluster, "classic queue, 1 producer", "classic", 1, n, rounds, window
+                ),
+                await scenario(
+                    cluster, "1 quorum queue, 1 producer", "quorum", 1, n, rounds, window
+                ),
                 await scenario(
                     cluster,
                     "3 quorum queues, leaders on 3 nodes, 3 producers",
@@ -151,6 +161,7 @@ async def run(n: int, rounds: int) -> list[dict[str, object]]:
                     3,
                     n,
                     rounds,
+                    window,
                 ),
             ]
         finally:
@@ -162,9 +173,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=3000, help="jobs per producer per run")
     parser.add_argument("--rounds", type=int, default=2, help="rounds (default 2)")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="publish_many window")
     args = parser.parse_args()
-    results = asyncio.run(run(args.n, args.rounds))
-    print(f"cluster publish benchmark: {args.n} persistent confirmed jobs per producer per run")
+    results = asyncio.run(run(args.n, args.rounds, args.window))
+    print(
+        f"cluster publish benchmark: {args.n} persistent confirmed jobs per producer per run, "
+        f"publish_many window {args.window}"
+    )
     for row in results:
         print(
             f"  {row['scenario']:<50} raw {row['raw_best']:7,.0f} jobs/s  "
