@@ -328,6 +328,12 @@ class BrokerConnection:
         return self._connection
 
     @property
+    def connected(self) -> bool:
+        """True while the connection is up: False before ``open()``, while it reconnects and
+        after ``close()``."""
+        return self._connection is not None and self._connection.connected.is_set()
+
+    @property
     def server_version(self) -> tuple[int, ...]:
         """The broker's version, e.g. ``(3, 10, 8)``."""
         props: dict[str, Any] = dict(self.amqp.server_properties)
