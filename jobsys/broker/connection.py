@@ -142,14 +142,20 @@ def cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def close_quietly(channel: AbstractChannel | aiormq.abc.AbstractChannel | None) -> None:
+async def close_quietly(
+    channel: AbstractChannel | aiormq.abc.AbstractChannel | None,
+    timeout_s: float = CLOSE_TIMEOUT_S,
+) -> None:
     """Close ``channel`` when it is open; a channel the broker or a lost connection already
-    closed is fine (the broker requeues whatever it held either way)."""
+    closed is fine (the broker requeues whatever it held either way). A broker that does not
+    answer within ``timeout_s`` is not waited for: the connection's own close, which follows,
+    drops the socket if it must."""
     if channel is None or channel.is_closed:
         return
     try:
-        await channel.close()
-    except Exception:
+        async with asyncio.timeout(timeout_s):
+            await channel.close()
+    except Exception:  # TimeoutError included
         log.debug("closing a channel failed", exc_info=True)
 
 

@@ -66,6 +66,9 @@ from jobsys.topology.model import Topology
 
 log = logging.getLogger(__name__)
 
+#: The outcomes that count as a job handled, toward ``max_jobs``.
+_FINISHED = frozenset({"ack", "retry", "dead_letter"})
+
 
 class Worker:
     """Consumes the queues of a topology and runs ``app``'s handlers.
@@ -98,6 +101,7 @@ class Worker:
         self._fatal: JobsysError | None = None
         self._running: set[asyncio.Task[None]] = set()  # job runners
         self._in_progress = 0  # jobs between start and settlement
+        self._finished = 0  # jobs settled as done, retried or dead-lettered (--max-jobs)
         self._idle = asyncio.Event()
         self._connection = BrokerConnection(worker_settings(settings))
         self._producer: Producer | None = None
@@ -395,6 +399,9 @@ class Worker:
             outcome = await self._runner.run(delivery, pool.queue)
             settled = await self._settle(delivery, outcome, pool)
             span.set_outcome(settled.kind, settled.error)
+            if settled.kind in _FINISHED:
+                self._finished += 1
+                self._count_settled()
             if history is not None:
                 ran_s = asyncio.get_running_loop().time() - began
                 history.settled(delivery, pool.queue, settled, ran_s)
@@ -425,8 +432,11 @@ class Worker:
     # -- counting --------------------------------------------------------------------------
 
     def _count_settled(self) -> None:
+        # Counted when a job's settlement is issued, not when its ack is proven: the proof
+        # (jobsys.consume.acks) lags under load, and counting by it let a worker start jobs well
+        # past --max-jobs meanwhile.
         limit = self.options.max_jobs
-        if limit is not None and self.stats.settled >= limit and not self._stop.is_set():
+        if limit is not None and self._finished >= limit and not self._stop.is_set():
             log.info("reached %d jobs; draining", limit)
             self._stop.set()
 
