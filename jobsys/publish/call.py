@@ -46,7 +46,7 @@ from jobsys.wire.headers import now_ms
 from jobsys.wire.reply import DIRECT_REPLY_TO, Reply, read_reply
 from jobsys.wire.table import shown
 
-__all__ = ["Caller", "check_timeout"]
+__all__ = ["Caller", "call_timeout", "check_timeout", "reply_outcome"]
 
 
 @dataclass(slots=True)
@@ -107,7 +107,7 @@ class Caller:
             async with asyncio.timeout_at(deadline):
                 channel = await self._reply_channel()
         except TimeoutError:
-            raise _timeout(job, timeout_s, published=False) from None
+            raise call_timeout(job, timeout_s, published=False) from None
         correlation_id = uuid.uuid4().hex
         waiting = _Waiting(loop.create_future(), channel, job.job_id)
         self._waiting[correlation_id] = waiting
@@ -120,10 +120,10 @@ class Caller:
                 async with asyncio.timeout_at(deadline):
                     reply = await waiting.future
             except TimeoutError:
-                raise _timeout(job, timeout_s, published=True) from None
+                raise call_timeout(job, timeout_s, published=True) from None
         finally:
             self._waiting.pop(correlation_id, None)
-        return _outcome(reply, job, returns)
+        return reply_outcome(reply, job, returns)
 
     async def close(self) -> None:
         """Close the call channel; calls still waiting get ``ResultUnknown``."""
@@ -199,7 +199,7 @@ class Caller:
                 )
 
 
-def _timeout(job: PreparedJob, timeout_s: float, *, published: bool) -> CallTimeout:
+def call_timeout(job: PreparedJob, timeout_s: float, *, published: bool) -> CallTimeout:
     if not published:
         return CallTimeout(
             f"job {job.job_id} ({job.job_type}) was not published: the connection was not ready "
@@ -214,7 +214,7 @@ def _timeout(job: PreparedJob, timeout_s: float, *, published: bool) -> CallTime
     )
 
 
-def _outcome(reply: Reply, job: PreparedJob, returns: Any) -> Any:
+def reply_outcome(reply: Reply, job: PreparedJob, returns: Any) -> Any:
     if reply.outcome != "ok":
         raise JobFailed(
             job_id=reply.job_id or job.job_id,

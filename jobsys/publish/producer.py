@@ -31,14 +31,14 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aio_pika import RobustChannel
 from opentelemetry.context import Context
 from pamqp import commands as spec
 from pydantic import BaseModel
 
-from jobsys.broker.confirm import ConfirmChannel, Outgoing, unknown
+from jobsys.broker.confirm import ConfirmChannel, Outgoing, Publishes, unknown
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import ConfigError, ConnectionFailed, JobsysError, MessageError
 from jobsys.observe import tracing
@@ -66,6 +66,7 @@ __all__ = [
     "JobRequest",
     "PreparedJob",
     "Producer",
+    "PublishEdge",
     "PublishResult",
     "Receipt",
 ]
@@ -79,13 +80,32 @@ _CONTENT_HEADER_OVERHEAD = 20
 DEFAULT_WINDOW = 512
 
 
+class PublishEdge(Publishes, Protocol):
+    """Where a producer's messages go instead of a broker: the in-memory edge of
+    ``jobsys.testing`` (everything above it, validation and headers, is the same code)."""
+
+    #: The largest frame the edge takes, as the broker's negotiated ``frame_max``.
+    frame_max: int
+
+    async def call(
+        self,
+        job: PreparedJob,
+        *,
+        timeout_s: float,
+        returns: Any,
+        on_published: Callable[[PreparedJob, int], None],
+    ) -> Any:
+        """``Producer.call`` on this edge: publish ``job`` and return its outcome."""
+
+
 class Producer(CancelsJobs):
     """Publishes jobs of the job types in ``topology`` (a ``Topology``, or the
     ``LoadedTopology`` that ``load_topology`` returns) with publisher confirms.
 
     Construct it without I/O, then ``await producer.open()`` (or ``async with``). Pass
     ``connection`` to share an already-open ``BrokerConnection`` (a worker reusing its own);
-    the producer then never closes it. ``models`` maps job types to pydantic models that
+    the producer then never closes it. ``edge`` sends through something other than a broker
+    (the in-memory test kit, ``jobsys.testing``); ``open`` then connects nothing. ``models`` maps job types to pydantic models that
     validate (and normalise) payloads before anything is sent. ``app`` (the ``App`` of the
     handlers) brings the payload models of its handlers and its publish middleware
     (``jobsys.publish.middleware``), which runs around ``publish`` and each job of
@@ -100,6 +120,7 @@ class Producer(CancelsJobs):
         models: Mapping[str, type[BaseModel]] | None = None,
         connection: BrokerConnection | None = None,
         app: App | None = None,
+        edge: PublishEdge | None = None,
     ) -> None:
         if isinstance(topology, LoadedTopology):
             topology = topology.topology
@@ -118,6 +139,7 @@ class Producer(CancelsJobs):
         self._own_connection = connection is None
         self._connection = connection
         self._confirms: ConfirmChannel | None = None
+        self._edge = edge
         self._open_lock = asyncio.Lock()
         self._caller: Caller | None = None  # opened by the first call()
         #: ``published`` and ``replayed`` events, with ``history:`` in the topology.
@@ -128,7 +150,7 @@ class Producer(CancelsJobs):
     async def open(self) -> Producer:
         """Connect (unless a connection was given) and open the confirm channel."""
         async with self._open_lock:
-            if self._confirms is not None:
+            if self._confirms is not None or self._edge is not None:
                 return self
             if self._connection is None:
                 self._connection = BrokerConnection(self.settings)
@@ -244,7 +266,11 @@ class Producer(CancelsJobs):
         timeout_s = check_timeout(timeout_s)
         request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
         job = self.prepare(request)
-        self._channel()  # ConnectionFailed when not open, as publish
+        channel = self._channel()  # ConnectionFailed when not open, as publish
+        if channel is self._edge:
+            return await self._edge.call(
+                job, timeout_s=timeout_s, returns=returns, on_published=self._published
+            )
         if self._caller is None:
             self._caller = Caller(self.connection, self.settings, self._refusals_dead_lettered)
         return await self._caller.call(
@@ -405,13 +431,16 @@ class Producer(CancelsJobs):
     ) -> spec.Basic.Properties:
         # The content header (every property, headers included) must fit one frame: a larger
         # one makes the broker close the whole connection, taking every delivery on it along.
-        limit = self.connection.frame_max - _CONTENT_HEADER_OVERHEAD
+        frame_max = self._edge.frame_max if self._edge is not None else self.connection.frame_max
+        limit = frame_max - _CONTENT_HEADER_OVERHEAD
         try:
             return copied_properties(kept, headers, message_id, max_bytes=limit)
         except MessageError as exc:
             raise type(exc)(f"job {out.job_id} ({out.job_type}) was not published: {exc}") from None
 
-    def _channel(self) -> ConfirmChannel:
+    def _channel(self) -> Publishes:
+        if self._edge is not None:
+            return self._edge
         if self._confirms is None:
             raise ConnectionFailed("the producer is not open: call open() or use `async with`")
         return self._confirms

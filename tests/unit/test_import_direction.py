@@ -32,6 +32,9 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("jobsys.broker",),
     ("jobsys.publish",),
     ("jobsys.consume", "jobsys.ops", "jobsys.schedule"),
+    # The in-memory test kit: over publish/ and consume/, which it runs; only the demo (cli/)
+    # reaches it from above.
+    ("jobsys.testing",),
     ("jobsys.process",),
     # The web dashboard: over ops/, below the command line that starts it.
     ("jobsys.dashboard",),
