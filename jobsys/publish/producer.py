@@ -105,8 +105,9 @@ class Producer(CancelsJobs):
     Construct it without I/O, then ``await producer.open()`` (or ``async with``). Pass
     ``connection`` to share an already-open ``BrokerConnection`` (a worker reusing its own);
     the producer then never closes it. ``edge`` sends through something other than a broker
-    (the in-memory test kit, ``jobsys.testing``); ``open`` then connects nothing. ``models`` maps job types to pydantic models that
-    validate (and normalise) payloads before anything is sent. ``app`` (the ``App`` of the
+    (the in-memory test kit, ``jobsys.testing``); ``open`` then connects nothing. ``models``
+    maps job types to pydantic models that validate (and normalise) payloads before anything
+    is sent. ``app`` (the ``App`` of the
     handlers) brings the payload models of its handlers and its publish middleware
     (``jobsys.publish.middleware``), which runs around ``publish`` and each job of
     ``publish_many``.

@@ -18,7 +18,7 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
+from pydantic import BaseModel
 
 from jobsys.app import App
 from jobsys.consume.acks import Acks
@@ -93,7 +94,12 @@ class Kit:
         )
         self.producer = Producer(self.settings, topology, app=app, edge=self._confirms)
         self.stats = WorkerStats()
-        self.queues = [pool.queue for pool in plan_pools(app, topology, options or WorkerOptions())]
+        #: The queues the kit consumes, as a worker of ``app`` would (none for an app without
+        #: handlers: a kit that only checks what is published).
+        self.queues: list[str] = []
+        if app.job_types or (options is not None and options.queues):
+            planned = plan_pools(app, topology, options or WorkerOptions())
+            self.queues = [pool.queue for pool in planned]
         self._runner = AttemptRunner(app, topology, self.settings)
         self._runner.producer = self.producer
         self._settler = Settler(
@@ -145,6 +151,13 @@ class Kit:
 
     async def __aexit__(self, *_: object) -> None:
         await self.close()
+
+    def new_producer(
+        self, *, app: App | None = None, models: Mapping[str, type[BaseModel]] | None = None
+    ) -> Producer:
+        """Another ``Producer`` on this kit, with its own payload models (or an app's): what a
+        different service that publishes these job types would send."""
+        return Producer(self.settings, self.topology, app=app, models=models, edge=self._confirms)
 
     # -- time ------------------------------------------------------------------------------
 
