@@ -75,6 +75,7 @@ class Kit:
         *,
         options: WorkerOptions | None = None,
         start: datetime | None = None,
+        max_deliveries: int = MAX_DELIVERIES,
     ) -> None:
         if isinstance(topology, str | Path):
             topology = load_topology(topology)  # refused exactly as `topology validate` does
@@ -83,6 +84,7 @@ class Kit:
         self.app = app
         self.topology = topology
         self.settings = settings or Settings()
+        self.max_deliveries = max_deliveries
         start_s = start.timestamp() if start is not None else time.time()
         self._now_ms = int(start_s * 1000)
         self.broker = MemoryBroker(topology, self.now_ms)
@@ -211,12 +213,12 @@ class Kit:
             self._running = False
 
     async def _deliver_due(self) -> None:
-        for _ in range(MAX_DELIVERIES):
+        for _ in range(self.max_deliveries):
             if not any([await self._deliver_one(name) for name in self.queues]):
                 return
             self.broker.expire_due()
         raise KitError(
-            f"{MAX_DELIVERIES} deliveries without the kit going idle: jobs keep coming back "
+            f"{self.max_deliveries} deliveries without the kit going idle: jobs keep coming back "
             "(a job requeued forever, or handlers publishing without end); they are still "
             "in the kit's queues"
         )
