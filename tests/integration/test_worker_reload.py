@@ -66,10 +66,7 @@ async def test_an_edited_handler_runs_after_the_worker_reloads(
     (tmp_path / "reload_app.py").write_text(APP.format(version="v1"))
     loaded = load_topology(tmp_path / "topology.yaml")
     await apply(vhost_settings, loaded)
-    env = dict(os.environ, JOBSYS_URL=vhost_settings.url, PYTHONPATH=str(tmp_path))
-    command = [sys.executable, "-m", "jobsys", "worker", "reload_app:app"]
-    command += ["--topology", "topology.yaml", "--reload", "--grace", "5s"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    process = start_reloading(tmp_path, vhost_settings)
     output = Output(process)
     out = tmp_path / "out.txt"
     try:
@@ -93,10 +90,22 @@ async def test_an_edited_handler_runs_after_the_worker_reloads(
             assert output.count("notes.txt") == 0
         assert out.read_text().splitlines() == ["v1 1", "v2 2"]
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(20)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        stop(process)
     assert process.returncode == 0, "".join(output.lines)
+
+
+def start_reloading(directory: Path, settings: Settings) -> subprocess.Popen[str]:
+    env = dict(os.environ, JOBSYS_URL=settings.url, PYTHONPATH=str(directory))
+    command = [sys.executable, "-m", "jobsys", "worker", "reload_app:app"]
+    command += ["--topology", "topology.yaml", "--reload", "--grace", "5s"]
+    return subprocess.Popen(command, cwd=directory, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGINT, as Ctrl-C: the parent stops its child and exits 0."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(20)
+    finally:
+        if process.poll() is None:
+            process.kill()
