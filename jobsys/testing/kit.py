@@ -63,8 +63,11 @@ class Kit:
     """Runs ``app``'s handlers for the jobs of ``topology`` in memory (module docstring).
 
     Use it as ``async with Kit(app, topology) as kit:``; ``kit.producer`` is the ``Producer``
-    to hand the code under test. ``options`` picks the queues as a worker's would. While a kit
-    is open, jobsys's clock in this process is the kit's virtual clock.
+    to hand the code under test. ``topology`` may be a file's path (refused exactly as
+    ``jobsys topology validate`` refuses it). ``options`` picks the queues as a worker's would;
+    ``start`` is the virtual clock's first moment (default: now); ``max_deliveries`` bounds one
+    run of the kit (``KitError`` past it: jobs that never stop coming back). While a kit is
+    open, jobsys's clock in this process is the kit's virtual clock.
     """
 
     def __init__(

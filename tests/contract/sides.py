@@ -41,6 +41,8 @@ class Side(Protocol):
 
     def modelless(self) -> Producer: ...
 
+    def working(self) -> contextlib.AbstractAsyncContextManager[object]: ...
+
     async def run_until(self, done: Callable[[], bool], max_s: float) -> None: ...
 
     async def read(self, queue: str) -> list[Message]: ...
@@ -59,6 +61,10 @@ class KitSide:
 
     def modelless(self) -> Producer:
         return self.kit.new_producer()
+
+    def working(self) -> contextlib.AbstractAsyncContextManager[object]:
+        # The kit's call() runs the jobs itself.
+        return contextlib.nullcontext()
 
     async def run_until(self, done: Callable[[], bool], max_s: float) -> None:
         # Whole seconds of virtual time, so the condition is looked at as often as a poll.
@@ -98,6 +104,10 @@ class BrokerSide:
 
     def modelless(self) -> Producer:
         return Producer(self.settings, self.loaded, connection=self.producer.connection)
+
+    def working(self) -> contextlib.AbstractAsyncContextManager[object]:
+        options = WorkerOptions(concurrency=1, prefetch=1)
+        return running_worker(self.app, self.loaded, self.settings, options)
 
     async def run_until(self, done: Callable[[], bool], max_s: float) -> None:
         options = WorkerOptions(concurrency=1, prefetch=1)

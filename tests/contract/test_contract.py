@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from jobsys.app import App, JobContext
-from jobsys.errors import JobsysError, Reject
+from jobsys.errors import JobFailed, JobsysError, Reject
 from jobsys.publish.prepare import JobRequest
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology_text
@@ -89,6 +89,7 @@ job_types:
     retry: {max_attempts: 3, delays: [1s, 2s]}
   rejects: {exchange: c.direct, routing_key: work, retry: {max_attempts: 3, delays: [1s]}}
   typed: {exchange: c.direct, routing_key: work, retry: {max_attempts: 3, delays: [1s]}}
+  answer: {exchange: c.direct, routing_key: work, retry: {max_attempts: 2, delays: [1s]}}
 """
 ROUTED = [
     "d_a", "d_b", "fan", "t_empty", "t_a", "t_ab", "t_b", "t_abc", "t_axyc", "t_ac", "t_abb",
@@ -315,3 +316,46 @@ async def test_unroutable_and_payload_errors_match_the_broker(
 
     errors = await _same(scenario, app, loaded, vhost_settings)
     assert errors[:3] == ["UnroutableError", "PayloadValidationError", "UnknownJobTypeError"]
+
+
+# -- delays and results ----------------------------------------------------------------------
+
+
+async def test_delayed_jobs_and_call_results_match_the_broker(
+    loaded: LoadedTopology, vhost_settings: Settings
+) -> None:
+    app = App()
+    order: list[str] = []
+
+    @app.handler("answer")
+    async def answer(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        order.append(payload["name"])
+        if payload.get("fail"):
+            raise ValueError(f"no answer for {payload['name']}")
+        return {"name": payload["name"], "attempt": ctx.attempt}
+
+    async def scenario(side: Side) -> Any:
+        order.clear()
+        # Published in this order; the delays decide the order they run in.
+        for name, delay in (("late", 3), ("soon", 1), ("now", None), ("at-once", 0)):
+            await side.producer.publish("answer", {"name": name}, delay_s=delay)
+        await side.run_until(lambda: len(order) == 4, max_s=10)
+        ran = list(order)
+        async with side.working():
+            result = await side.producer.call("answer", {"name": "q"}, timeout_s=10)
+            try:
+                await side.producer.call("answer", {"name": "f", "fail": True}, timeout_s=10)
+                failed: Any = None
+            except JobFailed as exc:
+                failed = (exc.error_type, exc.error_message, exc.attempts, exc.reason)
+        return ran, result, failed
+
+    ran, result, failed = await _same(scenario, app, loaded, vhost_settings)
+    assert ran == ["now", "at-once", "soon", "late"]
+    assert result == {"name": "q", "attempt": 1}
+    assert failed == (
+        "ValueError",
+        "no answer for f",
+        2,
+        "gave up after 2 attempts: ValueError",
+    )
