@@ -21,7 +21,7 @@ Time is the kit's virtual clock, in whole milliseconds; nothing here sleeps.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -131,7 +131,7 @@ class MemoryQueue:
 class MemoryBroker:
     """The exchanges, queues and bindings of ``topology``, and the broker's rules for them."""
 
-    def __init__(self, topology: Topology, now_ms: Any) -> None:
+    def __init__(self, topology: Topology, now_ms: Callable[[], int]) -> None:
         entities = desired_entities(topology)
         self._now_ms = now_ms
         self.exchange_types: dict[str, str] = {ex.name: ex.type for ex in entities.exchanges}
@@ -145,20 +145,20 @@ class MemoryBroker:
 
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties
-    ) -> PublishStatus:
+    ) -> tuple[PublishStatus, list[str]]:
         """Route one message as a confirm channel publishing ``mandatory`` would: ``routed``
-        (acked), ``unroutable`` (returned) or ``refused`` (nacked: a full queue refused it).
-        ``NoSuchExchange`` when the exchange does not exist."""
+        (acked), ``unroutable`` (returned) or ``refused`` (nacked: a full queue refused it),
+        with the queues it reached. ``NoSuchExchange`` when the exchange does not exist."""
         if exchange not in self.exchange_types:
             raise NoSuchExchange(exchange)
         targets = self.route(exchange, routing_key, properties.headers or {})
         if not targets:
-            return "unroutable"
+            return "unroutable", []
         refused = False
         for name in targets:
             if not self._enqueue(self.queues[name], exchange, routing_key, body, properties):
                 refused = True
-        return "refused" if refused else "routed"
+        return ("refused" if refused else "routed"), targets
 
     def route(self, exchange: str, routing_key: str, headers: Mapping[str, object]) -> list[str]:
         """The queues a message reaches (``topology.routing``, the broker's matching)."""

@@ -19,7 +19,7 @@ from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 from jobsys.broker.confirm import Outgoing, publish_error
-from jobsys.testing.broker import MemoryBroker, MemoryQueue
+from jobsys.testing.broker import MemoryBroker, MemoryQueue, NoSuchExchange
 
 #: RabbitMQ's default ``frame_max`` (what a real producer's header limit is computed from).
 FRAME_MAX = 131072
@@ -61,10 +61,9 @@ class MemoryConfirms:
 
     async def publish(self, out: Outgoing, props: spec.Basic.Properties) -> None:
         """Route ``out``; raise the typed error a real confirm channel would."""
-        queues = self.broker.route(out.exchange, out.routing_key, props.headers or {})
         try:
-            status = self.broker.publish(out.exchange, out.routing_key, out.body, props)
-        except LookupError:
+            status, queues = self.broker.publish(out.exchange, out.routing_key, out.body, props)
+        except NoSuchExchange:
             reply = f"NOT_FOUND - no exchange '{out.exchange}' in vhost"
             raise self._error(aiormq.exceptions.ChannelNotFoundEntity(404, reply), out) from None
         if status == "unroutable":

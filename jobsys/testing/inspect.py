@@ -12,7 +12,13 @@ from jobsys.consume.outcome import Outcome
 from jobsys.testing.broker import StoredMessage
 from jobsys.wire.deadletter import DeadJob, dead_job
 from jobsys.wire.envelope import Identity
-from jobsys.wire.headers import HEADER_DEAD_LETTER_REASON, HEADER_JOB_ID, positive_int, text
+from jobsys.wire.headers import (
+    HEADER_ATTEMPT,
+    HEADER_DEAD_LETTER_REASON,
+    HEADER_JOB_ID,
+    positive_int,
+    text,
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ def queued_of(message: StoredMessage) -> Queued:
     return Queued(
         text(headers.get(HEADER_JOB_ID)),
         message.properties.message_type,
-        positive_int(headers.get("jobsys-attempt")) or 1,
+        positive_int(headers.get(HEADER_ATTEMPT)) or 1,
         message.properties.priority,
         headers,
         message.body,

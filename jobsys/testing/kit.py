@@ -29,6 +29,7 @@ from pamqp.header import ContentHeader
 from pydantic import BaseModel
 
 from jobsys.app import App
+from jobsys.broker.confirm import Outgoing
 from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
@@ -50,7 +51,7 @@ from jobsys.testing.inspect import DeadLetter, Queued, Run, dead_letter_of, queu
 from jobsys.topology.loader import LoadedTopology, load_topology
 from jobsys.topology.model import DEAD_LETTER_SUFFIX, Topology, dead_letter_queue_name
 from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE, new_message_id
-from jobsys.wire.headers import set_clock
+from jobsys.wire.headers import HEADER_ATTEMPT, set_clock
 from jobsys.wire.reply import Reply, read_reply
 
 #: Deliveries one ``drain`` runs before it gives up on a kit that never goes idle.
@@ -329,8 +330,6 @@ class Kit:
 
     async def _publish_call(self, job: PreparedJob, correlation_id: str) -> None:
         # The properties a real ``Caller`` sends (jobsys.publish.call), to an address of the kit.
-        from jobsys.broker.confirm import Outgoing
-
         for exchange, routing_key, queues in job.targets:
             props = spec.Basic.Properties(
                 content_type=CONTENT_TYPE,
@@ -388,7 +387,7 @@ class Kit:
 
 
 def _is_retry(sent: Sent) -> bool:
-    attempt = sent.headers.get("jobsys-attempt")
+    attempt = sent.headers.get(HEADER_ATTEMPT)
     return isinstance(attempt, int) and attempt > 1
 
 
