@@ -1,6 +1,6 @@
 """The contract: each scenario runs on the in-memory kit and on RabbitMQ (a private vhost),
-and both must give the same outcome, outcome for outcome. The kit's half of each scenario must
-also be fast (well under a second); the figure is in the assertion message when it is not.
+and both must give the same outcome, outcome for outcome. How long the kit's half takes is
+printed (``-rP`` shows it) and measured by ``bench/kit.py``, never asserted.
 
 What is compared leaves out what differs by nature: job ids, timestamps, the worker's host
 name and tracebacks (their presence is compared, not their text).
@@ -23,9 +23,6 @@ from jobsys.topology.loader import LoadedTopology, load_topology_text
 from tests.contract.sides import Side, on_both
 
 pytestmark = pytest.mark.timeout(60)
-
-#: The kit's time budget per scenario; RabbitMQ's half takes the time the broker takes.
-KIT_BUDGET_S = 0.5
 
 TOPOLOGY = """\
 version: 1
@@ -123,8 +120,8 @@ async def _same(
     scenario: Callable[[Side], Any], app: App, loaded: LoadedTopology, settings: Settings
 ) -> Any:
     in_memory, on_broker, kit_s = await on_both(scenario, app, loaded, settings)
+    print(f"the kit's half took {kit_s:.3f}s")
     assert in_memory == on_broker, f"kit: {in_memory!r}\nrabbitmq: {on_broker!r}"
-    assert kit_s < KIT_BUDGET_S, f"the kit took {kit_s:.3f}s"
     return in_memory
 
 
