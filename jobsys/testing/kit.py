@@ -13,11 +13,9 @@ Jobs run one at a time, in the order the queues hand them out, so a test is dete
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +27,6 @@ from pamqp.header import ContentHeader
 from pydantic import BaseModel
 
 from jobsys.app import App
-from jobsys.broker.confirm import Outgoing
 from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
@@ -40,19 +37,16 @@ from jobsys.consume.settle import Settler
 from jobsys.consume.threads import HandlerThreads
 from jobsys.errors import ConfigError, JobsysError, KitError
 from jobsys.observe import tracing
-from jobsys.publish.call import call_timeout, reply_outcome
 from jobsys.publish.prepare import PreparedJob
 from jobsys.publish.producer import Producer
-from jobsys.publish.properties import PERSISTENT
 from jobsys.settings import Settings
 from jobsys.testing.broker import MemoryBroker, MemoryQueue
-from jobsys.testing.edge import MemoryAckChannel, MemoryConfirms, MemoryReplyChannel, Sent
+from jobsys.testing.calls import KitCalls
+from jobsys.testing.edge import MemoryAckChannel, MemoryConfirms, Sent
 from jobsys.testing.inspect import DeadLetter, Queued, Run, dead_letter_of, queued_of
 from jobsys.topology.loader import LoadedTopology, load_topology
 from jobsys.topology.model import DEAD_LETTER_SUFFIX, Topology, dead_letter_queue_name
-from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE, new_message_id
 from jobsys.wire.headers import HEADER_ATTEMPT, set_clock
-from jobsys.wire.reply import Reply, read_reply
 
 #: Deliveries one ``drain`` runs before it gives up on a kit that never goes idle.
 MAX_DELIVERIES = 100_000
@@ -89,6 +83,7 @@ class Kit:
         self.topology = topology
         self.settings = settings or Settings()
         self.max_deliveries = max_deliveries
+        self._running = False  # the kit is running jobs (a handler may be on the stack)
         start_s = start.timestamp() if start is not None else time.time()
         self._now_ms = int(start_s * 1000)
         self.broker = MemoryBroker(topology, self.now_ms)
@@ -96,7 +91,14 @@ class Kit:
             name for name, q in topology.queues.items() if q.overflow == "reject-publish-dlx"
         )
         self._confirms = MemoryConfirms(
-            self.broker, self.now_ms, self.call_job, refusals_dead_lettered=refusals
+            self.broker, self.now_ms, self._call, refusals_dead_lettered=refusals
+        )
+        self._calls = KitCalls(
+            self._confirms,
+            self.now_ms,
+            self.broker.next_expiry_ms,
+            self._run_until,
+            lambda: self._running,
         )
         self.producer = Producer(self.settings, topology, app=app, edge=self._confirms)
         self.stats = WorkerStats()
@@ -111,13 +113,10 @@ class Kit:
         self._settler = Settler(
             self.producer, self.stats, on_fatal=self._on_fatal, on_settled=_nothing
         )
-        self._reply_channel = MemoryReplyChannel(self._on_reply)
-        self._settler.replies = ReplySender(self._open_reply_channel)
+        self._settler.replies = ReplySender(self._calls.open_channel)
         self._acks: dict[str, Acks[Delivery]] = {}
         self._tags = itertools.count(1)
-        self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._fatal: JobsysError | None = None
-        self._running = False
         self._open = False
         self._previous_clock: Callable[[], int] | None = None
         #: Every attempt that ran, in order.
@@ -282,69 +281,12 @@ class Kit:
             acks = self._acks[queue.name] = Acks(channel, self._settler.on_acks_sent)
         return acks
 
+    async def _call(self, job: PreparedJob, **kwargs: Any) -> Any:
+        return await self._calls.call(job, **kwargs)
+
     def _on_fatal(self, error: JobsysError) -> None:
         if self._fatal is None:
             self._fatal = error
-
-    # -- call() and replies ------------------------------------------------------------------
-
-    async def _open_reply_channel(self) -> Any:
-        return self._reply_channel
-
-    def _on_reply(self, props: spec.Basic.Properties, body: bytes) -> None:
-        future = self._waiting.get(props.correlation_id or "")
-        reply = read_reply(props.headers, body)
-        if future is not None and not future.done() and reply is not None:
-            future.set_result(reply)
-
-    async def call_job(
-        self,
-        job: PreparedJob,
-        *,
-        timeout_s: float,
-        returns: Any,
-        on_published: Callable[[PreparedJob, int], None],
-    ) -> Any:
-        """``Producer.call`` on the kit: publish ``job`` with a reply address, then run the kit
-        (advancing the clock through delays and retries) until its outcome comes back, or
-        ``timeout_s`` of virtual time passed (``CallTimeout``)."""
-        if self._running:
-            raise KitError("call() from inside a handler is not supported by the kit")
-        correlation_id = uuid.uuid4().hex
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation_id] = future
-        try:
-            began_ms = self._now_ms
-            await self._publish_call(job, correlation_id)
-            on_published(job, began_ms)
-            deadline_ms = began_ms + math.ceil(timeout_s * 1000)
-            while not future.done() and self._now_ms < deadline_ms:
-                next_ms = self.broker.next_expiry_ms()
-                step_to = deadline_ms if next_ms is None else min(next_ms, deadline_ms)
-                await self._run_until(step_to)
-            if not future.done():
-                raise call_timeout(job, timeout_s, published=True)
-            return reply_outcome(future.result(), job, returns)
-        finally:
-            self._waiting.pop(correlation_id, None)
-
-    async def _publish_call(self, job: PreparedJob, correlation_id: str) -> None:
-        # The properties a real ``Caller`` sends (jobsys.publish.call), to an address of the kit.
-        for exchange, routing_key, queues in job.targets:
-            props = spec.Basic.Properties(
-                content_type=CONTENT_TYPE,
-                content_encoding=CONTENT_ENCODING,
-                headers=job.headers,
-                delivery_mode=PERSISTENT,
-                priority=job.priority,
-                correlation_id=correlation_id,
-                reply_to=f"amq.rabbitmq.reply-to.jobsys-kit.{correlation_id}",
-                message_id=new_message_id(),
-                timestamp=datetime.fromtimestamp(self._now_ms // 1000, UTC),
-                message_type=job.job_type,
-            )
-            out = Outgoing(job.job_id, job.job_type, exchange, routing_key, job.body, queues)
-            await self._confirms.publish(out, props)
 
     # -- inspection --------------------------------------------------------------------------
 
