@@ -49,6 +49,8 @@ class Side(Protocol):
 
     async def unbind(self, exchange: str, queue: str, routing_key: str) -> None: ...
 
+    async def delete_exchange(self, exchange: str) -> None: ...
+
 
 class KitSide:
     """The in-memory kit."""
@@ -87,6 +89,9 @@ class KitSide:
             for b in bindings
             if (b.source, b.destination, b.routing_key) != (exchange, queue, routing_key)
         ]
+
+    async def delete_exchange(self, exchange: str) -> None:
+        del self.kit.broker.exchange_types[exchange]
 
 
 class BrokerSide:
@@ -130,6 +135,11 @@ class BrokerSide:
             channel = await conn.channel(confirms=False)
             declared = await channel.get_queue(queue, ensure=True)
             await declared.unbind(exchange, routing_key)
+
+    async def delete_exchange(self, exchange: str) -> None:
+        async with BrokerConnection(self.settings) as conn:
+            channel = await conn.channel(confirms=False)
+            await channel.exchange_delete(exchange)
 
 
 @contextlib.asynccontextmanager

@@ -297,8 +297,10 @@ async def test_unroutable_and_payload_errors_match_the_broker(
     async def scenario(side: Side) -> list[str]:
         errors = []
         await side.unbind("c.direct", "c.b", "b")  # the broker lost a binding: drift
+        await side.delete_exchange("c.fanout")  # and an exchange
         for job_type, payload in (
             ("d_b", {}),
+            ("fan", {}),
             ("typed", {"n": "x"}),
             ("no_such_type", {}),
             ("typed", {"n": 1, "pad": "x" * 2_000_000}),
@@ -312,7 +314,12 @@ async def test_unroutable_and_payload_errors_match_the_broker(
         return errors
 
     errors = await _same(scenario, app, loaded, vhost_settings)
-    assert errors[:3] == ["UnroutableError", "PayloadValidationError", "UnknownJobTypeError"]
+    assert errors[:4] == [
+        "UnroutableError",
+        "UnroutableError",
+        "PayloadValidationError",
+        "UnknownJobTypeError",
+    ]
 
 
 # -- delays and results ----------------------------------------------------------------------
