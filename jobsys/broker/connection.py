@@ -27,7 +27,7 @@ import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
-from jobsys.broker import decoding
+from jobsys.broker import decoding, encoding
 from jobsys.broker.reconnect import (
     CLOSE_TIMEOUT_S,
     close_within,
@@ -282,8 +282,10 @@ class BrokerConnection:
 
     def __init__(self, settings: Settings) -> None:
         # Before any frame arrives: a message whose short strings are not UTF-8 must not be
-        # able to drop the connection (jobsys.broker.decoding).
+        # able to drop the connection (jobsys.broker.decoding); and before any is sent, float
+        # headers go as doubles (jobsys.broker.encoding).
         decoding.install()
+        encoding.install()
         self.settings = settings
         self._connection: AbstractRobustConnection | None = None
 

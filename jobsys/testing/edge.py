@@ -83,9 +83,9 @@ class MemoryConfirms:
             )
         )
 
-    async def call(self, job: Any, **kwargs: Any) -> Any:
-        """``Producer.call`` on the kit (``Kit.call_job``)."""
-        return await self._call(job, **kwargs)
+    async def call_through(self, *args: Any, **kwargs: Any) -> Any:
+        """``Producer.call`` on the kit (``jobsys.testing.calls``)."""
+        return await self._call(*args, **kwargs)
 
     def _error(self, exc: BaseException, out: Outgoing) -> Exception:
         return publish_error(

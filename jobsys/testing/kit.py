@@ -37,7 +37,6 @@ from jobsys.consume.settle import Settler
 from jobsys.consume.threads import HandlerThreads
 from jobsys.errors import ConfigError, JobsysError, KitError
 from jobsys.observe import tracing
-from jobsys.publish.prepare import PreparedJob
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.testing.broker import MemoryBroker, MemoryQueue
@@ -281,8 +280,8 @@ class Kit:
             acks = self._acks[queue.name] = Acks(channel, self._settler.on_acks_sent)
         return acks
 
-    async def _call(self, job: PreparedJob, **kwargs: Any) -> Any:
-        return await self._calls.call(job, **kwargs)
+    async def _call(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._calls.call_through(*args, **kwargs)
 
     def _on_fatal(self, error: JobsysError) -> None:
         if self._fatal is None:

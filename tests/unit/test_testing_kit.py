@@ -6,6 +6,7 @@ tests/contract/."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -17,12 +18,14 @@ from pydantic import BaseModel
 from jobsys.app import App, JobContext
 from jobsys.errors import (
     CallTimeout,
+    ConfigError,
     JobFailed,
     KitError,
     PayloadValidationError,
     TopologyError,
     TopologyLoadError,
 )
+from jobsys.publish.prepare import JobRequest
 from jobsys.testing import Kit
 from jobsys.topology.loader import LoadedTopology, load_topology, load_topology_text
 from jobsys.wire.headers import now_ms
@@ -252,3 +255,34 @@ def test_a_topology_file_is_refused_exactly_as_validate_refuses_it(tmp_path: Pat
         Kit(app, bad)
     assert str(by_kit.value) == str(by_validate.value)
     assert "bad.yaml:" in str(by_kit.value)
+
+
+async def test_call_goes_through_the_apps_publish_middleware(loaded: LoadedTopology) -> None:
+    stamped = App()
+    seen_headers: list[dict[str, Any]] = []
+
+    @stamped.publish_middleware
+    async def tenant(request: JobRequest, call_next: Any) -> Any:
+        return await call_next(dataclasses.replace(request, headers={"tenant": "acme"}))
+
+    @stamped.handler("ok")
+    async def handle(payload: Any, ctx: JobContext) -> int:
+        seen_headers.append(dict(ctx.headers))
+        return 7
+
+    async with Kit(stamped, loaded) as kit:
+        assert await kit.producer.call("ok", {"n": 1}, timeout_s=5) == 7
+    assert seen_headers[0]["tenant"] == "acme"
+
+
+async def test_a_call_whose_middleware_publishes_nothing_is_refused(loaded: LoadedTopology) -> None:
+    swallowing = App()
+
+    @swallowing.publish_middleware
+    async def swallow(request: JobRequest, call_next: Any) -> Any:
+        return None
+
+    async with Kit(swallowing, loaded) as kit:
+        with pytest.raises(ConfigError, match="returned without publishing"):
+            await kit.producer.call("ok", {"n": 1}, timeout_s=5)
+        assert kit.sent == []
