@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ job_types:
   blocks: {exchange: k.jobs, routing_key: work, timeout: 1s, retry: {max_attempts: 1}}
   calls: {exchange: k.jobs, routing_key: work, retry: {max_attempts: 1}}
   again: {exchange: k.jobs, routing_key: work}
+  stuck: {exchange: k.jobs, routing_key: work, timeout: 1s, retry: {max_attempts: 1}}
 """
 
 app = App()
@@ -84,6 +86,15 @@ async def calls(payload: Any) -> None:
 @app.handler("again")
 async def again(payload: Any) -> None:
     await KIT[0].producer.publish("again", {})
+
+
+STUCK_DONE = threading.Event()
+
+
+@app.handler("stuck")
+def stuck(payload: Any) -> None:
+    time.sleep(3)  # a sync handler that blocks its thread past the 1 s deadline
+    STUCK_DONE.set()
 
 
 KIT: list[Kit] = []
@@ -162,6 +173,18 @@ async def test_a_handler_that_blocks_is_stopped_at_its_deadline(kit: Kit) -> Non
     await kit.drain()  # the deadline is real time: the job type's 1 s
     [dead] = kit.dead_letters("k.work")
     assert dead.error_type == "TimeoutError"
+
+
+async def test_a_sync_handler_that_blocks_is_settled_at_its_deadline_and_the_kit_closes(
+    loaded: LoadedTopology,
+) -> None:
+    STUCK_DONE.clear()
+    async with Kit(app, loaded) as kit:
+        await kit.producer.publish("stuck", {})
+        await kit.drain()
+        [dead] = kit.dead_letters("k.work")
+        assert dead.error_type == "TimeoutError"
+    assert not STUCK_DONE.is_set()  # neither drain nor close waited for the blocked thread
 
 
 async def test_call_returns_the_result_or_raises_job_failed(kit: Kit) -> None:
