@@ -143,6 +143,13 @@ def _positive_duration(ctx: click.Context, param: click.Parameter, value: str) -
     help="Also stand for election as the topology's scheduler and fire its schedules while "
     "elected (any number of workers may; exactly one fires).",
 )
+@click.option(
+    "--reload",
+    is_flag=True,
+    default=False,
+    help="Development: restart the worker when a .py file under the current directory or the "
+    "topology file changes (the old one drains first). Needs jobsys[reload].",
+)
 @connection_options
 @click.pass_context
 def worker(
@@ -161,6 +168,7 @@ def worker(
     metrics_port: int | None,
     metrics_bind: str,
     with_scheduler: bool,
+    reload: bool,
     url: str | None,
     ca_file: str | None,
     insecure: bool,
@@ -179,6 +187,9 @@ def worker(
     per finished job.
     """
     configure_logging(verbosity(ctx), service=True)
+    if reload:
+        _reload(topology_file, grace, processes, max_memory)
+        return
     if metrics_port is not None:
         _check_metrics(metrics_port, processes or 1)
     app = import_app(app_target)
@@ -232,6 +243,24 @@ def worker(
         # A sync handler cannot be interrupted; do not let it hold the process open.
         click.echo(f"{running.lingering_threads} sync handler(s) still running; exiting", err=True)
         _exit(code, hard=True)
+    _exit(code)
+
+
+def _reload(
+    topology_file: str, grace: float, processes: int | None, max_memory: int | None
+) -> None:
+    if processes is not None or max_memory is not None:
+        raise click.UsageError("--reload runs one worker process; leave out --processes")
+    from jobsys.cli.reload import run_reloading
+
+    load_or_exit(topology_file)  # a broken file is reported here, before any child starts
+    try:
+        code = run_reloading(
+            sys.argv[1:], topology_file, grace, lambda line: click.echo(line, err=True)
+        )
+    except ConfigError as exc:
+        _exit(fail(f"error: {exc}", EXIT_INVALID))
+        return
     _exit(code)
 
 

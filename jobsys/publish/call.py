@@ -49,7 +49,7 @@ from jobsys.wire.headers import now_ms
 from jobsys.wire.reply import DIRECT_REPLY_TO, Reply, read_reply
 from jobsys.wire.table import shown
 
-__all__ = ["Caller", "PendingCall", "check_timeout"]
+__all__ = ["Caller", "PendingCall", "call_timeout", "check_timeout", "reply_outcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,7 @@ class Caller:
             async with asyncio.timeout_at(deadline):
                 channel = await self._reply_channel()
         except TimeoutError:
-            raise _timeout(job, timeout_s, published=False) from None
+            raise call_timeout(job, timeout_s, published=False) from None
         correlation_id = uuid.uuid4().hex
         waiting = _Waiting(asyncio.get_running_loop().create_future(), channel, job.job_id)
         self._waiting[correlation_id] = waiting
@@ -183,15 +183,15 @@ class Caller:
         waiting = self._waiting.get(pending.correlation_id)
         try:
             if waiting is None:
-                raise _timeout(pending.job, pending.timeout_s, published=True)
+                raise call_timeout(pending.job, pending.timeout_s, published=True)
             try:
                 async with asyncio.timeout_at(pending.deadline):
                     reply = await waiting.future
             except TimeoutError:
-                raise _timeout(pending.job, pending.timeout_s, published=True) from None
+                raise call_timeout(pending.job, pending.timeout_s, published=True) from None
         finally:
             self.abandon(pending)
-        return _outcome(reply, pending.job, returns)
+        return reply_outcome(reply, pending.job, returns)
 
     def abandon(self, pending: PendingCall) -> None:
         """Stop waiting for the reply of ``pending`` (a late one is dropped)."""
@@ -276,7 +276,7 @@ class Caller:
                 )
 
 
-def _timeout(job: PreparedJob, timeout_s: float, *, published: bool) -> CallTimeout:
+def call_timeout(job: PreparedJob, timeout_s: float, *, published: bool) -> CallTimeout:
     if not published:
         return CallTimeout(
             f"job {job.job_id} ({job.job_type}) was not published: the connection was not ready "
@@ -291,7 +291,7 @@ def _timeout(job: PreparedJob, timeout_s: float, *, published: bool) -> CallTime
     )
 
 
-def _outcome(reply: Reply, job: PreparedJob, returns: Any) -> Any:
+def reply_outcome(reply: Reply, job: PreparedJob, returns: Any) -> Any:
     if reply.outcome != "ok":
         raise JobFailed(
             job_id=reply.job_id or job.job_id,

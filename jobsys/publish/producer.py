@@ -31,12 +31,12 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aio_pika import RobustChannel
 from pydantic import BaseModel
 
-from jobsys.broker.confirm import ConfirmChannel, Outgoing, unknown
+from jobsys.broker.confirm import ConfirmChannel, Outgoing, Publishes, unknown
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import ConfigError, ConnectionFailed, JobsysError
 from jobsys.observe import tracing
@@ -57,7 +57,7 @@ from jobsys.wire.headers import now_ms
 from jobsys.wire.table import shown
 
 if TYPE_CHECKING:
-    from jobsys.app import App
+    from jobsys.app import App, PublishMiddleware
 
 __all__ = [
     "CANCEL_TYPE",
@@ -65,6 +65,7 @@ __all__ = [
     "JobRequest",
     "PreparedJob",
     "Producer",
+    "PublishEdge",
     "PublishResult",
     "Receipt",
 ]
@@ -75,14 +76,36 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW = 512
 
 
+class PublishEdge(Publishes, Protocol):
+    """Where a producer's messages go instead of a broker: the in-memory edge of
+    ``jobsys.testing`` (everything above it, validation and headers, is the same code)."""
+
+    #: The largest frame the edge takes, as the broker's negotiated ``frame_max``.
+    frame_max: int
+
+    async def call_through(
+        self,
+        middleware: tuple[PublishMiddleware, ...],
+        request: JobRequest,
+        prepare: Callable[[JobRequest], PreparedJob],
+        *,
+        timeout_s: float,
+        returns: Any,
+        on_published: Callable[[PreparedJob, int], None],
+    ) -> Any:
+        """``Producer.call`` on this edge, as ``Caller.call_through`` does it on a broker."""
+
+
 class Producer(CancelsJobs, RepublishesJobs):
     """Publishes jobs of the job types in ``topology`` (a ``Topology``, or the
     ``LoadedTopology`` that ``load_topology`` returns) with publisher confirms.
 
     Construct it without I/O, then ``await producer.open()`` (or ``async with``). Pass
     ``connection`` to share an already-open ``BrokerConnection`` (a worker reusing its own);
-    the producer then never closes it. ``models`` maps job types to pydantic models that
-    validate (and normalise) payloads before anything is sent. ``app`` (the ``App`` of the
+    the producer then never closes it. ``edge`` sends through something other than a broker
+    (the in-memory test kit, ``jobsys.testing``); ``open`` then connects nothing. ``models``
+    maps job types to pydantic models that validate (and normalise) payloads before anything
+    is sent. ``app`` (the ``App`` of the
     handlers) brings the payload models of its handlers and its publish middleware
     (``jobsys.publish.middleware``), which runs around ``publish`` and each job of
     ``publish_many``.
@@ -96,6 +119,7 @@ class Producer(CancelsJobs, RepublishesJobs):
         models: Mapping[str, type[BaseModel]] | None = None,
         connection: BrokerConnection | None = None,
         app: App | None = None,
+        edge: PublishEdge | None = None,
     ) -> None:
         if isinstance(topology, LoadedTopology):
             topology = topology.topology
@@ -114,6 +138,7 @@ class Producer(CancelsJobs, RepublishesJobs):
         self._own_connection = connection is None
         self._connection = connection
         self._confirms: ConfirmChannel | None = None
+        self._edge = edge
         self._open_lock = asyncio.Lock()
         self._caller: Caller | None = None  # opened by the first call()
         #: ``published`` and ``replayed`` events, with ``history:`` in the topology.
@@ -124,7 +149,7 @@ class Producer(CancelsJobs, RepublishesJobs):
     async def open(self) -> Producer:
         """Connect (unless a connection was given) and open the confirm channel."""
         async with self._open_lock:
-            if self._confirms is not None:
+            if self._confirms is not None or self._edge is not None:
                 return self
             if self._connection is None:
                 self._connection = BrokerConnection(self.settings)
@@ -240,6 +265,15 @@ class Producer(CancelsJobs, RepublishesJobs):
         """
         timeout_s = check_timeout(timeout_s)
         request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
+        if self._edge is not None:
+            return await self._edge.call_through(
+                self._middleware,
+                request,
+                self._prepare_to_send,
+                timeout_s=timeout_s,
+                returns=returns,
+                on_published=self._published,
+            )
         if self._caller is None:
             self._caller = Caller(self.connection, self.settings, self._refusals_dead_lettered)
         return await self._caller.call_through(
@@ -359,7 +393,12 @@ class Producer(CancelsJobs, RepublishesJobs):
             await self._channel().publish(out, props)
         return Receipt(out.job_id, out.job_type, out.exchange, out.routing_key, message_id, delay_s)
 
-    def _channel(self) -> ConfirmChannel:
+    def _frame_max(self) -> int:
+        return self._edge.frame_max if self._edge is not None else self.connection.frame_max
+
+    def _channel(self) -> Publishes:
+        if self._edge is not None:
+            return self._edge
         if self._confirms is None:
             raise ConnectionFailed("the producer is not open: call open() or use `async with`")
         return self._confirms

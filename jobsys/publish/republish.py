@@ -10,7 +10,7 @@ from typing import Any
 from opentelemetry.context import Context
 from pamqp import commands as spec
 
-from jobsys.broker.confirm import ConfirmChannel, Outgoing
+from jobsys.broker.confirm import Outgoing, Publishes
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import MessageError
 from jobsys.observe import tracing
@@ -34,8 +34,12 @@ class RepublishesJobs:
     def connection(self) -> BrokerConnection:
         raise NotImplementedError  # the Producer's
 
-    def _channel(self) -> ConfirmChannel:
+    def _channel(self) -> Publishes:
         raise NotImplementedError  # the Producer's
+
+    def _frame_max(self) -> int:
+        # The broker's negotiated frame_max (or the in-memory test kit's edge's).
+        return self.connection.frame_max
 
     async def republish(
         self,
@@ -88,7 +92,7 @@ class RepublishesJobs:
     ) -> spec.Basic.Properties:
         # The content header (every property, headers included) must fit one frame: a larger
         # one makes the broker close the whole connection, taking every delivery on it along.
-        limit = self.connection.frame_max - _CONTENT_HEADER_OVERHEAD
+        limit = self._frame_max() - _CONTENT_HEADER_OVERHEAD
         try:
             return copied_properties(kept, headers, message_id, max_bytes=limit)
         except MessageError as exc:
