@@ -4,8 +4,9 @@ clock, through the same ``Producer``, ``AttemptRunner`` and ``Settler`` a real w
 A contract suite (tests/contract/) runs the same scenarios here and on RabbitMQ and compares
 the outcomes. See docs/testing.md. Nothing in jobsys imports this package but the demo."""
 
+from jobsys.errors import KitError
 from jobsys.testing.edge import Sent
 from jobsys.testing.inspect import DeadLetter, Queued, Run
 from jobsys.testing.kit import Kit
 
-__all__ = ["DeadLetter", "Kit", "Queued", "Run", "Sent"]
+__all__ = ["DeadLetter", "Kit", "KitError", "Queued", "Run", "Sent"]

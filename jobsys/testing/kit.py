@@ -179,7 +179,8 @@ class Kit:
         way at the moment it falls due (delays, retries). Nothing sleeps."""
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise KitError(f"advance() takes a number of seconds, got {type(seconds).__name__}")
-        if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_ADVANCE_S:
+        # Compared before math.isfinite, which cannot convert an int beyond a float's range.
+        if seconds > MAX_ADVANCE_S or not math.isfinite(seconds) or seconds < 0:
             raise KitError(
                 f"advance() takes from 0 to {MAX_ADVANCE_S:.0f} seconds, got {seconds!r}: "
                 "the clock only moves forward"
@@ -191,9 +192,21 @@ class Kit:
         await self._run_until(self._now_ms)
 
     async def run_until_idle(self, max_s: float = 86_400.0) -> None:
-        """Advance through every pending delay (at most ``max_s`` seconds) until no job is
-        waiting anywhere."""
-        await self.advance(max_s)
+        """Advance through every pending delay until no job is waiting anywhere; the clock
+        stops where the last job fell due. ``KitError`` when jobs still wait ``max_s`` seconds
+        on (they stay waiting, and the clock stands ``max_s`` ahead)."""
+        await self.advance(0)  # checks the kit, runs what is due now
+        start_ms = self._now_ms
+        while (next_ms := self.broker.next_expiry_ms()) is not None:
+            if next_ms - start_ms > max_s * 1000:
+                await self.advance(max(start_ms + max_s * 1000 - self._now_ms, 0) / 1000)
+                waiting = sum(len(q.ready) for q in self.broker.queues.values())
+                raise KitError(
+                    f"{waiting} message(s) still wait after run_until_idle(max_s={max_s:g}); the "
+                    f"next falls due {(next_ms - start_ms) / 1000:g}s after the start: pass a "
+                    "larger max_s, or advance() to it"
+                )
+            await self.advance((next_ms - self._now_ms) / 1000)
 
     async def _run_until(self, target_ms: int) -> None:
         self._check_open()

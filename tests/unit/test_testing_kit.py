@@ -28,6 +28,7 @@ from jobsys.errors import (
 )
 from jobsys.publish.prepare import JobRequest
 from jobsys.testing import Kit
+from jobsys.testing import KitError as TestingKitError
 from jobsys.topology.loader import LoadedTopology, load_topology, load_topology_text
 from jobsys.wire.headers import now_ms
 
@@ -225,7 +226,8 @@ async def test_handlers_that_publish_without_end_stop_the_kit_with_a_clear_error
 
 
 @pytest.mark.parametrize(
-    "seconds", [-1, -0.001, float("nan"), float("inf"), float("-inf"), 1e300, True, "30", None]
+    "seconds",
+    [-1, -0.001, float("nan"), float("inf"), float("-inf"), 1e300, 10**400, True, "30", None],
 )
 async def test_advance_refuses_what_is_not_a_forward_amount_of_seconds(
     kit: Kit, seconds: Any
@@ -234,6 +236,26 @@ async def test_advance_refuses_what_is_not_a_forward_amount_of_seconds(
     with pytest.raises(KitError):
         await kit.advance(seconds)
     assert kit.now_ms() == before
+
+
+async def test_run_until_idle_stops_where_the_last_job_fell_due(kit: Kit) -> None:
+    start = kit.now_ms()
+    await kit.run_until_idle()  # nothing waits: the clock stays
+    assert kit.now_ms() == start
+    await kit.producer.publish("ok", {"n": 1}, delay_s=30)
+    await kit.run_until_idle()
+    assert len(seen) == 1
+    assert 30_000 <= kit.now_ms() - start < 86_400_000  # not a whole day on
+
+
+async def test_run_until_idle_says_so_when_jobs_still_wait_past_max_s(kit: Kit) -> None:
+    # Before, it returned quietly with the job still delayed.
+    await kit.producer.publish("ok", {"n": 1}, delay_s=2 * 86_400)
+    with pytest.raises(TestingKitError, match="still wait after run_until_idle"):
+        await kit.run_until_idle()
+    assert seen == []
+    await kit.run_until_idle(max_s=3 * 86_400)
+    assert len(seen) == 1
 
 
 async def test_advance_by_the_longest_delay_runs_it(kit: Kit) -> None:
