@@ -25,6 +25,8 @@ class WorkerOptions:
     threads: int | None = None
     #: How long each of the app's startup and shutdown hooks may take.
     hook_timeout_s: float = 60.0
+    #: A weighted pool of the topology (``pools:``) to serve instead of ``queues``.
+    pool: str | None = None
 
 
 @dataclass

@@ -49,7 +49,7 @@ from jobsys.consume.history import HistoryWriter
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
-from jobsys.consume.pools import Pool, plan_pools
+from jobsys.consume.pools import Pool, Runners, plan_pools, runner_groups
 from jobsys.consume.presence import banner, worker_settings
 from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
@@ -124,7 +124,9 @@ class Worker:
         await watch.check_entities()
         watch.attach()
         if any(not spec.is_async for spec in self.app):
-            size = self.options.threads or sum(p.concurrency for p in self.pools)
+            size = self.options.threads or sum(
+                group.concurrency for group in runner_groups(self.pools)
+            )
             self._runner.threads = HandlerThreads(size)
         self._runner.watchdog = LoopWatchdog(self.settings.heartbeat_s)
         self._runner.watchdog.start()
@@ -156,8 +158,11 @@ class Worker:
             await watch.watch_channel(pool.channel, pool.queue)
             pool.channel.reopen_callbacks.add(functools.partial(self._on_reopen, pool))
             pool.consuming = True
-            await self._subscribe(pool)
-            log.debug("consuming %s", pool.queue)
+        # Every channel is ready before any pool consumes, and then all consume at once: the
+        # queues of a weighted pool start together, not one queue alone for the few round trips
+        # the next one's channel setup would take.
+        await asyncio.gather(*(self._subscribe(pool) for pool in self.pools))
+        log.debug("consuming %s", ", ".join(pool.queue for pool in self.pools))
         self._log_banner()
 
     def _log_banner(self) -> None:
@@ -333,19 +338,22 @@ class Worker:
             await self._settle(delivery, REQUEUE, pool)
             return
         pool.waiting.append(delivery)
-        if pool.running < pool.concurrency:
+        runners = pool.runners
+        if runners.running < runners.concurrency:
             # Handlers run in tasks of jobsys's own, not in aiormq's delivery task: aiormq
             # cancels those when the channel closes, and a handler should rather finish across
             # a reconnect (its ack then fails and is logged; the broker redelivers the job).
-            pool.running += 1
-            runner = asyncio.get_running_loop().create_task(self._run_jobs(pool))
+            runners.running += 1
+            runner = asyncio.get_running_loop().create_task(self._run_jobs(runners))
             self._running.add(runner)
-            runner.add_done_callback(functools.partial(self._runner_done, pool))
+            runner.add_done_callback(functools.partial(self._runner_done, runners))
 
-    async def _run_jobs(self, pool: Pool) -> None:
-        # One runner takes waiting jobs one after the other; at most ``concurrency`` runners.
+    async def _run_jobs(self, runners: Runners) -> None:
+        # One runner takes waiting jobs one after the other, from whichever of its pools comes
+        # next by weight; at most ``concurrency`` runners.
         try:
-            while (delivery := self._next_waiting(pool)) is not None:
+            while (picked := self._next_waiting(runners)) is not None:
+                pool, delivery = picked
                 self._in_progress += 1
                 try:
                     await self._attempt(delivery, pool)
@@ -355,7 +363,7 @@ class Worker:
             # The runner leaves in the same loop turn as its last look at the waiting jobs. Were
             # it counted as gone only in its done-callback, a delivery arriving in between would
             # see the pool full, start no runner, and wait unrun until the next delivery.
-            pool.running -= 1
+            runners.running -= 1
 
     async def _attempt(self, delivery: Delivery, pool: Pool) -> None:
         identity = delivery.identify()
@@ -394,19 +402,19 @@ class Worker:
                 (time.monotonic() - started) * 1000,
             )
 
-    def _runner_done(self, pool: Pool, runner: asyncio.Task[None]) -> None:
+    def _runner_done(self, runners: Runners, runner: asyncio.Task[None]) -> None:
         self._running.discard(runner)
         if not self._running:
             self._idle.set()
         if not runner.cancelled() and runner.exception() is not None:
-            log.error("a job runner of %s failed", pool.queue, exc_info=runner.exception())
+            log.error("a job runner of %s failed", runners.name, exc_info=runner.exception())
 
-    def _next_waiting(self, pool: Pool) -> Delivery | None:
-        while pool.waiting and not self._stop.is_set():
+    def _next_waiting(self, runners: Runners) -> tuple[Pool, Delivery] | None:
+        while not self._stop.is_set() and (pool := runners.next_pool()) is not None:
             delivery = pool.waiting.popleft()
             # A job held on a channel that has closed since is back in its queue already.
             if not delivery.acks.channel.is_closed:
-                return delivery
+                return pool, delivery
         return None
 
     # -- counting --------------------------------------------------------------------------

@@ -90,6 +90,10 @@ _ROUTING_HEADERS = frozenset({"cc", "bcc"})
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
+#: The largest weight of a queue in a weighted pool, and the most queues one pool serves.
+MAX_WEIGHT = 1000
+MAX_POOL_QUEUES = 64
+
 
 def dead_letter_queue_name(queue: str) -> str:
     """The dead-letter queue of ``queue``: ``emails`` -> ``emails.dead``."""
@@ -121,6 +125,60 @@ class ConsumerPool(_Frozen):
                 "the pool could never run that many jobs at once"
             )
         return self
+
+
+#: A queue's weight in a weighted pool: a whole number, 1 to 1000 (a string, a float or a bool is
+#: refused rather than read as a number).
+Weight = Annotated[int, Field(strict=True, ge=1, le=MAX_WEIGHT)]
+
+
+class WeightedPool(_Frozen):
+    """A consumer pool that serves several queues, sharing its runners among them by weight.
+
+    While every queue has jobs waiting, a queue of weight w gets w / (sum of weights) of the
+    jobs started; a queue with nothing waiting is skipped, its share going to the others
+    (``jobsys.consume.fair``). ``concurrency`` bounds the jobs running in the whole pool;
+    ``prefetch`` is the heaviest queue's; the others prefetch in proportion to their weight, and
+    each at least ``concurrency`` so that any one queue can keep every runner busy when the
+    others are empty.
+    """
+
+    queues: dict[Name, Weight] = Field(min_length=1, max_length=MAX_POOL_QUEUES)
+    concurrency: int = Field(default=10, strict=True, ge=1, le=10_000)
+    prefetch: int | None = Field(default=None, strict=True, ge=1, le=65_535)
+
+    @model_validator(mode="after")
+    def _prefetch_covers_concurrency(self) -> WeightedPool:
+        if self.prefetch is not None and self.prefetch < self.concurrency:
+            raise ValueError(
+                f"prefetch ({self.prefetch}) is below concurrency ({self.concurrency}): "
+                "every queue prefetches at least the concurrency, so that any one can keep the "
+                "pool busy while the others are empty"
+            )
+        return self
+
+    @property
+    def heaviest_prefetch(self) -> int:
+        """What the heaviest queue's channel prefetches: ``prefetch``, else four times the
+        concurrency and at least 32. Jobs are started from what a worker holds, so a queue's
+        share holds only while its next jobs are already there when a runner frees up: the
+        heaviest queue, consumed fastest, needs the deepest buffer to cover the broker's refill."""
+        if self.prefetch is not None:
+            return self.prefetch
+        return min(max(4 * self.concurrency, 32), 65_535)
+
+    def prefetch_of(self, queue: str) -> int:
+        """What ``queue``'s channel prefetches: the heaviest queue's prefetch scaled by its
+        weight, and never below the concurrency, so that any one queue can keep every runner
+        busy while the others are empty. A light queue's jobs are not held back from other
+        workers in a deep buffer they would wait long in."""
+        scaled = -(-self.heaviest_prefetch * self.queues[queue] // max(self.queues.values()))
+        return max(self.concurrency, scaled)
+
+    def shares(self) -> dict[str, float]:
+        """Each queue's share of the jobs started while every queue has a backlog."""
+        total = sum(self.queues.values())
+        return {name: weight / total for name, weight in self.queues.items()}
 
 
 class Queue(_Frozen):
@@ -263,6 +321,8 @@ class Topology(_Frozen):
     delays: Delays = Delays()
     #: Periodic jobs, by name; fired by ``jobsys scheduler`` (``jobsys.schedule``).
     schedules: dict[Name, Schedule] = Field(default_factory=dict)
+    #: Consumer pools that serve several queues by weight (``jobsys worker --pool NAME``).
+    pools: dict[Name, WeightedPool] = Field(default_factory=dict)
     #: Job history in a stream (``jobsys.observe.history``); None: off.
     history: History | None = None
     #: The prefix of the exchanges and queues jobsys derives for this topology (delay levels,

@@ -1,0 +1,48 @@
+"""The flow control a topology asks for, as ``jobsys topology plan`` shows it (pure).
+
+Weighted pools are not broker entities: nothing is declared for them, so the plan lists them
+apart, with each queue's share of the jobs started while every queue of the pool has a backlog.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobsys.topology.model import Topology
+
+__all__ = ["flow_json", "flow_lines"]
+
+
+def flow_lines(topology: Topology) -> list[str]:
+    """One line per weighted pool: ``pool mixed (concurrency 10): urgent weight 6 = 60.0%
+    (prefetch 40), normal weight 3 = 30.0% (prefetch 20), ...``."""
+    lines = []
+    for name, pool in topology.pools.items():
+        shares = pool.shares()
+        queues = ", ".join(
+            f"{queue} weight {weight} = {shares[queue]:.1%} (prefetch {pool.prefetch_of(queue)})"
+            for queue, weight in pool.queues.items()
+        )
+        lines.append(f"pool {name} (concurrency {pool.concurrency}): {queues}")
+    return lines
+
+
+def flow_json(topology: Topology) -> dict[str, Any]:
+    """The same for machines: ``{"pools": {name: {"concurrency", "queues": {queue:
+    {"weight", "share", "prefetch"}}}}}``."""
+    return {
+        "pools": {
+            name: {
+                "concurrency": pool.concurrency,
+                "queues": {
+                    queue: {
+                        "weight": weight,
+                        "share": round(pool.shares()[queue], 6),
+                        "prefetch": pool.prefetch_of(queue),
+                    }
+                    for queue, weight in pool.queues.items()
+                },
+            }
+            for name, pool in topology.pools.items()
+        }
+    }
