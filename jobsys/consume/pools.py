@@ -8,6 +8,7 @@ weighted pool from the topology (``pools:``, ``--pool NAME``) share one ``Runner
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -29,6 +30,11 @@ from jobsys.topology.routing import route_job_type
 
 log = logging.getLogger(__name__)
 
+#: How long a queue of a weighted pool counts as having a backlog after it was last busy,
+#: though nothing of it waits in the worker: longer than the broker takes to refill a prefetch
+#: after an ack, short enough that an emptied queue's share soon goes to the others.
+HOLD_S = 0.05
+
 
 @dataclass
 class Pool:
@@ -46,6 +52,12 @@ class Pool:
     recorded: bool = False
     #: The runners it shares with the other queues of a weighted pool, or has to itself.
     runners: Runners = field(init=False)
+    #: When a delivery last arrived while another of the queue's deliveries was still
+    #: unsettled (event-loop time): the queue is delivering faster than one job at a time.
+    busy_at: float = float("-inf")
+    #: Set at each delivery: a runner of a weighted pool waits on it for the queue whose turn
+    #: it is.
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.runners = Runners(self.queue, self.concurrency, [self], WeightedPicker([1]))
@@ -64,9 +76,22 @@ class Runners:
     #: A weighted pool of the topology (rather than one queue's runners).
     weighted: bool = False
 
-    def next_pool(self) -> Pool | None:
-        """The pool whose waiting job should start next, by weight; None when none waits."""
-        index = self.picker.pick([bool(pool.waiting) for pool in self.pools])
+    def next_pool(self, now: float) -> Pool | None:
+        """The pool whose job should start next, by weight; None when none has a backlog.
+
+        A pool has a backlog while jobs wait in it; in a weighted pool, also for ``HOLD_S``
+        after it was last busy (a delivery arrived while another of its deliveries was
+        unsettled). A busy queue's next jobs are on their way while the broker refills the
+        prefetch after an ack; were the queue taken for idle in that gap, its turn would go to
+        a lighter queue, and a busy worker (its event loop handling deliveries in bursts) would
+        give the light queues far more than their share. So the pool picked may have nothing
+        waiting yet: the runner then waits for its next delivery. A trickle (one job at a time,
+        each settled before the next arrives) is never waited for."""
+        if self.weighted:
+            backlog = [bool(p.waiting) or now - p.busy_at < HOLD_S for p in self.pools]
+        else:
+            backlog = [bool(p.waiting) for p in self.pools]
+        index = self.picker.pick(backlog)
         return None if index is None else self.pools[index]
 
 

@@ -49,7 +49,7 @@ from jobsys.consume.history import HistoryWriter
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
-from jobsys.consume.pools import Pool, Runners, plan_pools, runner_groups
+from jobsys.consume.pools import HOLD_S, Pool, Runners, plan_pools, runner_groups
 from jobsys.consume.presence import banner, worker_settings
 from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
@@ -176,6 +176,9 @@ class Worker:
         assert pool.channel is not None
         underlay = cast(aiormq.Channel, await pool.channel.get_underlay_channel())
         if pool.consuming and pool.consumer_tag not in underlay.consumers:
+            # Until its first deliveries arrive, a queue of a weighted pool counts as having a
+            # backlog: the first queue to deliver does not take the others' turns meanwhile.
+            pool.busy_at = asyncio.get_running_loop().time()
             await underlay.basic_consume(
                 pool.queue,
                 functools.partial(self._on_message, pool),
@@ -338,6 +341,9 @@ class Worker:
             await self._settle(delivery, REQUEUE, pool)
             return
         pool.waiting.append(delivery)
+        if acks.unsettled >= min(2, pool.prefetch):
+            pool.busy_at = asyncio.get_running_loop().time()
+        pool.arrived.set()
         runners = pool.runners
         if runners.running < runners.concurrency:
             # Handlers run in tasks of jobsys's own, not in aiormq's delivery task: aiormq
@@ -352,7 +358,7 @@ class Worker:
         # One runner takes waiting jobs one after the other, from whichever of its pools comes
         # next by weight; at most ``concurrency`` runners.
         try:
-            while (picked := self._next_waiting(runners)) is not None:
+            while (picked := await self._next_waiting(runners)) is not None:
                 pool, delivery = picked
                 self._in_progress += 1
                 try:
@@ -409,13 +415,29 @@ class Worker:
         if not runner.cancelled() and runner.exception() is not None:
             log.error("a job runner of %s failed", runners.name, exc_info=runner.exception())
 
-    def _next_waiting(self, runners: Runners) -> tuple[Pool, Delivery] | None:
-        while not self._stop.is_set() and (pool := runners.next_pool()) is not None:
+    async def _next_waiting(self, runners: Runners) -> tuple[Pool, Delivery] | None:
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set() and (pool := runners.next_pool(loop.time())) is not None:
+            # Its turn, and its next job on the way (a weighted pool only): wait for it rather
+            # than give the turn to a lighter queue. The turn is taken, so a runner woken by a
+            # delivery another runner took waits on for this queue, never picks again.
+            while not pool.waiting and not self._stop.is_set():
+                remaining = pool.busy_at + HOLD_S - loop.time()
+                if remaining <= 0:
+                    break
+                await self._arrival(pool, remaining)
+            if not pool.waiting:
+                continue
             delivery = pool.waiting.popleft()
             # A job held on a channel that has closed since is back in its queue already.
             if not delivery.acks.channel.is_closed:
                 return pool, delivery
         return None
+
+    async def _arrival(self, pool: Pool, timeout_s: float) -> None:
+        pool.arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.arrived.wait(), max(0.0, timeout_s))
 
     # -- counting --------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from jobsys.app import App
 from jobsys.cli import main
 from jobsys.consume.options import WorkerOptions
-from jobsys.consume.pools import describe_pools, plan_pools, runner_groups
+from jobsys.consume.pools import HOLD_S, Pool, describe_pools, plan_pools, runner_groups
 from jobsys.errors import ConfigError, TopologyLoadError, TopologyValidationError
 from jobsys.process.child import ChildSpec
 from jobsys.topology.flow import flow_json, flow_lines
@@ -169,3 +169,23 @@ def test_the_worker_command_refuses_a_pool_it_cannot_serve(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "\x1b" not in result.output
+
+
+def _group(weights: str) -> list[Pool]:
+    loaded = load_topology_text(with_pool(f"concurrency: 2\nqueues: {weights}"))
+    return plan_pools(App(), loaded.topology, WorkerOptions(pool="p"))
+
+
+def test_a_busy_queue_with_nothing_waiting_keeps_its_turn_for_the_hold_then_loses_it() -> None:
+    a, b = _group("{a: 3, b: 1}")
+    b.waiting.append(object())  # type: ignore[arg-type]
+    a.busy_at = 100.0  # a delivered while busy at t=100; its next jobs are on their way
+    assert a.runners.next_pool(100.0 + HOLD_S / 2) is a
+    assert a.runners.next_pool(100.0 + HOLD_S * 1.01) is b
+
+
+def test_a_queue_of_its_own_is_never_waited_for() -> None:
+    loaded = load_topology_text(with_pool("queues: {a: 1}"))
+    [pool] = plan_pools(App(), loaded.topology, WorkerOptions(queues=("a",)))
+    pool.busy_at = 100.0
+    assert pool.runners.next_pool(100.0) is None
