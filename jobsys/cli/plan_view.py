@@ -56,7 +56,9 @@ def print_flow(topology: Topology) -> None:
     one), each queue with its weight and share under backlog."""
     lines = flow_lines(topology)
     if lines:
-        click.echo("weighted pools (jobsys worker --pool NAME; shares while every queue waits):")
+        click.echo(
+            "flow control (weighted pools: jobsys worker --pool NAME; shares under backlog):"
+        )
     for line in lines:
         click.echo(f"  {escape(line)}")
 

@@ -26,6 +26,7 @@ from jobsys.consume.acks import Acks
 from jobsys.consume.followups import Outbox, read_then, send_then
 from jobsys.consume.middleware import MIDDLEWARE_SLACK_S, around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
+from jobsys.consume.permits import PERMIT_WAIT_S, Permits
 from jobsys.consume.result import ResultCodec
 from jobsys.consume.retry import decide
 from jobsys.consume.threads import DeadlinePassed, HandlerThreads
@@ -142,6 +143,8 @@ class AttemptRunner:
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
         #: The app's attempt middleware, outermost first (``jobsys.consume.middleware``).
         self.middleware = app.middlewares
+        #: Set by the worker: the permits of job types with ``max_running``.
+        self.permits: Permits | None = None
         #: Set by the worker: the producer follow-up jobs go out on.
         self.producer: Producer | None = None
         self.results = ResultCodec(settings.max_payload_bytes)
@@ -149,7 +152,6 @@ class AttemptRunner:
     async def run(self, delivery: Delivery, queue: str) -> Outcome:
         """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
         return its outcome."""
-        props = delivery.message.header.properties
         if delivery.job_id is not None and delivery.job_id in self.cancellations:
             return CANCEL  # before anything else: not run, not held, not sent back to wait
         blocked = self._blocked_before(delivery)
@@ -158,6 +160,26 @@ class AttemptRunner:
         early = await self._until_due(delivery)
         if early is not None:
             return early
+        if self.permits is None or not self.permits.limits(delivery.job_type):
+            return await self._decoded_and_run(delivery, queue)
+        assert delivery.job_type is not None
+        permit = await self.permits.take(delivery.job_type)
+        if permit is None:
+            log.info(
+                "job %s (%s): max_running jobs of its type run already; it waits %ss",
+                delivery.job_id,
+                delivery.job_type,
+                PERMIT_WAIT_S,
+            )
+            return Outcome.hold_back(PERMIT_WAIT_S, "held back: no permit free (max_running)")
+        try:
+            return await self._decoded_and_run(delivery, queue)
+        finally:
+            # However the attempt ended: a success, a raise, a deadline, a cancel.
+            await self.permits.release(permit)
+
+    async def _decoded_and_run(self, delivery: Delivery, queue: str) -> Outcome:
+        props = delivery.message.header.properties
         try:
             _check_utf8(props)
             envelope = decode_envelope(

@@ -43,6 +43,8 @@ class WorkerStats:
     early: int = 0
     #: Jobs cancelled before they ran, acked without running.
     cancelled: int = 0
+    #: Jobs a limit of their job type held back (no permit free), sent back to wait unrun.
+    held_back: int = 0
 
     @property
     def settled(self) -> int:
@@ -64,4 +66,6 @@ class WorkerStats:
             line += f", {self.early} arrived early and went back to wait"
         if self.cancelled:
             line += f", {self.cancelled} cancelled before they ran"
+        if self.held_back:
+            line += f", {self.held_back} held back by max_running and sent back to wait"
         return line

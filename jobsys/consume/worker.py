@@ -49,6 +49,7 @@ from jobsys.consume.history import HistoryWriter
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
+from jobsys.consume.permits import Permits
 from jobsys.consume.pools import HOLD_S, Pool, Runners, plan_pools, runner_groups
 from jobsys.consume.presence import banner, worker_settings
 from jobsys.consume.reply import ReplySender
@@ -104,6 +105,7 @@ class Worker:
         self._runner = AttemptRunner(app, self.topology, settings)
         self._settler: Settler | None = None
         self._cancellations: Cancellations | None = None
+        self._permits: Permits | None = None
         self._replies: ReplySender | None = None
         #: Job history (a topology with ``history:``), written off the hot path.
         self.history: HistoryWriter | None = None
@@ -143,6 +145,10 @@ class Worker:
         )
         await self._cancellations.start(self._producer)
         self._runner.cancellations = self._cancellations
+        if any(jt.max_running is not None for jt in self.topology.job_types.values()):
+            self._permits = Permits(self._connection, self.topology)
+            await self._permits.check()
+            self._runner.permits = self._permits
         self._settler = Settler(
             self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
         )
@@ -295,6 +301,8 @@ class Worker:
             if pool.channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pool.channel.close(), 5)
+        if self._permits is not None:
+            await self._permits.close()  # the broker returns any permit still held
         await self._close_side_channels()
         if self._producer is not None:
             with contextlib.suppress(Exception):

@@ -28,6 +28,7 @@ from jobsys.topology.own import (
     history_arguments,
     last_value_arguments,
     leader_arguments,
+    permits_arguments,
 )
 
 ArgValue = str | int | bool
@@ -50,7 +51,9 @@ class QueueSpec:
     name: str
     durable: bool
     arguments: dict[str, ArgValue]
-    role: Literal["work", "dead-letter", "delay", "scheduler", "cancellations", "history"]
+    role: Literal[
+        "work", "dead-letter", "delay", "scheduler", "cancellations", "history", "permits"
+    ]
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,10 @@ def _add_own(
         exchanges.append(ExchangeSpec(name=own.history_exchange, type="fanout"))
         queues.append(QueueSpec(own.history, True, history, "history"))
         bindings.append(BindingSpec(own.history_exchange, own.history, "queue", ""))
+    for name, job_type in topology.job_types.items():
+        if job_type.max_running is not None:
+            permits = own.permits_queue(name, job_type.max_running)
+            queues.append(QueueSpec(permits, True, permits_arguments(), "permits"))
     if not topology.schedules:
         return
     kind = topology.delays.queue_type

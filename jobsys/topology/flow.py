@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobsys.topology.model import Topology
+from jobsys.topology.own import OwnLayout
 
 __all__ = ["flow_json", "flow_lines"]
 
@@ -24,6 +25,13 @@ def flow_lines(topology: Topology) -> list[str]:
             for queue, weight in pool.queues.items()
         )
         lines.append(f"pool {name} (concurrency {pool.concurrency}): {queues}")
+    own = OwnLayout(topology.namespace)
+    for name, job_type in topology.job_types.items():
+        if job_type.max_running is not None:
+            lines.append(
+                f"job type {name}: at most {job_type.max_running} running across every worker "
+                f"(permits in {own.permits_queue(name, job_type.max_running)})"
+            )
     return lines
 
 
@@ -44,5 +52,10 @@ def flow_json(topology: Topology) -> dict[str, Any]:
                 },
             }
             for name, pool in topology.pools.items()
-        }
+        },
+        "max_running": {
+            name: job_type.max_running
+            for name, job_type in topology.job_types.items()
+            if job_type.max_running is not None
+        },
     }

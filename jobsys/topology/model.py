@@ -90,6 +90,8 @@ _ROUTING_HEADERS = frozenset({"cc", "bcc"})
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
+#: The largest ``max_running`` of a job type: its permits are messages in one queue.
+MAX_PERMITS = 10_000
 #: The largest weight of a queue in a weighted pool, and the most queues one pool serves.
 MAX_WEIGHT = 1000
 MAX_POOL_QUEUES = 64
@@ -252,6 +254,9 @@ class JobType(_Frozen):
     priority: int | None = Field(default=None, ge=0, le=255)
     timeout: Duration = 300.0
     retry: RetryPolicy = RetryPolicy()
+    #: At most this many jobs of the type run at once across every worker: each holds one of
+    #: this many permits, messages in the type's permits queue (``jobsys.consume.permits``).
+    max_running: int | None = Field(default=None, strict=True, ge=1, le=MAX_PERMITS)
 
     @field_validator("headers")
     @classmethod

@@ -67,6 +67,12 @@ class OwnLayout:
         """The stream of job history events."""
         return f"{self.namespace}.history.events"
 
+    def permits_queue(self, job_type: str, max_running: int) -> str:
+        """The queue holding the ``max_running`` permits of ``job_type``. The count is in the
+        name: a new limit is a new queue, filled when ``apply`` creates it, and the old one
+        (the plan lists it as extra) serves the workers still running with the old file."""
+        return f"{self.namespace}.permits.{job_type}.{max_running}"
+
     def derived_names(self) -> tuple[str, ...]:
         """Every name above: a topology may not declare one of its own."""
         return (
@@ -96,6 +102,13 @@ def leader_arguments(queue_type: str) -> dict[str, str | int | bool]:
         "x-max-length": 1,
         "x-overflow": "drop-head",
     }
+
+
+def permits_arguments() -> dict[str, str | int | bool]:
+    """A permits queue: classic, for a requeued permit goes back to the head and is never
+    counted as a redelivery (a quorum queue on 4.x drops a message after 20 returns by default,
+    and a permit returns after every job)."""
+    return {"x-queue-type": "classic"}
 
 
 def cancellations_arguments() -> dict[str, str | int | bool]:

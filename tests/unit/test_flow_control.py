@@ -1,5 +1,6 @@
-"""Weighted pools in the topology (``pools:``) and in a worker's plan: located refusals of every
-hostile value, the prefetch each queue gets, and ``--pool`` refused where it cannot work."""
+"""Flow control in the topology: weighted pools (``pools:``) and ``max_running``: located
+refusals of every hostile value, the prefetch each queue gets, what the plan shows, and
+``--pool`` refused where it cannot work."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from jobsys.consume.options import WorkerOptions
 from jobsys.consume.pools import HOLD_S, Pool, describe_pools, plan_pools, runner_groups
 from jobsys.errors import ConfigError, TopologyLoadError, TopologyValidationError
 from jobsys.process.child import ChildSpec
+from jobsys.topology.entities import desired_entities
 from jobsys.topology.flow import flow_json, flow_lines
 from jobsys.topology.loader import load_topology_text
 
@@ -189,3 +191,52 @@ def test_a_queue_of_its_own_is_never_waited_for() -> None:
     [pool] = plan_pools(App(), loaded.topology, WorkerOptions(queues=("a",)))
     pool.busy_at = 100.0
     assert pool.runners.next_pool(100.0) is None
+
+
+MAX_RUNNING = """\
+version: 1
+exchanges:
+  ex: {type: direct}
+queues:
+  a: {type: classic}
+bindings:
+  - {exchange: ex, queue: a, routing_key: a}
+job_types:
+  ja:
+    exchange: ex
+    routing_key: a
+    max_running: VALUE
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "greater than or equal to 1"),
+        ("-1", "greater than or equal to 1"),
+        ("10001", "less than or equal to 10000"),
+        ("99999999999999999999999999999", "less than or equal to 10000"),
+        (".nan", "valid integer"),
+        ("3.0", "valid integer"),
+        ('"3"', "valid integer"),
+        ("true", "valid integer"),
+        ('"50/fortnight"', "valid integer"),
+        ("{n: 3}", "valid integer"),
+    ],
+)
+def test_a_hostile_max_running_is_refused_at_its_line_and_column(value: str, message: str) -> None:
+    problems = problems_of(MAX_RUNNING.replace("VALUE", value))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("t.yaml:12:5: job_types.ja.max_running: "), problems
+    assert message in problems[0]
+
+
+def test_max_running_is_a_permits_queue_under_the_namespace_and_shown_by_the_plan() -> None:
+    loaded = load_topology_text(MAX_RUNNING.replace("VALUE", "3"))
+    queues = {q.name: q for q in desired_entities(loaded.topology).queues}
+    permits = queues["jobsys.permits.ja.3"]
+    assert (permits.role, permits.arguments) == ("permits", {"x-queue-type": "classic"})
+    assert flow_lines(loaded.topology) == [
+        "job type ja: at most 3 running across every worker (permits in jobsys.permits.ja.3)"
+    ]
+    assert flow_json(loaded.topology)["max_running"] == {"ja": 3}
