@@ -23,6 +23,7 @@ from aiormq.abc import DeliveredMessage
 from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
+from jobsys.consume.breakers import Breakers
 from jobsys.consume.followups import Outbox, read_then, send_then
 from jobsys.consume.middleware import MIDDLEWARE_SLACK_S, around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
@@ -33,6 +34,7 @@ from jobsys.consume.threads import DeadlinePassed, HandlerThreads
 from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
 from jobsys.errors import DecodeError, LoopBlocked, MessageError
+from jobsys.observe import metrics
 from jobsys.observe.propagation import current_trace_id
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
@@ -145,6 +147,8 @@ class AttemptRunner:
         self.middleware = app.middlewares
         #: Set by the worker: the permits of job types with ``max_running``.
         self.permits: Permits | None = None
+        #: Set by the worker: the circuit breakers of job types with ``breaker``.
+        self.breakers: Breakers | None = None
         #: Set by the worker: the producer follow-up jobs go out on.
         self.producer: Producer | None = None
         self.results = ResultCodec(settings.max_payload_bytes)
@@ -160,11 +164,23 @@ class AttemptRunner:
         early = await self._until_due(delivery)
         if early is not None:
             return early
+        if self.breakers is None:
+            return await self._permitted(delivery, queue)
+        held = self.breakers.hold_back(delivery.job_type)
+        if held is not None:
+            return held
+        outcome = await self._permitted(delivery, queue)
+        self.breakers.record(delivery.job_type, outcome)
+        return outcome
+
+    async def _permitted(self, delivery: Delivery, queue: str) -> Outcome:
+        """Run the attempt once the job type's ``max_running`` leaves room for it."""
         if self.permits is None or not self.permits.limits(delivery.job_type):
             return await self._decoded_and_run(delivery, queue)
         assert delivery.job_type is not None
         permit = await self.permits.take(delivery.job_type)
         if permit is None:
+            metrics.record_held_back(delivery.job_type, "max_running")
             log.info(
                 "job %s (%s): max_running jobs of its type run already; it waits %ss",
                 delivery.job_id,

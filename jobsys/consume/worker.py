@@ -43,6 +43,7 @@ from jobsys.app import App
 from jobsys.broker.connection import BrokerConnection, broker_errors
 from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
+from jobsys.consume.breakers import Breakers
 from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
 from jobsys.consume.history import HistoryWriter
@@ -106,6 +107,7 @@ class Worker:
         self._settler: Settler | None = None
         self._cancellations: Cancellations | None = None
         self._permits: Permits | None = None
+        self._breakers: Breakers | None = None
         self._replies: ReplySender | None = None
         #: Job history (a topology with ``history:``), written off the hot path.
         self.history: HistoryWriter | None = None
@@ -149,6 +151,8 @@ class Worker:
             self._permits = Permits(self._connection, self.topology)
             await self._permits.check()
             self._runner.permits = self._permits
+        if any(jt.breaker is not None for jt in self.topology.job_types.values()):
+            self._breakers = self._runner.breakers = Breakers(self._connection, self.topology)
         self._settler = Settler(
             self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
         )
@@ -301,8 +305,6 @@ class Worker:
             if pool.channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pool.channel.close(), 5)
-        if self._permits is not None:
-            await self._permits.close()  # the broker returns any permit still held
         await self._close_side_channels()
         if self._producer is not None:
             with contextlib.suppress(Exception):
@@ -314,8 +316,9 @@ class Worker:
             self._runner.watchdog.stop()
 
     async def _close_side_channels(self) -> None:
-        """The reply channel, and the job history (its last events written first)."""
-        for side in (self._replies, self.history):
+        """The reply channel, the job history (its last events written first), the permits (the
+        broker returns any still held) and the breakers' channel."""
+        for side in (self._replies, self.history, self._permits, self._breakers):
             if side is not None:
                 with contextlib.suppress(Exception):
                     await side.close()

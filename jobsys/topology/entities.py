@@ -52,7 +52,14 @@ class QueueSpec:
     durable: bool
     arguments: dict[str, ArgValue]
     role: Literal[
-        "work", "dead-letter", "delay", "scheduler", "cancellations", "history", "permits"
+        "work",
+        "dead-letter",
+        "delay",
+        "scheduler",
+        "cancellations",
+        "history",
+        "permits",
+        "breaker",
     ]
 
 
@@ -168,6 +175,13 @@ def _add_own(
         if job_type.max_running is not None:
             permits = own.permits_queue(name, job_type.max_running)
             queues.append(QueueSpec(permits, True, permits_arguments(), "permits"))
+    breakers = [name for name, jt in topology.job_types.items() if jt.breaker is not None]
+    if breakers:
+        exchanges.append(ExchangeSpec(name=own.breaker_exchange, type="direct"))
+    for name in breakers:
+        queue = own.breaker_queue(name)
+        queues.append(QueueSpec(queue, True, last_value_arguments("classic"), "breaker"))
+        bindings.append(BindingSpec(own.breaker_exchange, queue, "queue", name))
     if not topology.schedules:
         return
     kind = topology.delays.queue_type

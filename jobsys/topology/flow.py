@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobsys.duration import format_duration
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 
@@ -32,6 +33,19 @@ def flow_lines(topology: Topology) -> list[str]:
                 f"job type {name}: at most {job_type.max_running} running across every worker "
                 f"(permits in {own.permits_queue(name, job_type.max_running)})"
             )
+    for name, job_type in topology.job_types.items():
+        breaker = job_type.breaker
+        if breaker is not None:
+            trigger = (
+                f"{breaker.failures} failures"
+                if breaker.failures is not None
+                else f"{breaker.failure_ratio:.0%} failures of at least {breaker.min_calls}"
+            )
+            lines.append(
+                f"job type {name}: circuit breaker opens at {trigger} in "
+                f"{format_duration(breaker.window)}, pauses {format_duration(breaker.cool_down)}, "
+                f"then one trial (state in {own.breaker_queue(name)})"
+            )
     return lines
 
 
@@ -52,6 +66,11 @@ def flow_json(topology: Topology) -> dict[str, Any]:
                 },
             }
             for name, pool in topology.pools.items()
+        },
+        "breakers": {
+            name: job_type.breaker.model_dump()
+            for name, job_type in topology.job_types.items()
+            if job_type.breaker is not None
         },
         "max_running": {
             name: job_type.max_running

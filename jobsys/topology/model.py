@@ -245,6 +245,40 @@ class RetryPolicy(_Frozen):
         return self
 
 
+class CircuitBreaker(_Frozen):
+    """Pause a job type whose handler keeps failing (``jobsys.consume.breaker``).
+
+    Give ``failures`` (this many failed attempts within ``window`` open it) or
+    ``failure_ratio`` (this share of failed attempts within ``window``, once at least
+    ``min_calls`` ran). Open, the type's jobs are not attempted for ``cool_down``: they wait in
+    the delay levels, burning no attempt. Then one trial runs: a success closes it, a failure
+    opens it again.
+    """
+
+    failures: int | None = Field(default=None, strict=True, ge=1, le=100_000)
+    failure_ratio: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    min_calls: int = Field(default=10, strict=True, ge=1, le=100_000)
+    window: Duration = 60.0
+    cool_down: Duration = 30.0
+
+    @field_validator("failure_ratio", mode="before")
+    @classmethod
+    def _ratio_is_a_number(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float | None):
+            raise ValueError("failure_ratio is a number above 0 and at most 1, e.g. 0.5")
+        return value
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> CircuitBreaker:
+        if (self.failures is None) == (self.failure_ratio is None):
+            raise ValueError("give either failures or failure_ratio")
+        if not 1.0 <= self.window <= 86400.0:
+            raise ValueError("window must be from 1s to 1d")
+        if not 1.0 <= self.cool_down <= 86400.0:
+            raise ValueError("cool_down must be from 1s to 1d")
+        return self
+
+
 class JobType(_Frozen):
     """Where a job type is published, and how it is run."""
 
@@ -257,6 +291,8 @@ class JobType(_Frozen):
     #: At most this many jobs of the type run at once across every worker: each holds one of
     #: this many permits, messages in the type's permits queue (``jobsys.consume.permits``).
     max_running: int | None = Field(default=None, strict=True, ge=1, le=MAX_PERMITS)
+    #: Pause the type while its handler keeps failing.
+    breaker: CircuitBreaker | None = None
 
     @field_validator("headers")
     @classmethod

@@ -73,6 +73,15 @@ class OwnLayout:
         (the plan lists it as extra) serves the workers still running with the old file."""
         return f"{self.namespace}.permits.{job_type}.{max_running}"
 
+    @property
+    def breaker_exchange(self) -> str:
+        """Direct exchange workers publish a circuit breaker's state to (key: the job type)."""
+        return f"{self.namespace}.breakers"
+
+    def breaker_queue(self, job_type: str) -> str:
+        """The last state of ``job_type``'s circuit breaker, one message, for ``status``."""
+        return f"{self.namespace}.breaker.{job_type}"
+
     def derived_names(self) -> tuple[str, ...]:
         """Every name above: a topology may not declare one of its own."""
         return (
@@ -84,6 +93,7 @@ class OwnLayout:
             self.cancellations,
             self.history_exchange,
             self.history,
+            self.breaker_exchange,
         )
 
 
