@@ -5,7 +5,12 @@ trial runs and its success closes the breaker; the state shows in the logs and i
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,13 +112,27 @@ async def test_an_open_breaker_pauses_the_type_without_burning_attempts_then_a_t
     assert any("closed: the trial succeeded" in m for m in messages)
 
 
-async def test_a_failed_trial_opens_the_breaker_again_and_nothing_runs_until_the_next_one(
-    vhost_settings: Settings, loaded: LoadedTopology
+async def test_a_failed_trial_opens_the_breaker_again_and_status_shows_it_open(
+    vhost_settings: Settings, loaded: LoadedTopology, tmp_path: Path
 ) -> None:
     api = PaymentApi()
     await publish(vhost_settings, loaded, "charge", [{"i": i} for i in range(3)])
+    file = tmp_path / "cb.yaml"
+    file.write_text(TOPOLOGY_YAML, encoding="utf-8")
     async with running_worker(api.app(), loaded, vhost_settings, WorkerOptions(grace_s=5)):
         await wait_until(lambda: len(api.calls) == 4, 30, "three failures and a failed trial")
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [str(Path(sys.executable).with_name("jobsys")), "status", "--topology", str(file)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "JOBSYS_URL": vhost_settings.url},
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "circuit breaker charge: open until " in status.stdout
+        assert "(3 failures in 60s; last change by " in status.stdout
         await wait_until(lambda: len(api.calls) == 5, 30, "the next trial")
         api.up = True
         await wait_until(lambda: len(api.done) == 3, 60, "every charge done")
