@@ -28,6 +28,7 @@ from jobsys.consume.followups import Outbox, read_then, send_then
 from jobsys.consume.middleware import MIDDLEWARE_SLACK_S, around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
 from jobsys.consume.permits import PERMIT_WAIT_S, Permits
+from jobsys.consume.rates import TOKEN_WAIT_S, Tokens
 from jobsys.consume.result import ResultCodec
 from jobsys.consume.retry import decide
 from jobsys.consume.threads import DeadlinePassed, HandlerThreads
@@ -149,6 +150,8 @@ class AttemptRunner:
         self.permits: Permits | None = None
         #: Set by the worker: the circuit breakers of job types with ``breaker``.
         self.breakers: Breakers | None = None
+        #: Set by the worker: the token buckets of job types with ``rate_limit``.
+        self.tokens: Tokens | None = None
         #: Set by the worker: the producer follow-up jobs go out on.
         self.producer: Producer | None = None
         self.results = ResultCodec(settings.max_payload_bytes)
@@ -174,7 +177,12 @@ class AttemptRunner:
         return outcome
 
     async def _permitted(self, delivery: Delivery, queue: str) -> Outcome:
-        """Run the attempt once the job type's ``max_running`` leaves room for it."""
+        """Run the attempt once the job type's ``rate_limit`` and ``max_running`` leave room."""
+        if self.tokens is not None and self.tokens.limits(delivery.job_type):
+            assert delivery.job_type is not None
+            if not await self.tokens.take(delivery.job_type):
+                metrics.record_held_back(delivery.job_type, "rate_limit")
+                return Outcome.hold_back(TOKEN_WAIT_S, "held back: over its rate limit")
         if self.permits is None or not self.permits.limits(delivery.job_type):
             return await self._decoded_and_run(delivery, queue)
         assert delivery.job_type is not None

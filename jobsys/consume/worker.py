@@ -53,6 +53,7 @@ from jobsys.consume.outcome import REQUEUE, Outcome
 from jobsys.consume.permits import Permits
 from jobsys.consume.pools import HOLD_S, Pool, Runners, plan_pools, runner_groups
 from jobsys.consume.presence import banner, worker_settings
+from jobsys.consume.rates import Refiller, Tokens
 from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
 from jobsys.consume.threads import HandlerThreads
@@ -64,6 +65,7 @@ from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
+from jobsys.topology.own import OwnLayout
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,10 @@ class Worker:
         self._cancellations: Cancellations | None = None
         self._permits: Permits | None = None
         self._breakers: Breakers | None = None
+        self._tokens: Tokens | None = None
+        #: Set for a topology with rate limits: this worker stands for election as the one
+        #: process that refills the token buckets.
+        self.refiller: Refiller | None = None
         self._replies: ReplySender | None = None
         #: Job history (a topology with ``history:``), written off the hot path.
         self.history: HistoryWriter | None = None
@@ -151,6 +157,11 @@ class Worker:
             self._permits = Permits(self._connection, self.topology)
             await self._permits.check()
             self._runner.permits = self._permits
+        if any(jt.rate_limit is not None for jt in self.topology.job_types.values()):
+            self._tokens = self._runner.tokens = Tokens(self._connection, self.topology)
+            await self._tokens.check(OwnLayout(self.topology.namespace).refiller_queue)
+            self.refiller = Refiller(self._connection, self.topology)
+            self.refiller.start()
         if any(jt.breaker is not None for jt in self.topology.job_types.values()):
             self._breakers = self._runner.breakers = Breakers(self._connection, self.topology)
         self._settler = Settler(
@@ -318,7 +329,8 @@ class Worker:
     async def _close_side_channels(self) -> None:
         """The reply channel, the job history (its last events written first), the permits (the
         broker returns any still held) and the breakers' channel."""
-        for side in (self._replies, self.history, self._permits, self._breakers):
+        sides = (self._replies, self.history, self._permits, self._breakers)
+        for side in (*sides, self._tokens, self.refiller):
             if side is not None:
                 with contextlib.suppress(Exception):
                     await side.close()

@@ -78,7 +78,7 @@ async def plan_teardown(
     records = {
         q.name
         for q in entities.queues
-        if q.role in ("scheduler", "cancellations", "history", "permits", "breaker")
+        if q.role in ("scheduler", "cancellations", "history", "permits", "breaker", "tokens")
     }
     counts = {name: 0 if name in records else count for name, count in counts.items()}
     exchanges = await _existing_exchanges(conn, [*own_exchanges, *shared_exchanges])

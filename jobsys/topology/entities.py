@@ -21,9 +21,11 @@ from jobsys.topology.model import (
     ttl_ms,
 )
 from jobsys.topology.own import (
+    REFILLER_KEY,
     STATE_KEY,
     TOKEN_KEY,
     OwnLayout,
+    bucket_arguments,
     cancellations_arguments,
     history_arguments,
     last_value_arguments,
@@ -60,6 +62,7 @@ class QueueSpec:
         "history",
         "permits",
         "breaker",
+        "tokens",
     ]
 
 
@@ -175,6 +178,16 @@ def _add_own(
         if job_type.max_running is not None:
             permits = own.permits_queue(name, job_type.max_running)
             queues.append(QueueSpec(permits, True, permits_arguments(), "permits"))
+    limited = {n: jt.burst for n, jt in topology.job_types.items() if jt.rate_limit is not None}
+    if limited:
+        exchanges.append(ExchangeSpec(name=own.tokens_exchange, type="direct"))
+        election = leader_arguments("classic")
+        queues.append(QueueSpec(own.refiller_queue, True, election, "tokens"))
+        bindings.append(BindingSpec(own.tokens_exchange, own.refiller_queue, "queue", REFILLER_KEY))
+    for name, burst in limited.items():
+        bucket = own.tokens_queue(name)
+        queues.append(QueueSpec(bucket, True, bucket_arguments(burst), "tokens"))
+        bindings.append(BindingSpec(own.tokens_exchange, bucket, "queue", name))
     breakers = [name for name, jt in topology.job_types.items() if jt.breaker is not None]
     if breakers:
         exchanges.append(ExchangeSpec(name=own.breaker_exchange, type="direct"))

@@ -34,6 +34,13 @@ def flow_lines(topology: Topology) -> list[str]:
                 f"(permits in {own.permits_queue(name, job_type.max_running)})"
             )
     for name, job_type in topology.job_types.items():
+        if job_type.rate_limit is not None:
+            lines.append(
+                f"job type {name}: at most {job_type.rate_limit:g} starts/s across every worker, "
+                f"bursts of {job_type.burst} (tokens in {own.tokens_queue(name)}, refilled by "
+                f"the worker elected on {own.refiller_queue})"
+            )
+    for name, job_type in topology.job_types.items():
         breaker = job_type.breaker
         if breaker is not None:
             trigger = (
@@ -71,6 +78,11 @@ def flow_json(topology: Topology) -> dict[str, Any]:
             name: job_type.breaker.model_dump()
             for name, job_type in topology.job_types.items()
             if job_type.breaker is not None
+        },
+        "rate_limits": {
+            name: {"per_s": job_type.rate_limit, "burst": job_type.burst}
+            for name, job_type in topology.job_types.items()
+            if job_type.rate_limit is not None
         },
         "max_running": {
             name: job_type.max_running

@@ -7,6 +7,8 @@ that every problem can be reported at once with its position.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from typing import Annotated, Literal, TypeVar
 
@@ -245,6 +247,30 @@ class RetryPolicy(_Frozen):
         return self
 
 
+#: The fastest rate limit: tokens are messages, published by one refiller.
+MAX_RATE_PER_S = 10_000.0
+_RATE = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,6})?)/(s|m|h)$")
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _rate_per_s(value: object) -> float:
+    if not isinstance(value, str):
+        raise ValueError("a rate limit is written as a count per unit: 50/s, 100/m or 1000/h")
+    match = _RATE.match(value.strip())
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a rate limit: write a count per s, m or h (50/s, 100/m, 1000/h)"
+        )
+    rate = float(match.group(1)) / _PER[match.group(2)]
+    if not 0 < rate <= MAX_RATE_PER_S:
+        raise ValueError(f"a rate limit must be above 0 and at most {MAX_RATE_PER_S:g}/s")
+    return rate
+
+
+#: Jobs per second, written ``50/s``, ``100/m`` or ``1000/h``.
+RatePerSecond = Annotated[float, BeforeValidator(_rate_per_s)]
+
+
 class CircuitBreaker(_Frozen):
     """Pause a job type whose handler keeps failing (``jobsys.consume.breaker``).
 
@@ -293,6 +319,19 @@ class JobType(_Frozen):
     max_running: int | None = Field(default=None, strict=True, ge=1, le=MAX_PERMITS)
     #: Pause the type while its handler keeps failing.
     breaker: CircuitBreaker | None = None
+    #: At most this many jobs of the type start per second across every worker: each takes a
+    #: token from the type's tokens queue, which one elected refiller keeps filling.
+    rate_limit: RatePerSecond | None = None
+    #: Tokens that may pile up while the type is idle (a burst above the rate); default: one
+    #: second's worth.
+    rate_burst: int | None = Field(default=None, strict=True, ge=1, le=100_000)
+
+    @property
+    def burst(self) -> int:
+        """The tokens queue's length: ``rate_burst``, else one second's worth (at least 1)."""
+        if self.rate_burst is not None:
+            return self.rate_burst
+        return max(1, math.ceil(self.rate_limit or 1.0))
 
     @field_validator("headers")
     @classmethod

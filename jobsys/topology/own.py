@@ -15,6 +15,9 @@ CANCELLATIONS_MAX_BYTES = 256 * 1024 * 1024
 #: Segment files of the stream: retention drops whole segments, so they are kept small.
 CANCELLATIONS_SEGMENT_BYTES = 16 * 1024 * 1024
 
+#: Routing key of the refiller's election token on the tokens exchange: ``#`` is not allowed in
+#: a job type's name, so no bucket shares it.
+REFILLER_KEY = "#refiller"
 #: Routing keys on the scheduler's exchange.
 TOKEN_KEY = "token"
 STATE_KEY = "state"
@@ -74,6 +77,21 @@ class OwnLayout:
         return f"{self.namespace}.permits.{job_type}.{max_running}"
 
     @property
+    def tokens_exchange(self) -> str:
+        """Direct exchange the refiller publishes rate-limit tokens to (key: the job type), and
+        its election token (key ``REFILLER_KEY``, which no job type name can be)."""
+        return f"{self.namespace}.tokens"
+
+    def tokens_queue(self, job_type: str) -> str:
+        """The token bucket of ``job_type``'s ``rate_limit``."""
+        return f"{self.namespace}.tokens.{job_type}"
+
+    @property
+    def refiller_queue(self) -> str:
+        """Single-active-consumer queue electing the one process that refills the buckets."""
+        return f"{self.namespace}.refiller"
+
+    @property
     def breaker_exchange(self) -> str:
         """Direct exchange workers publish a circuit breaker's state to (key: the job type)."""
         return f"{self.namespace}.breakers"
@@ -94,6 +112,8 @@ class OwnLayout:
             self.history_exchange,
             self.history,
             self.breaker_exchange,
+            self.tokens_exchange,
+            self.refiller_queue,
         )
 
 
@@ -112,6 +132,12 @@ def leader_arguments(queue_type: str) -> dict[str, str | int | bool]:
         "x-max-length": 1,
         "x-overflow": "drop-head",
     }
+
+
+def bucket_arguments(burst: int) -> dict[str, str | int | bool]:
+    """A token bucket: at most ``burst`` tokens wait; the refiller's next one pushes out the
+    oldest (drop-head), so a full bucket stays full and never grows."""
+    return {"x-queue-type": "classic", "x-max-length": burst, "x-overflow": "drop-head"}
 
 
 def permits_arguments() -> dict[str, str | int | bool]:

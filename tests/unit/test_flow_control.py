@@ -240,3 +240,58 @@ def test_max_running_is_a_permits_queue_under_the_namespace_and_shown_by_the_pla
         "job type ja: at most 3 running across every worker (permits in jobsys.permits.ja.3)"
     ]
     assert flow_json(loaded.topology)["max_running"] == {"ja": 3}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"50/fortnight"', "is not a rate limit"),
+        ('"0/s"', "above 0"),
+        ('"-5/s"', "is not a rate limit"),
+        ('"nan/s"', "is not a rate limit"),
+        ('"20000/s"', "at most 10000/s"),
+        ('"9999999999/s"', "is not a rate limit"),
+        ('"50 / s"', "is not a rate limit"),
+        ("50", "written as a count per unit"),
+        (".nan", "written as a count per unit"),
+        ("true", "written as a count per unit"),
+        ("[50, s]", "written as a count per unit"),
+        ('"50/s\\u0007"', "is not a rate limit"),
+    ],
+)
+def test_a_hostile_rate_limit_is_refused_at_its_line_and_column(value: str, message: str) -> None:
+    problems = problems_of(MAX_RUNNING.replace("max_running: VALUE", f"rate_limit: {value}"))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("t.yaml:12:5: job_types.ja.rate_limit: "), problems
+    assert message in problems[0]
+    assert "\x07" not in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "greater than or equal to 1"),
+        ('"5"', "valid integer"),
+        ("100001", "less than or equal"),
+    ],
+)
+def test_a_hostile_rate_burst_is_refused_at_its_line_and_column(value: str, message: str) -> None:
+    text = MAX_RUNNING.replace("max_running: VALUE", f"rate_limit: 5/s\n    rate_burst: {value}")
+    problems = problems_of(text)
+    assert len(problems) == 1 and "job_types.ja.rate_burst" in problems[0], problems
+    assert message in problems[0]
+
+
+def test_a_rate_limit_is_a_bucket_of_its_burst_and_an_election_queue_shown_by_the_plan() -> None:
+    loaded = load_topology_text(MAX_RUNNING.replace("max_running: VALUE", "rate_limit: 120/m"))
+    job_type = loaded.topology.job_types["ja"]
+    assert (job_type.rate_limit, job_type.burst) == (2.0, 2)
+    queues = {q.name: q for q in desired_entities(loaded.topology).queues}
+    assert queues["jobsys.tokens.ja"].arguments == {
+        "x-queue-type": "classic",
+        "x-max-length": 2,
+        "x-overflow": "drop-head",
+    }
+    assert queues["jobsys.refiller"].arguments["x-single-active-consumer"] is True
+    assert flow_json(loaded.topology)["rate_limits"] == {"ja": {"per_s": 2.0, "burst": 2}}
+    assert "at most 2 starts/s across every worker, bursts of 2" in flow_lines(loaded.topology)[0]
