@@ -9,6 +9,7 @@ weighted pool from the topology (``pools:``, ``--pool NAME``) share one ``Runner
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -93,6 +94,29 @@ class Runners:
             backlog = [bool(p.waiting) for p in self.pools]
         index = self.picker.pick(backlog)
         return None if index is None else self.pools[index]
+
+    async def next_job(self, stop: asyncio.Event) -> tuple[Pool, Delivery] | None:
+        """The next job to run and its pool, by weight; None when none is waiting (or
+        ``stop`` is set): the runner then ends."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set() and (pool := self.next_pool(loop.time())) is not None:
+            # Its turn, and its next job on the way (a weighted pool only): wait for it rather
+            # than give the turn to a lighter queue. The turn is taken, so a runner woken by a
+            # delivery another runner took waits on for this queue, never picks again.
+            while not pool.waiting and not stop.is_set():
+                remaining = pool.busy_at + HOLD_S - loop.time()
+                if remaining <= 0:
+                    break
+                pool.arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pool.arrived.wait(), remaining)
+            if not pool.waiting:
+                continue
+            delivery = pool.waiting.popleft()
+            # A job held on a channel that has closed since is back in its queue already.
+            if not delivery.acks.channel.is_closed:
+                return pool, delivery
+        return None
 
 
 def runner_groups(pools: list[Pool]) -> list[Runners]:

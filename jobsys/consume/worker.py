@@ -43,17 +43,15 @@ from jobsys.app import App
 from jobsys.broker.connection import BrokerConnection, broker_errors
 from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
-from jobsys.consume.breakers import Breakers
 from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
 from jobsys.consume.history import HistoryWriter
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
+from jobsys.consume.limits import Limits
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
-from jobsys.consume.permits import Permits
-from jobsys.consume.pools import HOLD_S, Pool, Runners, plan_pools, runner_groups
+from jobsys.consume.pools import Pool, Runners, plan_pools, runner_groups
 from jobsys.consume.presence import banner, worker_settings
-from jobsys.consume.rates import Refiller, Tokens
 from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
 from jobsys.consume.threads import HandlerThreads
@@ -65,7 +63,6 @@ from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
-from jobsys.topology.own import OwnLayout
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +105,8 @@ class Worker:
         self._runner = AttemptRunner(app, self.topology, settings)
         self._settler: Settler | None = None
         self._cancellations: Cancellations | None = None
-        self._permits: Permits | None = None
-        self._breakers: Breakers | None = None
-        self._tokens: Tokens | None = None
-        #: Set for a topology with rate limits: this worker stands for election as the one
-        #: process that refills the token buckets.
-        self.refiller: Refiller | None = None
+        #: max_running, rate_limit and breakers of the topology's job types.
+        self.limits = Limits()
         self._replies: ReplySender | None = None
         #: Job history (a topology with ``history:``), written off the hot path.
         self.history: HistoryWriter | None = None
@@ -153,17 +146,7 @@ class Worker:
         )
         await self._cancellations.start(self._producer)
         self._runner.cancellations = self._cancellations
-        if any(jt.max_running is not None for jt in self.topology.job_types.values()):
-            self._permits = Permits(self._connection, self.topology)
-            await self._permits.check()
-            self._runner.permits = self._permits
-        if any(jt.rate_limit is not None for jt in self.topology.job_types.values()):
-            self._tokens = self._runner.tokens = Tokens(self._connection, self.topology)
-            await self._tokens.check(OwnLayout(self.topology.namespace).refiller_queue)
-            self.refiller = Refiller(self._connection, self.topology)
-            self.refiller.start()
-        if any(jt.breaker is not None for jt in self.topology.job_types.values()):
-            self._breakers = self._runner.breakers = Breakers(self._connection, self.topology)
+        self.limits = await Limits.start(self._connection, self.topology, self._runner)
         self._settler = Settler(
             self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
         )
@@ -327,10 +310,9 @@ class Worker:
             self._runner.watchdog.stop()
 
     async def _close_side_channels(self) -> None:
-        """The reply channel, the job history (its last events written first), the permits (the
-        broker returns any still held) and the breakers' channel."""
-        sides = (self._replies, self.history, self._permits, self._breakers)
-        for side in (*sides, self._tokens, self.refiller):
+        """The reply channel, the job history (its last events written first), and the limits'
+        channels (the broker returns any permit still held)."""
+        for side in (self._replies, self.history, self.limits):
             if side is not None:
                 with contextlib.suppress(Exception):
                     await side.close()
@@ -381,7 +363,7 @@ class Worker:
         # One runner takes waiting jobs one after the other, from whichever of its pools comes
         # next by weight; at most ``concurrency`` runners.
         try:
-            while (picked := await self._next_waiting(runners)) is not None:
+            while (picked := await runners.next_job(self._stop)) is not None:
                 pool, delivery = picked
                 self._in_progress += 1
                 try:
@@ -437,30 +419,6 @@ class Worker:
             self._idle.set()
         if not runner.cancelled() and runner.exception() is not None:
             log.error("a job runner of %s failed", runners.name, exc_info=runner.exception())
-
-    async def _next_waiting(self, runners: Runners) -> tuple[Pool, Delivery] | None:
-        loop = asyncio.get_running_loop()
-        while not self._stop.is_set() and (pool := runners.next_pool(loop.time())) is not None:
-            # Its turn, and its next job on the way (a weighted pool only): wait for it rather
-            # than give the turn to a lighter queue. The turn is taken, so a runner woken by a
-            # delivery another runner took waits on for this queue, never picks again.
-            while not pool.waiting and not self._stop.is_set():
-                remaining = pool.busy_at + HOLD_S - loop.time()
-                if remaining <= 0:
-                    break
-                await self._arrival(pool, remaining)
-            if not pool.waiting:
-                continue
-            delivery = pool.waiting.popleft()
-            # A job held on a channel that has closed since is back in its queue already.
-            if not delivery.acks.channel.is_closed:
-                return pool, delivery
-        return None
-
-    async def _arrival(self, pool: Pool, timeout_s: float) -> None:
-        pool.arrived.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pool.arrived.wait(), max(0.0, timeout_s))
 
     # -- counting --------------------------------------------------------------------------
 
