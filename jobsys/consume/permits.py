@@ -25,7 +25,7 @@ from aiormq import spec
 
 from jobsys.broker.connection import BrokerConnection, close_quietly
 from jobsys.consume.acks import CHANNEL_GONE
-from jobsys.errors import TopologyError
+from jobsys.errors import JobsysError, TopologyError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 
@@ -88,8 +88,19 @@ class Permits:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PERMIT_POLL_S
         while True:
-            channel = await self._current()
-            got = await channel.basic_get(queue, no_ack=False)
+            try:
+                channel = await self._current()
+                got = await channel.basic_get(queue, no_ack=False)
+            except (
+                JobsysError,
+                aiormq.exceptions.AMQPError,
+                ConnectionError,
+                *CHANNEL_GONE,
+            ) as exc:
+                # The permits queue deleted, the connection lost: the job waits (held back,
+                # not lost) and tries again on a fresh channel.
+                log.error("cannot take a permit from %s: %s; the job waits", queue, exc)
+                return None
             if isinstance(got.delivery, spec.Basic.GetOk):
                 return Permit(job_type, channel, got.delivery.delivery_tag or 0)
             if loop.time() >= deadline:

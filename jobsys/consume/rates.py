@@ -26,6 +26,7 @@ import aiormq.abc
 from aiormq import spec
 
 from jobsys.broker.connection import BrokerConnection, close_quietly
+from jobsys.consume.acks import CHANNEL_GONE
 from jobsys.errors import JobsysError, TopologyError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import REFILLER_KEY, OwnLayout
@@ -84,8 +85,19 @@ class Tokens:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TOKEN_POLL_S
         while True:
-            channel = await self._current()
-            got = await channel.basic_get(self.buckets[job_type], no_ack=True)
+            try:
+                channel = await self._current()
+                got = await channel.basic_get(self.buckets[job_type], no_ack=True)
+            except (
+                JobsysError,
+                aiormq.exceptions.AMQPError,
+                ConnectionError,
+                *CHANNEL_GONE,
+            ) as exc:
+                # The bucket deleted, the connection lost: the job waits (held back, not lost)
+                # and tries again on a fresh channel.
+                log.error("cannot take a token from %s: %s; the job waits", job_type, exc)
+                return False
             if isinstance(got.delivery, spec.Basic.GetOk):
                 return True
             if loop.time() >= deadline:

@@ -178,3 +178,20 @@ async def test_a_worker_killed_with_sigkill_leaks_no_permit(
         await wait_until(lambda: running.done == 5, 60, "the 5 renders done by another worker")
     assert running.most <= 3
     assert await permits_ready(vhost_settings) == 3
+
+
+async def test_jobs_wait_unlost_while_the_permits_queue_is_deleted_and_run_once_it_is_back(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    running = Running()
+    async with workers(running.app(), loaded, vhost_settings, 1):
+        async with BrokerConnection(vhost_settings) as conn:
+            channel = await conn.plain_channel()
+            await channel.queue_delete(PERMITS)
+        ids = await publish(vhost_settings, loaded, "render", [{"i": i} for i in range(3)])
+        # Held back, again and again (each try logs the missing queue): never run, never lost.
+        await asyncio.sleep(3)
+        assert running.done == 0
+        await apply(vhost_settings, loaded)  # declares the permits queue again, and fills it
+        await wait_until(lambda: running.done == 3, 30, "the 3 renders done")
+    assert len(ids) == 3 and running.attempts == [1, 1, 1]

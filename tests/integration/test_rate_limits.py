@@ -4,6 +4,7 @@ waits without burning an attempt; a refiller killed with SIGKILL is replaced."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from jobsys.app import App, JobContext
+from jobsys.broker.connection import BrokerConnection
 from jobsys.consume.options import WorkerOptions
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology_text
@@ -99,3 +101,25 @@ async def test_a_refiller_killed_with_sigkill_is_replaced(
         first.kill()
         if second is not None:
             second.kill()
+
+
+async def test_jobs_wait_unlost_while_the_bucket_is_deleted_and_run_once_it_is_back(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    done: list[int] = []
+    app = App()
+
+    @app.handler("render")
+    async def render(payload: Any, ctx: JobContext) -> None:
+        done.append(ctx.attempt)
+
+    async with running_worker(app, loaded, vhost_settings, WorkerOptions(grace_s=5)):
+        async with BrokerConnection(vhost_settings) as conn:
+            channel = await conn.plain_channel()
+            await channel.queue_delete("jobsys.tokens.render")
+        await publish(vhost_settings, loaded, "render", [{"i": i} for i in range(3)])
+        await asyncio.sleep(3)
+        assert done == []
+        await apply(vhost_settings, loaded)  # the bucket and its binding again
+        await wait_until(lambda: len(done) == 3, 30, "the 3 renders done")
+    assert done == [1, 1, 1]
