@@ -6,7 +6,9 @@ the breaker opens: for ``cool_down`` no job of the type is attempted (the worker
 to wait in the delay levels, unrun, burning no attempt). Then it half-opens: one job runs as a
 trial while the others keep waiting; its success closes the breaker, its failure opens it again.
 
-Each worker process keeps its own breakers and counts what it ran itself.
+Each worker process counts what it ran itself; a breaker one worker opens (or closes after its
+trial) is opened (or closed) in every worker too, through the breakers' stream
+(``jobsys.consume.breakers``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,26 @@ class Breaker:
         while self._results and self._results[0][0] <= now - self.spec.window:
             self._results.popleft()
         return self._open(now) if self._tripped() else None
+
+    def open_for(self, now: float, remaining_s: float) -> bool:
+        """Another worker opened this type's breaker, for ``remaining_s`` more: open here too
+        (until then, then one trial). False when it changes nothing (already open longer)."""
+        until = now + remaining_s
+        if self.state == "open" and self.opened_at + self.spec.cool_down >= until:
+            return False
+        self.state = "open"
+        self.opened_at = until - self.spec.cool_down
+        self._results.clear()
+        self._trial_running = False
+        return True
+
+    def close_from_elsewhere(self) -> bool:
+        """Another worker's trial succeeded: close here too. False when already closed."""
+        if self.state == "closed":
+            return False
+        self._close()
+        self._trial_running = False
+        return True
 
     def abandon_trial(self) -> None:
         """The job let through as the trial did not run its handler after all: the next one

@@ -2,9 +2,11 @@
 each attempt's result does to its type's breaker, and where a change of state shows.
 
 The state machine is pure (``jobsys.consume.breaker``). Here each change is logged, counted in
-the metrics, and published as the type's last state to ``<namespace>.breaker.<job type>`` (one
-message, the newest), which ``jobsys status`` reads. Publishing never fails a job: a failure is
-logged and the next change tries again.
+the metrics, and published through ``<namespace>.breakers`` to the type's last-state queue
+``<namespace>.breaker.<job type>`` (one message, the newest), which ``jobsys status`` reads, and to
+the stream ``<namespace>.breakers.events``, which every worker reads: a breaker one worker opens
+pauses the type in every worker until the same moment, and a trial that succeeds anywhere closes
+it everywhere. Publishing never fails a job: a failure is logged and the next change tries again.
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ import math
 import os
 import socket
 import time
+from datetime import UTC, datetime, timedelta
 
 import aiormq.abc
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from aiormq import spec
 
-from jobsys.broker.connection import BrokerConnection, close_quietly
+from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
 from jobsys.consume.breaker import Breaker, State
 from jobsys.consume.outcome import Outcome
-from jobsys.errors import MessageError
+from jobsys.errors import MessageError, TopologyError
 from jobsys.observe import metrics
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
+from jobsys.wire.display import escape
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,50 @@ class Breakers:
         }
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._publishing: set[asyncio.Task[None]] = set()
+        self._reader: AbstractRobustChannel | None = None
+        #: Who this worker is in the events: its own are not applied twice.
+        self.me = f"{socket.gethostname()} pid {os.getpid()} {id(self):x}"
+
+    async def start(self) -> None:
+        """Read the breakers' stream from one longest cool-down back: the breakers open
+        elsewhere now are open here before the first job."""
+        longest = max(b.spec.cool_down for b in self.breakers.values())
+        since = datetime.now(UTC) - timedelta(seconds=longest + 1)
+        channel = self._reader = await self._connection.channel(confirms=False, prefetch=100)
+        stream = self._own.breaker_events
+        with broker_errors(self._connection.settings):
+            try:
+                queue = await channel.get_queue(stream, ensure=True)
+            except Exception as exc:
+                raise TopologyError(
+                    f"the breakers' stream {stream!r} is missing — run `jobsys topology apply "
+                    f"FILE` ({exc})"
+                ) from None
+            await queue.consume(self._on_event, arguments={"x-stream-offset": since})
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        await message.ack()
+        try:
+            record = json.loads(message.body)
+            job_type, state, worker = record["job_type"], record["state"], record["worker"]
+        except (ValueError, KeyError, TypeError):
+            return
+        breaker = self.breakers.get(job_type) if isinstance(job_type, str) else None
+        if breaker is None or worker == self.me:
+            return
+        if state == "open" and isinstance(record.get("until_ms"), int):
+            remaining_s = (record["until_ms"] - time.time() * 1000) / 1000
+            if remaining_s > 0 and breaker.open_for(time.monotonic(), remaining_s):
+                metrics.record_breaker(job_type, True)
+                log.warning(
+                    "circuit breaker of job type %s opened by %s: its jobs wait %.0fs unrun",
+                    job_type,
+                    escape(str(worker)),
+                    remaining_s,
+                )
+        elif state == "closed" and breaker.close_from_elsewhere():
+            metrics.record_breaker(job_type, False)
+            log.info("circuit breaker of job type %s closed by %s", job_type, escape(str(worker)))
 
     def hold_back(self, job_type: str | None) -> Outcome | None:
         """The outcome for a job whose type's breaker is open (wait, unrun), else None: the job
@@ -98,10 +147,11 @@ class Breakers:
             self._changed(job_type, breaker, changed)
 
     async def close(self) -> None:
-        """Wait for state publishes under way (briefly), then close the channel."""
+        """Wait for state publishes under way (briefly), then close the channels."""
         if self._publishing:
             await asyncio.wait(set(self._publishing), timeout=2)
         await close_quietly(self._channel)
+        await close_quietly(self._reader)
 
     def _changed(self, job_type: str, breaker: Breaker, state: State) -> None:
         metrics.record_breaker(job_type, state != "closed")
@@ -113,7 +163,7 @@ class Breakers:
             "state": state,
             "until_ms": until_ms,
             "trigger": breaker.describe(),
-            "worker": f"{socket.gethostname()} pid {os.getpid()}",
+            "worker": self.me,
             "at_ms": int(time.time() * 1000),
         }
         task = asyncio.get_running_loop().create_task(self._publish(job_type, record))

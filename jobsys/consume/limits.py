@@ -45,6 +45,7 @@ class Limits:
             limits.refiller.start()
         if any(jt.breaker is not None for jt in job_types):
             limits.breakers = runner.breakers = Breakers(connection, topology)
+            await limits.breakers.start()
         return limits
 
     async def close(self) -> None:

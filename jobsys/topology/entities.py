@@ -25,6 +25,7 @@ from jobsys.topology.own import (
     STATE_KEY,
     TOKEN_KEY,
     OwnLayout,
+    breaker_events_arguments,
     bucket_arguments,
     cancellations_arguments,
     history_arguments,
@@ -191,6 +192,9 @@ def _add_own(
     breakers = [name for name, jt in topology.job_types.items() if jt.breaker is not None]
     if breakers:
         exchanges.append(ExchangeSpec(name=own.breaker_exchange, type="direct"))
+        events = own.breaker_events
+        queues.append(QueueSpec(events, True, breaker_events_arguments(), "breaker"))
+        bindings += [BindingSpec(own.breaker_exchange, events, "queue", n) for n in breakers]
     for name in breakers:
         queue = own.breaker_queue(name)
         queues.append(QueueSpec(queue, True, last_value_arguments("classic"), "breaker"))

@@ -96,6 +96,12 @@ class OwnLayout:
         """Direct exchange workers publish a circuit breaker's state to (key: the job type)."""
         return f"{self.namespace}.breakers"
 
+    @property
+    def breaker_events(self) -> str:
+        """The stream of every breaker's changes of state, which every worker reads: a breaker
+        opened by one worker pauses the type in all of them."""
+        return f"{self.namespace}.breakers.events"
+
     def breaker_queue(self, job_type: str) -> str:
         """The last state of ``job_type``'s circuit breaker, one message, for ``status``."""
         return f"{self.namespace}.breaker.{job_type}"
@@ -112,6 +118,7 @@ class OwnLayout:
             self.history_exchange,
             self.history,
             self.breaker_exchange,
+            self.breaker_events,
             self.tokens_exchange,
             self.refiller_queue,
         )
@@ -138,6 +145,16 @@ def bucket_arguments(burst: int) -> dict[str, str | int | bool]:
     """A token bucket: at most ``burst`` tokens wait; the refiller's next one pushes out the
     oldest (drop-head), so a full bucket stays full and never grows."""
     return {"x-queue-type": "classic", "x-max-length": burst, "x-overflow": "drop-head"}
+
+
+def breaker_events_arguments() -> dict[str, str | int | bool]:
+    """The breakers' events: small, kept for a day at most (a worker reads back a cool-down)."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-length-bytes": 64 * 1024 * 1024,
+        "x-max-age": "1D",
+        "x-stream-max-segment-size-bytes": 4 * 1024 * 1024,
+    }
 
 
 def permits_arguments() -> dict[str, str | int | bool]:

@@ -137,3 +137,22 @@ async def test_a_failed_trial_opens_the_breaker_again_and_status_shows_it_open(
         api.up = True
         await wait_until(lambda: len(api.done) == 3, 60, "every charge done")
     assert [up for _, _, up in api.calls[:5]] == [False] * 5
+
+
+async def test_a_breaker_one_worker_opens_pauses_the_type_in_another_worker_too(
+    vhost_settings: Settings,
+) -> None:
+    loaded = load_topology_text(TOPOLOGY_YAML.replace("cool_down: 3s", "cool_down: 8s"), "cb.yaml")
+    await apply(vhost_settings, loaded)
+    api = PaymentApi()
+    await publish(vhost_settings, loaded, "charge", [{"i": i} for i in range(3)])
+    async with running_worker(api.app(), loaded, vhost_settings, WorkerOptions(grace_s=5)):
+        await wait_until(lambda: len(api.calls) == 3, 30, "three failures: the breaker opens")
+        # A second worker, started after the breaker opened, knows it is open from the stream.
+        async with running_worker(api.app(), loaded, vhost_settings, WorkerOptions(grace_s=5)):
+            await publish(vhost_settings, loaded, "charge", [{"i": i} for i in range(6)])
+            await asyncio.sleep(2)
+            assert len(api.calls) == 3  # nobody called the API during the cool-down
+            api.up = True
+            await wait_until(lambda: len(api.done) == 9, 60, "every charge done")
+    assert all(up for _, _, up in api.calls[3:])
