@@ -86,3 +86,12 @@ def test_credit_stays_within_one_round_of_the_weights_whatever_comes_and_goes(
         assert (picked is None) == (not any(waiting))
         assert picked is None or waiting[picked]
         assert max(abs(c) for c in picker.credit) <= sum(weights)
+
+
+def test_credit_stays_bounded_in_the_case_the_property_test_once_found() -> None:
+    weights = [341, 399, 133, 1, 122, 1, 1]
+    rng = random.Random(0)
+    picker = WeightedPicker(weights)
+    for _ in range(500):
+        picker.pick([rng.random() < 0.6 for _ in weights])
+        assert max(abs(c) for c in picker.credit) <= sum(weights)
