@@ -19,6 +19,12 @@ class ConfigError(JobsysError):
     """Raised when settings (URL, TLS options, limits) are missing or inconsistent."""
 
 
+class KitError(JobsysError):
+    """Raised by the in-memory test kit (``jobsys.testing``) when it cannot go on: a clock
+    moved by a bad amount, jobs that keep coming back without the kit ever going idle, a
+    call made from inside a handler. Nothing was lost: the jobs are still in the kit."""
+
+
 # -- topology ----------------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import aiormq
 import aiormq.abc
@@ -75,6 +75,14 @@ class Outgoing:
     routing_key: str
     body: bytes
     queues: tuple[str, ...] = ()  # the queues it is meant for, named in error messages
+
+
+class Publishes(Protocol):
+    """What sends a message and awaits its confirm: a ``ConfirmChannel``, or the in-memory
+    edge of ``jobsys.testing``."""
+
+    async def publish(self, out: Outgoing, props: spec.Basic.Properties) -> None:
+        """Send ``out`` and return once it is confirmed as routed; raise its typed error."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
-from jobsys.broker import decoding
+from jobsys.broker import decoding, encoding
 from jobsys.broker.reconnect import (
     CLOSE_TIMEOUT_S,
     close_within,
@@ -142,14 +142,20 @@ def cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def close_quietly(channel: AbstractChannel | aiormq.abc.AbstractChannel | None) -> None:
+async def close_quietly(
+    channel: AbstractChannel | aiormq.abc.AbstractChannel | None,
+    timeout_s: float = CLOSE_TIMEOUT_S,
+) -> None:
     """Close ``channel`` when it is open; a channel the broker or a lost connection already
-    closed is fine (the broker requeues whatever it held either way)."""
+    closed is fine (the broker requeues whatever it held either way). A broker that does not
+    answer within ``timeout_s`` is not waited for: the connection's own close, which follows,
+    drops the socket if it must."""
     if channel is None or channel.is_closed:
         return
     try:
-        await channel.close()
-    except Exception:
+        async with asyncio.timeout(timeout_s):
+            await channel.close()
+    except Exception:  # TimeoutError included
         log.debug("closing a channel failed", exc_info=True)
 
 
@@ -282,8 +288,10 @@ class BrokerConnection:
 
     def __init__(self, settings: Settings) -> None:
         # Before any frame arrives: a message whose short strings are not UTF-8 must not be
-        # able to drop the connection (jobsys.broker.decoding).
+        # able to drop the connection (jobsys.broker.decoding); and before any is sent, float
+        # headers go as doubles (jobsys.broker.encoding).
         decoding.install()
+        encoding.install()
         self.settings = settings
         self._connection: AbstractRobustConnection | None = None
 
@@ -324,6 +332,12 @@ class BrokerConnection:
         if self._connection is None:
             raise ConnectionFailed("not connected: call open() first")
         return self._connection
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up: False before ``open()``, while it reconnects and
+        after ``close()``."""
+        return self._connection is not None and self._connection.connected.is_set()
 
     @property
     def server_version(self) -> tuple[int, ...]:

@@ -153,6 +153,17 @@ class ManagementClient:
         """Load RabbitMQ definitions into ``vhost`` (``POST /api/definitions/{vhost}``)."""
         await asyncio.to_thread(self._request, "POST", f"/api/definitions/{_q(vhost)}", definitions)
 
+    async def create_vhost(self, vhost: str, user: str) -> None:
+        """Create ``vhost`` and give ``user`` every permission on it (a test's private vhost)."""
+        await asyncio.to_thread(self._request, "PUT", f"/api/vhosts/{_q(vhost)}", None)
+        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
+        path = f"/api/permissions/{_q(vhost)}/{quote(user, safe='')}"
+        await asyncio.to_thread(self._request, "PUT", path, permissions)
+
+    async def delete_vhost(self, vhost: str) -> None:
+        """Delete ``vhost`` and everything in it."""
+        await asyncio.to_thread(self._request, "DELETE", f"/api/vhosts/{_q(vhost)}", None)
+
     async def _get_list(self, path: str) -> list[dict[str, Any]]:
         data = await asyncio.to_thread(self._request, "GET", path, None)
         if not isinstance(data, list):

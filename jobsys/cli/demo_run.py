@@ -48,7 +48,7 @@ _JOBS = [
 
 
 @dataclass
-class _Tally:
+class Tally:
     """What the demo has seen so far."""
 
     started_at: float = field(default_factory=time.monotonic)
@@ -86,7 +86,7 @@ async def run_demo(settings: Settings, loaded: LoadedTopology, echo: Echo) -> in
         if cleared:
             echo(f"   cleared {cleared} jobs left by an earlier run (demo queues only)")
 
-    tally = _Tally()
+    tally = Tally()
     loop = asyncio.get_running_loop()
 
     def on_event(ctx: JobContext, what: str) -> None:
@@ -107,7 +107,7 @@ async def run_demo(settings: Settings, loaded: LoadedTopology, echo: Echo) -> in
             )
         )
         async with Producer(settings, topology) as producer:
-            await _publish_all(producer, tally, echo)
+            await publish_all(producer, tally, echo)
             echo("\n4. what happened (handler runs as they finish):")
             _release_held(tally, echo)
             expected = len(tally.published)
@@ -143,7 +143,7 @@ async def _wait_ready(worker: Worker, task: asyncio.Task[object]) -> None:
         task.result()  # raises the worker's error
 
 
-async def _publish_all(producer: Producer, tally: _Tally, echo: Echo) -> None:
+async def publish_all(producer: Producer, tally: Tally, echo: Echo) -> None:
     echo("\n3. publishing (each line is a job the broker confirmed and routed):")
     results = await producer.publish_many(_JOBS)
     for request, result in zip(_JOBS, results, strict=True):
@@ -169,31 +169,31 @@ async def _publish_all(producer: Producer, tally: _Tally, echo: Echo) -> None:
     echo(f"   {'send_email':<16} {poison_id[:8]} -> demo.jobs, a body that is not JSON")
 
 
-def _show_event(tally: _Tally, ctx: JobContext, what: str, echo: Echo) -> None:
+def _show_event(tally: Tally, ctx: JobContext, what: str, echo: Echo) -> None:
     ok = not any(word in what for word in ("declined", "unavailable", "timed out"))
     if ok:
         tally.done.add(ctx.job_id)
     if tally.held is not None:
         tally.held.append((ctx, what, tally.elapsed()))
         return
-    _echo_event(tally, ctx, what, tally.elapsed(), ok, echo)
+    echo_event(tally, ctx, what, tally.elapsed(), ok, echo)
 
 
-def _echo_event(tally: _Tally, ctx: JobContext, what: str, when: str, ok: bool, echo: Echo) -> None:
+def echo_event(tally: Tally, ctx: JobContext, what: str, when: str, ok: bool, echo: Echo) -> None:
     job_type, delay_s = tally.published.get(ctx.job_id, (ctx.job_type, None))
     status = "ok    " if ok else "FAILED"
     note = f" (published with a {delay_s:g}s delay)" if delay_s else ""
     echo(f"   [{when}] {job_type:<16} {ctx.job_id[:8]} attempt {ctx.attempt} {status} {what}{note}")
 
 
-def _release_held(tally: _Tally, echo: Echo) -> None:
+def _release_held(tally: Tally, echo: Echo) -> None:
     held, tally.held = tally.held or [], None
     for ctx, what, when in held:
-        _echo_event(tally, ctx, what, when, ctx.job_id in tally.done, echo)
+        echo_event(tally, ctx, what, when, ctx.job_id in tally.done, echo)
 
 
 async def _wait_settled(
-    connection: BrokerConnection, tally: _Tally, queues: list[str], expected: int
+    connection: BrokerConnection, tally: Tally, queues: list[str], expected: int
 ) -> None:
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -132,8 +132,9 @@ def _positive_duration(ctx: click.Context, param: click.Parameter, value: str) -
     type=click.IntRange(1, 65535),
     default=None,
     metavar="N",
-    help="Serve Prometheus metrics on this port (/metrics). Under --processes P, process "
-    "slot i uses port N+i. Needs jobsys[prometheus].",
+    help="Serve Prometheus metrics on this port (/metrics), and the probes /livez and /readyz "
+    "(200 or 503). Under --processes P, process slot i uses port N+i. Needs "
+    "jobsys[prometheus].",
 )
 @click.option(
     "--metrics-bind",
@@ -149,6 +150,13 @@ def _positive_duration(ctx: click.Context, param: click.Parameter, value: str) -
     default=False,
     help="Also stand for election as the topology's scheduler and fire its schedules while "
     "elected (any number of workers may; exactly one fires).",
+)
+@click.option(
+    "--reload",
+    is_flag=True,
+    default=False,
+    help="Development: restart the worker when a .py file under the current directory or the "
+    "topology file changes (the old one drains first). Needs jobsys[reload].",
 )
 @connection_options
 @click.pass_context
@@ -169,6 +177,7 @@ def worker(
     metrics_port: int | None,
     metrics_bind: str,
     with_scheduler: bool,
+    reload: bool,
     url: str | None,
     ca_file: str | None,
     insecure: bool,
@@ -189,6 +198,9 @@ def worker(
     configure_logging(verbosity(ctx), service=True)
     if pool is not None and queues:
         raise click.UsageError("give either --pool or --queue, not both")
+    if reload:
+        _reload(topology_file, grace, processes, max_memory)
+        return
     if metrics_port is not None:
         _check_metrics(metrics_port, processes or 1)
     app = import_app(app_target)
@@ -240,7 +252,7 @@ def worker(
             if metrics_port is not None:
                 from jobsys.observe.prometheus import serve_metrics
 
-                stack.callback(serve_metrics(metrics_bind, metrics_port).close)
+                stack.callback(serve_metrics(metrics_bind, metrics_port, running.health).close)
             stack.enter_context(configure_from_env("jobsys-worker"))
             code = asyncio.run(serve(served))
     except JobsysError as exc:
@@ -251,6 +263,24 @@ def worker(
         # A sync handler cannot be interrupted; do not let it hold the process open.
         click.echo(f"{running.lingering_threads} sync handler(s) still running; exiting", err=True)
         _exit(code, hard=True)
+    _exit(code)
+
+
+def _reload(
+    topology_file: str, grace: float, processes: int | None, max_memory: int | None
+) -> None:
+    if processes is not None or max_memory is not None:
+        raise click.UsageError("--reload runs one worker process; leave out --processes")
+    from jobsys.cli.reload import run_reloading
+
+    load_or_exit(topology_file)  # a broken file is reported here, before any child starts
+    try:
+        code = run_reloading(
+            sys.argv[1:], topology_file, grace, lambda line: click.echo(line, err=True)
+        )
+    except ConfigError as exc:
+        _exit(fail(f"error: {exc}", EXIT_INVALID))
+        return
     _exit(code)
 
 

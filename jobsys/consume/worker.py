@@ -59,12 +59,16 @@ from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
 from jobsys.errors import JobsysError
 from jobsys.observe import tracing
+from jobsys.observe.health import Health, worker_health
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
 
 log = logging.getLogger(__name__)
+
+#: The outcomes that count as a job handled, toward ``max_jobs``.
+_FINISHED = frozenset({"ack", "retry", "dead_letter"})
 
 
 class Worker:
@@ -98,6 +102,7 @@ class Worker:
         self._fatal: JobsysError | None = None
         self._running: set[asyncio.Task[None]] = set()  # job runners
         self._in_progress = 0  # jobs between start and settlement
+        self._finished = 0  # jobs settled as done, retried or dead-lettered (--max-jobs)
         self._idle = asyncio.Event()
         self._connection = BrokerConnection(worker_settings(settings))
         self._producer: Producer | None = None
@@ -213,6 +218,18 @@ class Worker:
         """True once the worker drains or stops (asked to, ``max_jobs`` reached, or a fatal
         error); it takes no new jobs from then on."""
         return self._stop.is_set()
+
+    def health(self) -> Health:
+        """Live and ready, as ``/livez`` and ``/readyz`` report them (safe from another
+        thread: it only reads flags)."""
+        watchdog = self._runner.watchdog
+        return worker_health(
+            blocked_s=watchdog.blocked_s() if watchdog is not None else 0.0,
+            heartbeat_s=self.settings.heartbeat_s,
+            started=self.ready.is_set(),
+            stopping=self.stopping,
+            connected=self._connection.connected,
+        )
 
     def request_stop(self) -> None:
         """Drain gracefully; called a second time, stop at once."""
@@ -401,6 +418,9 @@ class Worker:
             outcome = await self._runner.run(delivery, pool.queue)
             settled = await self._settle(delivery, outcome, pool)
             span.set_outcome(settled.kind, settled.error)
+            if settled.kind in _FINISHED:
+                self._finished += 1
+                self._count_settled()
             if history is not None:
                 ran_s = asyncio.get_running_loop().time() - began
                 history.settled(delivery, pool.queue, settled, ran_s)
@@ -423,8 +443,11 @@ class Worker:
     # -- counting --------------------------------------------------------------------------
 
     def _count_settled(self) -> None:
+        # Counted when a job's settlement is issued, not when its ack is proven: the proof
+        # (jobsys.consume.acks) lags under load, and counting by it let a worker start jobs well
+        # past --max-jobs meanwhile.
         limit = self.options.max_jobs
-        if limit is not None and self.stats.settled >= limit and not self._stop.is_set():
+        if limit is not None and self._finished >= limit and not self._stop.is_set():
             log.info("reached %d jobs; draining", limit)
             self._stop.set()
 

@@ -163,6 +163,9 @@ def child_main(spec: ChildSpec) -> int:
         # Until the worker's loop takes the signals over: a stop that comes while the child is
         # still starting is kept and honoured as soon as the worker exists.
         signal.signal(sig, lambda _signum, _frame: requests.request())
+    # The supervisor starts the child with both held back (a stop sent during the imports
+    # above would have killed it); one sent meanwhile is delivered now, to the handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
     report = _Report()
     configure_logging(spec.verbose, service=True)
     from jobsys.errors import JobsysError
@@ -184,6 +187,10 @@ def child_main(spec: ChildSpec) -> int:
         unfinished=stats.unfinished,
     )
     log.info("%s (pid %d)", stats.summary(), os.getpid())
+    # The worker is done and has reported. Python puts the default dispositions back while it
+    # finalizes, and a stop arriving then (the supervisor stopping every child just as this
+    # one recycles) would end it "killed by SIGTERM", a failure; held back, it is moot.
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
     if worker.lingering_threads:
         # A sync handler cannot be interrupted; do not let it hold the process open.
         sys.stdout.flush()
@@ -206,7 +213,7 @@ def _run(spec: ChildSpec, requests: StopRequests) -> tuple[Worker, int]:
         if spec.metrics_port is not None:
             from jobsys.observe.prometheus import serve_metrics
 
-            server = serve_metrics(spec.metrics_bind, spec.metrics_port)
+            server = serve_metrics(spec.metrics_bind, spec.metrics_port, worker.health)
             stack.callback(server.close)
         if _telemetry_wanted(dict(os.environ)):
             from jobsys.observe.telemetry_setup import configure_from_env

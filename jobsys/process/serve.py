@@ -149,8 +149,15 @@ async def serve(worker: Served, requests: StopRequests | None = None) -> int:
     try:
         await worker.run()
     finally:
-        for sig in _STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-            if previous[sig] is not None:
-                signal.signal(sig, previous[sig])
+        # remove_signal_handler puts the default disposition back before ours is restored: a
+        # SIGTERM in between would kill the process. Held back meanwhile, it reaches the
+        # restored handler instead.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+                if previous[sig] is not None:
+                    signal.signal(sig, previous[sig])
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     return EXIT_OK if worker.graceful else EXIT_FAILED

@@ -365,7 +365,11 @@ class Supervisor:
 
 
 def _die_with_parent(parent: int) -> None:
-    # Runs in the child between fork and exec; PR_SET_PDEATHSIG survives the exec.
+    # Runs in the child between fork and exec; PR_SET_PDEATHSIG survives the exec, and so does
+    # the signal mask: the child starts with SIGTERM/SIGINT held back until child_main has its
+    # handlers (jobsys.process.child). Otherwise a stop sent while it is still importing kills
+    # it by the default disposition, and the supervisor counts a clean stop as a failure.
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
     import ctypes
 
     pr_set_pdeathsig = 1

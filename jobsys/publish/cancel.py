@@ -4,7 +4,7 @@ markers) to the namespace's cancellations stream, which every worker reads
 
 from __future__ import annotations
 
-from jobsys.broker.confirm import ConfirmChannel, Outgoing
+from jobsys.broker.confirm import Outgoing, Publishes
 from jobsys.publish.properties import message_properties
 from jobsys.publish.receipt import Receipt
 from jobsys.topology.model import Topology
@@ -24,7 +24,7 @@ class CancelsJobs:
 
     topology: Topology
 
-    def _channel(self) -> ConfirmChannel:
+    def _channel(self) -> Publishes:
         raise NotImplementedError  # the Producer's
 
     async def cancel(self, job_id: str) -> Receipt:

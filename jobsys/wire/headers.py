@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +68,24 @@ _BROKER_DEATH_PREFIXES = ("x-first-death-", "x-last-death-")
 ROUTING_HEADERS = frozenset({"cc", "bcc"})
 
 
+#: The clock ``now_ms`` reads instead of the wall clock while an in-memory test kit runs
+#: (``jobsys.testing``, which sets it through ``set_clock``); None: the wall clock.
+_clock: Callable[[], int] | None = None
+
+
 def now_ms() -> int:
-    """Wall-clock time in milliseconds since the epoch."""
-    return int(time.time() * 1000)
+    """Wall-clock time in milliseconds since the epoch (a test kit's virtual time while one
+    runs)."""
+    clock = _clock
+    return int(time.time() * 1000) if clock is None else clock()
+
+
+def set_clock(clock: Callable[[], int] | None) -> Callable[[], int] | None:
+    """Make ``now_ms`` read ``clock`` (None: the wall clock again); returns the one it
+    replaced. For ``jobsys.testing`` only: the whole process then runs on that time."""
+    global _clock
+    previous, _clock = _clock, clock
+    return previous
 
 
 # -- typed readers ----------------------------------------------------------------------------

@@ -269,7 +269,14 @@ async def test_jobs_tail_follows_the_history_with_its_filters(
         assert (printed["kind"], printed["job_type"]) == ("dead_lettered", "refuse")
     finally:
         tail.send_signal(signal.SIGINT)
-        await asyncio.wait_for(tail.wait(), 30)
+        try:
+            await asyncio.wait_for(tail.wait(), 30)
+        except TimeoutError:
+            tail.kill()
+            assert tail.stderr is not None
+            said = (await tail.stderr.read()).decode(errors="replace")
+            failure = f"jobs tail did not stop 30s after SIGINT; it said: {said}"
+            raise AssertionError(failure) from None
 
 
 async def test_follow_hands_over_every_event_written_from_now_on(

@@ -200,10 +200,11 @@ async def test_max_jobs_recycles_processes_and_every_job_runs_exactly_once(
     assert await supervisor.wait_exit() == 0, supervisor.stderr
     done = supervisor.done()
     assert Counter(job for _, job in done) == Counter(ids)
-    # A process stops taking jobs at 15 settled; the ones already running (at most the
-    # prefetch, 8) still finish, so none runs more than 23.
+    # A process stops taking jobs when its 15th is settled; the ones already running (at
+    # most its concurrency, 4, the 15th among them) still finish, so none runs more than 18.
+    # (Counted by proven acks, the limit lagged under load: a process once ran 24.)
     per_pid = Counter(pid for pid, _ in done)
-    assert len(per_pid) >= 4 and max(per_pid.values()) <= 15 + 8, per_pid
+    assert len(per_pid) >= 4 and max(per_pid.values()) <= 15 + 4 - 1, per_pid
     _started, restarted, recycled, total = _summary(supervisor.stderr).groups()
     assert restarted == "0" and int(recycled) >= 3 and total == "90"
 

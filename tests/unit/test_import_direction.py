@@ -32,6 +32,9 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("jobsys.broker",),
     ("jobsys.publish",),
     ("jobsys.consume", "jobsys.ops", "jobsys.schedule"),
+    # The in-memory test kit: over publish/ and consume/, which it runs; only the demo (cli/)
+    # reaches it from above.
+    ("jobsys.testing",),
     ("jobsys.process",),
     # The web dashboard: over ops/, below the command line that starts it.
     ("jobsys.dashboard",),
@@ -275,6 +278,18 @@ def test_nothing_outside_the_command_line_imports_click_or_the_command_line() ->
     }
 
     assert {module: names for module, names in offenders.items() if names} == {}
+
+
+def test_only_the_in_memory_demo_imports_the_test_kit() -> None:
+    # The kit is for users' tests; the product runs without it (the demo offers it by choice).
+    importers = {
+        module
+        for module in all_modules()
+        if room_of(module) != "jobsys.testing"
+        and any(room_of(name) == "jobsys.testing" for name in direct_imports(module))
+    }
+
+    assert importers == {"jobsys.cli.demo_memory"}
 
 
 def test_the_command_line_reaches_the_broker_only_through_jobsys() -> None:

@@ -126,6 +126,19 @@ def _run(script: str, options: SupervisorOptions = _FAST) -> tuple[int, list[str
     return supervisor.run(), lines, supervisor
 
 
+def test_a_child_starts_with_the_stop_signals_held_back_until_it_has_handlers() -> None:
+    # A stop sent while a child still imports must not kill it by the default disposition.
+    script = (
+        "import signal\n"
+        "held = signal.pthread_sigmask(signal.SIG_BLOCK, ())\n"
+        "report(outcome='fatal', code=4, error=str(sorted(int(s) for s in held)))\n"
+        "raise SystemExit(4)"
+    )
+    _code, lines, _supervisor = _run(script)
+    held = sorted([int(signal.SIGINT), int(signal.SIGTERM)])
+    assert [line for line in lines if line.startswith("error:")] == [f"error: {held}"]
+
+
 def test_children_that_keep_crashing_trip_the_crash_loop_guard_and_the_supervisor_exits_1() -> None:
     code, lines, supervisor = _run("raise SystemExit(7)")
 
@@ -160,6 +173,8 @@ def test_a_crash_is_restarted_and_sigterm_drains_every_child_and_exits_0(tmp_pat
         "    report(outcome='stopped', reason='signal', graceful=True, done=2)\n"
         "    sys.exit(0)\n"
         "signal.signal(signal.SIGTERM, stop)\n"
+        # As jobsys.process.child: a child starts with the stop signals held back.
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))\n"
         "print('up', flush=True)\n"
         "time.sleep(60)\n"
     )
