@@ -17,6 +17,8 @@ import click
 from jobsys.cli.output import plural
 from jobsys.topology.delays import LEVELS, DelayLayout
 from jobsys.topology.entities import BindingSpec, QueueSpec
+from jobsys.topology.flow import flow_lines
+from jobsys.topology.model import Topology
 from jobsys.topology.plan import ACTIONS, Plan, PlanItem
 from jobsys.wire.display import escape
 
@@ -47,6 +49,18 @@ def print_plan(plan: Plan, layout: DelayLayout, *, every_line: bool, changes_onl
             "API, and the broker reveals arguments it checks on redeclare only"
         )
     click.echo(f"summary: {plan.summary()}")
+
+
+def print_flow(topology: Topology) -> None:
+    """The weighted pools (nothing to declare for them; ``jobsys worker --pool NAME`` serves
+    one), each queue with its weight and share under backlog."""
+    lines = flow_lines(topology)
+    if lines:
+        click.echo(
+            "flow control (weighted pools: jobsys worker --pool NAME; shares under backlog):"
+        )
+    for line in lines:
+        click.echo(f"  {escape(line)}")
 
 
 def _print_every_line(plan: Plan) -> None:

@@ -211,11 +211,27 @@ def _notes(report: StatusReport, *, with_note: bool) -> list[str]:
             + (f", holding {', '.join(legacy)}" if legacy else ", empty")
             + ": they deliver on time; `jobsys delays retire` removes them once empty"
         )
+    notes += [_breaker_note(name, state) for name, state in report.breakers.items()]
     if any(not queue.counts.exists for queue in report.queues):
         notes.append("some queues are missing: `jobsys topology apply` declares them")
     if report.note and with_note:
         notes.append(report.note)
     return [escape(note) for note in notes]
+
+
+def _breaker_note(job_type: str, state: dict[str, Any] | None) -> str:
+    """``circuit breaker render: open until 04:10:07 UTC (5 failures in 60s; worker ...)``."""
+    if state is None:
+        return f"circuit breaker {job_type}: closed (no change of state recorded)"
+    shown = str(state.get("state", "unknown"))
+    until = state.get("until_ms")
+    if shown == "open" and isinstance(until, int):
+        when = datetime.fromtimestamp(until / 1000, UTC).strftime("%H:%M:%S UTC")
+        shown += f" until {when}"
+    return (
+        f"circuit breaker {job_type}: {shown} ({state.get('trigger', '?')}; "
+        f"last change by {state.get('worker', '?')})"
+    )
 
 
 def _n(value: int | None) -> str:
@@ -264,4 +280,5 @@ def report_json(reading: _Reading, previous: _Reading | None) -> dict[str, Any]:
             {"name": level.name, "ttl_s": level.ttl_s, "waiting": level.waiting}
             for level in report.legacy_levels
         ],
+        "breakers": report.breakers,
     }

@@ -25,13 +25,14 @@ from jobsys.cli.common import (
     run,
 )
 from jobsys.cli.output import json_option, plural, print_json
-from jobsys.cli.plan_view import is_delay_level, print_plan
+from jobsys.cli.plan_view import is_delay_level, print_flow, print_plan
 from jobsys.errors import TopologyLoadError
 from jobsys.ops.declare import apply_topology, plan_topology
 from jobsys.settings import Settings
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.delays import DelayLayout
 from jobsys.topology.entities import desired_entities
+from jobsys.topology.flow import flow_json
 from jobsys.topology.loader import LoadedTopology, load_topology, printable
 from jobsys.topology.plan import ApplyResult, Plan
 from jobsys.topology.routing import route_job_type
@@ -189,7 +190,7 @@ def plan(
     settings = build_settings(url, ca_file, insecure)
     result = run(_plan)(loaded, settings, use_management=not no_management)
     if as_json:
-        print_json(result.to_json())
+        print_json({**result.to_json(), "flow": flow_json(loaded.topology)})
     else:
         how = "the management API" if result.method == "management" else "probing over AMQP"
         click.echo(
@@ -202,6 +203,7 @@ def plan(
             every_line=every_line,
             changes_only=changes_only,
         )
+        print_flow(loaded.topology)
     if result.has_conflicts:
         raise click.exceptions.Exit(EXIT_CONFLICT)
 

@@ -34,7 +34,7 @@ from jobsys.process.child import ChildSpec, load_app
 from jobsys.process.serve import Served, exit_code_for, serve
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
-from jobsys.wire.display import escape_keeping_newlines
+from jobsys.wire.display import escape, escape_keeping_newlines
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,15 @@ def _positive_duration(ctx: click.Context, param: click.Parameter, value: str) -
     help="Consume this queue (repeatable). Default: every queue a handled job type reaches.",
 )
 @click.option(
-    "--concurrency", type=click.IntRange(1, 10_000), help="Jobs running at once, per queue."
+    "--pool",
+    metavar="NAME",
+    help="Serve the weighted pool NAME of the topology (`pools:`): its queues share the "
+    "pool's runners by weight. Not with --queue.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    help="Jobs running at once, per queue (with --pool: in the whole pool).",
 )
 @click.option("--prefetch", type=click.IntRange(1, 65_535), help="Deliveries held, per queue.")
 @click.option(
@@ -157,6 +165,7 @@ def worker(
     app_target: str,
     topology_file: str,
     queues: tuple[str, ...],
+    pool: str | None,
     concurrency: int | None,
     prefetch: int | None,
     grace: float,
@@ -187,6 +196,8 @@ def worker(
     per finished job.
     """
     configure_logging(verbosity(ctx), service=True)
+    if pool is not None and queues:
+        raise click.UsageError("give either --pool or --queue, not both")
     if reload:
         _reload(topology_file, grace, processes, max_memory)
         return
@@ -194,9 +205,18 @@ def worker(
         _check_metrics(metrics_port, processes or 1)
     app = import_app(app_target)
     loaded = load_or_exit(topology_file)
+    if pool is not None and pool not in loaded.topology.pools:
+        declared = ", ".join(map(escape, sorted(loaded.topology.pools))) or "none are declared"
+        raise click.exceptions.Exit(
+            fail(
+                f"error: pool '{escape(pool)}' is not in the topology (pools: {declared})",
+                EXIT_INVALID,
+            )
+        )
     settings = build_settings(url, ca_file, insecure)
     options = WorkerOptions(
         queues=queues,
+        pool=pool,
         concurrency=concurrency,
         prefetch=prefetch,
         grace_s=grace,

@@ -76,6 +76,12 @@ class Acks(Generic[T]):
         """Note a delivery as unsettled."""
         self._pending[tag] = None
 
+    @property
+    def unsettled(self) -> int:
+        """Deliveries on this channel whose ack or requeue has not been written yet: what the
+        broker counts against the prefetch."""
+        return len(self._pending)
+
     def ack(self, job: T) -> None:
         """Ack ``job`` soon, with the others finishing in this loop turn; ``on_sent`` reports
         the outcome. Returns at once, so the job's task is free for the next job."""

@@ -23,15 +23,19 @@ from aiormq.abc import DeliveredMessage
 from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
+from jobsys.consume.breakers import Breakers
 from jobsys.consume.followups import Outbox, read_then, send_then
 from jobsys.consume.middleware import MIDDLEWARE_SLACK_S, around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
+from jobsys.consume.permits import PERMIT_WAIT_S, Permits
+from jobsys.consume.rates import TOKEN_WAIT_S, Tokens
 from jobsys.consume.result import ResultCodec
 from jobsys.consume.retry import decide
 from jobsys.consume.threads import DeadlinePassed, HandlerThreads
 from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
 from jobsys.errors import DecodeError, LoopBlocked, MessageError
+from jobsys.observe import metrics
 from jobsys.observe.propagation import current_trace_id
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
@@ -142,6 +146,12 @@ class AttemptRunner:
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
         #: The app's attempt middleware, outermost first (``jobsys.consume.middleware``).
         self.middleware = app.middlewares
+        #: Set by the worker: the permits of job types with ``max_running``.
+        self.permits: Permits | None = None
+        #: Set by the worker: the circuit breakers of job types with ``breaker``.
+        self.breakers: Breakers | None = None
+        #: Set by the worker: the token buckets of job types with ``rate_limit``.
+        self.tokens: Tokens | None = None
         #: Set by the worker: the producer follow-up jobs go out on.
         self.producer: Producer | None = None
         self.results = ResultCodec(settings.max_payload_bytes)
@@ -149,7 +159,6 @@ class AttemptRunner:
     async def run(self, delivery: Delivery, queue: str) -> Outcome:
         """Run one attempt of ``delivery`` (consumed from ``queue``, already identified) and
         return its outcome."""
-        props = delivery.message.header.properties
         if delivery.job_id is not None and delivery.job_id in self.cancellations:
             return CANCEL  # before anything else: not run, not held, not sent back to wait
         blocked = self._blocked_before(delivery)
@@ -158,6 +167,43 @@ class AttemptRunner:
         early = await self._until_due(delivery)
         if early is not None:
             return early
+        if self.breakers is None:
+            return await self._permitted(delivery, queue)
+        held = self.breakers.hold_back(delivery.job_type)
+        if held is not None:
+            return held
+        outcome = await self._permitted(delivery, queue)
+        self.breakers.record(delivery.job_type, outcome)
+        return outcome
+
+    async def _permitted(self, delivery: Delivery, queue: str) -> Outcome:
+        """Run the attempt once the job type's ``rate_limit`` and ``max_running`` leave room."""
+        if self.tokens is not None and self.tokens.limits(delivery.job_type):
+            assert delivery.job_type is not None
+            if not await self.tokens.take(delivery.job_type):
+                metrics.record_held_back(delivery.job_type, "rate_limit")
+                return Outcome.hold_back(TOKEN_WAIT_S, "held back: over its rate limit")
+        if self.permits is None or not self.permits.limits(delivery.job_type):
+            return await self._decoded_and_run(delivery, queue)
+        assert delivery.job_type is not None
+        permit = await self.permits.take(delivery.job_type)
+        if permit is None:
+            metrics.record_held_back(delivery.job_type, "max_running")
+            log.info(
+                "job %s (%s): max_running jobs of its type run already; it waits %ss",
+                delivery.job_id,
+                delivery.job_type,
+                PERMIT_WAIT_S,
+            )
+            return Outcome.hold_back(PERMIT_WAIT_S, "held back: no permit free (max_running)")
+        try:
+            return await self._decoded_and_run(delivery, queue)
+        finally:
+            # However the attempt ended: a success, a raise, a deadline, a cancel.
+            await self.permits.release(permit)
+
+    async def _decoded_and_run(self, delivery: Delivery, queue: str) -> Outcome:
+        props = delivery.message.header.properties
         try:
             _check_utf8(props)
             envelope = decode_envelope(

@@ -25,6 +25,8 @@ class WorkerOptions:
     threads: int | None = None
     #: How long each of the app's startup and shutdown hooks may take.
     hook_timeout_s: float = 60.0
+    #: A weighted pool of the topology (``pools:``) to serve instead of ``queues``.
+    pool: str | None = None
 
 
 @dataclass
@@ -41,6 +43,8 @@ class WorkerStats:
     early: int = 0
     #: Jobs cancelled before they ran, acked without running.
     cancelled: int = 0
+    #: Jobs a limit of their job type held back (no permit free), sent back to wait unrun.
+    held_back: int = 0
 
     @property
     def settled(self) -> int:
@@ -62,4 +66,6 @@ class WorkerStats:
             line += f", {self.early} arrived early and went back to wait"
         if self.cancelled:
             line += f", {self.cancelled} cancelled before they ran"
+        if self.held_back:
+            line += f", {self.held_back} held back by max_running and sent back to wait"
         return line

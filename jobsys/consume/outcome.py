@@ -31,6 +31,8 @@ class Outcome:
     reason: str | None = None  # why the job is retried or dead-lettered
     #: For "ack": the handler's return value encoded as JSON (None: it returned None).
     result: bytes | None = None
+    #: For "wait": held back by a limit of its job type (``max_running``), not early.
+    held_back: bool = False
 
     @classmethod
     def dead_letter(
@@ -58,6 +60,12 @@ class Outcome:
         """Send the job back through the delay levels for ``delay_s`` seconds, unrun: it
         arrived before its due time. Not an attempt: its attempt counter stays."""
         return cls("wait", delay_s=delay_s, reason=reason)
+
+    @classmethod
+    def hold_back(cls, delay_s: float, reason: str) -> Outcome:
+        """Send the job back through the delay levels for ``delay_s`` seconds, unrun: a limit
+        of its job type holds it back. Not an attempt: its attempt counter stays."""
+        return cls("wait", delay_s=delay_s, reason=reason, held_back=True)
 
 
 ACK = Outcome("ack")

@@ -271,7 +271,10 @@ class Settler:
             await delivery.acks.nack(delivery.tag)
             return Outcome("requeue")
         delivery.counted = True
-        self.stats.early += 1
+        if outcome.held_back:
+            self.stats.held_back += 1
+        else:
+            self.stats.early += 1
         delivery.acks.ack(delivery)
         return outcome
 

@@ -47,9 +47,10 @@ from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
 from jobsys.consume.history import HistoryWriter
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
+from jobsys.consume.limits import Limits
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
-from jobsys.consume.pools import Pool, plan_pools
+from jobsys.consume.pools import Pool, Runners, plan_pools, runner_groups
 from jobsys.consume.presence import banner, worker_settings
 from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
@@ -109,6 +110,8 @@ class Worker:
         self._runner = AttemptRunner(app, self.topology, settings)
         self._settler: Settler | None = None
         self._cancellations: Cancellations | None = None
+        #: max_running, rate_limit and breakers of the topology's job types.
+        self.limits = Limits()
         self._replies: ReplySender | None = None
         #: Job history (a topology with ``history:``), written off the hot path.
         self.history: HistoryWriter | None = None
@@ -129,7 +132,9 @@ class Worker:
         await watch.check_entities()
         watch.attach()
         if any(not spec.is_async for spec in self.app):
-            size = self.options.threads or sum(p.concurrency for p in self.pools)
+            size = self.options.threads or sum(
+                group.concurrency for group in runner_groups(self.pools)
+            )
             self._runner.threads = HandlerThreads(size)
         self._runner.watchdog = LoopWatchdog(self.settings.heartbeat_s)
         self._runner.watchdog.start()
@@ -146,6 +151,7 @@ class Worker:
         )
         await self._cancellations.start(self._producer)
         self._runner.cancellations = self._cancellations
+        self.limits = await Limits.start(self._connection, self.topology, self._runner)
         self._settler = Settler(
             self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
         )
@@ -161,8 +167,11 @@ class Worker:
             await watch.watch_channel(pool.channel, pool.queue)
             pool.channel.reopen_callbacks.add(functools.partial(self._on_reopen, pool))
             pool.consuming = True
-            await self._subscribe(pool)
-            log.debug("consuming %s", pool.queue)
+        # Every channel is ready before any pool consumes, and then all consume at once: the
+        # queues of a weighted pool start together, not one queue alone for the few round trips
+        # the next one's channel setup would take.
+        await asyncio.gather(*(self._subscribe(pool) for pool in self.pools))
+        log.debug("consuming %s", ", ".join(pool.queue for pool in self.pools))
         self._log_banner()
 
     def _log_banner(self) -> None:
@@ -176,6 +185,9 @@ class Worker:
         assert pool.channel is not None
         underlay = cast(aiormq.Channel, await pool.channel.get_underlay_channel())
         if pool.consuming and pool.consumer_tag not in underlay.consumers:
+            # Until its first deliveries arrive, a queue of a weighted pool counts as having a
+            # backlog: the first queue to deliver does not take the others' turns meanwhile.
+            pool.busy_at = asyncio.get_running_loop().time()
             await underlay.basic_consume(
                 pool.queue,
                 functools.partial(self._on_message, pool),
@@ -315,8 +327,9 @@ class Worker:
             self._runner.watchdog.stop()
 
     async def _close_side_channels(self) -> None:
-        """The reply channel, and the job history (its last events written first)."""
-        for side in (self._replies, self.history):
+        """The reply channel, the job history (its last events written first), and the limits'
+        channels (the broker returns any permit still held)."""
+        for side in (self._replies, self.history, self.limits):
             if side is not None:
                 with contextlib.suppress(Exception):
                     await side.close()
@@ -350,19 +363,25 @@ class Worker:
             await self._settle(delivery, REQUEUE, pool)
             return
         pool.waiting.append(delivery)
-        if pool.running < pool.concurrency:
+        if acks.unsettled >= min(2, pool.prefetch):
+            pool.busy_at = asyncio.get_running_loop().time()
+        pool.arrived.set()
+        runners = pool.runners
+        if runners.running < runners.concurrency:
             # Handlers run in tasks of jobsys's own, not in aiormq's delivery task: aiormq
             # cancels those when the channel closes, and a handler should rather finish across
             # a reconnect (its ack then fails and is logged; the broker redelivers the job).
-            pool.running += 1
-            runner = asyncio.get_running_loop().create_task(self._run_jobs(pool))
+            runners.running += 1
+            runner = asyncio.get_running_loop().create_task(self._run_jobs(runners))
             self._running.add(runner)
-            runner.add_done_callback(functools.partial(self._runner_done, pool))
+            runner.add_done_callback(functools.partial(self._runner_done, runners))
 
-    async def _run_jobs(self, pool: Pool) -> None:
-        # One runner takes waiting jobs one after the other; at most ``concurrency`` runners.
+    async def _run_jobs(self, runners: Runners) -> None:
+        # One runner takes waiting jobs one after the other, from whichever of its pools comes
+        # next by weight; at most ``concurrency`` runners.
         try:
-            while (delivery := self._next_waiting(pool)) is not None:
+            while (picked := await runners.next_job(self._stop)) is not None:
+                pool, delivery = picked
                 self._in_progress += 1
                 try:
                     await self._attempt(delivery, pool)
@@ -372,7 +391,7 @@ class Worker:
             # The runner leaves in the same loop turn as its last look at the waiting jobs. Were
             # it counted as gone only in its done-callback, a delivery arriving in between would
             # see the pool full, start no runner, and wait unrun until the next delivery.
-            pool.running -= 1
+            runners.running -= 1
 
     async def _attempt(self, delivery: Delivery, pool: Pool) -> None:
         identity = delivery.identify()
@@ -414,20 +433,12 @@ class Worker:
                 (time.monotonic() - started) * 1000,
             )
 
-    def _runner_done(self, pool: Pool, runner: asyncio.Task[None]) -> None:
+    def _runner_done(self, runners: Runners, runner: asyncio.Task[None]) -> None:
         self._running.discard(runner)
         if not self._running:
             self._idle.set()
         if not runner.cancelled() and runner.exception() is not None:
-            log.error("a job runner of %s failed", pool.queue, exc_info=runner.exception())
-
-    def _next_waiting(self, pool: Pool) -> Delivery | None:
-        while pool.waiting and not self._stop.is_set():
-            delivery = pool.waiting.popleft()
-            # A job held on a channel that has closed since is back in its queue already.
-            if not delivery.acks.channel.is_closed:
-                return delivery
-        return None
+            log.error("a job runner of %s failed", runners.name, exc_info=runner.exception())
 
     # -- counting --------------------------------------------------------------------------
 

@@ -8,6 +8,10 @@ Instruments (attributes ``job_type`` and ``queue``, or ``exchange`` for publishe
 - ``jobsys.handler.duration`` histogram, seconds (also ``outcome``)
 - ``jobsys.queue.latency`` histogram, seconds from publish to the start of an attempt
 - ``jobsys.jobs.in_flight`` up-down counter
+- ``jobsys.jobs.held_back`` counter (``job_type``, ``reason``: ``breaker`` or ``max_running``):
+  jobs sent back to wait unrun by a limit of their type
+- ``jobsys.breaker.open`` up-down counter (``job_type``): 1 while this process's circuit breaker
+  of the type is open or half-open, else 0
 
 The counters and the in-flight gauge are plain per-process counts, reported to OpenTelemetry as
 observable (asynchronous) instruments when a reader collects: a job costs a few dict updates
@@ -52,6 +56,8 @@ class _Counts:
         self.retried: dict[tuple[str, ...], int] = {}
         self.dead_lettered: dict[tuple[str, ...], int] = {}
         self.in_flight: dict[tuple[str, ...], int] = {}
+        self.held_back: dict[tuple[str, ...], int] = {}
+        self.breaker_open: dict[tuple[str, ...], int] = {}
 
 
 def _observer(
@@ -91,6 +97,18 @@ class _Instruments:
             callbacks=[_observer(counts.in_flight, _PER_QUEUE)],
             unit="{job}",
             description="Attempts running now",
+        )
+        meter.create_observable_counter(
+            "jobsys.jobs.held_back",
+            callbacks=[_observer(counts.held_back, ("job_type", "reason"))],
+            unit="{job}",
+            description="Jobs sent back to wait unrun by a limit of their type",
+        )
+        meter.create_observable_up_down_counter(
+            "jobsys.breaker.open",
+            callbacks=[_observer(counts.breaker_open, ("job_type",))],
+            unit="{breaker}",
+            description="1 while this process's circuit breaker of the job type is not closed",
         )
         self.duration = meter.create_histogram(
             "jobsys.handler.duration", unit="s", description="Time a handler ran, per attempt"
@@ -216,6 +234,27 @@ def _failed(exc: BaseException) -> None:
 
 def _add(store: dict[tuple[str, ...], int], key: tuple[str, ...], amount: int = 1) -> None:
     store[key] = store.get(key, 0) + amount
+
+
+def record_held_back(job_type: str, reason: str) -> None:
+    """Count a job of ``job_type`` sent back to wait unrun (``reason``: ``breaker`` or
+    ``max_running``)."""
+    if _state.disabled:
+        return
+    try:
+        _add(_instruments().counts.held_back, (job_type, reason))
+    except Exception as exc:
+        _failed(exc)
+
+
+def record_breaker(job_type: str, is_open: bool) -> None:
+    """Note whether this process's circuit breaker of ``job_type`` is open (or half-open)."""
+    if _state.disabled:
+        return
+    try:
+        _instruments().counts.breaker_open[(job_type,)] = int(is_open)
+    except Exception as exc:
+        _failed(exc)
 
 
 def record_published(job_type: str, exchange: str, kind: str = "publish") -> None:

@@ -22,11 +22,13 @@ half-way, the error says exactly what was created and what was not (``ApplyProgr
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiormq
 import aiormq.abc
 import aiormq.exceptions
+from aiormq import spec
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
 from jobsys.broker.management import (
@@ -41,6 +43,7 @@ from jobsys.errors import (
     JobsysError,
     TopologyChangedDuringApply,
     TopologyConflictError,
+    TopologyError,
 )
 from jobsys.topology.entities import (
     ArgValue,
@@ -51,6 +54,8 @@ from jobsys.topology.entities import (
     desired_entities,
 )
 from jobsys.topology.loader import LoadedTopology
+from jobsys.topology.model import Topology
+from jobsys.topology.own import OwnLayout
 from jobsys.topology.plan import (
     ApplyResult,
     Difference,
@@ -105,7 +110,47 @@ async def apply_topology(
     entities = desired_entities(loaded.topology)
     loaded.check_declarable(entities)
     plan = await plan_topology(conn, entities, use_management=use_management)
-    return await apply_plan(conn, plan)
+    result = await apply_plan(conn, plan)
+    await fill_permits(conn, loaded.topology, result)
+    return result
+
+
+async def fill_permits(conn: BrokerConnection, topology: Topology, result: ApplyResult) -> None:
+    """Put ``max_running`` permits into each permits queue this apply created, and only there:
+    permits held by running jobs are unacked, so nobody can count them in an existing queue, and
+    filling it again would add to them. A permits queue is filled once, at its creation; a new
+    limit is a new queue (its name carries the count)."""
+    created = {item.name for item in result.created if item.kind == "queue"}
+    own = OwnLayout(topology.namespace)
+    wanted = {
+        own.permits_queue(name, job_type.max_running): job_type.max_running
+        for name, job_type in topology.job_types.items()
+        if job_type.max_running is not None
+    }
+    for queue, count in wanted.items():
+        if queue in created:
+            await _publish_permits(conn, queue, count)
+
+
+async def _publish_permits(conn: BrokerConnection, queue: str, count: int) -> None:
+    channel = await conn.plain_channel()
+    try:
+        properties = spec.Basic.Properties(delivery_mode=2, message_type="jobsys.permit")
+        confirms = [
+            channel.basic_publish(
+                str(number).encode(), routing_key=queue, properties=properties, mandatory=True
+            )
+            for number in range(1, count + 1)
+        ]
+        for confirm in asyncio.as_completed(confirms):
+            outcome = await confirm
+            if not isinstance(outcome, spec.Basic.Ack):
+                raise TopologyError(
+                    f"the broker did not take every permit of {queue}: delete the queue and run "
+                    "`jobsys topology apply` again"
+                )
+    finally:
+        await close_quietly(channel)
 
 
 async def apply_plan(conn: BrokerConnection, plan: Plan) -> ApplyResult:

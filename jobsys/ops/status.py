@@ -9,6 +9,9 @@ and the consumer count over AMQP; unacked messages and rates are then unknown (s
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +31,7 @@ from jobsys.settings import Settings
 from jobsys.topology import delays
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.model import Topology, dead_letter_queue_name
+from jobsys.topology.own import OwnLayout
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ class StatusReport:
     #: Levels of the layout before jobsys fixed its level count, where they still exist: they
     #: deliver what they hold on time, and ``jobsys delays retire`` removes them once empty.
     legacy_levels: list[DelayLevelStatus] = field(default_factory=list)
+    #: The last state each circuit breaker published (``jobsys.consume.breakers``), by job
+    #: type; None for a breaker that never changed state.
+    breakers: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     @property
     def delayed_total(self) -> int | None:
@@ -118,7 +125,14 @@ class StatusReader:
         self._conn: BrokerConnection | None = None
 
     async def read(self) -> StatusReport:
-        """The broker's numbers now."""
+        """The broker's numbers now, and the circuit breakers' last states."""
+        report = await self._read_counts()
+        if not any(jt.breaker is not None for jt in self.topology.job_types.values()):
+            return report
+        breakers = await read_breakers(await self._connection(), self.topology)
+        return dataclasses.replace(report, breakers=breakers)
+
+    async def _read_counts(self) -> StatusReport:
         names = _queue_names(self.topology)
         if self._endpoint is not None:
             try:
@@ -250,6 +264,34 @@ async def passive_counts(
     finally:
         await close_quietly(channel)
     return result
+
+
+async def read_breakers(
+    connection: BrokerConnection, topology: Topology
+) -> dict[str, dict[str, Any] | None]:
+    """The last published state of every circuit breaker of ``topology``: peeked (taken and
+    put back at once) from its one-message queue; None where none was published yet or the
+    queue cannot be read."""
+    own = OwnLayout(topology.namespace)
+    states: dict[str, dict[str, Any] | None] = {}
+    channel = await connection.plain_channel(confirms=False)
+    try:
+        for name, job_type in topology.job_types.items():
+            if job_type.breaker is None:
+                continue
+            states[name] = None
+            got = await channel.basic_get(own.breaker_queue(name), no_ack=False)
+            if not isinstance(got.delivery, spec.Basic.GetOk):
+                continue
+            await channel.basic_nack(got.delivery.delivery_tag or 0, requeue=True)
+            with contextlib.suppress(ValueError):
+                record = json.loads(got.body)
+                states[name] = record if isinstance(record, dict) else None
+    except aiormq.exceptions.AMQPError:
+        pass  # a breaker queue missing (apply not run): its state shows as unknown
+    finally:
+        await close_quietly(channel)
+    return states
 
 
 def _queue_names(topology: Topology) -> list[str]:

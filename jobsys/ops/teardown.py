@@ -72,10 +72,13 @@ async def plan_teardown(
         kept = dict.fromkeys([*shared_queues, *shared_exchanges], reason)
         shared_queues, shared_exchanges = [], []
     counts = await _ready_counts(conn, [*own_queues, *shared_queues])
-    # The scheduler's token and state, and the cancellations, are jobsys's records, not jobs:
+    # The scheduler's token and state, the cancellations and the permits are jobsys's records,
+    # not jobs:
     # they never stop a delete.
     records = {
-        q.name for q in entities.queues if q.role in ("scheduler", "cancellations", "history")
+        q.name
+        for q in entities.queues
+        if q.role in ("scheduler", "cancellations", "history", "permits", "breaker", "tokens")
     }
     counts = {name: 0 if name in records else count for name, count in counts.items()}
     exchanges = await _existing_exchanges(conn, [*own_exchanges, *shared_exchanges])

@@ -62,6 +62,7 @@ def check_topology(topology: Topology, malformed: Malformed | None = None) -> li
         *_check_job_types(topology, known),
         *_check_schedules(topology, known),
         *_check_history(topology, known),
+        *_check_pools(topology, known),
     ]
 
 
@@ -251,6 +252,16 @@ def _check_history(topology: Topology, malformed: Malformed) -> Iterator[Problem
                 ("history", "queues", index),
                 _not_declared("queue", queue, topology.queues, malformed.queues),
             )
+
+
+def _check_pools(topology: Topology, malformed: Malformed) -> Iterator[Problem]:
+    for name, pool in topology.pools.items():
+        for queue in pool.queues:
+            if queue not in topology.queues:
+                yield Problem(
+                    ("pools", name, "queues", queue),
+                    _not_declared("queue", queue, topology.queues, malformed.queues),
+                )
 
 
 def _check_retry_delays(topology: Topology, name: str, job_type: JobType) -> Iterator[Problem]:

@@ -21,13 +21,17 @@ from jobsys.topology.model import (
     ttl_ms,
 )
 from jobsys.topology.own import (
+    REFILLER_KEY,
     STATE_KEY,
     TOKEN_KEY,
     OwnLayout,
+    breaker_events_arguments,
+    bucket_arguments,
     cancellations_arguments,
     history_arguments,
     last_value_arguments,
     leader_arguments,
+    permits_arguments,
 )
 
 ArgValue = str | int | bool
@@ -50,7 +54,17 @@ class QueueSpec:
     name: str
     durable: bool
     arguments: dict[str, ArgValue]
-    role: Literal["work", "dead-letter", "delay", "scheduler", "cancellations", "history"]
+    role: Literal[
+        "work",
+        "dead-letter",
+        "delay",
+        "scheduler",
+        "cancellations",
+        "history",
+        "permits",
+        "breaker",
+        "tokens",
+    ]
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,30 @@ def _add_own(
         exchanges.append(ExchangeSpec(name=own.history_exchange, type="fanout"))
         queues.append(QueueSpec(own.history, True, history, "history"))
         bindings.append(BindingSpec(own.history_exchange, own.history, "queue", ""))
+    for name, job_type in topology.job_types.items():
+        if job_type.max_running is not None:
+            permits = own.permits_queue(name, job_type.max_running)
+            queues.append(QueueSpec(permits, True, permits_arguments(), "permits"))
+    limited = {n: jt.burst for n, jt in topology.job_types.items() if jt.rate_limit is not None}
+    if limited:
+        exchanges.append(ExchangeSpec(name=own.tokens_exchange, type="direct"))
+        election = leader_arguments("classic")
+        queues.append(QueueSpec(own.refiller_queue, True, election, "tokens"))
+        bindings.append(BindingSpec(own.tokens_exchange, own.refiller_queue, "queue", REFILLER_KEY))
+    for name, burst in limited.items():
+        bucket = own.tokens_queue(name)
+        queues.append(QueueSpec(bucket, True, bucket_arguments(burst), "tokens"))
+        bindings.append(BindingSpec(own.tokens_exchange, bucket, "queue", name))
+    breakers = [name for name, jt in topology.job_types.items() if jt.breaker is not None]
+    if breakers:
+        exchanges.append(ExchangeSpec(name=own.breaker_exchange, type="direct"))
+        events = own.breaker_events
+        queues.append(QueueSpec(events, True, breaker_events_arguments(), "breaker"))
+        bindings += [BindingSpec(own.breaker_exchange, events, "queue", n) for n in breakers]
+    for name in breakers:
+        queue = own.breaker_queue(name)
+        queues.append(QueueSpec(queue, True, last_value_arguments("classic"), "breaker"))
+        bindings.append(BindingSpec(own.breaker_exchange, queue, "queue", name))
     if not topology.schedules:
         return
     kind = topology.delays.queue_type

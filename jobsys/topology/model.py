@@ -7,6 +7,8 @@ that every problem can be reported at once with its position.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from typing import Annotated, Literal, TypeVar
 
@@ -90,6 +92,12 @@ _ROUTING_HEADERS = frozenset({"cc", "bcc"})
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
+#: The largest ``max_running`` of a job type: its permits are messages in one queue.
+MAX_PERMITS = 10_000
+#: The largest weight of a queue in a weighted pool, and the most queues one pool serves.
+MAX_WEIGHT = 1000
+MAX_POOL_QUEUES = 64
+
 
 def dead_letter_queue_name(queue: str) -> str:
     """The dead-letter queue of ``queue``: ``emails`` -> ``emails.dead``."""
@@ -121,6 +129,60 @@ class ConsumerPool(_Frozen):
                 "the pool could never run that many jobs at once"
             )
         return self
+
+
+#: A queue's weight in a weighted pool: a whole number, 1 to 1000 (a string, a float or a bool is
+#: refused rather than read as a number).
+Weight = Annotated[int, Field(strict=True, ge=1, le=MAX_WEIGHT)]
+
+
+class WeightedPool(_Frozen):
+    """A consumer pool that serves several queues, sharing its runners among them by weight.
+
+    While every queue has jobs waiting, a queue of weight w gets w / (sum of weights) of the
+    jobs started; a queue with nothing waiting is skipped, its share going to the others
+    (``jobsys.consume.fair``). ``concurrency`` bounds the jobs running in the whole pool;
+    ``prefetch`` is the heaviest queue's; the others prefetch in proportion to their weight, and
+    each at least ``concurrency`` so that any one queue can keep every runner busy when the
+    others are empty.
+    """
+
+    queues: dict[Name, Weight] = Field(min_length=1, max_length=MAX_POOL_QUEUES)
+    concurrency: int = Field(default=10, strict=True, ge=1, le=10_000)
+    prefetch: int | None = Field(default=None, strict=True, ge=1, le=65_535)
+
+    @model_validator(mode="after")
+    def _prefetch_covers_concurrency(self) -> WeightedPool:
+        if self.prefetch is not None and self.prefetch < self.concurrency:
+            raise ValueError(
+                f"prefetch ({self.prefetch}) is below concurrency ({self.concurrency}): "
+                "every queue prefetches at least the concurrency, so that any one can keep the "
+                "pool busy while the others are empty"
+            )
+        return self
+
+    @property
+    def heaviest_prefetch(self) -> int:
+        """What the heaviest queue's channel prefetches: ``prefetch``, else four times the
+        concurrency and at least 32. Jobs are started from what a worker holds, so a queue's
+        share holds only while its next jobs are already there when a runner frees up: the
+        heaviest queue, consumed fastest, needs the deepest buffer to cover the broker's refill."""
+        if self.prefetch is not None:
+            return self.prefetch
+        return min(max(4 * self.concurrency, 32), 65_535)
+
+    def prefetch_of(self, queue: str) -> int:
+        """What ``queue``'s channel prefetches: the heaviest queue's prefetch scaled by its
+        weight, and never below the concurrency, so that any one queue can keep every runner
+        busy while the others are empty. A light queue's jobs are not held back from other
+        workers in a deep buffer they would wait long in."""
+        scaled = -(-self.heaviest_prefetch * self.queues[queue] // max(self.queues.values()))
+        return max(self.concurrency, scaled)
+
+    def shares(self) -> dict[str, float]:
+        """Each queue's share of the jobs started while every queue has a backlog."""
+        total = sum(self.queues.values())
+        return {name: weight / total for name, weight in self.queues.items()}
 
 
 class Queue(_Frozen):
@@ -185,6 +247,64 @@ class RetryPolicy(_Frozen):
         return self
 
 
+#: The fastest rate limit: tokens are messages, published by one refiller.
+MAX_RATE_PER_S = 10_000.0
+_RATE = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,6})?)/(s|m|h)$")
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _rate_per_s(value: object) -> float:
+    if not isinstance(value, str):
+        raise ValueError("a rate limit is written as a count per unit: 50/s, 100/m or 1000/h")
+    match = _RATE.match(value.strip())
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a rate limit: write a count per s, m or h (50/s, 100/m, 1000/h)"
+        )
+    rate = float(match.group(1)) / _PER[match.group(2)]
+    if not 0 < rate <= MAX_RATE_PER_S:
+        raise ValueError(f"a rate limit must be above 0 and at most {MAX_RATE_PER_S:g}/s")
+    return rate
+
+
+#: Jobs per second, written ``50/s``, ``100/m`` or ``1000/h``.
+RatePerSecond = Annotated[float, BeforeValidator(_rate_per_s)]
+
+
+class CircuitBreaker(_Frozen):
+    """Pause a job type whose handler keeps failing (``jobsys.consume.breaker``).
+
+    Give ``failures`` (this many failed attempts within ``window`` open it) or
+    ``failure_ratio`` (this share of failed attempts within ``window``, once at least
+    ``min_calls`` ran). Open, the type's jobs are not attempted for ``cool_down``: they wait in
+    the delay levels, burning no attempt. Then one trial runs: a success closes it, a failure
+    opens it again.
+    """
+
+    failures: int | None = Field(default=None, strict=True, ge=1, le=100_000)
+    failure_ratio: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    min_calls: int = Field(default=10, strict=True, ge=1, le=100_000)
+    window: Duration = 60.0
+    cool_down: Duration = 30.0
+
+    @field_validator("failure_ratio", mode="before")
+    @classmethod
+    def _ratio_is_a_number(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float | None):
+            raise ValueError("failure_ratio is a number above 0 and at most 1, e.g. 0.5")
+        return value
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> CircuitBreaker:
+        if (self.failures is None) == (self.failure_ratio is None):
+            raise ValueError("give either failures or failure_ratio")
+        if not 1.0 <= self.window <= 86400.0:
+            raise ValueError("window must be from 1s to 1d")
+        if not 1.0 <= self.cool_down <= 86400.0:
+            raise ValueError("cool_down must be from 1s to 1d")
+        return self
+
+
 class JobType(_Frozen):
     """Where a job type is published, and how it is run."""
 
@@ -194,6 +314,24 @@ class JobType(_Frozen):
     priority: int | None = Field(default=None, ge=0, le=255)
     timeout: Duration = 300.0
     retry: RetryPolicy = RetryPolicy()
+    #: At most this many jobs of the type run at once across every worker: each holds one of
+    #: this many permits, messages in the type's permits queue (``jobsys.consume.permits``).
+    max_running: int | None = Field(default=None, strict=True, ge=1, le=MAX_PERMITS)
+    #: Pause the type while its handler keeps failing.
+    breaker: CircuitBreaker | None = None
+    #: At most this many jobs of the type start per second across every worker: each takes a
+    #: token from the type's tokens queue, which one elected refiller keeps filling.
+    rate_limit: RatePerSecond | None = None
+    #: Tokens that may pile up while the type is idle (a burst above the rate); default: one
+    #: second's worth.
+    rate_burst: int | None = Field(default=None, strict=True, ge=1, le=100_000)
+
+    @property
+    def burst(self) -> int:
+        """The tokens queue's length: ``rate_burst``, else one second's worth (at least 1)."""
+        if self.rate_burst is not None:
+            return self.rate_burst
+        return max(1, math.ceil(self.rate_limit or 1.0))
 
     @field_validator("headers")
     @classmethod
@@ -263,6 +401,8 @@ class Topology(_Frozen):
     delays: Delays = Delays()
     #: Periodic jobs, by name; fired by ``jobsys scheduler`` (``jobsys.schedule``).
     schedules: dict[Name, Schedule] = Field(default_factory=dict)
+    #: Consumer pools that serve several queues by weight (``jobsys worker --pool NAME``).
+    pools: dict[Name, WeightedPool] = Field(default_factory=dict)
     #: Job history in a stream (``jobsys.observe.history``); None: off.
     history: History | None = None
     #: The prefix of the exchanges and queues jobsys derives for this topology (delay levels,

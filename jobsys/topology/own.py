@@ -15,6 +15,9 @@ CANCELLATIONS_MAX_BYTES = 256 * 1024 * 1024
 #: Segment files of the stream: retention drops whole segments, so they are kept small.
 CANCELLATIONS_SEGMENT_BYTES = 16 * 1024 * 1024
 
+#: Routing key of the refiller's election token on the tokens exchange: ``#`` is not allowed in
+#: a job type's name, so no bucket shares it.
+REFILLER_KEY = "#refiller"
 #: Routing keys on the scheduler's exchange.
 TOKEN_KEY = "token"
 STATE_KEY = "state"
@@ -67,6 +70,42 @@ class OwnLayout:
         """The stream of job history events."""
         return f"{self.namespace}.history.events"
 
+    def permits_queue(self, job_type: str, max_running: int) -> str:
+        """The queue holding the ``max_running`` permits of ``job_type``. The count is in the
+        name: a new limit is a new queue, filled when ``apply`` creates it, and the old one
+        (the plan lists it as extra) serves the workers still running with the old file."""
+        return f"{self.namespace}.permits.{job_type}.{max_running}"
+
+    @property
+    def tokens_exchange(self) -> str:
+        """Direct exchange the refiller publishes rate-limit tokens to (key: the job type), and
+        its election token (key ``REFILLER_KEY``, which no job type name can be)."""
+        return f"{self.namespace}.tokens"
+
+    def tokens_queue(self, job_type: str) -> str:
+        """The token bucket of ``job_type``'s ``rate_limit``."""
+        return f"{self.namespace}.tokens.{job_type}"
+
+    @property
+    def refiller_queue(self) -> str:
+        """Single-active-consumer queue electing the one process that refills the buckets."""
+        return f"{self.namespace}.refiller"
+
+    @property
+    def breaker_exchange(self) -> str:
+        """Direct exchange workers publish a circuit breaker's state to (key: the job type)."""
+        return f"{self.namespace}.breakers"
+
+    @property
+    def breaker_events(self) -> str:
+        """The stream of every breaker's changes of state, which every worker reads: a breaker
+        opened by one worker pauses the type in all of them."""
+        return f"{self.namespace}.breakers.events"
+
+    def breaker_queue(self, job_type: str) -> str:
+        """The last state of ``job_type``'s circuit breaker, one message, for ``status``."""
+        return f"{self.namespace}.breaker.{job_type}"
+
     def derived_names(self) -> tuple[str, ...]:
         """Every name above: a topology may not declare one of its own."""
         return (
@@ -78,6 +117,10 @@ class OwnLayout:
             self.cancellations,
             self.history_exchange,
             self.history,
+            self.breaker_exchange,
+            self.breaker_events,
+            self.tokens_exchange,
+            self.refiller_queue,
         )
 
 
@@ -96,6 +139,29 @@ def leader_arguments(queue_type: str) -> dict[str, str | int | bool]:
         "x-max-length": 1,
         "x-overflow": "drop-head",
     }
+
+
+def bucket_arguments(burst: int) -> dict[str, str | int | bool]:
+    """A token bucket: at most ``burst`` tokens wait; the refiller's next one pushes out the
+    oldest (drop-head), so a full bucket stays full and never grows."""
+    return {"x-queue-type": "classic", "x-max-length": burst, "x-overflow": "drop-head"}
+
+
+def breaker_events_arguments() -> dict[str, str | int | bool]:
+    """The breakers' events: small, kept for a day at most (a worker reads back a cool-down)."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-length-bytes": 64 * 1024 * 1024,
+        "x-max-age": "1D",
+        "x-stream-max-segment-size-bytes": 4 * 1024 * 1024,
+    }
+
+
+def permits_arguments() -> dict[str, str | int | bool]:
+    """A permits queue: classic, for a requeued permit goes back to the head and is never
+    counted as a redelivery (a quorum queue on 4.x drops a message after 20 returns by default,
+    and a permit returns after every job)."""
+    return {"x-queue-type": "classic"}
 
 
 def cancellations_arguments() -> dict[str, str | int | bool]:

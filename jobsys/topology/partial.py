@@ -18,7 +18,7 @@ from jobsys.topology.check import Malformed, Path, Problem, check_topology
 from jobsys.topology.model import Topology
 
 #: Sections whose entries are keyed by name; ``bindings`` is a list.
-_NAMED = ("exchanges", "queues", "job_types", "schedules")
+_NAMED = ("exchanges", "queues", "job_types", "schedules", "pools")
 
 
 def sound_part_problems(data: dict[str, Any], error_paths: Iterable[Path]) -> list[Problem]:
@@ -60,10 +60,15 @@ def sound_part_problems(data: dict[str, Any], error_paths: Iterable[Path]) -> li
                 continue
             problem = Problem(("bindings", kept_bindings[int(path[1])], *path[2:]), problem.message)
         elif (
-            path[0] == "job_types" and _depends_on_left_out(path, topology, left_out, routing_known)
-        ) or (
-            path[0] == "schedules"
-            and topology.schedules[str(path[1])].job_type in left_out["job_types"]
+            (
+                path[0] == "job_types"
+                and _depends_on_left_out(path, topology, left_out, routing_known)
+            )
+            or (
+                path[0] == "schedules"
+                and topology.schedules[str(path[1])].job_type in left_out["job_types"]
+            )
+            or (path[0] == "pools" and len(path) > 3 and path[3] in left_out["queues"])
         ):
             continue
         kept.append(problem)

@@ -118,7 +118,7 @@ def test_an_unknown_top_level_key_is_hinted_too() -> None:
 def test_an_unknown_key_like_nothing_known_lists_the_keys_that_are_allowed() -> None:
     assert problems_of("version: 1\nfrobnicate: 3\n") == [
         "t.yaml:2:1: frobnicate: unknown key 'frobnicate'; expected one of: version, exchanges, "
-        "queues, bindings, job_types, delays, schedules, history, namespace"
+        "queues, bindings, job_types, delays, schedules, pools, history, namespace"
     ]
 
 
@@ -256,7 +256,7 @@ def test_merge_keys_are_refused() -> None:
 
     assert problems_of(text) == [
         "t.yaml:2:1: base: unknown key 'base'; expected one of: version, exchanges, queues, "
-        "bindings, job_types, delays, schedules, history, namespace",
+        "bindings, job_types, delays, schedules, pools, history, namespace",
         "t.yaml:4:3: exchanges.jobs.type: required key is missing",
         "t.yaml:5:5: exchanges.jobs: merge keys (<<) are not supported",
     ]
