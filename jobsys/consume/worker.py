@@ -43,6 +43,7 @@ from jobsys.app import App
 from jobsys.broker.connection import BrokerConnection, broker_errors
 from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
+from jobsys.consume.attempt_span import run_and_settle
 from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
 from jobsys.consume.history import HistoryWriter
@@ -58,7 +59,6 @@ from jobsys.consume.threads import HandlerThreads
 from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
 from jobsys.errors import JobsysError
-from jobsys.observe import tracing
 from jobsys.observe.health import Health, worker_health
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
@@ -395,35 +395,18 @@ class Worker:
 
     async def _attempt(self, delivery: Delivery, pool: Pool) -> None:
         identity = delivery.identify()
-        message = delivery.message
-        deliver = delivery.deliver
-        # Settled inside the span: a retry or dead-letter publish is a child of the attempt.
-        with tracing.consume_span(
-            message.header.properties.headers,
-            job_type=identity.job_type or "unknown",
-            job_id=identity.job_id or "unknown",
-            queue=pool.queue,
-            attempt=identity.attempt,
-            message_id=message.header.properties.message_id,
-            published_at_ms=identity.published_at_ms,
-            exchange=deliver.exchange or "",
-            routing_key=deliver.routing_key or "",
-        ) as span:
-            # One line per finished job only under -v: a busy worker's log stays readable.
-            started = time.monotonic() if log.isEnabledFor(logging.DEBUG) else None
-            history = self.history if pool.recorded else None
-            if history is not None:
-                history.started(delivery, pool.queue)
-                began = asyncio.get_running_loop().time()
-            outcome = await self._runner.run(delivery, pool.queue)
-            settled = await self._settle(delivery, outcome, pool)
-            span.set_outcome(settled.kind, settled.error)
-            if settled.kind in _FINISHED:
-                self._finished += 1
-                self._count_settled()
-            if history is not None:
-                ran_s = asyncio.get_running_loop().time() - began
-                history.settled(delivery, pool.queue, settled, ran_s)
+        # One line per finished job only under -v: a busy worker's log stays readable.
+        started = time.monotonic() if log.isEnabledFor(logging.DEBUG) else None
+        settled = await run_and_settle(
+            delivery,
+            pool.queue,
+            self._runner,
+            lambda d, outcome, _queue: self._settle(d, outcome, pool),
+            self.history if pool.recorded else None,
+        )
+        if settled.kind in _FINISHED:
+            self._finished += 1
+            self._count_settled()
         if started is not None and settled.kind == "ack":
             log.debug(
                 "job %s (%s) done at attempt %d in %.1f ms",

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from jobsys.app import App
 from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
+from jobsys.consume.attempt_span import run_and_settle
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.pools import plan_pools
@@ -36,7 +37,6 @@ from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
 from jobsys.consume.threads import HandlerThreads
 from jobsys.errors import ConfigError, JobsysError, KitError
-from jobsys.observe import tracing
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.testing.broker import MemoryBroker, MemoryQueue
@@ -266,20 +266,7 @@ class Kit:
         acks.track(tag)
         identity = delivery.identify()
         at_ms = self._now_ms
-        with tracing.consume_span(
-            stored.properties.headers,
-            job_type=identity.job_type or "unknown",
-            job_id=identity.job_id or "unknown",
-            queue=name,
-            attempt=identity.attempt,
-            message_id=stored.properties.message_id,
-            published_at_ms=identity.published_at_ms,
-            exchange=stored.exchange,
-            routing_key=stored.routing_key,
-        ) as span:
-            outcome = await self._runner.run(delivery, name)
-            settled = await self._settler.settle(delivery, outcome, name)
-            span.set_outcome(settled.kind, settled.error)
+        settled = await run_and_settle(delivery, name, self._runner, self._settler.settle)
         await acks.flushed()
         self.runs.append(Run.of(identity, name, settled, at_ms, stored.redelivered))
         if self._fatal is not None:
