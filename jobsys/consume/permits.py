@@ -21,11 +21,11 @@ from typing import cast
 
 import aiormq
 import aiormq.abc
-from aiormq import spec
 
 from jobsys.broker.connection import BrokerConnection, close_quietly
 from jobsys.consume.acks import CHANNEL_GONE
-from jobsys.errors import JobsysError, TopologyError
+from jobsys.consume.basic_get import get_within
+from jobsys.errors import TopologyError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 
@@ -85,27 +85,18 @@ class Permits:
     async def take(self, job_type: str) -> Permit | None:
         """A permit of ``job_type``, or None when none came free within ``PERMIT_POLL_S``."""
         queue = self.queues[job_type]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + PERMIT_POLL_S
-        while True:
-            try:
-                channel = await self._current()
-                got = await channel.basic_get(queue, no_ack=False)
-            except (
-                JobsysError,
-                aiormq.exceptions.AMQPError,
-                ConnectionError,
-                *CHANNEL_GONE,
-            ) as exc:
-                # The permits queue deleted, the connection lost: the job waits (held back,
-                # not lost) and tries again on a fresh channel.
-                log.error("cannot take a permit from %s: %s; the job waits", queue, exc)
-                return None
-            if isinstance(got.delivery, spec.Basic.GetOk):
-                return Permit(job_type, channel, got.delivery.delivery_tag or 0)
-            if loop.time() >= deadline:
-                return None
-            await asyncio.sleep(_POLL_INTERVAL_S)
+        got = await get_within(
+            self._current,
+            queue,
+            no_ack=False,
+            within_s=PERMIT_POLL_S,
+            interval_s=_POLL_INTERVAL_S,
+            what="a permit",
+        )
+        if got is None:
+            return None
+        channel, tag = got
+        return Permit(job_type, channel, tag)
 
     async def release(self, permit: Permit) -> None:
         """Give ``permit`` back. On a channel that has closed since, the broker already did."""

@@ -26,7 +26,7 @@ import aiormq.abc
 from aiormq import spec
 
 from jobsys.broker.connection import BrokerConnection, close_quietly
-from jobsys.consume.acks import CHANNEL_GONE
+from jobsys.consume.basic_get import get_within
 from jobsys.errors import JobsysError, TopologyError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import REFILLER_KEY, OwnLayout
@@ -82,27 +82,15 @@ class Tokens:
 
     async def take(self, job_type: str) -> bool:
         """Spend a token of ``job_type``; False when none came within ``TOKEN_POLL_S``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TOKEN_POLL_S
-        while True:
-            try:
-                channel = await self._current()
-                got = await channel.basic_get(self.buckets[job_type], no_ack=True)
-            except (
-                JobsysError,
-                aiormq.exceptions.AMQPError,
-                ConnectionError,
-                *CHANNEL_GONE,
-            ) as exc:
-                # The bucket deleted, the connection lost: the job waits (held back, not lost)
-                # and tries again on a fresh channel.
-                log.error("cannot take a token from %s: %s; the job waits", job_type, exc)
-                return False
-            if isinstance(got.delivery, spec.Basic.GetOk):
-                return True
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(_POLL_INTERVAL_S)
+        got = await get_within(
+            self._current,
+            self.buckets[job_type],
+            no_ack=True,
+            within_s=TOKEN_POLL_S,
+            interval_s=_POLL_INTERVAL_S,
+            what="a token",
+        )
+        return got is not None
 
     async def close(self) -> None:
         """Close the channel."""

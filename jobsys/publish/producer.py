@@ -265,18 +265,12 @@ class Producer(CancelsJobs, RepublishesJobs):
         """
         timeout_s = check_timeout(timeout_s)
         request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
-        if self._edge is not None:
-            return await self._edge.call_through(
-                self._middleware,
-                request,
-                self._prepare_to_send,
-                timeout_s=timeout_s,
-                returns=returns,
-                on_published=self._published,
+        caller: PublishEdge | Caller | None = self._edge or self._caller
+        if caller is None:
+            caller = self._caller = Caller(
+                self.connection, self.settings, self._refusals_dead_lettered
             )
-        if self._caller is None:
-            self._caller = Caller(self.connection, self.settings, self._refusals_dead_lettered)
-        return await self._caller.call_through(
+        return await caller.call_through(
             self._middleware,
             request,
             self._prepare_to_send,
