@@ -24,6 +24,7 @@ from jobsys.broker.management import (
     ManagementUnavailable,
     management_endpoint,
 )
+from jobsys.errors import ConnectionFailed
 from jobsys.settings import Settings
 from jobsys.topology import delays
 from jobsys.topology.entities import desired_entities
@@ -90,6 +91,8 @@ class StatusReport:
     #: Levels of the layout before jobsys fixed its level count, where they still exist: they
     #: deliver what they hold on time, and ``jobsys delays retire`` removes them once empty.
     legacy_levels: list[DelayLevelStatus] = field(default_factory=list)
+    #: The broker node the reader's AMQP connection is on (masked URL; empty when none).
+    node: str = ""
 
     @property
     def delayed_total(self) -> int | None:
@@ -201,7 +204,16 @@ class StatusReader:
             for level in range(delays.LEVELS)
             if (name := delays.legacy_level_name(level)) in counts and counts[name].exists
         ]
-        return StatusReport(queues, levels, source, note, legacy)
+        node = self._node()
+        return StatusReport(queues, levels, source, note, legacy, node)
+
+    def _node(self) -> str:
+        if self._conn is None:
+            return ""
+        try:
+            return self._conn.node
+        except ConnectionFailed:
+            return ""
 
     async def _amqp_counts(self, names: list[str]) -> dict[str, QueueCounts]:
         found = await passive_counts(await self._connection(), names)
