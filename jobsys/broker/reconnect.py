@@ -48,6 +48,8 @@ log = logging.getLogger("jobsys.broker.connection")
 
 #: How long closing a connection may take before its socket is dropped.
 CLOSE_TIMEOUT_S = 2.0
+#: The least time a reconnect may spend restoring channels and consumers (``restore_timeout``).
+RESTORE_TIMEOUT_MIN_S = 15.0
 
 
 def reconnect_delay(settings: Settings, failures: int) -> float:
@@ -180,6 +182,31 @@ class ReconnectingConnection(aio_pika.RobustConnection):
     def reconnect_interval(self, _value: Any) -> None:
         pass  # aio-pika's fixed interval (from the URL or its default) is replaced
 
+    async def _restore_within(self, timeout_s: float) -> None:
+        """Restore channels, QoS and consumers (aio-pika's ``_on_connected``), or give the node
+        up after ``timeout_s``: a node that accepted the connection may still hang a declare or
+        a consume (seen on a 3.10 cluster just after another node died, restoring a stream
+        consumer), and aio-pika would wait for it forever. Closing the connection makes the
+        robust loop try the next node."""
+        try:
+            await asyncio.wait_for(super()._on_connected(), timeout_s)
+        except TimeoutError:
+            node = self.node
+            transport = self.transport
+            if transport is not None:
+                # Closing runs _on_connection_close, which moves on to the next node.
+                await asyncio.gather(
+                    transport.connection.close(ConnectionError("restore timed out")),
+                    return_exceptions=True,
+                )
+            log.warning(
+                "reconnected to %s but restoring channels and consumers took over %gs; "
+                "giving that node up",
+                node,
+                timeout_s,
+            )
+            raise
+
     @property
     def node(self) -> str:
         """The node this connection is on (or trying next), as it may be shown."""
@@ -220,7 +247,10 @@ class ReconnectingConnection(aio_pika.RobustConnection):
 
     async def _on_connected(self) -> None:
         reconnect = bool(self.connection_attempt)
-        await super()._on_connected()  # restores channels; raises (and closes) if that fails
+        if reconnect:
+            await self._restore_within(restore_timeout(self.settings))
+        else:
+            await super()._on_connected()
         if reconnect:
             log.warning(
                 "reconnected to %s after %d failed attempt%s",
@@ -231,6 +261,12 @@ class ReconnectingConnection(aio_pika.RobustConnection):
         self._failures = 0
         self._delay = self.settings.reconnect_min_s
         self._live = True
+
+
+def restore_timeout(settings: Settings) -> float:
+    """How long a reconnect may take to restore channels, QoS and consumers before the node is
+    given up for the next one."""
+    return max(RESTORE_TIMEOUT_MIN_S, 3 * settings.connect_timeout_s)
 
 
 def robust_connection_class(

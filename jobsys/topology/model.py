@@ -135,6 +135,12 @@ class Queue(_Frozen):
     message_ttl: Annotated[Duration, _refuse(limits.message_ttl_problem)] | None = None
     delivery_limit: Annotated[AmqpCount, Field(ge=1)] | None = None
     dead_letter_strategy: Literal["at-most-once", "at-least-once"] | None = None
+    #: Quorum replicas (``x-quorum-initial-group-size``) of the queue and its dead-letter queue;
+    #: the broker's default (every cluster member, at most its configured size) when unset.
+    replicas: int | None = Field(default=None, ge=1, le=99)
+    #: The broker's consumer timeout for this queue (``x-consumer-timeout``, RabbitMQ >= 3.12):
+    #: the job types it serves may then run up to it instead of the server's default 30m.
+    consumer_timeout: Annotated[Duration, Field(gt=0, le=7 * 86400)] | None = None
     consumer: ConsumerPool = ConsumerPool()
 
 
@@ -218,6 +224,8 @@ class Delays(_Frozen):
 
     max_delay: Duration = 30 * 86400.0
     queue_type: Literal["classic", "quorum"] = "classic"
+    #: Quorum replicas of the delay levels and the scheduler's queues (quorum only).
+    replicas: int | None = Field(default=None, ge=1, le=99)
 
     @model_validator(mode="after")
     def _within_the_levels(self) -> Delays:

@@ -1,0 +1,236 @@
+"""Every client given the 3 nodes of a cluster fails over when its node dies.
+
+A producer and a worker get all three node URLs (``JOBSYS_URL`` as a comma-separated list) and a
+stream of jobs runs through quorum queues. The node the producer is on is killed with -9, then
+(once it is back) the node the worker is on. Each time the client finds another node by itself,
+publishing and consuming resume, and the time from the kill to the first confirmed publish and
+the first finished job after it is measured and printed (docs/cluster.md has the figures). While
+a node is down, ``jobsys status`` with the same three URLs connects to a live one and names it.
+At the end the ledger finds nothing lost. Slow: the cluster takes a minute to form, and each
+killed node half a minute to come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from jobsys.consume.options import WorkerOptions
+from jobsys.consume.worker import Worker
+from jobsys.publish.producer import Producer
+from jobsys.settings import Settings
+from tests.apps import failure_apps
+from tests.apps.failure_apps import WORK, handler_lines, publish_into, wait_until
+from tests.conftest import settings_for_vhost
+from tests.harness.fixtures import node_settings
+from tests.harness.ledger import Ledger
+from tests.harness.rabbit_node import RabbitCluster, RabbitNode
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+PREFETCH = 16
+BATCH = 40
+#: A client that takes longer than this to resume is a failure, not a figure.
+RESUME_LIMIT_S = 60.0
+
+
+@pytest.fixture
+def cluster_vhost(rabbit_cluster: RabbitCluster) -> Iterator[str]:
+    name = f"jobsys-failover-{uuid.uuid4().hex[:8]}"
+    rabbit_cluster.seed.ctl("add_vhost", name)
+    rabbit_cluster.seed.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    try:
+        yield name
+    finally:
+        for node in rabbit_cluster:
+            node.ensure_running()
+        rabbit_cluster.seed.ctl("delete_vhost", name)
+
+
+def all_nodes(cluster: RabbitCluster, vhost: str) -> Settings:
+    """Settings naming every node of ``cluster`` (in ``vhost``), as a user writes them."""
+    urls = [settings_for_vhost(node_settings(node), vhost).url for node in cluster]
+    return node_settings(",".join(urls), publish_timeout_s=60.0, connect_deadline_s=30.0)
+
+
+def node_of(cluster: RabbitCluster, shown: str) -> RabbitNode:
+    """The node whose port the masked URL ``shown`` names."""
+    port = urlsplit(shown).port
+    return next(node for node in cluster if node.port == port)
+
+
+class Stream:
+    """Publishes batches into the ledger until stopped; remembers when each batch confirmed."""
+
+    def __init__(self, ledger: Ledger, producer: Producer) -> None:
+        self.ledger = ledger
+        self.producer = producer
+        self.confirmed_at: list[float] = []
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def task_done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    async def run(self) -> None:
+        batch = 0
+        while not self.stop.is_set():
+            before = len(self.ledger.confirmed)
+            payloads = [{"sleep_s": 0.005}] * BATCH
+            await publish_into(self.ledger, self.producer, "task", payloads, prefix=f"s{batch:04d}")
+            if len(self.ledger.confirmed) > before:
+                self.confirmed_at.append(time.monotonic())
+            batch += 1
+            # About 800 jobs/s at most: the worker keeps up, so the queue stays short and the
+            # jobs published after a kill are the ones whose consumption is timed.
+            await asyncio.sleep(0.05)
+
+    def first_confirm_after(self, t: float) -> float | None:
+        return next((at for at in self.confirmed_at if at > t), None)
+
+
+class DoneWatch:
+    """Follows the handlers' record (only its new lines): when finished jobs were seen."""
+
+    def __init__(self, record: Path) -> None:
+        self.record = record
+        self.grew_at: list[float] = []
+        self._offset = 0
+
+    async def run(self) -> None:
+        while True:
+            if self.record.exists():
+                with self.record.open("rb") as file:
+                    file.seek(self._offset)
+                    chunk = file.read()
+                whole = chunk[: chunk.rfind(b"\n") + 1]
+                self._offset += len(whole)
+                if b"done " in whole:
+                    self.grew_at.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    def first_done_after(self, t: float) -> float | None:
+        return next((at for at in self.grew_at if at > t), None)
+
+
+async def resumed_after(killed_at: float, stream: Stream, done: DoneWatch) -> tuple[float, float]:
+    """Seconds from the kill to the first confirmed batch and the first finished job after."""
+
+    def both() -> bool:
+        return (
+            stream.first_confirm_after(killed_at) is not None
+            and done.first_done_after(killed_at) is not None
+        )
+
+    try:
+        await wait_until(both, timeout_s=RESUME_LIMIT_S, what="publishing and consuming resumed")
+    except AssertionError:
+        raise AssertionError(
+            f"not resumed {RESUME_LIMIT_S}s after the kill: last confirmed batch "
+            f"{_ago(stream.confirmed_at, killed_at)}, last finished job "
+            f"{_ago(done.grew_at, killed_at)}; stream running: {not stream.task_done()}"
+        ) from None
+    published = stream.first_confirm_after(killed_at)
+    finished = done.first_done_after(killed_at)
+    assert published is not None and finished is not None
+    return published - killed_at, finished - killed_at
+
+
+def _ago(times: list[float], killed_at: float) -> str:
+    return f"{times[-1] - killed_at:+.2f}s from the kill" if times else "never"
+
+
+def status_command(settings: Settings, topology: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, JOBSYS_URL=settings.url)
+    return subprocess.run(
+        [sys.executable, "-m", "jobsys", "status", "--topology", str(topology), "--no-management"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_every_client_fails_over_when_the_node_it_is_on_is_killed_under_load(
+    rabbit_cluster: RabbitCluster,
+    cluster_vhost: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = rabbit_cluster
+    spec = failure_apps.topology("quorum", delays_type="quorum", prefetch=PREFETCH)
+    loaded = failure_apps.write_topology(tmp_path, spec)
+    await failure_apps.apply(settings_for_vhost(node_settings(cluster.seed), cluster_vhost), loaded)
+    settings = all_nodes(cluster, cluster_vhost)
+    record = tmp_path / "w.record"
+    for name, value in failure_apps.record_env(record).items():
+        monkeypatch.setenv(name, value)
+    ledger = Ledger()
+    worker = Worker(failure_apps.app, loaded, settings, WorkerOptions(concurrency=8, prefetch=16))
+    worker_task = asyncio.create_task(worker.run())
+    done = DoneWatch(record)
+    watching = asyncio.create_task(done.run())
+    figures: list[str] = []
+    allowed_duplicates: set[str] = set()
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 60)
+        async with Producer(settings, loaded.topology) as producer:
+            stream = Stream(ledger, producer)
+            publishing = stream.task = asyncio.create_task(stream.run())
+            for role in ("producer", "worker"):
+                await wait_until(lambda: len(ledger.confirmed) > 500, what="jobs flowing")
+                shown = producer.connection.node if role == "producer" else worker.node
+                victim = node_of(cluster, shown)
+                others = {"producer": producer.connection.node, "worker": worker.node}
+                allowed_duplicates |= set(handler_lines(record, "start"))
+                await asyncio.to_thread(victim.kill)
+                killed_at = time.monotonic()
+                publish_s, consume_s = await resumed_after(killed_at, stream, done)
+                # Jobs the dead connection held unacked may run again: they had started.
+                allowed_duplicates |= set(handler_lines(record, "start"))
+                moved = {"producer": producer.connection.node, "worker": worker.node}
+                figures.append(
+                    f"killed {victim.name} (the {role}'s node): publishing resumed after "
+                    f"{publish_s:.2f}s, consuming after {consume_s:.2f}s; "
+                    f"producer {others['producer']} -> {moved['producer']}, "
+                    f"worker {others['worker']} -> {moved['worker']}"
+                )
+                assert node_of(cluster, moved[role]) is not victim
+                if role == "producer":
+                    shown_status = await asyncio.to_thread(
+                        status_command, settings, tmp_path / "topology.yaml"
+                    )
+                    assert shown_status.returncode == 0, shown_status.stderr
+                    assert "connected to broker node" in shown_status.stdout
+                    assert f":{victim.port}/" not in shown_status.stdout.split("broker node")[1]
+                    assert "guest:guest" not in shown_status.stdout + shown_status.stderr
+                await asyncio.to_thread(victim.ensure_running, 120.0)
+            stream.stop.set()
+            await asyncio.wait_for(publishing, 120)
+        await wait_until(
+            lambda: set(handler_lines(record, "done")) >= ledger.confirmed,
+            timeout_s=180,
+            what="every confirmed job done",
+        )
+        assert not worker_task.done(), "the worker stopped"
+    finally:
+        watching.cancel()
+        worker.request_stop()
+        await asyncio.wait_for(worker_task, 60)
+
+    ledger.read_runs(record)
+    await ledger.read_queue(settings.urls[0], WORK)
+    result = ledger.check()
+    for line in figures:
+        print("failover:", line)
+    print(f"failover ledger: {result.summary()}")
+    result.assert_ok(allowed_duplicates=allowed_duplicates)
+    assert len(result.duplicated) <= 2 * (PREFETCH + 8)
