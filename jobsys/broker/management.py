@@ -108,6 +108,11 @@ class ManagementClient:
         if problem is not None:
             raise ManagementUnavailable(problem)
 
+    async def running_nodes(self) -> int:
+        """``GET /api/nodes``: how many cluster members run now."""
+        rows = await self._get_list("/api/nodes")
+        return sum(1 for row in rows if row.get("running") is True)
+
     async def snapshot(self, vhost: str) -> VhostSnapshot:
         """Exchanges, queues and bindings of ``vhost`` (``ManagementUnavailable`` if the API
         cannot answer)."""

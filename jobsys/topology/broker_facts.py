@@ -27,6 +27,7 @@ from typing import Any
 
 from jobsys.topology.entities import ArgValue, Entities, QueueSpec
 from jobsys.topology.model import Topology
+from jobsys.topology.plan import Difference, Plan, PlanItem
 
 #: RabbitMQ's delivery limit for quorum queues without one, from 4.0 on.
 QUORUM_DEFAULT_DELIVERY_LIMIT = 20
@@ -218,3 +219,29 @@ def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return "" if value is None else str(value)
+
+
+_LIFTED = (Difference("x-delivery-limit", None, NO_DELIVERY_LIMIT),)
+
+
+def accept_unlifted_limits(plan: Plan) -> Plan:
+    """``plan`` where a queue differs only by lacking the ``x-delivery-limit: -1`` the fit
+    added (a dead-letter or scheduler queue declared before the broker ran 4.0): a match, and
+    a note saying how to lift the limit, instead of a conflict that would stop ``apply``; a
+    queue argument cannot change without recreating the queue."""
+    items: list[PlanItem] = []
+    names: list[str] = []
+    for item in plan.items:
+        if item.action == "conflict" and item.kind == "queue" and item.differences == _LIFTED:
+            items.append(replace(item, action="match", differences=()))
+            names.append(item.name)
+        else:
+            items.append(item)
+    if not names:
+        return plan
+    note = (
+        f"{', '.join(names)} exist{'s' if len(names) == 1 else ''} without x-delivery-limit: -1 "
+        "(declared before RabbitMQ 4.0): the broker's limit of 20 requeues applies, so lift it "
+        'with a policy (docs/operations.md, "Running on a cluster")'
+    )
+    return replace(plan, items=tuple(items), notes=(*plan.notes, note))

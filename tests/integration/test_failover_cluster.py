@@ -133,6 +133,13 @@ async def resumed_after(killed_at: float, stream: Stream, done: DoneWatch) -> tu
     try:
         await wait_until(both, timeout_s=RESUME_LIMIT_S, what="publishing and consuming resumed")
     except AssertionError:
+        import io
+
+        out = io.StringIO()
+        for task in asyncio.all_tasks():
+            if "Stream" in repr(task) or "publish" in repr(task):
+                task.print_stack(limit=40, file=out)
+        print("TASKS AT TIMEOUT\n" + out.getvalue())
         raise AssertionError(
             f"not resumed {RESUME_LIMIT_S}s after the kill: last confirmed batch "
             f"{_ago(stream.confirmed_at, killed_at)}, last finished job "
@@ -186,7 +193,13 @@ async def test_every_client_fails_over_when_the_node_it_is_on_is_killed_under_lo
             stream = Stream(ledger, producer)
             publishing = stream.task = asyncio.create_task(stream.run())
             for role in ("producer", "worker"):
-                await wait_until(lambda: len(ledger.confirmed) > 500, what="jobs flowing")
+                # Kill once jobs have flowed for a few seconds on a settled cluster.
+                flowing = len(ledger.confirmed) + 2000
+                await wait_until(
+                    lambda flowing=flowing: len(ledger.confirmed) > flowing,
+                    timeout_s=60,
+                    what="jobs flowing",
+                )
                 shown = producer.connection.node if role == "producer" else worker.node
                 victim = node_of(cluster, shown)
                 others = {"producer": producer.connection.node, "worker": worker.node}
