@@ -263,10 +263,7 @@ def _check_timeout(
     if 0 < job_type.timeout < limit:
         return
     if limit == BROKER_CONSUMER_TIMEOUT_S:
-        message = (
-            "timeout must be above 0 and below 30m, the broker's default consumer_timeout "
-            "(a queue's consumer_timeout raises it, on RabbitMQ 3.12 or later)"
-        )
+        message = "timeout must be above 0 and below 30m, the broker's default consumer_timeout"
     else:
         message = (
             f"timeout must be above 0 and below {format_duration(limit)}, the "

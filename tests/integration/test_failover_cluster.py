@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,10 +27,10 @@ import pytest
 
 from jobsys.consume.options import WorkerOptions
 from jobsys.consume.worker import Worker
-from jobsys.publish.producer import Producer
+from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from tests.apps import failure_apps
-from tests.apps.failure_apps import WORK, handler_lines, publish_into, wait_until
+from tests.apps.failure_apps import WORK, handler_lines, wait_until
 from tests.conftest import settings_for_vhost
 from tests.harness.fixtures import node_settings
 from tests.harness.ledger import Ledger
@@ -76,6 +77,9 @@ class Stream:
         self.confirmed_at: list[float] = []
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.last_errors: Counter[str] = Counter()
+        #: (when it was confirmed, its job ids) per batch with a confirmed job.
+        self.batches: list[tuple[float, list[str]]] = []
 
     def task_done(self) -> bool:
         return self.task is not None and self.task.done()
@@ -85,9 +89,19 @@ class Stream:
         while not self.stop.is_set():
             before = len(self.ledger.confirmed)
             payloads = [{"sleep_s": 0.005}] * BATCH
-            await publish_into(self.ledger, self.producer, "task", payloads, prefix=f"s{batch:04d}")
+            requests = [
+                JobRequest("task", p, job_id=f"s{batch:04d}-{i:05d}")
+                for i, p in enumerate(payloads)
+            ]
+            results = await self.producer.publish_many(requests)
+            self.ledger.record_many([r.job_id or "" for r in requests], results)
+            self.last_errors = Counter(
+                f"{type(r).__name__}: {str(r)[:160]}" for r in results if isinstance(r, Exception)
+            )
             if len(self.ledger.confirmed) > before:
-                self.confirmed_at.append(time.monotonic())
+                now = time.monotonic()
+                self.confirmed_at.append(now)
+                self.batches.append((now, [r.job_id or "" for r in requests]))
             batch += 1
             # About 800 jobs/s at most: the worker keeps up, so the queue stays short and the
             # jobs published after a kill are the ones whose consumption is timed.
@@ -98,11 +112,11 @@ class Stream:
 
 
 class DoneWatch:
-    """Follows the handlers' record (only its new lines): when finished jobs were seen."""
+    """Follows the handlers' record (only its new lines): when each job was first done."""
 
     def __init__(self, record: Path) -> None:
         self.record = record
-        self.grew_at: list[float] = []
+        self.done_at: dict[str, float] = {}
         self._offset = 0
 
     async def run(self) -> None:
@@ -113,40 +127,37 @@ class DoneWatch:
                     chunk = file.read()
                 whole = chunk[: chunk.rfind(b"\n") + 1]
                 self._offset += len(whole)
-                if b"done " in whole:
-                    self.grew_at.append(time.monotonic())
+                now = time.monotonic()
+                for line in whole.decode("utf-8").splitlines():
+                    if line.startswith("done "):
+                        self.done_at.setdefault(line[5:], now)
             await asyncio.sleep(0.02)
 
-    def first_done_after(self, t: float) -> float | None:
-        return next((at for at in self.grew_at if at > t), None)
+    def first_done_of(self, job_ids: list[str]) -> float | None:
+        times = [self.done_at[i] for i in job_ids if i in self.done_at]
+        return min(times) if times else None
 
 
 async def resumed_after(killed_at: float, stream: Stream, done: DoneWatch) -> tuple[float, float]:
-    """Seconds from the kill to the first confirmed batch and the first finished job after."""
+    """Seconds from the kill to the first confirmed batch after it, and to the first job of
+    such a batch done: publishing and consuming, end to end, again."""
+
+    def after() -> list[str]:
+        return [i for at, ids in stream.batches if at > killed_at for i in ids]
 
     def both() -> bool:
-        return (
-            stream.first_confirm_after(killed_at) is not None
-            and done.first_done_after(killed_at) is not None
-        )
+        return done.first_done_of(after()) is not None
 
     try:
         await wait_until(both, timeout_s=RESUME_LIMIT_S, what="publishing and consuming resumed")
     except AssertionError:
-        import io
-
-        out = io.StringIO()
-        for task in asyncio.all_tasks():
-            if "Stream" in repr(task) or "publish" in repr(task):
-                task.print_stack(limit=40, file=out)
-        print("TASKS AT TIMEOUT\n" + out.getvalue())
         raise AssertionError(
             f"not resumed {RESUME_LIMIT_S}s after the kill: last confirmed batch "
-            f"{_ago(stream.confirmed_at, killed_at)}, last finished job "
-            f"{_ago(done.grew_at, killed_at)}; stream running: {not stream.task_done()}"
+            f"{_ago(stream.confirmed_at, killed_at)}; jobs confirmed since: {len(after())}; stream "
+            f"running: {not stream.task_done()}; last batch: {stream.last_errors}"
         ) from None
     published = stream.first_confirm_after(killed_at)
-    finished = done.first_done_after(killed_at)
+    finished = done.first_done_of(after())
     assert published is not None and finished is not None
     return published - killed_at, finished - killed_at
 
