@@ -196,10 +196,7 @@ def plan(
             f"plan for {printable(path)} on {settings.masked_url} "
             f"(vhost {printable(settings.vhost)}), via {how}"
         )
-        if result.broker:
-            click.echo(f"broker: {escape(result.broker)}")
-        for note in result.notes:
-            click.echo(f"note: {escape(note)}")
+
         print_plan(
             result,
             loaded.topology.delay_layout,

@@ -78,8 +78,8 @@ class Stream:
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.last_errors: Counter[str] = Counter()
-        #: (when it was confirmed, its job ids) per batch with a confirmed job.
-        self.batches: list[tuple[float, list[str]]] = []
+        #: (when it was sent, when it was confirmed, its job ids) per batch with a confirmed job.
+        self.batches: list[tuple[float, float, list[str]]] = []
 
     def task_done(self) -> bool:
         return self.task is not None and self.task.done()
@@ -87,6 +87,7 @@ class Stream:
     async def run(self) -> None:
         batch = 0
         while not self.stop.is_set():
+            started = time.monotonic()
             before = len(self.ledger.confirmed)
             payloads = [{"sleep_s": 0.005}] * BATCH
             requests = [
@@ -101,14 +102,19 @@ class Stream:
             if len(self.ledger.confirmed) > before:
                 now = time.monotonic()
                 self.confirmed_at.append(now)
-                self.batches.append((now, [r.job_id or "" for r in requests]))
+                self.batches.append((started, now, [r.job_id or "" for r in requests]))
             batch += 1
             # About 800 jobs/s at most: the worker keeps up, so the queue stays short and the
             # jobs published after a kill are the ones whose consumption is timed.
             await asyncio.sleep(0.05)
 
     def first_confirm_after(self, t: float) -> float | None:
-        return next((at for at in self.confirmed_at if at > t), None)
+        """When the first batch sent after ``t`` was confirmed."""
+        return next((done for sent, done, _ in self.batches if sent > t), None)
+
+    def sent_after(self, t: float) -> list[str]:
+        """The job ids of the batches sent after ``t`` (and confirmed)."""
+        return [i for sent, _, ids in self.batches if sent > t for i in ids]
 
 
 class DoneWatch:
@@ -139,11 +145,11 @@ class DoneWatch:
 
 
 async def resumed_after(killed_at: float, stream: Stream, done: DoneWatch) -> tuple[float, float]:
-    """Seconds from the kill to the first confirmed batch after it, and to the first job of
-    such a batch done: publishing and consuming, end to end, again."""
+    """Seconds from the kill to the confirm of the first batch sent after it, and to the first
+    job of such a batch done: publishing and consuming, end to end, again."""
 
     def after() -> list[str]:
-        return [i for at, ids in stream.batches if at > killed_at for i in ids]
+        return stream.sent_after(killed_at)
 
     def both() -> bool:
         return done.first_done_of(after()) is not None
@@ -258,3 +264,45 @@ async def test_every_client_fails_over_when_the_node_it_is_on_is_killed_under_lo
     print(f"failover ledger: {result.summary()}")
     result.assert_ok(allowed_duplicates=allowed_duplicates)
     assert len(result.duplicated) <= 2 * (PREFETCH + 8)
+
+
+def topology_command(
+    settings: Settings, *args: str, management: bool = False
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, JOBSYS_URL=settings.url)
+    flags = [] if management else ["--no-management"]
+    return subprocess.run(
+        [sys.executable, "-m", "jobsys", "topology", *args, *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_plan_and_apply_on_the_cluster_refuse_classic_queues_and_set_replicas(
+    rabbit_cluster: RabbitCluster, cluster_vhost: str, tmp_path: Path
+) -> None:
+    settings = all_nodes(rabbit_cluster, cluster_vhost)
+    classic = failure_apps.write_topology(tmp_path, failure_apps.topology("classic"))
+    refused = topology_command(settings, "apply", classic.filename)
+    assert refused.returncode == 2, refused.stderr
+    assert "queues.ft.work.type: on a cluster of 3 nodes a classic queue" in refused.stderr
+    assert "delays.queue_type: on a cluster of 3 nodes" in refused.stderr
+    assert "guest:guest" not in refused.stdout + refused.stderr
+    assert rabbit_cluster.seed.ctl("list_queues", "-p", cluster_vhost, "--quiet").strip() == ""
+
+    spec = failure_apps.topology("quorum", delays_type="quorum")
+    spec["queues"][WORK]["replicas"] = 2
+    spec["delays"]["replicas"] = 3
+    quorum = failure_apps.write_topology(tmp_path, spec)
+    planned = topology_command(settings, "plan", quorum.filename)
+    assert planned.returncode == 0, planned.stderr
+    assert "of 3 nodes (the broker URLs given)" in planned.stdout
+    assert "2 replicas tolerate no more node losses than 1" in planned.stdout
+    applied = topology_command(settings, "apply", quorum.filename)
+    assert applied.returncode == 0, applied.stderr
+    # The broker placed as many replicas as asked: 2 for the work queue, 3 for a delay level.
+    for queue, replicas in ((WORK, 2), (f"{WORK}.dead", 2), ("jobsys.wait.00", 3)):
+        members = rabbit_cluster.seed.queues_cli("quorum_status", queue, "--vhost", cluster_vhost)
+        assert sum(node.name in members for node in rabbit_cluster) == replicas, members
