@@ -173,3 +173,22 @@ def test_the_commands_refuse_a_bad_list_with_exit_2_and_no_password(
     assert "broker URL" in result.stderr
     assert SECRET not in result.stdout + result.stderr
     assert "pa#ss,w0rd" not in result.stdout + result.stderr
+
+
+async def test_a_worker_given_a_list_names_its_node_in_the_banner(
+    vhost_settings: Settings, tmp_path: Path
+) -> None:
+    loaded = worker_apps.loaded_topology(tmp_path)
+    await worker_apps.apply(vhost_settings, loaded)
+    dead = with_vhost_path(url_at(closed_port()), vhost_settings)
+    settings = vhost_settings.with_overrides(url=f"{dead},{vhost_settings.urls[0]}")
+    worker = worker_apps.WorkerProcess(tmp_path, settings, "--queue", "wt.work", verbose=False)
+    try:
+        await worker.wait_for_output("worker ready")
+        banner = next(line for line in worker.stderr.splitlines() if "worker ready" in line)
+        live = Settings(url=vhost_settings.urls[0]).masked_url
+        assert f"broker {live} (RabbitMQ 3." in banner
+        assert "node of 2 given, fails over to the others" in banner
+        assert SECRET not in worker.stderr
+    finally:
+        worker.kill()
