@@ -6,6 +6,7 @@ naming each node, its password masked. The commands read the list from ``JOBSYS_
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -21,8 +22,9 @@ from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import ConnectionFailed
 from jobsys.ops.declare import apply_topology
 from jobsys.publish.producer import Producer
+from jobsys.schedule.scheduler import Scheduler
 from jobsys.settings import Settings
-from tests.apps import worker_apps
+from tests.apps import schedule_apps, worker_apps
 
 SECRET = "pa%23ss%2Cw0rd"
 
@@ -192,3 +194,25 @@ async def test_a_worker_given_a_list_names_its_node_in_the_banner(
         assert SECRET not in worker.stderr
     finally:
         worker.kill()
+
+
+async def test_a_scheduler_given_a_list_leads_from_the_live_node_and_says_which(
+    vhost_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded = schedule_apps.write_topology(tmp_path)
+    await schedule_apps.apply(vhost_settings, loaded)
+    dead = with_vhost_path(url_at(closed_port()), vhost_settings)
+    settings = vhost_settings.with_overrides(url=f"{dead},{vhost_settings.urls[0]}")
+    running = Scheduler(settings, loaded)
+    task = asyncio.create_task(running.run())
+    caplog.set_level(logging.INFO, logger="jobsys")
+    try:
+        await asyncio.wait_for(running.leading.wait(), 30)
+    finally:
+        running.request_stop()
+        await asyncio.wait_for(task, 30)
+    live = Settings(url=vhost_settings.urls[0]).masked_url
+    assert any(f"leads (1 schedules) on {live}" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+    assert SECRET not in caplog.text
