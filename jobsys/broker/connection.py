@@ -28,7 +28,7 @@ import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
-from jobsys.broker import decoding
+from jobsys.broker import decoding, encoding
 from jobsys.broker.reconnect import (
     CLOSE_TIMEOUT_S,
     can_heal,
@@ -289,8 +289,10 @@ class BrokerConnection:
 
     def __init__(self, settings: Settings) -> None:
         # Before any frame arrives: a message whose short strings are not UTF-8 must not be
-        # able to drop the connection (jobsys.broker.decoding).
+        # able to drop the connection (jobsys.broker.decoding); and before any is sent, float
+        # headers go as doubles (jobsys.broker.encoding).
         decoding.install()
+        encoding.install()
         self.settings = settings
         self._connection: AbstractRobustConnection | None = None
 
@@ -355,6 +357,12 @@ class BrokerConnection:
         if self._connection is None:
             raise ConnectionFailed("not connected: call open() first")
         return self._connection
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up: False before ``open()``, while it reconnects and
+        after ``close()``."""
+        return self._connection is not None and self._connection.connected.is_set()
 
     @property
     def server_version(self) -> tuple[int, ...]:

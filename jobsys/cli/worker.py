@@ -124,8 +124,9 @@ def _positive_duration(ctx: click.Context, param: click.Parameter, value: str) -
     type=click.IntRange(1, 65535),
     default=None,
     metavar="N",
-    help="Serve Prometheus metrics on this port (/metrics). Under --processes P, process "
-    "slot i uses port N+i. Needs jobsys[prometheus].",
+    help="Serve Prometheus metrics on this port (/metrics), and the probes /livez and /readyz "
+    "(200 or 503). Under --processes P, process slot i uses port N+i. Needs "
+    "jobsys[prometheus].",
 )
 @click.option(
     "--metrics-bind",
@@ -220,7 +221,7 @@ def worker(
             if metrics_port is not None:
                 from jobsys.observe.prometheus import serve_metrics
 
-                stack.callback(serve_metrics(metrics_bind, metrics_port).close)
+                stack.callback(serve_metrics(metrics_bind, metrics_port, running.health).close)
             stack.enter_context(configure_from_env("jobsys-worker"))
             code = asyncio.run(serve(served))
     except JobsysError as exc:

@@ -58,6 +58,14 @@ class LoopWatchdog:
         if self._thread is not None:
             self._thread.join(1.0)
 
+    def blocked_s(self) -> float:
+        """How long the loop has not turned, as the health probes see it (0 before it is
+        watched and once the watchdog stopped: a worker shutting down is bounded by its own
+        timeouts)."""
+        if self._thread is None or self._stop.is_set():
+            return 0.0
+        return max(0.0, time.monotonic() - self._last_turn - self._tick_s)
+
     @contextmanager
     def running(self, job_id: str | None, job_type: str | None) -> Iterator[None]:
         """Mark an async handler as running on the loop for the duration of the block."""

@@ -58,6 +58,7 @@ from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.duration import format_duration
 from jobsys.errors import JobsysError
 from jobsys.observe import tracing
+from jobsys.observe.health import Health, worker_health
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
@@ -207,6 +208,18 @@ class Worker:
         """True once the worker drains or stops (asked to, ``max_jobs`` reached, or a fatal
         error); it takes no new jobs from then on."""
         return self._stop.is_set()
+
+    def health(self) -> Health:
+        """Live and ready, as ``/livez`` and ``/readyz`` report them (safe from another
+        thread: it only reads flags)."""
+        watchdog = self._runner.watchdog
+        return worker_health(
+            blocked_s=watchdog.blocked_s() if watchdog is not None else 0.0,
+            heartbeat_s=self.settings.heartbeat_s,
+            started=self.ready.is_set(),
+            stopping=self.stopping,
+            connected=self._connection.connected,
+        )
 
     def request_stop(self) -> None:
         """Drain gracefully; called a second time, stop at once."""

@@ -22,15 +22,21 @@ Metrics (labels ``job_type``, ``queue``; ``exchange`` and ``kind`` for publishes
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from jobsys.errors import ConfigError
 from jobsys.observe import metrics
+from jobsys.observe.health import HealthSource
 
 #: Seconds from publish to start: from a few milliseconds to an hour's backoff.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -126,14 +132,67 @@ def job_metrics_registry() -> CollectorRegistry:
     return registry
 
 
-def serve_metrics(host: str, port: int) -> MetricsServer:
-    """Serve the job metrics at ``http://host:port/metrics``; ``ConfigError`` when the address
-    cannot be bound (taken, or not an address of this machine)."""
+#: The probe paths, and what each reports (``Health.live``, ``Health.ready``).
+LIVE_PATH, READY_PATH = "/livez", "/readyz"
+
+
+def probes_and_metrics(metrics_app: WSGIApplication, health: HealthSource) -> WSGIApplication:
+    """``/livez`` and ``/readyz`` (200 or 503, with one line saying why), every other path the
+    metrics as prometheus-client serves them."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in (LIVE_PATH, READY_PATH):
+            return metrics_app(environ, start_response)
+        try:
+            state = health()
+            ok, detail = (state.live if path == LIVE_PATH else state.ready), state.detail
+        except Exception as exc:  # a probe must answer, and say why it cannot tell
+            ok, detail = False, f"health unknown: {type(exc).__name__}"
+        body = f"{'ok' if ok else 'not ' + path[1:-1]}: {detail}\n".encode()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        start_response(
+            status,
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return app
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds the process open
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes and scrapes every few seconds are not news."""
+
+
+def serve_metrics(host: str, port: int, health: HealthSource | None = None) -> MetricsServer:
+    """Serve the job metrics at ``http://host:port/metrics`` (and, with ``health``, the probes
+    ``/livez`` and ``/readyz``) from a daemon thread; ``ConfigError`` when the address cannot be
+    bound (taken, or not an address of this machine)."""
     registry = job_metrics_registry()
+    app: WSGIApplication = make_wsgi_app(registry)
+    if health is not None:
+        app = probes_and_metrics(app, health)
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
+        family, address = _best_family(host, port)
+        server_class = type("_BoundServer", (_Server,), {"address_family": family})
+        server: WSGIServer = make_server(
+            address, port, app, server_class, handler_class=_QuietHandler
+        )
     except OSError as exc:
         metrics.set_histogram_sink(None)
         reason = "the port is taken" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {reason}") from None
+    threading.Thread(target=server.serve_forever, name="jobsys-metrics", daemon=True).start()
     return MetricsServer(host, port, server)
+
+
+def _best_family(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    # As prometheus-client does: an IPv6 address needs an AF_INET6 socket.
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = info[0]
+    return family, str(sockaddr[0])

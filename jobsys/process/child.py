@@ -206,7 +206,7 @@ def _run(spec: ChildSpec, requests: StopRequests) -> tuple[Worker, int]:
         if spec.metrics_port is not None:
             from jobsys.observe.prometheus import serve_metrics
 
-            server = serve_metrics(spec.metrics_bind, spec.metrics_port)
+            server = serve_metrics(spec.metrics_bind, spec.metrics_port, worker.health)
             stack.callback(server.close)
         if _telemetry_wanted(dict(os.environ)):
             from jobsys.observe.telemetry_setup import configure_from_env

@@ -34,19 +34,33 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pydantic import TypeAdapter, ValidationError
 
+from jobsys.app import PublishMiddleware
 from jobsys.broker.confirm import ConfirmChannel, Outgoing
 from jobsys.broker.connection import BrokerConnection
 from jobsys.errors import CallTimeout, ConfigError, JobFailed, ResultError, ResultUnknown
 from jobsys.observe import tracing
-from jobsys.publish.prepare import PreparedJob
+from jobsys.publish.middleware import around_publish
+from jobsys.publish.prepare import JobRequest, PreparedJob
 from jobsys.publish.properties import PERSISTENT
+from jobsys.publish.receipt import Receipt
 from jobsys.settings import Settings
 from jobsys.wire.envelope import CONTENT_ENCODING, CONTENT_TYPE, new_message_id
 from jobsys.wire.headers import now_ms
 from jobsys.wire.reply import DIRECT_REPLY_TO, Reply, read_reply
 from jobsys.wire.table import shown
 
-__all__ = ["Caller", "check_timeout"]
+__all__ = ["Caller", "PendingCall", "check_timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCall:
+    """A call whose job was published, waiting for its reply (``Caller.start``)."""
+
+    job: PreparedJob
+    receipt: Receipt
+    correlation_id: str
+    deadline: float  # loop time
+    timeout_s: float  # as the caller gave it, for the messages
 
 
 @dataclass(slots=True)
@@ -89,41 +103,99 @@ class Caller:
         self._waiting: dict[str, _Waiting] = {}  # by correlation id
         self._lock = asyncio.Lock()
 
-    async def call(
+    async def call_through(
         self,
-        job: PreparedJob,
+        middleware: tuple[PublishMiddleware, ...],
+        request: JobRequest,
+        prepare: Callable[[JobRequest], PreparedJob],
         *,
         timeout_s: float,
         returns: Any = None,
         on_published: Callable[[PreparedJob, int], None] | None = None,
     ) -> Any:
-        """Publish ``job`` and return its result (validated into ``returns`` when given);
-        raises ``JobFailed``, ``CallTimeout``, ``ResultUnknown`` or a publish error.
-        ``on_published`` hears of the job, and when its publish began (ms), once the broker
-        confirmed it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        """Publish ``request`` (prepared by ``prepare``) and return its result (validated into
+        ``returns`` when given); raises ``JobFailed``, ``CallTimeout``, ``ResultUnknown`` or a
+        publish error. ``on_published`` hears of the job, and when its publish began (ms),
+        once the broker confirmed it.
+
+        The app's publish ``middleware`` runs around the publish: the chain decides what is
+        published (``call_next`` returns the receipt, as for ``publish``), and the call waits
+        for the job it published; the chain's time counts against ``timeout_s``. A chain that
+        publishes twice waits for the last job; one that returns without publishing is a
+        ``ConfigError`` (nothing was sent, and there is nothing to wait for)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        started: list[PendingCall] = []
+
+        async def send(sent: JobRequest) -> Receipt:
+            pending = await self.start(
+                prepare(sent), deadline=deadline, timeout_s=timeout_s, on_published=on_published
+            )
+            started.append(pending)
+            return pending.receipt
+
+        try:
+            await around_publish(middleware, request, send)
+        except BaseException:
+            for pending in started:
+                self.abandon(pending)
+            raise
+        if not started:
+            raise ConfigError(
+                f"the publish middleware returned without publishing the {request.job_type!r} "
+                "job of a call(): nothing was published, and there is no outcome to wait for"
+            )
+        for pending in started[:-1]:
+            self.abandon(pending)
+        return await self.finish(started[-1], returns)
+
+    async def start(
+        self,
+        job: PreparedJob,
+        *,
+        deadline: float,
+        timeout_s: float,
+        on_published: Callable[[PreparedJob, int], None] | None = None,
+    ) -> PendingCall:
+        """The first half of a call: publish ``job`` with a reply address and register the
+        wait for its reply (until ``deadline``, loop time; ``timeout_s`` is the caller's, for
+        the messages). End it with ``finish`` or ``abandon``."""
         try:
             async with asyncio.timeout_at(deadline):
                 channel = await self._reply_channel()
         except TimeoutError:
             raise _timeout(job, timeout_s, published=False) from None
         correlation_id = uuid.uuid4().hex
-        waiting = _Waiting(loop.create_future(), channel, job.job_id)
+        waiting = _Waiting(asyncio.get_running_loop().create_future(), channel, job.job_id)
         self._waiting[correlation_id] = waiting
         try:
             began_ms = now_ms()
-            await self._publish(job, correlation_id)
-            if on_published is not None:
-                on_published(job, began_ms)
+            receipt = await self._publish(job, correlation_id)
+        except BaseException:
+            self._waiting.pop(correlation_id, None)
+            raise
+        if on_published is not None:
+            on_published(job, began_ms)
+        return PendingCall(job, receipt, correlation_id, deadline, timeout_s)
+
+    async def finish(self, pending: PendingCall, returns: Any = None) -> Any:
+        """The second half of a call: wait for the reply of ``pending`` and return its
+        result, or raise as ``call_through`` does."""
+        waiting = self._waiting.get(pending.correlation_id)
+        try:
+            if waiting is None:
+                raise _timeout(pending.job, pending.timeout_s, published=True)
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(pending.deadline):
                     reply = await waiting.future
             except TimeoutError:
-                raise _timeout(job, timeout_s, published=True) from None
+                raise _timeout(pending.job, pending.timeout_s, published=True) from None
         finally:
-            self._waiting.pop(correlation_id, None)
-        return _outcome(reply, job, returns)
+            self.abandon(pending)
+        return _outcome(reply, pending.job, returns)
+
+    def abandon(self, pending: PendingCall) -> None:
+        """Stop waiting for the reply of ``pending`` (a late one is dropped)."""
+        self._waiting.pop(pending.correlation_id, None)
 
     async def close(self) -> None:
         """Close the call channel; calls still waiting get ``ResultUnknown``."""
@@ -145,8 +217,9 @@ class Caller:
                 underlay.closing.add_done_callback(functools.partial(self._lost, underlay))
             return underlay
 
-    async def _publish(self, job: PreparedJob, correlation_id: str) -> None:
+    async def _publish(self, job: PreparedJob, correlation_id: str) -> Receipt:
         assert self._confirms is not None
+        receipt: Receipt | None = None
         # A delayed job that fans out goes once per target queue; the first reply wins.
         for exchange, routing_key, queues in job.targets:
             out = Outgoing(job.job_id, job.job_type, exchange, routing_key, job.body, queues)
@@ -174,6 +247,10 @@ class Caller:
                     message_type=job.job_type,
                 )
                 await self._confirms.publish(out, props)
+            sent = Receipt(job.job_id, job.job_type, exchange, routing_key, message_id, job.delay_s)
+            receipt = receipt or sent
+        assert receipt is not None  # prepare_job always yields a target
+        return receipt
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         props = message.header.properties

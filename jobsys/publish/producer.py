@@ -34,27 +34,26 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from aio_pika import RobustChannel
-from opentelemetry.context import Context
-from pamqp import commands as spec
 from pydantic import BaseModel
 
 from jobsys.broker.confirm import ConfirmChannel, Outgoing, unknown
 from jobsys.broker.connection import BrokerConnection
-from jobsys.errors import ConfigError, ConnectionFailed, JobsysError, MessageError
+from jobsys.errors import ConfigError, ConnectionFailed, JobsysError
 from jobsys.observe import tracing
 from jobsys.publish.call import Caller, check_timeout
 from jobsys.publish.cancel import CANCEL_TYPE, SYNC_TYPE, CancelsJobs
 from jobsys.publish.history import ProducerHistory
 from jobsys.publish.middleware import around_publish, from_app
 from jobsys.publish.prepare import JobRequest, JobRoute, PreparedJob, build_routes, prepare_job
-from jobsys.publish.properties import copied_properties, message_properties
+from jobsys.publish.properties import message_properties
 from jobsys.publish.receipt import PublishResult, Receipt
+from jobsys.publish.republish import RepublishesJobs
 from jobsys.publish.window import in_window
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
-from jobsys.wire.envelope import JobProperties, new_message_id
-from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_JOB_ID, now_ms, positive_int, text
+from jobsys.wire.envelope import new_message_id
+from jobsys.wire.headers import now_ms
 from jobsys.wire.table import shown
 
 if TYPE_CHECKING:
@@ -72,14 +71,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bytes of a content-header frame besides the properties: the frame's type, channel, size and
-#: end octet (8), the class id, weight and body size (12).
-_CONTENT_HEADER_OVERHEAD = 20
 #: Confirms ``publish_many`` keeps in flight at once.
 DEFAULT_WINDOW = 512
 
 
-class Producer(CancelsJobs):
+class Producer(CancelsJobs, RepublishesJobs):
     """Publishes jobs of the job types in ``topology`` (a ``Topology``, or the
     ``LoadedTopology`` that ``load_topology`` returns) with publisher confirms.
 
@@ -236,6 +232,7 @@ class Producer(CancelsJobs):
         through RabbitMQ direct reply-to; returns the handler's result as decoded JSON, or
         validated into ``returns`` (a type pydantic can validate) when given.
 
+        The app's publish middleware, if any, runs around its publish as around ``publish``.
         Raises ``JobFailed`` when the job was dead-lettered (after its retries) or cancelled,
         ``CallTimeout`` when no outcome came in time and ``ResultUnknown`` when the connection
         was lost while waiting -- in both the job was published and may still run -- and the
@@ -243,13 +240,21 @@ class Producer(CancelsJobs):
         """
         timeout_s = check_timeout(timeout_s)
         request = JobRequest(job_type, payload, priority, delay_s, job_id, headers, run_at)
-        job = self.prepare(request)
-        self._channel()  # ConnectionFailed when not open, as publish
         if self._caller is None:
             self._caller = Caller(self.connection, self.settings, self._refusals_dead_lettered)
-        return await self._caller.call(
-            job, timeout_s=timeout_s, returns=returns, on_published=self._published
+        return await self._caller.call_through(
+            self._middleware,
+            request,
+            self._prepare_to_send,
+            timeout_s=timeout_s,
+            returns=returns,
+            on_published=self._published,
         )
+
+    def _prepare_to_send(self, request: JobRequest) -> PreparedJob:
+        job = self.prepare(request)
+        self._channel()  # ConnectionFailed when not open, as publish
+        return job
 
     async def publish_many(
         self,
@@ -305,52 +310,6 @@ class Producer(CancelsJobs):
             log.exception("unexpected error publishing job %s (%s)", job.job_id, job.job_type)
             return unknown(job.job_id, job.job_type, f"unexpected {type(exc).__name__}: {exc}")
 
-    async def republish(
-        self,
-        body: bytes,
-        headers: dict[str, Any],
-        exchange: str,
-        routing_key: str,
-        *,
-        kept: JobProperties,
-        kind: tracing.PublishKind,
-        delay_s: float | None = None,
-        queues: Iterable[str] = (),
-        parent: Context | None = None,
-    ) -> Receipt:
-        """Publish an existing job again (a retry, a dead letter, a replay) with the same
-        confirm, return and nack handling as ``publish``.
-
-        ``body`` goes out as it is (the original bytes) with ``headers`` as given (built by
-        ``jobsys.wire``, which strips the broker's death history) and the properties the job
-        ``kept``. ``queues`` names the queues it is meant for, in error messages only. The
-        publish gets a PRODUCER span of ``kind``, child of ``parent`` (default: the current
-        context, e.g. the attempt that failed).
-        """
-        job_id = text(headers.get(HEADER_JOB_ID)) or "unknown"
-        outgoing = Outgoing(
-            job_id, kept.job_type or "unknown", exchange, routing_key, body, tuple(queues)
-        )
-        attempt = positive_int(headers.get(HEADER_ATTEMPT)) or 1
-        message_id = new_message_id()
-        with tracing.publish_span(
-            headers,
-            job_type=outgoing.job_type,
-            job_id=job_id,
-            exchange=exchange,
-            routing_key=routing_key,
-            message_id=message_id,
-            attempt=attempt,
-            delay_s=delay_s,
-            kind=kind,
-            parent=parent,
-        ):
-            props = self._copied(outgoing, kept, headers, message_id)
-            await self._channel().publish(outgoing, props)
-        if kind == "replay" and self._history is not None:
-            self._history.record("replayed", job_id, outgoing.job_type, outgoing.queues)
-        return Receipt(job_id, outgoing.job_type, exchange, routing_key, message_id, delay_s)
-
     def prepare(self, request: JobRequest) -> PreparedJob:
         """Validate and encode ``request`` without any I/O (what ``publish`` does first)."""
         return prepare_job(
@@ -399,17 +358,6 @@ class Producer(CancelsJobs):
             props = message_properties(out.job_type, priority, headers, message_id)
             await self._channel().publish(out, props)
         return Receipt(out.job_id, out.job_type, out.exchange, out.routing_key, message_id, delay_s)
-
-    def _copied(
-        self, out: Outgoing, kept: JobProperties, headers: dict[str, Any], message_id: str
-    ) -> spec.Basic.Properties:
-        # The content header (every property, headers included) must fit one frame: a larger
-        # one makes the broker close the whole connection, taking every delivery on it along.
-        limit = self.connection.frame_max - _CONTENT_HEADER_OVERHEAD
-        try:
-            return copied_properties(kept, headers, message_id, max_bytes=limit)
-        except MessageError as exc:
-            raise type(exc)(f"job {out.job_id} ({out.job_type}) was not published: {exc}") from None
 
     def _channel(self) -> ConfirmChannel:
         if self._confirms is None:

@@ -241,3 +241,87 @@ async def test_call_next_refuses_what_is_not_a_job_request(
         with pytest.raises(Exception, match="passed call_next a dict, not a JobRequest"):
             await producer.publish("echo", {})
     assert await queue_depth(vhost_settings, worker_apps.WORK) == 0
+
+
+# -- call() goes through the publish middleware too ----------------------------------------------
+
+
+def _calling_app(middleware: Callable[[JobRequest, Callable[[JobRequest], Any]], Any]) -> App:
+    app = App()
+
+    @app.handler("echo")
+    async def echo(payload: Any, ctx: JobContext) -> Any:
+        return {"n": payload["n"], "tenant": ctx.headers.get("tenant")}
+
+    app.publish_middleware(middleware)
+    return app
+
+
+async def test_call_goes_through_the_publish_middleware_and_returns_the_result(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    # Before, call() skipped the app's publish middleware: the tenant header never arrived.
+    seen: list[str] = []
+
+    async def tag_tenant(request: JobRequest, call_next: Callable[[JobRequest], Any]) -> Any:
+        seen.append(request.job_type)
+        receipt = await call_next(dataclasses.replace(request, headers={"tenant": "acme"}))
+        assert isinstance(receipt, Receipt) and receipt.job_id == request.job_id
+        return receipt
+
+    app = _calling_app(tag_tenant)
+    async with (
+        running_worker(app, loaded, vhost_settings),
+        Producer(vhost_settings, loaded, app=app) as producer,
+    ):
+        result = await producer.call("echo", {"n": 7}, timeout_s=30, job_id="job-7")
+    assert result == {"n": 7, "tenant": "acme"}
+    assert seen == ["echo"]
+
+
+async def test_call_waits_for_the_job_the_middleware_published_last(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    async def twice(request: JobRequest, call_next: Callable[[JobRequest], Any]) -> Any:
+        await call_next(dataclasses.replace(request, payload={"n": 1}, job_id=None))
+        return await call_next(dataclasses.replace(request, payload={"n": 2}, job_id=None))
+
+    app = _calling_app(twice)
+    async with (
+        running_worker(app, loaded, vhost_settings) as worker,
+        Producer(vhost_settings, loaded, app=app) as producer,
+    ):
+        assert await producer.call("echo", {"n": 0}, timeout_s=30) == {"n": 2, "tenant": None}
+        await wait_until(lambda: worker.stats.done == 2, what="both jobs done")
+
+
+async def test_a_call_whose_middleware_publishes_nothing_or_raises_says_so_and_sends_nothing(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    async def swallow(request: JobRequest, call_next: Callable[[JobRequest], Any]) -> Any:
+        return None
+
+    async def refuse(request: JobRequest, call_next: Callable[[JobRequest], Any]) -> Any:
+        raise QueueFullError("refused by policy", job_id=request.job_id)
+
+    for middleware, error in ((swallow, "returned without publishing"), (refuse, "policy")):
+        app = _calling_app(middleware)
+        async with Producer(vhost_settings, loaded, app=app) as producer:
+            with pytest.raises(Exception, match=error):
+                await producer.call("echo", {"n": 1}, timeout_s=5)
+    assert await queue_depth(vhost_settings, worker_apps.WORK) == 0
+
+
+async def test_a_middleware_that_raises_after_publishing_reaches_the_caller_and_the_job_runs(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    async def raise_after(request: JobRequest, call_next: Callable[[JobRequest], Any]) -> Any:
+        await call_next(request)
+        raise RuntimeError("audit log is down")
+
+    app = _calling_app(raise_after)
+    async with Producer(vhost_settings, loaded, app=app) as producer:
+        with pytest.raises(RuntimeError, match="audit log is down"):
+            await producer.call("echo", {"n": 1}, timeout_s=5)
+        assert not producer._caller or not producer._caller._waiting  # nothing left waiting
+    assert await queue_depth(vhost_settings, worker_apps.WORK) == 1  # it was published

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,46 @@ async def test_an_error_whose_text_cannot_be_encoded_or_read_is_settled_once_and
     record = f"{dead.headers['jobsys-error-message']} {dead.headers['jobsys-dead-letter-reason']}"
     assert said in record
     assert await queue_depth(vhost_settings, WORK) == 0
+
+
+# -- float headers: AMQP doubles, from jobsys and from other clients -----------------------------
+
+_BIG, _SMALL = 0x1122334455667788, 0x0102030405060708
+
+
+async def test_a_job_with_double_headers_from_another_client_is_retried_with_them_exact(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    # Another client's double (AMQP "d") header beyond a 32-bit float used to make the retry
+    # unencodable: the job was dead-lettered after one attempt with its headers dropped.
+    props = hostile_apps.raw_properties(
+        job_type="fails_twice",
+        headers={"price": _BIG, "ratio": _SMALL},
+        replace={  # two 64-bit integers become two doubles in the encoded headers
+            b"l" + struct.pack(">q", _BIG): b"d" + struct.pack(">d", 1e300),
+            b"l" + struct.pack(">q", _SMALL): b"d" + struct.pack(">d", 0.1),
+        },
+    )
+    await hostile_apps.publish_raw(vhost_settings, props)
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the job dead-lettered")
+        assert worker.stats.retried == 1
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert dead.headers["jobsys-attempts"] == 2
+    assert dead.headers["price"] == 1e300 and dead.headers["ratio"] == 0.1
+
+
+async def test_float_headers_published_by_jobsys_arrive_exact(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    # As 32-bit floats 0.1 arrived as 0.10000000149011612, and 1e300 was refused.
+    headers = {"ratio": 0.1, "big": 1e300, "tiny": 5e-324, "nested": {"list": [2.5e-308]}}
+    async with Producer(vhost_settings, loaded) as producer:
+        await producer.publish("fails_twice", {}, headers=headers)
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the job dead-lettered")
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert {name: dead.headers[name] for name in headers} == headers
 
 
 async def test_sys_exit_in_a_handler_never_ends_a_supervised_worker_process(
