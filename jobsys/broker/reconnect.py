@@ -253,10 +253,11 @@ class ReconnectingConnection(aio_pika.RobustConnection):
             await super()._on_connected()
         if reconnect:
             log.warning(
-                "reconnected to %s after %d failed attempt%s",
-                describe_node(self),
+                "reconnected to %s after %d failed attempt%s%s",
+                self.node,
                 self._failures,
                 "" if self._failures == 1 else "s",
+                described(self),
             )
         self._failures = 0
         self._delay = self.settings.reconnect_min_s
@@ -299,17 +300,27 @@ def current_node(connection: Any) -> str:
     return shown_node(str(connection.url))
 
 
+def described(connection: Any) -> str:
+    """`` (RabbitMQ 3.10.8, cluster rabbit@host)``: what the node says it is, or nothing."""
+    details = node_details(connection)
+    return f" ({details})" if details else ""
+
+
 def describe_node(connection: Any) -> str:
     """The node and what it says it is: ``amqp://u:***@host:5672/ (RabbitMQ 3.10.8, cluster
     rabbit@host)``; what the node does not say is left out."""
+    return f"{current_node(connection)}{described(connection)}"
+
+
+def node_details(connection: Any) -> str:
+    """``RabbitMQ 3.10.8, cluster rabbit@host`` from the node's server properties."""
     transport = getattr(connection, "transport", None)
     props = dict(transport.connection.server_properties) if transport is not None else {}
     said = [
         " ".join(text for key in ("product", "version") if (text := _property(props, key))),
         f"cluster {cluster}" if (cluster := _property(props, "cluster_name")) else "",
     ]
-    details = ", ".join(part for part in said if part)
-    return f"{current_node(connection)} ({details})" if details else current_node(connection)
+    return ", ".join(part for part in said if part)
 
 
 def _property(props: dict[str, Any], key: str) -> str:
