@@ -4,9 +4,9 @@ A producer and a worker get all three node URLs (``JOBSYS_URL`` as a comma-separ
 stream of jobs runs through quorum queues. The node the producer is on is killed with -9, then
 (once it is back) the node the worker is on. Each time the client finds another node by itself,
 publishing and consuming resume, and the time from the kill to the first confirmed publish and
-the first finished job after it is measured and printed (docs/cluster.md has the figures). The
-node the topology was declared on is never killed first (``kill_order`` says why). While
-a node is down, ``jobsys status`` with the same three URLs connects to a live one and names it.
+the first finished job after it is measured and printed (docs/cluster.md has the figures, and
+the runs where RabbitMQ 3.10.8 refused every publish after the node leading the quorum queues
+died: this test then fails, after 240 s, naming what the publishes got). While a node is down, ``jobsys status`` with the same three URLs connects to a live one and names it.
 At the end the ledger finds nothing lost. Slow: the cluster takes a minute to form, and each
 killed node half a minute to come back.
 """
@@ -173,22 +173,6 @@ def _ago(times: list[float], killed_at: float) -> str:
     return f"{times[-1] - killed_at:+.2f}s from the kill" if times else "never"
 
 
-def kill_order(cluster: RabbitCluster, producer_node: str, worker_node: str) -> list[str]:
-    """Whose node to kill, in order: the producer's and the worker's, but never first the node
-    the topology was declared on (the seed, leading every quorum queue). Killed first, on
-    RabbitMQ 3.10.8 that stalled publishing from new connections for minutes in 6 runs of 11
-    (docs/cluster.md); killed after another node died and came back, it never did. When both
-    clients are on the seed, a node neither is on dies and comes back first."""
-    on_seed = {
-        role
-        for role, shown in (("producer", producer_node), ("worker", worker_node))
-        if node_of(cluster, shown) is cluster.seed
-    }
-    if on_seed == {"producer", "worker"}:
-        return ["no client", "producer", "worker"]
-    return ["worker", "producer"] if on_seed == {"producer"} else ["producer", "worker"]
-
-
 def status_command(settings: Settings, topology: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, JOBSYS_URL=settings.url)
     return subprocess.run(
@@ -226,7 +210,7 @@ async def test_every_client_fails_over_when_the_node_it_is_on_is_killed_under_lo
         async with Producer(settings, loaded.topology) as producer:
             stream = Stream(ledger, producer)
             publishing = stream.task = asyncio.create_task(stream.run())
-            for role in kill_order(cluster, producer.connection.node, worker.node):
+            for role in ("producer", "worker"):
                 # Kill once jobs have flowed for a few seconds on a settled cluster.
                 flowing = len(ledger.confirmed) + 2000
                 await wait_until(
@@ -234,13 +218,8 @@ async def test_every_client_fails_over_when_the_node_it_is_on_is_killed_under_lo
                     timeout_s=60,
                     what="jobs flowing",
                 )
-                if role == "no client":
-                    clients = {node_of(cluster, producer.connection.node)}
-                    clients.add(node_of(cluster, worker.node))
-                    victim = next(node for node in cluster if node not in clients)
-                else:
-                    shown = producer.connection.node if role == "producer" else worker.node
-                    victim = node_of(cluster, shown)
+                shown = producer.connection.node if role == "producer" else worker.node
+                victim = node_of(cluster, shown)
                 others = {"producer": producer.connection.node, "worker": worker.node}
                 allowed_duplicates |= set(handler_lines(record, "start"))
                 await asyncio.to_thread(victim.kill)
@@ -255,8 +234,7 @@ async def test_every_client_fails_over_when_the_node_it_is_on_is_killed_under_lo
                     f"producer {others['producer']} -> {moved['producer']}, "
                     f"worker {others['worker']} -> {moved['worker']}"
                 )
-                if role in moved:
-                    assert node_of(cluster, moved[role]) is not victim
+                assert node_of(cluster, moved[role]) is not victim
                 if role == "producer":
                     shown_status = await asyncio.to_thread(
                         status_command, settings, tmp_path / "topology.yaml"
