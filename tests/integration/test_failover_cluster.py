@@ -6,9 +6,10 @@ stream of jobs runs through quorum queues. The node the producer is on is killed
 publishing and consuming resume, and the time from the kill to the first confirmed publish and
 the first finished job after it is measured and printed (docs/cluster.md has the figures, and
 the runs where RabbitMQ 3.10.8 refused every publish after the node leading the quorum queues
-died: this test then fails, after 240 s, naming what the publishes got). While a node is down, ``jobsys status`` with the same three URLs connects to a live one and names it.
-At the end the ledger finds nothing lost. Slow: the cluster takes a minute to form, and each
-killed node half a minute to come back.
+died: this test then fails, after 240 s, naming what the publishes got). While a node is down,
+``jobsys status`` with the same three URLs connects to a live one and names it. At the end the
+ledger finds nothing lost. Slow: the cluster takes a minute to form, and each killed node half
+a minute to come back.
 """
 
 from __future__ import annotations
