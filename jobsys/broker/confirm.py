@@ -342,8 +342,8 @@ def _queue_full(out: Outgoing, refusals_dead_lettered: frozenset[str]) -> QueueF
     return QueueFullError(
         f"queue {shown} is full: the broker refused job {out.job_id} ({out.job_type}); "
         f"it was not published — retry later or raise the queue's max_length{copied} (on a "
-        "cluster, a quorum queue refuses publishes the same way while its nodes cannot reach "
-        "its leader: check them if the queue has no length limit)",
+        "cluster, a quorum queue whose leader just died may refuse publishes the same way; "
+        "jobsys publishes on a new channel after a refusal)",
         job_id=out.job_id,
     )
 
