@@ -33,6 +33,18 @@ _USERINFO_BREAKERS = {"/": "%2F", "?": "%3F", "#": "%23", "[": "%5B", "]": "%5D"
 # the password it reads would not be the one written.
 _UNSAFE_CHARACTER = re.compile(r"[\x00-\x20\x7f]")
 _AUTHORITY_END = re.compile(r"[/?#]")
+#: Where one broker URL of a list ends and the next begins: a comma (spaces around it allowed)
+#: right before ``amqp://`` or ``amqps://``. A comma anywhere else (in a password, say) belongs
+#: to the URL it is in; a password that holds ",amqp://" must write the comma as %2C.
+_NEXT_URL = re.compile(r" *, *(?=amqps?://)")
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+
+
+def split_urls(text: str) -> list[str]:
+    """The broker URLs in ``text``: one URL, or several separated by commas
+    (``amqp://u:p@node1/,amqp://u:p@node2/``). Nothing is checked here (``Settings`` does);
+    an empty entry comes back as ``""`` or as an entry ending in ``,``."""
+    return _NEXT_URL.split(text)
 
 
 def mask_url(url: str) -> str:
@@ -42,8 +54,11 @@ def mask_url(url: str) -> str:
     is malformed. That is the text between the user name and the **last** ``@``, so a password
     holding an unencoded ``#``, ``/``, ``?`` or ``[`` (which a parser reads as the end of the
     user info) is hidden too. Without an ``@``, a "port" that is no number is hidden (a
-    password whose ``@host`` is missing).
+    password whose ``@host`` is missing). A list of broker URLs is masked URL by URL.
     """
+    entries = split_urls(url)
+    if len(entries) > 1:
+        return ",".join(mask_url(entry) for entry in entries)
     start, end = _hidden_span(url)
     return url if start == end else f"{url[:start]}***{url[end:]}"
 
@@ -53,9 +68,13 @@ def url_secrets(url: str | None) -> tuple[str, ...]:
     from a message that may quote it."""
     if not url:
         return ()
-    start, end = _hidden_span(url)
-    written = url[start:end]
-    return tuple(sorted({written, unquote(written)} - {""}, key=len, reverse=True))
+    found: set[str] = set()
+    # The whole text as one URL too: whatever the split got wrong is hidden all the same.
+    for entry in {url, *split_urls(url)}:
+        start, end = _hidden_span(entry)
+        written = entry[start:end]
+        found |= {written, unquote(written)}
+    return tuple(sorted(found - {""}, key=len, reverse=True))
 
 
 def _hidden_span(url: str) -> tuple[int, int]:
@@ -149,6 +168,47 @@ def _breakers(text: str) -> list[str]:
     return [char for char in _USERINFO_BREAKERS if char in text]
 
 
+def check_broker_urls(text: str) -> list[SplitResult]:
+    """Each broker URL of ``text`` taken apart, or ``ConfigError``: an empty entry, a URL
+    ``parse_url`` refuses, a list that mixes amqp:// and amqps:// (a TLS client must not fall
+    back to plain text when its node dies), names different vhosts, or names a node twice."""
+    entries = split_urls(text)
+    several = len(entries) > 1
+    parts: list[SplitResult] = []
+    for number, entry in enumerate(entries, start=1):
+        what = f"broker URL {number} of {len(entries)}" if several else "broker URL"
+        if not entry or entry.endswith(","):
+            # A vhost that really ends in a comma is written %2C.
+            raise ConfigError(
+                f"{what} is empty (two commas in a row, or a comma at an end); separate broker "
+                "URLs with single commas: amqp://user:pass@node1/,amqp://user:pass@node2/"
+            )
+        parts.append(parse_url(entry, what, ("amqp", "amqps")))
+    if len({part.scheme for part in parts}) > 1:
+        raise ConfigError(
+            "the broker URLs mix amqp:// and amqps://: a client whose TLS node died would log in "
+            "over plain text; use amqps:// for every node (or amqp:// for every node)"
+        )
+    if len({_vhost_of(part.path) for part in parts}) > 1:
+        raise ConfigError(
+            "the broker URLs name different vhosts; the nodes of one cluster share the vhost, so "
+            "give every URL the same one"
+        )
+    seen: set[tuple[str, int]] = set()
+    for part in parts:
+        node = ((part.hostname or "").lower(), part.port or _DEFAULT_PORTS[part.scheme])
+        if node in seen:
+            raise ConfigError(
+                f"the broker URLs name the node {node[0]}:{node[1]} twice; list each node once"
+            )
+        seen.add(node)
+    return parts
+
+
+def _vhost_of(path: str) -> str:
+    return "/" if path in ("", "/") else unquote(path[1:])
+
+
 @dataclass(frozen=True)
 class Settings:
     """How to reach RabbitMQ, and the limits jobsys enforces before any I/O.
@@ -180,16 +240,16 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for settings that cannot work."""
-        parts = parse_url(self.url, "broker URL", ("amqp", "amqps"))
+        parts = check_broker_urls(self.url)
         if self.management_url is not None:
             parse_url(self.management_url, "management URL", ("http", "https"))
-        query = dict(parse_qsl(parts.query))
-        if _INSECURE_QUERY_KEYS & query.keys() and not self.insecure_tls:
-            raise ConfigError(
-                "the broker URL turns TLS verification off (no_verify_ssl); pass "
-                "--insecure (JOBSYS_INSECURE_TLS=1) if you really mean it"
-            )
-        if self.ca_file is not None and parts.scheme != "amqps":
+        for entry in parts:
+            if _INSECURE_QUERY_KEYS & dict(parse_qsl(entry.query)).keys() and not self.insecure_tls:
+                raise ConfigError(
+                    "the broker URL turns TLS verification off (no_verify_ssl); pass "
+                    "--insecure (JOBSYS_INSECURE_TLS=1) if you really mean it"
+                )
+        if self.ca_file is not None and parts[0].scheme != "amqps":
             raise ConfigError("a CA file was given but the broker URL is not amqps://")
         if self.ca_file is not None and not os.path.isfile(self.ca_file):
             raise ConfigError(f"CA file not found: {self.ca_file}")
@@ -217,14 +277,25 @@ class Settings:
 
     @property
     def masked_url(self) -> str:
-        """The broker URL with the password masked."""
+        """The broker URL (or URLs, comma-separated) with the passwords masked."""
         return mask_url(self.url)
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        """One URL per broker node, in the order given (one for a single broker)."""
+        return tuple(split_urls(self.url))
+
+    def for_node(self, url: str) -> Settings:
+        """These settings narrowed to one of ``urls``: what one connection attempt uses."""
+        if url not in self.urls:
+            raise ConfigError("not one of the broker URLs of these settings")
+        return replace(self, url=url)
+
+    @property
     def vhost(self) -> str:
-        """The virtual host named by the URL (``/`` when the path is empty)."""
-        path = urlsplit(self.url).path
-        return "/" if path in ("", "/") else unquote(path[1:])
+        """The virtual host named by the URL (``/`` when the path is empty); every URL of a
+        list names the same one (``validate`` sees to it)."""
+        return _vhost_of(urlsplit(self.urls[0]).path)
 
     def with_overrides(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied (None values are ignored)."""

@@ -35,7 +35,7 @@ import aiormq.exceptions
 from aio_pika import RobustChannel
 from pamqp import commands as spec
 
-from jobsys.broker.connection import cancel_requested
+from jobsys.broker.connection import cancel_requested, close_quietly
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
@@ -115,6 +115,11 @@ class ConfirmChannel:
         #: last closed for refusing a message (see ``_refused_alone``).
         self._in_flight = 0
         self._refused: tuple[aiormq.Channel, int] | None = None
+        #: After a nack the next publish goes to a new channel (see ``_retire``); channels
+        #: opened here (not the robust channel's own), and the connection last published on.
+        self._fresh_next = False
+        self._opened: set[aiormq.Channel] = set()
+        self._connection: object | None = None
 
     async def publish(self, out: Outgoing, props: spec.Basic.Properties) -> None:
         """Publish ``out`` (persistent and mandatory as ``props`` says) and await the confirm;
@@ -147,6 +152,11 @@ class ConfirmChannel:
             # heartbeat timeout) though nobody cancelled the caller.
             raise unknown(out.job_id, out.job_type, "the connection was lost") from None
         except (TimeoutError, aiormq.exceptions.AMQPError, *CONNECTION_LOST) as exc:
+            nacked = isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(
+                exc, aiormq.exceptions.PublishError
+            )
+            if nacked and self._live is live:
+                self._retire(live.channel)
             raise publish_error(
                 exc,
                 out,
@@ -182,6 +192,10 @@ class ConfirmChannel:
                     if robust.is_closed:
                         await asyncio.sleep(0.05)  # restored, then closed again: let it settle
                 channel = cast(aiormq.Channel, await robust.get_underlay_channel())
+                moved = self._connection is not None and self._connection is not channel.connection
+                if self._fresh_next or moved:
+                    channel = await self._fresh_channel(channel, out)
+                self._connection = channel.connection
         except TimeoutError:
             raise ConnectionFailed(
                 f"job {out.job_id} ({out.job_type}) was not published: the connection to "
@@ -190,6 +204,38 @@ class ConfirmChannel:
             ) from None
         self._live = _LiveChannel(channel, _unblocked_event(channel))
         return self._live
+
+    def _retire(self, channel: aiormq.Channel) -> None:
+        """Stop publishing on ``channel`` after the broker nacked a message on it: the next
+        publish opens a new channel. On a 3.10.8 cluster, a channel opened just as the node
+        leading a quorum queue died had every later publish to that queue nacked, for minutes,
+        while a channel opened a moment later on the same connection was confirmed at once
+        (docs/cluster.md); a nack from a queue that is really full costs one channel. A channel
+        opened here is closed once the publishes still awaiting its confirms have timed out."""
+        self._live = None
+        self._fresh_next = True
+        if channel in self._opened:
+            self._opened.discard(channel)
+            loop = asyncio.get_running_loop()
+            loop.call_later(
+                self.settings.publish_timeout_s + 1,
+                lambda: asyncio.ensure_future(close_quietly(channel)),
+            )
+
+    async def _fresh_channel(self, underlay: aiormq.Channel, out: Outgoing) -> aiormq.Channel:
+        try:
+            fresh = await underlay.connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+        except (aiormq.exceptions.AMQPError, *CONNECTION_LOST) as exc:
+            raise ConnectionFailed(
+                f"job {out.job_id} ({out.job_type}) was not published: no channel could be "
+                f"opened on the new connection to {self.settings.masked_url} ({reply_text(exc)})"
+            ) from None
+        self._fresh_next = False
+        channel = cast(aiormq.Channel, fresh)
+        self._opened.add(channel)
+        return channel
 
     async def _wait_unblocked(
         self, unblocked: asyncio.Event, out: Outgoing, deadline: float
@@ -303,7 +349,9 @@ def _queue_full(out: Outgoing, refusals_dead_lettered: frozenset[str]) -> QueueF
     )
     return QueueFullError(
         f"queue {shown} is full: the broker refused job {out.job_id} ({out.job_type}); "
-        f"it was not published — retry later or raise the queue's max_length{copied}",
+        f"it was not published — retry later or raise the queue's max_length{copied} (on a "
+        "cluster, a quorum queue whose leader just died may refuse publishes the same way; "
+        "jobsys publishes on a new channel after a refusal)",
         job_id=out.job_id,
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import ssl
 from collections.abc import Iterator
@@ -30,9 +31,14 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 from jobsys.broker import decoding, encoding
 from jobsys.broker.reconnect import (
     CLOSE_TIMEOUT_S,
+    can_heal,
     close_within,
     connect_retrying,
+    current_node,
+    describe_node,
+    none_reachable,
     robust_connection_class,
+    short_reason,
 )
 from jobsys.errors import (
     AccessRefused,
@@ -83,7 +89,7 @@ def translate_error(exc: BaseException, settings: Settings) -> JobsysError:
         )
     reason = _scrub(_reason(exc), settings)
     if _unknown_host(exc):
-        host = urlsplit(settings.url).hostname
+        host = urlsplit(settings.urls[0]).hostname
         return HostNotFound(
             f"the broker's host name {host!r} does not resolve ({reason}); check the host in "
             "JOBSYS_URL / --url"
@@ -247,7 +253,7 @@ def _host_mismatch(host: str | None, detail: str) -> str:
 def _scrub(text: str, settings: Settings) -> str:
     """``text`` with every password the settings hold masked, in case an exception quoted a
     URL or the password itself (as written in the URL, or percent-decoded)."""
-    for url in (settings.url, settings.management_url):
+    for url in (settings.url, *settings.urls, settings.management_url):
         if url:
             text = text.replace(url, mask_url(url))
     # Longest first: a shorter secret inside a longer one must not leave the rest showing.
@@ -265,8 +271,8 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _connection_url(settings: Settings) -> str:
-    parts = urlsplit(settings.url)
+def _connection_url(settings: Settings, url: str) -> str:
+    parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     query.setdefault("heartbeat", str(settings.heartbeat_s))
     query.setdefault("name", settings.client_name)
@@ -274,7 +280,8 @@ def _connection_url(settings: Settings) -> str:
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if not settings.url.startswith("amqps://"):
+    # Every URL of a list has the same scheme (Settings.validate).
+    if not settings.urls[0].startswith("amqps://"):
         return None
     context = ssl.create_default_context(cafile=settings.ca_file)
     if settings.insecure_tls:
@@ -304,27 +311,51 @@ class BrokerConnection:
         """
         if self._connection is not None:
             return self
-        async for attempt in connect_retrying(self.settings):
-            with attempt:
-                self._connection = await self._connect_once()
+        # Shuffled, so that the clients of a cluster spread over its nodes.
+        nodes = list(self.settings.urls)
+        random.shuffle(nodes)
+        reasons: dict[str, str] = {}
+        try:
+            async for attempt in connect_retrying(self.settings, nodes):
+                with attempt:
+                    index = (attempt.retry_state.attempt_number - 1) % len(nodes)
+                    try:
+                        self._connection = await self._connect_once(nodes, index)
+                    except JobsysError as exc:
+                        reasons[mask_url(nodes[index])] = short_reason(exc)
+                        raise
+        except ConnectionFailed as exc:
+            if len(nodes) == 1 or not can_heal(exc, len(nodes)):
+                raise
+            raise none_reachable(self.settings, reasons) from None
         return self
 
-    async def _connect_once(self) -> AbstractRobustConnection:
-        with broker_errors(self.settings):
+    async def _connect_once(self, nodes: list[str], index: int) -> AbstractRobustConnection:
+        node = self.settings.for_node(nodes[index])
+        with broker_errors(node):
             connection = await asyncio.wait_for(
                 aio_pika.connect_robust(
-                    _connection_url(self.settings),
+                    _connection_url(self.settings, nodes[index]),
                     ssl_context=_ssl_context(self.settings),
                     timeout=self.settings.connect_timeout_s,
                     client_properties={"connection_name": self.settings.client_name},
                     connection_class=robust_connection_class(
-                        self.settings, lambda text: _scrub(text, self.settings)
+                        self.settings,
+                        lambda text: _scrub(text, self.settings),
+                        [_connection_url(self.settings, url) for url in nodes],
+                        index,
                     ),
                 ),
                 timeout=self.settings.connect_timeout_s + 1,
             )
-        log.info("connected to %s", self.settings.masked_url)
+        log.info("connected to %s", describe_node(connection))
         return connection
+
+    @property
+    def node(self) -> str:
+        """The node this connection is on now, as it may be shown: its URL with the password
+        masked (``ConnectionFailed`` before ``open()``)."""
+        return current_node(self.connection)
 
     @property
     def connection(self) -> AbstractRobustConnection:

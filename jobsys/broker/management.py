@@ -60,7 +60,9 @@ def management_endpoint(settings: Settings) -> ManagementEndpoint:
     Both URLs are read with ``parse_url``, which refuses (``ConfigError``, the URL masked) user
     info that a parser would misread; a percent-encoded user name or password is decoded here.
     """
-    amqp = parse_url(settings.url, "broker URL", ("amqp", "amqps"))
+    # With several broker URLs, the first node's API: any node's API answers for the whole
+    # cluster (set JOBSYS_MANAGEMENT_URL to a load balancer to survive that node's loss).
+    amqp = parse_url(settings.urls[0], "broker URL", ("amqp", "amqps"))
     username = unquote(amqp.username) if amqp.username is not None else "guest"
     password = unquote(amqp.password) if amqp.password is not None else "guest"
     if settings.management_url:
@@ -105,6 +107,11 @@ class ManagementClient:
         problem = other_broker(server_properties, await self.overview(), self.endpoint.masked)
         if problem is not None:
             raise ManagementUnavailable(problem)
+
+    async def running_nodes(self) -> int:
+        """``GET /api/nodes``: how many cluster members run now."""
+        rows = await self._get_list("/api/nodes")
+        return sum(1 for row in rows if row.get("running") is True)
 
     async def snapshot(self, vhost: str) -> VhostSnapshot:
         """Exchanges, queues and bindings of ``vhost`` (``ManagementUnavailable`` if the API

@@ -26,19 +26,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
+from yarl import URL
 
-from jobsys.errors import AccessRefused, ConnectionFailed, HostNotFound, TLSHandshakeFailed
-from jobsys.settings import Settings
+from jobsys.errors import (
+    AccessRefused,
+    BrokerError,
+    ConnectionFailed,
+    HostNotFound,
+    TLSHandshakeFailed,
+)
+from jobsys.settings import Settings, mask_url
+from jobsys.wire.display import escape
 
 log = logging.getLogger("jobsys.broker.connection")
 
 #: How long closing a connection may take before its socket is dropped.
 CLOSE_TIMEOUT_S = 2.0
+#: The least time a reconnect may spend restoring channels and consumers (``restore_timeout``).
+RESTORE_TIMEOUT_MIN_S = 15.0
 
 
 def reconnect_delay(settings: Settings, failures: int) -> float:
@@ -47,17 +58,41 @@ def reconnect_delay(settings: Settings, failures: int) -> float:
     return float(min(settings.reconnect_max_s, settings.reconnect_min_s * 2.0**exponent))
 
 
-def can_heal(exc: BaseException) -> bool:
+def can_heal(exc: BaseException, nodes: int = 1) -> bool:
     """True for a connect failure that may heal by waiting (refused, reset, timed out); False
-    for one that fails the same way every time (see the module docstring)."""
+    for one that fails the same way every time (see the module docstring). With several
+    ``nodes`` only refused credentials or vhost are final: a node whose name does not resolve,
+    whose TLS fails or that is no RabbitMQ leaves the others to try."""
+    if nodes > 1:
+        return isinstance(exc, BrokerError) and not isinstance(exc, AccessRefused)
     return isinstance(exc, ConnectionFailed) and not isinstance(
         exc, TLSHandshakeFailed | HostNotFound | AccessRefused
     )
 
 
-def connect_retrying(settings: Settings) -> AsyncRetrying:
+def round_of(failures: int, nodes: int) -> int:
+    """Which round over the ``nodes`` the ``failures``-th failed attempt in a row ends in: the
+    backoff grows per round, so a dead node is passed over for the next one at once-ish and
+    a single node backs off exactly as before."""
+    return -(-max(failures, 1) // max(nodes, 1))
+
+
+def none_reachable(settings: Settings, reasons: dict[str, str]) -> ConnectionFailed:
+    """The error when no node of a list answered before ``connect_deadline_s``."""
+    tried = "; ".join(f"{node}: {reason}" for node, reason in reasons.items())
+    return ConnectionFailed(
+        f"cannot reach any of the {len(settings.urls)} broker nodes within "
+        f"{settings.connect_deadline_s:g}s ({tried}); start a node, or point JOBSYS_URL / "
+        "--url at running ones; nothing was sent"
+    )
+
+
+def connect_retrying(settings: Settings, nodes: list[str] | None = None) -> AsyncRetrying:
     """tenacity's loop for the first connect: retries what ``can_heal`` until
-    ``connect_deadline_s``, logging each failed attempt (``before_sleep``)."""
+    ``connect_deadline_s``, logging each failed attempt (``before_sleep``). Attempt n goes to
+    ``nodes[(n - 1) % len(nodes)]`` (the caller connects to it; default: the settings' URL)."""
+    shown = [mask_url(url) for url in nodes] if nodes else [settings.masked_url]
+    count = len(shown)
 
     def log_attempt(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -65,18 +100,18 @@ def connect_retrying(settings: Settings) -> AsyncRetrying:
         log.warning(
             "connect attempt %d to %s failed: %s; next try in %.1fs (giving up after %gs)",
             state.attempt_number,
-            settings.masked_url,
+            shown[(state.attempt_number - 1) % count],
             short_reason(exc),
             delay,
             settings.connect_deadline_s,
         )
 
     return AsyncRetrying(
-        retry=retry_if_exception(can_heal),
+        retry=retry_if_exception(lambda exc: can_heal(exc, count)),
         stop=stop_after_delay(settings.connect_deadline_s),
         # The last pause ends at the deadline, for one last attempt there.
         wait=lambda state: min(
-            reconnect_delay(settings, state.attempt_number),
+            reconnect_delay(settings, round_of(state.attempt_number, count)),
             max(0.0, settings.connect_deadline_s - (state.seconds_since_start or 0.0)),
         ),
         before_sleep=log_attempt,
@@ -117,11 +152,16 @@ class ReconnectingConnection(aio_pika.RobustConnection):
 
     settings: Settings
     scrub: Any
+    #: Every node's connection URL, and the one the first connect went to: after each loss
+    #: or failed attempt the next node is tried (a node that just died is not tried first).
+    nodes: tuple[str, ...] = ()
+    first_node: int = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._failures = 0
         self._live = False
         self._delay = self.settings.reconnect_min_s
+        self._node = self.first_node
         super().__init__(*args, **kwargs)
         tls = self.url.scheme == "amqps"
         self._sockets = _KeepWriter(TLSTransportFactory() if tls else TCPTransportFactory())
@@ -142,51 +182,151 @@ class ReconnectingConnection(aio_pika.RobustConnection):
     def reconnect_interval(self, _value: Any) -> None:
         pass  # aio-pika's fixed interval (from the URL or its default) is replaced
 
+    async def _restore_within(self, timeout_s: float) -> None:
+        """Restore channels, QoS and consumers (aio-pika's ``_on_connected``), or give the node
+        up after ``timeout_s``: a node that accepted the connection may still hang a declare or
+        a consume (seen on a 3.10 cluster just after another node died, restoring a stream
+        consumer), and aio-pika would wait for it forever. Closing the connection makes the
+        robust loop try the next node."""
+        try:
+            await asyncio.wait_for(super()._on_connected(), timeout_s)
+        except TimeoutError:
+            node = self.node
+            transport = self.transport
+            if transport is not None:
+                # Closing runs _on_connection_close, which moves on to the next node.
+                await asyncio.gather(
+                    transport.connection.close(ConnectionError("restore timed out")),
+                    return_exceptions=True,
+                )
+            log.warning(
+                "reconnected to %s but restoring channels and consumers took over %gs; "
+                "giving that node up",
+                node,
+                timeout_s,
+            )
+            raise
+
+    @property
+    def node(self) -> str:
+        """The node this connection is on (or trying next), as it may be shown."""
+        return shown_node(str(self.url))
+
+    def _next_node(self) -> None:
+        if len(self.nodes) > 1:
+            self._node = (self._node + 1) % len(self.nodes)
+            self.url = URL(self.nodes[self._node])
+
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         exc = closing.exception() if closing.done() and not closing.cancelled() else None
         if self.connection_attempt and not (self._close_called or self.is_closed):
             reason = self.scrub(short_reason(exc)) if exc is not None else "closed"
+            node = self.node
+            self._next_node()
             if self._live:
                 self._live = False
                 log.warning(
-                    "connection to %s lost (%s); reconnecting now",
-                    self.settings.masked_url,
+                    "connection to %s lost (%s); reconnecting now%s",
+                    node,
                     reason,
+                    f" to {self.node}" if len(self.nodes) > 1 else "",
                 )
             else:
                 self._failures += 1
-                self._delay = reconnect_delay(self.settings, self._failures)
+                rounds = round_of(self._failures, len(self.nodes))
+                self._delay = reconnect_delay(self.settings, rounds)
                 log.warning(
-                    "reconnect attempt %d to %s failed: %s; next try in %.1fs",
+                    "reconnect attempt %d to %s failed: %s; next try in %.1fs%s",
                     self._failures,
-                    self.settings.masked_url,
+                    node,
                     reason,
                     self._delay,
+                    f" to {self.node}" if len(self.nodes) > 1 else "",
                 )
         await super()._on_connection_close(closing)
 
     async def _on_connected(self) -> None:
         reconnect = bool(self.connection_attempt)
-        await super()._on_connected()  # restores channels; raises (and closes) if that fails
+        if reconnect:
+            await self._restore_within(restore_timeout(self.settings))
+        else:
+            await super()._on_connected()
         if reconnect:
             log.warning(
-                "reconnected to %s after %d failed attempt%s",
-                self.settings.masked_url,
+                "reconnected to %s after %d failed attempt%s%s",
+                self.node,
                 self._failures,
                 "" if self._failures == 1 else "s",
+                described(self),
             )
         self._failures = 0
         self._delay = self.settings.reconnect_min_s
         self._live = True
 
 
-def robust_connection_class(settings: Settings, scrub: Any) -> type[ReconnectingConnection]:
-    """A ``ReconnectingConnection`` class bound to ``settings`` (aio-pika builds the object)."""
+def restore_timeout(settings: Settings) -> float:
+    """How long a reconnect may take to restore channels, QoS and consumers before the node is
+    given up for the next one."""
+    return max(RESTORE_TIMEOUT_MIN_S, 3 * settings.connect_timeout_s)
+
+
+def robust_connection_class(
+    settings: Settings, scrub: Any, nodes: list[str] | None = None, first_node: int = 0
+) -> type[ReconnectingConnection]:
+    """A ``ReconnectingConnection`` class bound to ``settings`` and the connection URLs of
+    ``nodes`` (aio-pika builds the object, connecting first to ``nodes[first_node]``)."""
     return type(
         "ReconnectingConnection",
         (ReconnectingConnection,),
-        {"settings": settings, "scrub": staticmethod(scrub)},
+        {
+            "settings": settings,
+            "scrub": staticmethod(scrub),
+            "nodes": tuple(nodes or ()),
+            "first_node": first_node,
+        },
     )
+
+
+def shown_node(url: str) -> str:
+    """A node's connection URL as it may be shown: password masked, query options dropped."""
+    parts = urlsplit(url)
+    return mask_url(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
+
+
+def current_node(connection: Any) -> str:
+    """The node ``connection`` (a robust connection) is on, as it may be shown."""
+    if isinstance(connection, ReconnectingConnection):
+        return connection.node
+    return shown_node(str(connection.url))
+
+
+def described(connection: Any) -> str:
+    """`` (RabbitMQ 3.10.8, cluster rabbit@host)``: what the node says it is, or nothing."""
+    details = node_details(connection)
+    return f" ({details})" if details else ""
+
+
+def describe_node(connection: Any) -> str:
+    """The node and what it says it is: ``amqp://u:***@host:5672/ (RabbitMQ 3.10.8, cluster
+    rabbit@host)``; what the node does not say is left out."""
+    return f"{current_node(connection)}{described(connection)}"
+
+
+def node_details(connection: Any) -> str:
+    """``RabbitMQ 3.10.8, cluster rabbit@host`` from the node's server properties."""
+    transport = getattr(connection, "transport", None)
+    props = dict(transport.connection.server_properties) if transport is not None else {}
+    said = [
+        " ".join(text for key in ("product", "version") if (text := _property(props, key))),
+        f"cluster {cluster}" if (cluster := _property(props, "cluster_name")) else "",
+    ]
+    return ", ".join(part for part in said if part)
+
+
+def _property(props: dict[str, Any], key: str) -> str:
+    raw = props.get(key)
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
+    return escape(text[:100])
 
 
 async def close_within(connection: AbstractRobustConnection, timeout_s: float) -> bool:

@@ -89,7 +89,8 @@ def connection_options(func: F) -> F:
         "--url",
         default=None,
         metavar="AMQP_URL",
-        help="Broker URL. Env: JOBSYS_URL (default amqp://guest:guest@127.0.0.1:5672/).",
+        help="Broker URL, or the URLs of a cluster's nodes separated by commas (any live one "
+        "is used). Env: JOBSYS_URL (default amqp://guest:guest@127.0.0.1:5672/).",
     )(func)
     return func
 

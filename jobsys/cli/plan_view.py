@@ -48,6 +48,10 @@ def print_plan(plan: Plan, layout: DelayLayout, *, every_line: bool, changes_onl
             f"note: {plan.note}; extras (on the broker, not in the file) need the management "
             "API, and the broker reveals arguments it checks on redeclare only"
         )
+    if plan.broker:
+        click.echo(f"broker: {escape(plan.broker)}")
+    for note in plan.notes:
+        click.echo(f"note: {escape(note)}")
     click.echo(f"summary: {plan.summary()}")
 
 

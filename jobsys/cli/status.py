@@ -216,6 +216,8 @@ def _notes(report: StatusReport, *, with_note: bool) -> list[str]:
         notes.append("some queues are missing: `jobsys topology apply` declares them")
     if report.note and with_note:
         notes.append(report.note)
+    if report.node:
+        notes.append(f"connected to broker node {report.node}")
     return [escape(note) for note in notes]
 
 
@@ -262,6 +264,7 @@ def report_json(reading: _Reading, previous: _Reading | None) -> dict[str, Any]:
         "at": reading.wall.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "source": report.source,
         "note": report.note,
+        "node": report.node,
         "queues": [
             {
                 "name": queue.name,

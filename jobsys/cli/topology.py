@@ -27,7 +27,7 @@ from jobsys.cli.common import (
 from jobsys.cli.output import json_option, plural, print_json
 from jobsys.cli.plan_view import is_delay_level, print_flow, print_plan
 from jobsys.errors import TopologyLoadError
-from jobsys.ops.declare import apply_topology, plan_topology
+from jobsys.ops.declare import apply_topology, plan_for_broker
 from jobsys.settings import Settings
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.delays import DelayLayout
@@ -197,6 +197,7 @@ def plan(
             f"plan for {printable(path)} on {settings.masked_url} "
             f"(vhost {printable(settings.vhost)}), via {how}"
         )
+
         print_plan(
             result,
             loaded.topology.delay_layout,
@@ -210,10 +211,7 @@ def plan(
 
 async def _plan(loaded: LoadedTopology, settings: Settings, *, use_management: bool) -> Plan:
     async with BrokerConnection(settings) as conn:
-        loaded.check_broker_version(conn.server_version)
-        entities = desired_entities(loaded.topology)
-        loaded.check_declarable(entities)
-        return await plan_topology(conn, entities, use_management=use_management)
+        return await plan_for_broker(conn, loaded, use_management=use_management)
 
 
 @topology.command()

@@ -23,9 +23,15 @@ def banner(
     return (
         f"jobsys {_jobsys_version()} worker ready (pid {os.getpid()}): {describe_pools(pools)}; "
         f"{f'{threads} handler threads' if threads is not None else 'no sync handlers'}; "
-        f"broker {settings.masked_url} "
-        f"(RabbitMQ {'.'.join(map(str, connection.server_version))})"
+        f"broker {connection.node} "
+        f"(RabbitMQ {'.'.join(map(str, connection.server_version))}"
+        f"{_of_nodes(settings)})"
     )
+
+
+def _of_nodes(settings: Settings) -> str:
+    count = len(settings.urls)
+    return f"; node of {count} given, fails over to the others" if count > 1 else ""
 
 
 def worker_settings(settings: Settings) -> Settings:

@@ -214,6 +214,12 @@ class Worker:
     # -- run and stop ----------------------------------------------------------------------
 
     @property
+    def node(self) -> str:
+        """The broker node the worker's connection is on (its URL, password masked);
+        ``ConnectionFailed`` before the worker connected."""
+        return self._connection.node
+
+    @property
     def stopping(self) -> bool:
         """True once the worker drains or stops (asked to, ``max_jobs`` reached, or a fatal
         error); it takes no new jobs from then on."""

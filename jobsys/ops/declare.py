@@ -23,6 +23,7 @@ half-way, the error says exactly what was created and what was not (``ApplyProgr
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import aiormq
@@ -45,6 +46,7 @@ from jobsys.errors import (
     TopologyConflictError,
     TopologyError,
 )
+from jobsys.topology.broker_facts import BrokerFacts, accept_unlifted_limits, fit_to_broker
 from jobsys.topology.entities import (
     ArgValue,
     BindingSpec,
@@ -69,7 +71,14 @@ from jobsys.topology.plan import (
 )
 from jobsys.topology.progress import ApplyProgress
 
-__all__ = ["apply_plan", "apply_topology", "plan_topology"]
+__all__ = [
+    "apply_plan",
+    "apply_topology",
+    "broker_facts",
+    "plan_for_broker",
+    "plan_topology",
+    "planned_entities",
+]
 
 
 async def plan_topology(
@@ -96,20 +105,63 @@ async def plan_topology(
     return Plan(tuple(items), "probe", extras_checked=False, note=note)
 
 
+async def broker_facts(conn: BrokerConnection, *, use_management: bool = True) -> BrokerFacts:
+    """What ``conn``'s broker is: version and cluster name from its server properties, and
+    its running members from the management API (when it answers for this broker), else from
+    the number of broker URLs given when there are several, else unknown."""
+    with broker_errors(conn.settings):
+        props = dict(conn.amqp.server_properties)
+    if use_management:
+        client = ManagementClient(management_endpoint(conn.settings))
+        try:
+            await client.confirm_same_broker(props)
+            members = await client.running_nodes()
+        except ManagementUnavailable:
+            pass
+        else:
+            return BrokerFacts.from_server_properties(props, members, "management API")
+    given = len(conn.settings.urls)
+    if given > 1:
+        return BrokerFacts.from_server_properties(props, given, "the broker URLs given")
+    return BrokerFacts.from_server_properties(props)
+
+
+async def planned_entities(
+    conn: BrokerConnection, loaded: LoadedTopology, *, use_management: bool = True
+) -> tuple[Entities, BrokerFacts, tuple[str, ...]]:
+    """The entities of ``loaded`` fitted to ``conn``'s broker (``broker_facts.fit_to_broker``),
+    after every check that needs the broker: its version, its cluster, what it accepts.
+    Raises ``TopologyValidationError`` before anything is declared."""
+    facts = await broker_facts(conn, use_management=use_management)
+    loaded.check_broker_version(facts.version)
+    loaded.check_cluster(facts)
+    fitted = fit_to_broker(desired_entities(loaded.topology), loaded.topology, facts)
+    loaded.check_declarable(fitted.entities)
+    return fitted.entities, facts, fitted.notes
+
+
+async def plan_for_broker(
+    conn: BrokerConnection, loaded: LoadedTopology, *, use_management: bool = True
+) -> Plan:
+    """``plan_topology`` for ``loaded`` fitted to the broker, naming the broker and the notes
+    of the fit."""
+    entities, facts, notes = await planned_entities(conn, loaded, use_management=use_management)
+    plan = await plan_topology(conn, entities, use_management=use_management)
+    return accept_unlifted_limits(replace(plan, broker=facts.describe(), notes=notes))
+
+
 async def apply_topology(
     conn: BrokerConnection, loaded: LoadedTopology, *, use_management: bool = True
 ) -> ApplyResult:
     """Make the broker hold every entity of ``loaded``, changing nothing that exists.
 
-    Raises ``TopologyValidationError`` when the broker version lacks a feature the file uses
-    or an entity to declare is past what AMQP or the broker accepts, and
-    ``TopologyConflictError`` when an entity exists with other properties: in each case
-    before declaring anything. Existing entities the file does not mention are left alone.
+    Raises ``TopologyValidationError`` when the broker version lacks a feature the file uses,
+    the broker is a cluster and the file asks for classic queues, or an entity to declare is
+    past what AMQP or the broker accepts, and ``TopologyConflictError`` when an entity exists
+    with other properties: in each case before declaring anything. Existing entities the file
+    does not mention are left alone.
     """
-    loaded.check_broker_version(conn.server_version)
-    entities = desired_entities(loaded.topology)
-    loaded.check_declarable(entities)
-    plan = await plan_topology(conn, entities, use_management=use_management)
+    plan = await plan_for_broker(conn, loaded, use_management=use_management)
     result = await apply_plan(conn, plan)
     await fill_permits(conn, loaded.topology, result)
     return result

@@ -27,6 +27,7 @@ from jobsys.broker.management import (
     ManagementUnavailable,
     management_endpoint,
 )
+from jobsys.errors import ConnectionFailed
 from jobsys.settings import Settings
 from jobsys.topology import delays
 from jobsys.topology.entities import desired_entities
@@ -97,6 +98,8 @@ class StatusReport:
     #: The last state each circuit breaker published (``jobsys.consume.breakers``), by job
     #: type; None for a breaker that never changed state.
     breakers: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    #: The broker node the reader's AMQP connection is on (masked URL; empty when none).
+    node: str = ""
 
     @property
     def delayed_total(self) -> int | None:
@@ -215,7 +218,16 @@ class StatusReader:
             for level in range(delays.LEVELS)
             if (name := delays.legacy_level_name(level)) in counts and counts[name].exists
         ]
-        return StatusReport(queues, levels, source, note, legacy)
+        node = self._node()
+        return StatusReport(queues, levels, source, note, legacy, node=node)
+
+    def _node(self) -> str:
+        if self._conn is None:
+            return ""
+        try:
+            return self._conn.node
+        except ConnectionFailed:
+            return ""
 
     async def _amqp_counts(self, names: list[str]) -> dict[str, QueueCounts]:
         found = await passive_counts(await self._connection(), names)

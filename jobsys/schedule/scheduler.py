@@ -161,7 +161,7 @@ class Scheduler:
             self.stats.terms += 1
             transaction = await Transaction(connection).open()
             try:
-                await self._lead(election, transaction)
+                await self._lead(election, transaction, connection.node)
             finally:
                 self.leading.clear()
                 await transaction.close()
@@ -217,7 +217,7 @@ class Scheduler:
             raise ConnectionFailed("the election channel closed")
         return None
 
-    async def _lead(self, election: aiormq.abc.AbstractChannel, tx: Transaction) -> None:
+    async def _lead(self, election: aiormq.abc.AbstractChannel, tx: Transaction, node: str) -> None:
         leader = Leader(self.name, now_ms())
         state = await self._read_state(election)
         now_s = int(time.time())
@@ -228,7 +228,12 @@ class Scheduler:
                 state = state.with_cursor(name, Cursor(now_s, fired=False, at_ms=now_ms()))
         await self._commit(tx, state, leader, job=None)
         self.leading.set()
-        log.info("scheduler %s leads (%d schedules)", self.name, len(self.topology.schedules))
+        log.info(
+            "scheduler %s leads (%d schedules) on %s",
+            self.name,
+            len(self.topology.schedules),
+            node,
+        )
         while not self._stop.is_set():
             if not self._still_leading(election, tx):
                 raise ConnectionFailed("lost the channel that held the leader token")

@@ -58,6 +58,7 @@ def check_topology(topology: Topology, malformed: Malformed | None = None) -> li
     return [
         *_check_names(topology),
         *_check_queues(topology),
+        *_check_delays(topology),
         *_check_bindings(topology, known),
         *_check_job_types(topology, known),
         *_check_schedules(topology, known),
@@ -71,6 +72,15 @@ def check_broker_support(topology: Topology, version: tuple[int, ...]) -> list[P
     problems = []
     shown = ".".join(str(part) for part in version)
     for name, queue in topology.queues.items():
+        if queue.consumer_timeout is not None and version < (3, 12):
+            problems.append(
+                Problem(
+                    ("queues", name, "consumer_timeout"),
+                    f"RabbitMQ {shown} ignores a queue's consumer timeout (x-consumer-timeout "
+                    "needs 3.12 or later); drop consumer_timeout, or raise the server's "
+                    "consumer_timeout setting",
+                )
+            )
         if queue.type == "quorum" and queue.max_priority is not None and version < (4, 0):
             problems.append(
                 Problem(
@@ -136,6 +146,10 @@ def _check_queues(topology: Topology) -> Iterator[Problem]:
             yield Problem((*path, "durable"), "quorum queues are always durable")
         if queue.type == "classic" and queue.delivery_limit is not None:
             yield Problem((*path, "delivery_limit"), "delivery_limit needs a quorum queue")
+        if queue.type == "classic" and queue.replicas is not None:
+            yield Problem(
+                (*path, "replicas"), "replicas needs a quorum queue (classic queues have one)"
+            )
         if queue.type == "classic" and queue.overflow == "reject-publish":
             # Delayed jobs and retries reach a queue by the broker's own dead-lettering, and a
             # full classic queue under reject-publish drops those without a trace (checked on
@@ -171,6 +185,14 @@ def _check_queues(topology: Topology) -> Iterator[Problem]:
             yield Problem(
                 (*path, "overflow"), "overflow has no effect without max_length or max_length_bytes"
             )
+
+
+def _check_delays(topology: Topology) -> Iterator[Problem]:
+    if topology.delays.queue_type == "classic" and topology.delays.replicas is not None:
+        yield Problem(
+            ("delays", "replicas"),
+            "replicas needs quorum delay levels (delays: {queue_type: quorum})",
+        )
 
 
 def _check_bindings(topology: Topology, malformed: Malformed) -> Iterator[Problem]:
@@ -213,11 +235,6 @@ def _check_job_types(topology: Topology, malformed: Malformed) -> Iterator[Probl
                 ),
             )
             continue
-        if job_type.timeout <= 0 or job_type.timeout >= BROKER_CONSUMER_TIMEOUT_S:
-            yield Problem(
-                (*path, "timeout"),
-                "timeout must be above 0 and below 30m, the broker's default consumer_timeout",
-            )
         for i, dotted in enumerate(job_type.retry.dont_retry):
             if not _DOTTED_NAME.match(dotted):
                 yield Problem(
@@ -226,10 +243,34 @@ def _check_job_types(topology: Topology, malformed: Malformed) -> Iterator[Probl
                 )
         yield from _check_retry_delays(topology, name, job_type)
         queues = route_job_type(topology, job_type)
+        yield from _check_timeout(topology, path, job_type, queues)
         if not queues:
             yield Problem(path, _unroutable_message(topology, name, job_type))
             continue
         yield from _check_priority(topology, path, job_type, queues)
+
+
+def _check_timeout(
+    topology: Topology, path: Path, job_type: JobType, queues: Collection[str]
+) -> Iterator[Problem]:
+    """A job's deadline must end before the broker's consumer timeout of every queue it
+    reaches (the queue's ``consumer_timeout``, else the server's default 30m)."""
+    limits = [
+        (topology.queues[q].consumer_timeout or BROKER_CONSUMER_TIMEOUT_S, q)
+        for q in queues
+        if q in topology.queues
+    ]
+    limit, queue = min(limits, default=(BROKER_CONSUMER_TIMEOUT_S, ""))
+    if 0 < job_type.timeout < limit:
+        return
+    if limit == BROKER_CONSUMER_TIMEOUT_S:
+        message = "timeout must be above 0 and below 30m, the broker's default consumer_timeout"
+    else:
+        message = (
+            f"timeout must be above 0 and below {format_duration(limit)}, the "
+            f"consumer_timeout of queue {queue!r}"
+        )
+    yield Problem((*path, "timeout"), message)
 
 
 def _check_schedules(topology: Topology, malformed: Malformed) -> Iterator[Problem]:

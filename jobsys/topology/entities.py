@@ -139,6 +139,24 @@ def work_queue_arguments(
         args["x-delivery-limit"] = queue.delivery_limit
     if queue.dead_letter_strategy is not None:
         args["x-dead-letter-strategy"] = queue.dead_letter_strategy
+    if queue.replicas is not None:
+        args["x-quorum-initial-group-size"] = queue.replicas
+    if queue.consumer_timeout is not None:
+        args["x-consumer-timeout"] = ttl_ms(queue.consumer_timeout)
+    return args
+
+
+def dead_letter_queue_arguments(queue: Queue) -> dict[str, ArgValue]:
+    """The ``x-`` arguments of a work queue's dead-letter queue: its type and replicas."""
+    args: dict[str, ArgValue] = {"x-queue-type": queue.type}
+    if queue.replicas is not None:
+        args["x-quorum-initial-group-size"] = queue.replicas
+    return args
+
+
+def _with_replicas(args: dict[str, ArgValue], replicas: int | None) -> dict[str, ArgValue]:
+    if replicas is not None and args.get("x-queue-type") == "quorum":
+        return {**args, "x-quorum-initial-group-size": replicas}
     return args
 
 
@@ -202,11 +220,14 @@ def _add_own(
     if not topology.schedules:
         return
     kind = topology.delays.queue_type
+    replicas = topology.delays.replicas
     exchanges.append(ExchangeSpec(name=own.scheduler_exchange, type="direct"))
-    queues.append(QueueSpec(own.leader_queue, True, leader_arguments(kind), "scheduler"))
+    leader = _with_replicas(leader_arguments(kind), replicas)
+    queues.append(QueueSpec(own.leader_queue, True, leader, "scheduler"))
     bindings.append(BindingSpec(own.scheduler_exchange, own.leader_queue, "queue", TOKEN_KEY))
     for name in (own.state_queue, own.status_queue):
-        queues.append(QueueSpec(name, True, last_value_arguments(kind), "scheduler"))
+        last_value = _with_replicas(last_value_arguments(kind), replicas)
+        queues.append(QueueSpec(name, True, last_value, "scheduler"))
         bindings.append(BindingSpec(own.scheduler_exchange, name, "queue", STATE_KEY))
 
 
@@ -230,7 +251,7 @@ def desired_entities(topology: Topology) -> Entities:
         arguments = work_queue_arguments(name, queue, dead_letter_exchange)
         queues.append(QueueSpec(name, queue.durable, arguments, role="work"))
         dlq = dead_letter_queue_name(name)
-        queues.append(QueueSpec(dlq, True, {"x-queue-type": queue.type}, role="dead-letter"))
+        queues.append(QueueSpec(dlq, True, dead_letter_queue_arguments(queue), role="dead-letter"))
         bindings.append(BindingSpec(dead_letter_exchange, dlq, "queue", dlq))
         bindings.append(
             BindingSpec(layout.due_exchange, name, "queue", delays.delivery_binding_key(name))
@@ -242,7 +263,10 @@ def desired_entities(topology: Topology) -> Entities:
             QueueSpec(
                 level_queue,
                 True,
-                _delay_level_arguments(layout, level, topology.delays.queue_type),
+                _with_replicas(
+                    _delay_level_arguments(layout, level, topology.delays.queue_type),
+                    topology.delays.replicas,
+                ),
                 role="delay",
             )
         )

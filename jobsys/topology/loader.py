@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from jobsys.errors import TopologyLoadError, TopologyValidationError
+from jobsys.topology.broker_facts import BrokerFacts, cluster_problems
 from jobsys.topology.check import Problem, check_broker_support, check_topology
 from jobsys.topology.entities import Entities
 from jobsys.topology.limits import check_entities
@@ -65,6 +66,15 @@ class LoadedTopology:
     def check_broker_version(self, version: tuple[int, ...]) -> None:
         """Raise ``TopologyValidationError`` for arguments broker ``version`` lacks."""
         problems = check_broker_support(self.topology, version)
+        if problems:
+            raise TopologyValidationError([self._format(p) for p in problems])
+
+    def check_cluster(self, facts: BrokerFacts) -> None:
+        """Raise ``TopologyValidationError`` for classic queues that would hold jobs on a
+        cluster (``broker_facts.cluster_problems``); nothing on a single node."""
+        problems = [
+            Problem(path, message) for path, message in cluster_problems(self.topology, facts)
+        ]
         if problems:
             raise TopologyValidationError([self._format(p) for p in problems])
 

@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     field_validator,
     model_validator,
 )
@@ -67,6 +68,8 @@ def _header_int(value: str | int | bool) -> str | None:
 
 #: An integer queue argument: at most what an AMQP table carries.
 AmqpCount = Annotated[int, Field(ge=0), _refuse(limits.amqp_int_problem)]
+#: Quorum replicas: a whole number from 1 to 99 (strict: ``true`` is not 1).
+Replicas = Annotated[StrictInt, Field(ge=1, le=99)]
 RoutingKey = Annotated[str, _refuse(limits.short_string_problem)]
 #: Headers put on jobs or matched by a headers binding, as AMQP can carry them.
 Headers = Annotated[
@@ -197,6 +200,12 @@ class Queue(_Frozen):
     message_ttl: Annotated[Duration, _refuse(limits.message_ttl_problem)] | None = None
     delivery_limit: Annotated[AmqpCount, Field(ge=1)] | None = None
     dead_letter_strategy: Literal["at-most-once", "at-least-once"] | None = None
+    #: Quorum replicas (``x-quorum-initial-group-size``) of the queue and its dead-letter queue;
+    #: the broker's default (every cluster member, at most its configured size) when unset.
+    replicas: Replicas | None = None
+    #: The broker's consumer timeout for this queue (``x-consumer-timeout``, RabbitMQ >= 3.12):
+    #: the job types it serves may then run up to it instead of the server's default 30m.
+    consumer_timeout: Annotated[Duration, Field(gt=0, le=7 * 86400)] | None = None
     consumer: ConsumerPool = ConsumerPool()
 
 
@@ -356,6 +365,8 @@ class Delays(_Frozen):
 
     max_delay: Duration = 30 * 86400.0
     queue_type: Literal["classic", "quorum"] = "classic"
+    #: Quorum replicas of the delay levels and the scheduler's queues (quorum only).
+    replicas: Replicas | None = None
 
     @model_validator(mode="after")
     def _within_the_levels(self) -> Delays:

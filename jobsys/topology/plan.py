@@ -86,6 +86,10 @@ class Plan:
     method: Method
     extras_checked: bool
     note: str = ""
+    #: The broker planned against (``BrokerFacts.describe``), and what fitting the file to it
+    #: changed or what the broker will do by default (``broker_facts.fit_to_broker``).
+    broker: str = ""
+    notes: tuple[str, ...] = ()
 
     def of(self, action: Action) -> list[PlanItem]:
         """The items with ``action``, in declaration order."""
@@ -124,6 +128,8 @@ class Plan:
             "method": self.method,
             "extras_checked": self.extras_checked,
             "note": self.note,
+            "broker": self.broker,
+            "notes": list(self.notes),
             "counts": self.counts(),
             "items": [item.to_json() for item in self.items],
         }

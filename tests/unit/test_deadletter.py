@@ -6,6 +6,7 @@ from jobsys.errors import DecodeError
 from jobsys.wire.deadletter import (
     TEXT_LIMIT,
     TRACEBACK_LIMIT,
+    dead_job,
     dead_letter_headers,
     error_type_name,
     format_traceback,
@@ -122,3 +123,23 @@ def test_replay_headers_reset_attempts_and_drop_the_failure_record() -> None:
         "tenant": "acme",
         "traceparent": "00-abc-def-01",
     }
+
+
+def test_a_job_the_broker_dead_lettered_at_its_4_x_delivery_limit_reads_as_such() -> None:
+    # The headers RabbitMQ 4.0+ puts on a message a quorum queue dead-letters after its delivery
+    # limit (written from the docs: reason delivery_limit; x-delivery-count counts the returns).
+    headers = {
+        "jobsys-job-id": "j-20",
+        "x-delivery-count": 20,
+        "x-first-death-reason": "delivery_limit",
+        "x-first-death-queue": "billing",
+        "x-first-death-exchange": "jobs",
+        "x-death": [{"reason": "delivery_limit", "queue": "billing", "count": 1}],
+    }
+    job = dead_job(headers, "charge", 2)
+    assert job.job_id == "j-20"
+    assert job.error_type == "broker: delivery_limit"
+    assert job.original_queue == "billing"
+    replayed = replay_headers(headers)
+    assert not any(name.startswith("x-") for name in replayed)
+    assert replayed["jobsys-job-id"] == "j-20"
