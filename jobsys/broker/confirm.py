@@ -51,6 +51,9 @@ from jobsys.topology.model import DEAD_LETTER_SUFFIX
 
 log = logging.getLogger(__name__)
 
+#: The least time between two retirements of the publishing channel after a nack.
+RETIRE_EVERY_S = 1.0
+
 _UNKNOWN = (
     "outcome unknown: it may be queued; publishing it again with the same job id may queue a "
     "second copy, which handlers that deduplicate by job id run once"
@@ -119,6 +122,7 @@ class ConfirmChannel:
         #: opened here (not the robust channel's own), and the connection last published on.
         self._fresh_next = False
         self._opened: set[aiormq.Channel] = set()
+        self._retired_at: float | None = None  # loop time of the last retirement
         self._connection: object | None = None
 
     async def publish(self, out: Outgoing, props: spec.Basic.Properties) -> None:
@@ -155,7 +159,7 @@ class ConfirmChannel:
             nacked = isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(
                 exc, aiormq.exceptions.PublishError
             )
-            if nacked and self._live is live:
+            if nacked and self._live is live and self._may_retire():
                 self._retire(live.channel)
             raise publish_error(
                 exc,
@@ -204,6 +208,17 @@ class ConfirmChannel:
             ) from None
         self._live = _LiveChannel(channel, _unblocked_event(channel))
         return self._live
+
+    def _may_retire(self) -> bool:
+        """At most one new channel per ``RETIRE_EVERY_S``: a queue that is simply full nacks
+        every publish, and a channel per nack (each kept until its confirms time out) ran the
+        connection out of channels (channel_max) within seconds, dropping it for every
+        publisher and consumer on it."""
+        now = asyncio.get_running_loop().time()
+        if self._retired_at is not None and now - self._retired_at < RETIRE_EVERY_S:
+            return False
+        self._retired_at = now
+        return True
 
     def _retire(self, channel: aiormq.Channel) -> None:
         """Stop publishing on ``channel`` after the broker nacked a message on it: the next

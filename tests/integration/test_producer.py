@@ -151,6 +151,21 @@ async def test_publish_many_reports_a_full_queue_per_job(
     assert [type(r).__name__ for r in results] == ["Receipt"] * 2 + ["QueueFullError"] * 3
 
 
+async def test_thousands_of_refusals_from_a_full_queue_never_exhaust_the_connection(
+    producer: Producer, vhost_settings: Settings
+) -> None:
+    # After a nack jobsys publishes on a new channel (a quorum queue whose leader died nacks a
+    # channel for minutes); one new channel per refusal must not run the connection out of
+    # channels (channel_max 2047) when a queue is simply full.
+    results = await producer.publish_many(
+        [JobRequest("squeeze", {"n": n}) for n in range(2600)], window=1
+    )
+    assert [type(r).__name__ for r in results[:3]] == ["Receipt", "Receipt", "QueueFullError"]
+    assert {type(r).__name__ for r in results[2:]} == {"QueueFullError"}
+    await producer.publish("audit_event", {})  # the connection is still there
+    assert len(await drain(vhost_settings, "audit")) == 1
+
+
 async def test_a_delayed_job_waits_in_the_broker_then_reaches_its_queue(
     producer: Producer, vhost_settings: Settings
 ) -> None:
