@@ -171,7 +171,8 @@ class Worker:
         # queues of a weighted pool start together, not one queue alone for the few round trips
         # the next one's channel setup would take.
         await asyncio.gather(*(self._subscribe(pool) for pool in self.pools))
-        log.debug("consuming %s", ", ".join(pool.queue for pool in self.pools))
+        for pool in self.pools:  # a line per queue, as operators and scripts grep for them
+            log.debug("consuming %s", pool.queue)
         self._log_banner()
 
     def _log_banner(self) -> None:
