@@ -8,6 +8,7 @@ it fails; an ``atexit`` hook in ``rabbit_node`` kills whatever is left.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -62,6 +63,21 @@ def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitC
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+def cluster_vhost(rabbit_cluster: RabbitCluster) -> Iterator[str]:
+    """A private vhost on the test cluster (guest may do anything there); every node is running
+    again and the vhost deleted when the test ends."""
+    name = f"jobsys-cluster-{uuid.uuid4().hex[:8]}"
+    rabbit_cluster.seed.ctl("add_vhost", name)
+    rabbit_cluster.seed.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    try:
+        yield name
+    finally:
+        for node in rabbit_cluster:
+            node.ensure_running()
+        rabbit_cluster.seed.ctl("delete_vhost", name)
 
 
 @pytest.fixture

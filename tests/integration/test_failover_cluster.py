@@ -19,9 +19,7 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,19 +41,6 @@ PREFETCH = 16
 BATCH = 40
 #: A client that takes longer than this to resume is a failure, not a figure.
 RESUME_LIMIT_S = 240.0
-
-
-@pytest.fixture
-def cluster_vhost(rabbit_cluster: RabbitCluster) -> Iterator[str]:
-    name = f"jobsys-failover-{uuid.uuid4().hex[:8]}"
-    rabbit_cluster.seed.ctl("add_vhost", name)
-    rabbit_cluster.seed.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    try:
-        yield name
-    finally:
-        for node in rabbit_cluster:
-            node.ensure_running()
-        rabbit_cluster.seed.ctl("delete_vhost", name)
 
 
 def all_nodes(cluster: RabbitCluster, vhost: str) -> Settings:

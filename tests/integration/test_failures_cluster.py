@@ -7,8 +7,6 @@ carry on, and the ledger finds nothing lost. Slow: the cluster alone takes a min
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,19 +36,6 @@ BATCHES = 40
 BATCH = 50
 KILL_AT_BATCH = 12
 DELAYED = 50
-
-
-@pytest.fixture
-def cluster_vhost(rabbit_cluster: RabbitCluster) -> Iterator[str]:
-    name = f"jobsys-cluster-{uuid.uuid4().hex[:8]}"
-    rabbit_cluster.seed.ctl("add_vhost", name)
-    rabbit_cluster.seed.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    try:
-        yield name
-    finally:
-        for node in rabbit_cluster:
-            node.ensure_running()
-        rabbit_cluster.seed.ctl("delete_vhost", name)
 
 
 def _node_named(cluster: RabbitCluster, name: str) -> RabbitNode:

@@ -5,8 +5,6 @@ slot fires exactly once. Slow: the cluster alone takes a minute to form."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,19 +22,6 @@ from tests.harness.fixtures import node_settings
 from tests.harness.rabbit_node import RabbitCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-@pytest.fixture
-def cluster_vhost(rabbit_cluster: RabbitCluster) -> Iterator[str]:
-    name = f"jobsys-sched-{uuid.uuid4().hex[:8]}"
-    rabbit_cluster.seed.ctl("add_vhost", name)
-    rabbit_cluster.seed.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    try:
-        yield name
-    finally:
-        for node in rabbit_cluster:
-            node.ensure_running()
-        rabbit_cluster.seed.ctl("delete_vhost", name)
 
 
 async def test_killing_the_leaders_node_hands_over_and_fires_every_slot_once(
