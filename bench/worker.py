@@ -34,7 +34,34 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 JOB_TYPE = "bench_job"
-PREFETCH = 100
+#: What a run of ``bench.table`` sets for every child: prefetch and concurrency of the consumer,
+#: ``small`` (~100-byte) payloads, and a file the handler appends a line to (raw and jobsys).
+CONFIG_ENV = (
+    "JOBSYS_BENCH_PREFETCH",
+    "JOBSYS_BENCH_CONCURRENCY",
+    "JOBSYS_BENCH_PAYLOAD",
+    "JOBSYS_BENCH_APPEND_TO",
+)
+
+
+def _prefetch() -> int:
+    return int(os.environ.get("JOBSYS_BENCH_PREFETCH", "100"))
+
+
+def _concurrency() -> int:
+    return int(os.environ.get("JOBSYS_BENCH_CONCURRENCY", "100"))
+
+
+def append_line(path: str) -> Any:
+    """The handler body of ``bench.table``: append one line to a file opened once."""
+    fh = open(path, "a", buffering=1, encoding="ascii")  # noqa: SIM115 - open for the process
+
+    def append(index: object) -> None:
+        fh.write(f"{index}\n")
+
+    return append
+
+
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 MANAGEMENT_URL = os.environ.get("JOBSYS_MANAGEMENT_URL", "http://127.0.0.1:15672")
 
@@ -48,7 +75,7 @@ exchanges:
 queues:
   bench.q-{token}:
     type: classic
-    consumer: {{concurrency: {PREFETCH}, prefetch: {PREFETCH}}}
+    consumer: {{concurrency: {_concurrency()}, prefetch: {_prefetch()}}}
 bindings:
   - {{exchange: bench.x-{token}, queue: bench.q-{token}, routing_key: bench}}
 job_types:
@@ -57,6 +84,9 @@ job_types:
 
 
 def _payload(i: int) -> dict[str, Any]:
+    if os.environ.get("JOBSYS_BENCH_PAYLOAD") == "small":
+        # About 100 bytes encoded: the comparison's jobs.
+        return {"index": i, "to": "someone@example.com", "t": time.time(), "note": "x" * 24}
     # About 200 bytes encoded, like a typical small job.
     return {
         "index": i,
@@ -96,11 +126,19 @@ async def child_jobsys(url: str, token: str, mode: str, n: int) -> dict[str, Any
     app = App()
     latencies: list[float] = []
 
+    append_to = os.environ.get("JOBSYS_BENCH_APPEND_TO")
     if mode == "latency":
 
         @app.handler(JOB_TYPE)
         async def record(payload: dict[str, Any]) -> None:
             latencies.append(time.time() - payload["t"])
+
+    elif append_to:
+        append = append_line(append_to)
+
+        @app.handler(JOB_TYPE)
+        async def append_index(payload: dict[str, Any]) -> None:
+            append(payload["index"])
 
     else:
 
@@ -156,16 +194,25 @@ async def child_raw(url: str, token: str, mode: str, n: int) -> dict[str, Any]:
     start = time.perf_counter()
     connection = await aio_pika.connect(url)
     channel = await connection.channel()
-    await channel.set_qos(prefetch_count=PREFETCH)
+    await channel.set_qos(prefetch_count=_prefetch())
     queue = await channel.get_queue(f"bench.q-{token}", ensure=True)
     finished = asyncio.Event()
     latencies: list[float] = []
     count = 0
 
+    taken = 0
+    append_to = os.environ.get("JOBSYS_BENCH_APPEND_TO")
+    append = append_line(append_to) if append_to else None
+
     async def on_message(message: AbstractIncomingMessage) -> None:
-        nonlocal count
+        nonlocal count, taken
+        if taken >= n:
+            return  # beyond the n asked for: left unacked, the broker requeues it at close
+        taken += 1
         if mode == "latency":
             latencies.append(time.time() - json.loads(message.body)["t"])
+        elif append is not None:
+            append(json.loads(message.body)["index"])
         await message.ack()
         count += 1
         if count >= n:
