@@ -155,18 +155,25 @@ async def _drain_with(consumer: str, url: str, token: str, n: int) -> dict[str, 
 
 
 async def sample(pubs: Publishers, n: int) -> dict[str, float]:
-    """Publish ``n`` raw and ``n`` jobsys, then drain ``n`` raw and ``n`` jobsys."""
-    out = {"raw_publish": await pubs.raw(n), "jobsys_publish": await pubs.jobsys(n)}
-    raw = await _drain_with("raw", pubs.url, pubs.token, n)
-    ours = await _drain_with("jobsys", pubs.url, pubs.token, n)
-    out |= {
-        "raw_drain": raw["rate"],
-        "jobsys_drain": ours["rate"],
-        "raw_rss": raw["VmHWM"],
-        "jobsys_rss": ours["VmHWM"],
+    """Publish ``n`` jobs raw and ``n`` with jobsys, then drain as many each way; each side
+    twice, in the order raw, jobsys, jobsys, raw, so that a drift of the broker's state over
+    the sample (paging, compaction) weighs on both alike. Rates are the mean of the two."""
+    half = n // 2
+    raw_pub = [await pubs.raw(half)]
+    ours_pub = [await pubs.jobsys(half), await pubs.jobsys(half)]
+    raw_pub.append(await pubs.raw(half))
+    raw = [await _drain_with("raw", pubs.url, pubs.token, half)]
+    ours = [await _drain_with("jobsys", pubs.url, pubs.token, half) for _ in range(2)]
+    raw.append(await _drain_with("raw", pubs.url, pubs.token, half))
+    return {
+        "raw_publish": statistics.mean(raw_pub),
+        "jobsys_publish": statistics.mean(ours_pub),
+        "raw_drain": statistics.mean(r["rate"] for r in raw),
+        "jobsys_drain": statistics.mean(r["rate"] for r in ours),
+        "raw_rss": max(r["VmHWM"] for r in raw),
+        "jobsys_rss": max(r["VmHWM"] for r in ours),
         "broker_mib": _broker_memory_mib(),
     }
-    return out
 
 
 def _print_sample(label: str, s: dict[str, float]) -> None:
