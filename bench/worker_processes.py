@@ -63,9 +63,26 @@ async def _wait_empty(url: str, queue: str, on_poll: Any) -> None:
             await asyncio.sleep(0.02)
 
 
+def _lines(path: Path) -> int:
+    # A local file of at most a few hundred kB, read between polls: blocking is not a concern.
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _forget(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+async def _wait_lines(path: Path, n: int, on_poll: Any) -> None:
+    while _lines(path) < n:
+        on_poll()
+        await asyncio.sleep(0.02)
+
+
 async def drain_supervised(url: str, token: str, n: int, processes: int) -> dict[str, Any]:
     """Fill the queue with ``n`` jobs, then let ``jobsys worker --processes`` empty it."""
     await _fill(url, token, n)
+    if os.environ.get("JOBSYS_BENCH_APPEND_TO"):
+        _forget(os.environ["JOBSYS_BENCH_APPEND_TO"])
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as topology:
         topology.write(topology_yaml(token))
         topology.flush()
@@ -98,11 +115,21 @@ async def drain_supervised(url: str, token: str, n: int, processes: int) -> dict
         memory: dict[int, dict[str, float]] = {}
         queue = f"bench.q-{token}"
 
+        supervisor: dict[str, float] = {}
+
         def sample() -> None:
+            supervisor.update(_status(proc.pid))
             for child in _children(proc.pid):
                 memory[child] = {**memory.get(child, {}), **_status(child)}
 
-        await _wait_empty(url, queue, sample)
+        append_to = os.environ.get("JOBSYS_BENCH_APPEND_TO")
+        if append_to:
+            # Every handler appends a line: done when n lines are there. (An empty queue is not
+            # enough: with a large prefetch, jobs delivered but not yet started would be
+            # handed back at SIGTERM.)
+            await _wait_lines(Path(append_to), n, sample)
+        else:
+            await _wait_empty(url, queue, sample)
         elapsed = time.perf_counter() - start
         sample()
         proc.send_signal(signal.SIGTERM)
@@ -112,7 +139,13 @@ async def drain_supervised(url: str, token: str, n: int, processes: int) -> dict
         done = int(match.group(1)) if match else 0
     if proc.returncode != 0 or done < n:
         raise SystemExit(f"supervised drain: exit {proc.returncode}, {done} of {n} jobs done")
-    return {"elapsed_s": elapsed, "done": n, "rate": n / elapsed, "memory": memory}
+    return {
+        "elapsed_s": elapsed,
+        "done": n,
+        "rate": n / elapsed,
+        "memory": memory,
+        "supervisor": supervisor,
+    }
 
 
 async def run(args: argparse.Namespace, url: str, token: str) -> None:
