@@ -1,7 +1,8 @@
 """jobsys: a job system on RabbitMQ.
 
 Importing jobsys never connects and never loads the broker client: the names below that need
-aio-pika (the producers, the worker) or the topology loader load on first use.
+aio-pika (the producers, the worker), pydantic (the app) or the topology loader load on first
+use.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from jobsys.app import App, JobContext, State
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
@@ -50,6 +50,7 @@ from jobsys.errors import (
 from jobsys.settings import Settings
 
 if TYPE_CHECKING:
+    from jobsys.app import App, JobContext, State
     from jobsys.consume.options import WorkerOptions, WorkerStats
     from jobsys.consume.worker import Worker
     from jobsys.publish.producer import JobRequest, Producer, PublishResult, Receipt
@@ -59,6 +60,11 @@ if TYPE_CHECKING:
     from jobsys.topology.model import Topology
 
 _LAZY = {
+    # jobsys.app loads pydantic: a process that never builds an app (the supervisor of
+    # ``--processes``) does without it.
+    "App": "jobsys.app",
+    "JobContext": "jobsys.app",
+    "State": "jobsys.app",
     "load_topology": "jobsys.topology.loader",
     "load_topology_text": "jobsys.topology.loader",
     "LoadedTopology": "jobsys.topology.loader",

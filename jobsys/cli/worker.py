@@ -317,7 +317,12 @@ def _with_scheduler(
 def _supervise(
     spec: ChildSpec, settings: Settings, processes: int, max_memory_mb: int | None
 ) -> int:
-    from jobsys.process.supervisor import Supervisor, SupervisorOptions
+    """Become the supervisor: ``exec`` its own slim program, so that what this command loaded
+    to check the input (the app, pydantic, aio-pika, click) does not stay resident for the
+    service's life (``jobsys.process.supervisor_main``). Returns only in tests that replace
+    it."""
+    from jobsys.process.supervisor import SupervisorOptions
+    from jobsys.process.supervisor_main import command
 
     # The children read the broker settings from the environment: a password never shows on
     # a command line (``ps``).
@@ -327,7 +332,10 @@ def _supervise(
     if settings.insecure_tls:
         env["JOBSYS_INSECURE_TLS"] = "1"
     options = SupervisorOptions(processes=processes, max_memory_mb=max_memory_mb)
-    return Supervisor(spec, options, env, echo=lambda line: click.echo(line, err=True)).run()
+    argv = command(spec, options)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
 
 
 def _exit(code: int, *, hard: bool = False) -> None:

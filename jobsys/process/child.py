@@ -3,7 +3,7 @@
 A lightweight entry point: it imports no click and none of the command line, and the
 OpenTelemetry SDK only when ``OTEL_*`` variables ask for an exporter, so each of the
 supervisor's children carries only what a worker needs. Importing this module loads nothing
-heavy either; the supervisor imports it for ``ChildSpec``.
+heavy either (not even asyncio); the supervisor imports it for ``ChildSpec``.
 
 The child runs an ordinary ``Worker``: SIGTERM/SIGINT drains, a second signal stops at once;
 a signal that arrives while the child is still starting is honoured as soon as the worker
@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jobsys.consume.options import WorkerOptions
-from jobsys.process.serve import StopRequests, configure_logging, exit_code_for, serve
 
 if TYPE_CHECKING:
     from jobsys.app import App
     from jobsys.consume.worker import Worker
+    from jobsys.process.serve import StopRequests
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,11 @@ class ChildSpec:
 
     def command(self) -> list[str]:
         """The child's command line."""
-        return [sys.executable, "-m", "jobsys.process.child", json.dumps(asdict(self))]
+        return [sys.executable, "-m", "jobsys.process.child", self.to_json()]
+
+    def to_json(self) -> str:
+        """The spec as ``from_json`` reads it."""
+        return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> ChildSpec:
@@ -158,6 +162,10 @@ class _Report:
 
 def child_main(spec: ChildSpec) -> int:
     """Run one worker as the supervisor's child; returns the exit code."""
+    # Imported here, not at the top: the supervisor imports this module for ``ChildSpec``
+    # and must not load asyncio (see ``jobsys.process.logs``).
+    from jobsys.process.serve import StopRequests, configure_logging, exit_code_for
+
     requests = StopRequests()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Until the worker's loop takes the signals over: a stop that comes while the child is
@@ -203,6 +211,7 @@ def _run(spec: ChildSpec, requests: StopRequests) -> tuple[Worker, int]:
     import asyncio
 
     from jobsys.consume.worker import Worker
+    from jobsys.process.serve import serve
     from jobsys.settings import Settings
     from jobsys.topology.loader import load_topology
 

@@ -98,6 +98,11 @@ def supervisors() -> Iterator[list[SupervisorProcess]]:
         supervisor.stop()
 
 
+def _proc_file(pid: int, name: str) -> str:
+    # /proc is memory, not disk: reading it does not block the event loop.
+    return Path(f"/proc/{pid}/{name}").read_text(errors="replace")
+
+
 def _summary(stderr: str) -> re.Match[str]:
     match = re.search(
         r"supervisor stopped: (\d+) worker processes started "
@@ -255,3 +260,31 @@ async def test_topology_drift_stops_the_supervisor_with_one_message_and_no_resta
     assert len(errors) == 1 and "topology drift" in errors[0], supervisor.stderr
     assert "restarting" not in supervisor.stderr
     assert _summary(supervisor.stderr).groups()[:3] == ("2", "0", "0")
+
+
+async def test_the_supervisor_is_the_same_process_and_holds_neither_the_app_nor_its_libraries(
+    vhost_settings: Settings,
+    applied: LoadedTopology,
+    tmp_path: Path,
+    supervisors: list[SupervisorProcess],
+) -> None:
+    # `jobsys worker --processes` checks its input, then execs the slim supervisor program in
+    # the same process: the pid a process manager started keeps supervising, and the libraries
+    # the check loaded (pydantic's compiled core, ssl under asyncio) are not mapped any more,
+    # while every child still has them.
+    supervisor = SupervisorProcess(tmp_path, vhost_settings, "--processes", "2")
+    supervisors.append(supervisor)
+    await supervisor.wait_consuming(2)
+    pid = supervisor.proc.pid
+
+    argv = _proc_file(pid, "cmdline").split("\0")
+    assert "jobsys.process.supervisor_main" in argv
+    assert not any("amqp" in arg for arg in argv)  # the URL stays in the environment
+    maps = _proc_file(pid, "maps")
+    assert "_pydantic_core" not in maps and "_ssl" not in maps, "supervisor loaded too much"
+    for child in supervisor.children():
+        assert "_pydantic_core" in _proc_file(child, "maps")
+
+    supervisor.proc.send_signal(signal.SIGTERM)
+    assert await supervisor.wait_exit() == 0, supervisor.stderr
+    assert _summary(supervisor.stderr).group(1) == "2"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -192,3 +193,42 @@ def test_a_crash_is_restarted_and_sigterm_drains_every_child_and_exits_0(tmp_pat
     assert sum(supervisor.tally.jobs.values()) == 4
     assert lines[-1].startswith("supervisor stopped: ")
     assert json.dumps(lines)  # plain strings only
+
+
+def test_the_supervisor_program_takes_back_the_spec_and_options_it_was_given() -> None:
+    from jobsys.process import supervisor_main
+
+    spec = ChildSpec("pkg.mod:app", "/t/topology.yaml", WorkerOptions(("a",), 3, 6, 12.5, 9), 2)
+    options = SupervisorOptions(processes=3, max_memory_mb=120.0)
+
+    command = supervisor_main.command(spec, options)
+
+    assert command[:3] == [sys.executable, "-m", "jobsys.process.supervisor_main"]
+    assert ChildSpec.from_json(command[3]) == spec
+    assert SupervisorOptions(**json.loads(command[4])) == options
+    assert "amqp" not in " ".join(command)
+
+
+def test_the_supervisor_program_refuses_a_command_line_it_did_not_write(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from jobsys.process import supervisor_main
+
+    assert supervisor_main.main([]) == 2
+    assert supervisor_main.main(["{}"]) == 2
+    assert capsys.readouterr().err.count("started by jobsys worker") == 2
+
+
+def test_importing_the_supervisor_program_loads_no_event_loop_app_or_broker_client() -> None:
+    # The memory the supervisor saves depends on what its modules import; a fresh interpreter
+    # tells (this one has everything loaded already).
+    probe = (
+        "import sys, jobsys.process.supervisor_main\n"
+        "heavy = ('asyncio', 'ssl', 'pydantic', 'aio_pika', 'aiormq', 'click', 'yaml',"
+        " 'opentelemetry', 'jobsys.app')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout
