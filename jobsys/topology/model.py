@@ -66,8 +66,18 @@ def _header_int(value: str | int | bool) -> str | None:
     return None
 
 
+def _not_a_boolean(value: object) -> object:
+    # YAML reads `true`, `yes` and `on` as booleans and Python's True is 1: without this,
+    # `priority: true` would load as priority 1.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, not {str(value).lower()}")
+    return value
+
+
+#: A whole number in the file (its range is set where it is used); a boolean is refused.
+Whole = Annotated[int, BeforeValidator(_not_a_boolean)]
 #: An integer queue argument: at most what an AMQP table carries.
-AmqpCount = Annotated[int, Field(ge=0), _refuse(limits.amqp_int_problem)]
+AmqpCount = Annotated[Whole, Field(ge=0), _refuse(limits.amqp_int_problem)]
 #: Quorum replicas: a whole number from 1 to 99 (strict: ``true`` is not 1).
 Replicas = Annotated[StrictInt, Field(ge=1, le=99)]
 RoutingKey = Annotated[str, _refuse(limits.short_string_problem)]
@@ -121,8 +131,8 @@ class Exchange(_Frozen):
 class ConsumerPool(_Frozen):
     """Defaults of the consumer pool that serves a queue."""
 
-    concurrency: int = Field(default=10, ge=1, le=10_000)
-    prefetch: int = Field(default=20, ge=1, le=65_535)
+    concurrency: Whole = Field(default=10, ge=1, le=10_000)
+    prefetch: Whole = Field(default=20, ge=1, le=65_535)
 
     @model_validator(mode="after")
     def _prefetch_covers_concurrency(self) -> ConsumerPool:
@@ -193,7 +203,7 @@ class Queue(_Frozen):
 
     type: Literal["classic", "quorum"]
     durable: bool = True
-    max_priority: int | None = Field(default=None, ge=1, le=255)
+    max_priority: Whole | None = Field(default=None, ge=1, le=255)
     max_length: AmqpCount | None = None
     max_length_bytes: AmqpCount | None = None
     overflow: Literal["drop-head", "reject-publish", "reject-publish-dlx"] | None = None
@@ -244,7 +254,7 @@ class RetryPolicy(_Frozen):
     explicit list of ``delays`` (one per retry; the last repeats when attempts outnumber it).
     """
 
-    max_attempts: int = Field(default=3, ge=1, le=1000)
+    max_attempts: Whole = Field(default=3, ge=1, le=1000)
     backoff: ExponentialBackoff | None = None
     delays: list[Duration] | None = Field(default=None, min_length=1)
     dont_retry: list[str] = Field(default_factory=list)
@@ -320,7 +330,7 @@ class JobType(_Frozen):
     exchange: Name
     routing_key: Annotated[RoutingKey, Field(max_length=200)] = ""
     headers: Headers | None = None
-    priority: int | None = Field(default=None, ge=0, le=255)
+    priority: Whole | None = Field(default=None, ge=0, le=255)
     timeout: Duration = 300.0
     retry: RetryPolicy = RetryPolicy()
     #: At most this many jobs of the type run at once across every worker: each holds one of
@@ -387,7 +397,7 @@ class History(_Frozen):
 
     queues: list[Name] | None = Field(default=None, min_length=1)
     max_age: Duration = 7 * 86400.0
-    max_bytes: int = Field(default=1024**3, ge=16 * 1024**2, le=2**50)
+    max_bytes: Whole = Field(default=1024**3, ge=16 * 1024**2, le=2**50)
 
     @field_validator("max_age")
     @classmethod

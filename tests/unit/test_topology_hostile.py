@@ -364,3 +364,38 @@ def test_a_scalar_whose_explicit_tag_does_not_fit_it_is_a_located_problem(
 )
 def test_a_tag_with_an_escaped_control_character_is_shown_escaped(text: str, problem: str) -> None:
     assert problems_of(text) == [problem]
+
+
+# -- a YAML boolean where a count belongs ---------------------------------------------------------
+
+_TRUE_FOR_A_COUNT = """\
+version: 1
+exchanges:
+  ex: {type: direct}
+queues:
+  q: {type: classic, QUEUE}
+bindings:
+  - {exchange: ex, queue: q, routing_key: k}
+job_types:
+  j: {exchange: ex, routing_key: k, JOB}
+"""
+
+
+@pytest.mark.parametrize(
+    ("queue", "job", "where"),
+    [
+        ("max_priority: true", "priority: 1", "queues.q.max_priority"),
+        ("max_priority: 5", "priority: true", "job_types.j.priority"),
+        ("max_length: yes", "timeout: 5s", "queues.q.max_length"),
+        ("consumer: {concurrency: true}", "timeout: 5s", "queues.q.consumer.concurrency"),
+        ("consumer: {prefetch: on}", "timeout: 5s", "queues.q.consumer.prefetch"),
+        ("max_priority: 5", "retry: {max_attempts: true}", "job_types.j.retry.max_attempts"),
+    ],
+)
+def test_a_boolean_where_a_count_belongs_is_refused_not_read_as_1(
+    queue: str, job: str, where: str
+) -> None:
+    # YAML reads `true`, `yes` and `on` as booleans, and Python's True is the integer 1: a
+    # file that says `priority: true` meant something, but not priority 1.
+    problems = problems_of(_TRUE_FOR_A_COUNT.replace("QUEUE", queue).replace("JOB", job))
+    assert any(where in p and "whole number" in p for p in problems), problems
