@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ from jobsys.cli.plan_view import is_delay_level, print_flow, print_plan
 from jobsys.errors import TopologyLoadError
 from jobsys.ops.declare import apply_topology, plan_for_broker
 from jobsys.settings import Settings
+from jobsys.topology.broker_facts import BrokerFacts, fit_to_broker, parse_version
 from jobsys.topology.definitions import export_definitions
 from jobsys.topology.delays import DelayLayout
 from jobsys.topology.entities import desired_entities
@@ -49,6 +51,33 @@ def load_or_exit(path: str) -> LoadedTopology:
         return load_topology(path)
     except TopologyLoadError as exc:
         raise _invalid(path, exc) from None
+
+
+#: What ``--for-version`` takes: 4.1.4, 3.13, 4.0.0-rc.1, 4.0.0+beta.
+_VERSION = re.compile(r"[0-9]{1,4}(\.[0-9]{1,4}){0,3}([-+][0-9A-Za-z.-]{1,16})?")
+
+
+def _export_facts(for_version: str | None, cluster_nodes: int | None) -> BrokerFacts | None:
+    """The broker ``export --for-version`` fits to (None: not fitted)."""
+    if for_version is None:
+        if cluster_nodes is not None:
+            raise click.UsageError("--cluster-nodes needs --for-version")
+        return None
+    version: tuple[int, ...] = ()
+    # A longer "version" is no version (and int() of thousands of digits is costly).
+    if len(for_version) <= 32 and _VERSION.fullmatch(for_version):
+        version = parse_version(for_version)
+    if not version:
+        raise click.BadParameter(
+            f"{escape(for_version[:40])!r} is not a RabbitMQ version (write e.g. 3.13.7 or 4.1.4)",
+            param_hint="--for-version",
+        )
+    return BrokerFacts(
+        product="RabbitMQ",
+        version=version,
+        members=cluster_nodes,
+        members_source="--cluster-nodes" if cluster_nodes is not None else "",
+    )
 
 
 def _invalid(path: str, exc: TopologyLoadError) -> click.exceptions.Exit:
@@ -296,24 +325,50 @@ async def _apply(
     default=None,
     help="Write to this file instead of stdout.",
 )
+@click.option(
+    "--for-version",
+    "for_version",
+    default=None,
+    metavar="X.Y.Z",
+    help="Fit the definitions to this RabbitMQ version, as plan and apply fit them to the broker "
+    "they reach (e.g. 4.x: dead-letter queues without a delivery limit); notes on stderr.",
+)
+@click.option(
+    "--cluster-nodes",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="The broker is a cluster of this many nodes (with --for-version): classic queues that "
+    "would hold jobs are refused, replica counts checked.",
+)
 def export(
     file: str | None,
     topology_option: str | None,
     vhost: str | None,
     url: str | None,
     output: str | None,
+    for_version: str | None,
+    cluster_nodes: int | None,
 ) -> None:
     """Write FILE as RabbitMQ definitions JSON, for brokers that load definitions at boot."""
+    facts = _export_facts(for_version, cluster_nodes)
     path = the_file(file, topology_option)
     loaded = load_or_exit(path)
     if vhost is None:
         vhost = build_settings(url, None, False).vhost
     entities = desired_entities(loaded.topology)
+    notes: tuple[str, ...] = ()
     try:
+        if facts is not None:
+            loaded.check_broker_version(facts.version)
+            loaded.check_cluster(facts)
+            fitted = fit_to_broker(entities, loaded.topology, facts)
+            entities, notes = fitted.entities, fitted.notes
         # Definitions a broker loads at boot must hold only what it accepts, like apply.
         loaded.check_declarable(entities)
     except TopologyLoadError as exc:
         raise _invalid(path, exc) from None
+    for note in notes:
+        click.echo(f"note: {escape(note)}", err=True)
     text = json.dumps(export_definitions(entities, vhost), indent=2)
     if output is None:
         click.echo(text)

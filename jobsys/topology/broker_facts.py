@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from jobsys.topology import limits
 from jobsys.topology.entities import ArgValue, Entities, QueueSpec
 from jobsys.topology.model import Topology
 from jobsys.topology.plan import Difference, Plan, PlanItem
@@ -32,7 +33,7 @@ from jobsys.topology.plan import Difference, Plan, PlanItem
 #: RabbitMQ's delivery limit for quorum queues without one, from 4.0 on.
 QUORUM_DEFAULT_DELIVERY_LIMIT = 20
 #: ``x-delivery-limit`` for "no limit" (4.0 and later).
-NO_DELIVERY_LIMIT = -1
+NO_DELIVERY_LIMIT = limits.NO_DELIVERY_LIMIT
 
 
 @dataclass(frozen=True)

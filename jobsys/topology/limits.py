@@ -48,6 +48,11 @@ MAX_HEADERS_BYTES = 4096
 _INT_ARGUMENTS = ("x-max-length", "x-max-length-bytes", "x-delivery-limit", "x-message-ttl")
 
 
+#: ``x-delivery-limit`` for "no limit", which RabbitMQ 4.0 and later read so (a signed AMQP
+#: integer; the only negative queue argument jobsys sends).
+NO_DELIVERY_LIMIT = -1
+
+
 def amqp_int_problem(value: int) -> str | None:
     """Why ``value`` cannot be an AMQP integer argument, or None."""
     if value > MAX_AMQP_INT:
@@ -148,6 +153,8 @@ def _queue_problems(spec: QueueSpec) -> Iterator[str]:
         value = spec.arguments.get(key)
         if not isinstance(value, int) or isinstance(value, bool):
             continue
+        if key == "x-delivery-limit" and value == NO_DELIVERY_LIMIT:
+            continue  # RabbitMQ 4.x: no limit (what broker_facts fits for 4.x)
         if value < 0 or value > MAX_AMQP_INT:
             yield f"queue {spec.name}: {key} is {value}; AMQP carries 0 to {MAX_AMQP_INT}"
         elif key == "x-message-ttl" and value > MAX_MESSAGE_TTL_MS:

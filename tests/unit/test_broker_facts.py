@@ -153,6 +153,16 @@ def test_before_4_0_nothing_is_added_and_quorum_priorities_are_refused(version: 
 
 
 @pytest.mark.parametrize("version", ["4.0.5", "4.1.4"])
+def test_what_is_fitted_for_4_x_passes_the_check_apply_runs_before_declaring(version: str) -> None:
+    # apply fits the entities, then refuses any it could not declare: -1 (no delivery limit)
+    # is what 4.x wants and must not be refused as "not an AMQP count".
+    topology = loaded()
+    fitted = fit_to_broker(desired_entities(topology.topology), topology.topology, facts(version))
+
+    topology.check_declarable(fitted.entities)
+
+
+@pytest.mark.parametrize("version", ["4.0.5", "4.1.4"])
 def test_from_4_0_dead_letter_and_scheduler_queues_get_no_delivery_limit(version: str) -> None:
     args = fitted_arguments(version)
     for name in ("billing.dead", "reports.dead", "jobsys.scheduler.leader"):
