@@ -34,7 +34,7 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 
@@ -43,10 +43,9 @@ from bench.worker import (
     JOB_TYPE,
     MANAGEMENT_URL,
     _finish_child,
-    _management,
     _payload,
     _start_child,
-    _vhost_url,
+    private_vhost,
     topology_yaml,
 )
 from jobsys.broker.connection import BrokerConnection
@@ -259,17 +258,9 @@ async def delayed(pubs: Publishers, n: int, sample_n: int, min_lead_s: float) ->
 
 
 async def run(args: argparse.Namespace) -> None:
-    vhost = f"jobsys-bench-{uuid.uuid4().hex[:8]}"
-    _management("PUT", f"/api/vhosts/{quote(vhost, safe='')}")
-    _management(
-        "PUT",
-        f"/api/permissions/{quote(vhost, safe='')}/guest",
-        {"configure": ".*", "write": ".*", "read": ".*"},
-    )
-    url = _vhost_url(args.url, vhost)
     token = uuid.uuid4().hex[:8]
     queue = f"bench.q-{token}"
-    try:
+    with private_vhost(args.url) as url:
         async with BrokerConnection(Settings(url=url)) as conn:
             await apply_topology(
                 conn, load_topology_text(topology_yaml(token)), use_management=False
@@ -286,8 +277,6 @@ async def run(args: argparse.Namespace) -> None:
             if args.delayed:
                 await delayed(pubs, args.delayed, args.sample, args.min_lead)
         print(f"this process (the publisher): peak RSS {_own_peak_rss_mib():.1f} MiB")
-    finally:
-        _management("DELETE", f"/api/vhosts/{quote(vhost, safe='')}")
 
 
 def main() -> None:

@@ -34,7 +34,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from bench import publish as publish_bench
 from bench import worker as worker_bench
@@ -166,17 +165,9 @@ async def _startup(url: str, rounds: int) -> dict[str, list[float]]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    vhost = f"jobsys-bench-{uuid.uuid4().hex[:8]}"
-    worker_bench._management("PUT", f"/api/vhosts/{quote(vhost, safe='')}")
-    worker_bench._management(
-        "PUT",
-        f"/api/permissions/{quote(vhost, safe='')}/guest",
-        {"configure": ".*", "write": ".*", "read": ".*"},
-    )
-    url = worker_bench._vhost_url(args.url, vhost)
     med = statistics.median
     rows: list[str] = []
-    try:
+    with worker_bench.private_vhost(args.url) as url:
         with _config(100, 100):
             best, ratios = await publish_bench.run(url, args.n, args.rounds)
         one = publish_bench.ONE, publish_bench.RAW_ONE
@@ -259,9 +250,7 @@ async def run(args: argparse.Namespace) -> None:
                 "<= 0.15 s",
             )
         )
-    finally:
-        APPEND_TO.unlink(missing_ok=True)
-        worker_bench._management("DELETE", f"/api/vhosts/{quote(vhost, safe='')}")
+    APPEND_TO.unlink(missing_ok=True)
     print()
     print(f"n = {args.n}, {args.rounds} rounds, ~100-byte persistent jobs, append-a-line handler")
     print("| measure | jobsys | raw aio-pika | ratio | target |")

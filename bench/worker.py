@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -30,6 +31,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -247,6 +249,23 @@ def _management(method: str, path: str, body: object | None = None) -> None:
         pass
 
 
+@contextlib.contextmanager
+def private_vhost(url: str) -> Iterator[str]:
+    """A fresh vhost for one benchmark run (guest may do anything in it), deleted afterwards;
+    yields ``url`` pointed at it."""
+    vhost = f"jobsys-bench-{uuid.uuid4().hex[:8]}"
+    _management("PUT", f"/api/vhosts/{quote(vhost, safe='')}")
+    try:
+        _management(
+            "PUT",
+            f"/api/permissions/{quote(vhost, safe='')}/guest",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        yield _vhost_url(url, vhost)
+    finally:
+        _management("DELETE", f"/api/vhosts/{quote(vhost, safe='')}")
+
+
 def _vhost_url(url: str, vhost: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
@@ -342,16 +361,8 @@ async def run(args: argparse.Namespace) -> None:
     from jobsys.settings import Settings
     from jobsys.topology.loader import load_topology_text
 
-    vhost = f"jobsys-bench-{uuid.uuid4().hex[:8]}"
-    _management("PUT", f"/api/vhosts/{quote(vhost, safe='')}")
-    _management(
-        "PUT",
-        f"/api/permissions/{quote(vhost, safe='')}/guest",
-        {"configure": ".*", "write": ".*", "read": ".*"},
-    )
-    url = _vhost_url(args.url, vhost)
     token = uuid.uuid4().hex[:8]
-    try:
+    with private_vhost(args.url) as url:
         async with BrokerConnection(Settings(url=url)) as conn:
             await apply_topology(
                 conn, load_topology_text(topology_yaml(token)), use_management=False
@@ -421,8 +432,6 @@ async def run(args: argparse.Namespace) -> None:
             f"worker process memory, peak RSS: jobsys {peak:.1f} MiB (target <= 40 MiB), "
             f"raw aio-pika {raw_peak:.1f} MiB"
         )
-    finally:
-        _management("DELETE", f"/api/vhosts/{quote(vhost, safe='')}")
 
 
 def main() -> None:
