@@ -20,8 +20,19 @@ _STOP_SLACK_S = 5.0
 
 
 def child_command(argv: Sequence[str]) -> list[str]:
-    """The worker command a reloading parent runs: its own arguments without ``--reload``."""
-    return [sys.executable, "-m", "jobsys", *(arg for arg in argv if arg != "--reload")]
+    """The worker command a reloading parent runs: its own arguments without ``--reload`` and
+    without ``--url``, which reaches the child in the environment (``JOBSYS_URL``, set by the
+    parent): a command line is readable by every user of the machine."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg == "--url":
+            skip_value = True
+        elif arg != "--reload" and not arg.startswith("--url="):
+            kept.append(arg)
+    return [sys.executable, "-m", "jobsys", *kept]
 
 
 def watched_paths(topology_file: str) -> list[Path]:

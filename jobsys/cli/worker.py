@@ -199,6 +199,9 @@ def worker(
     if pool is not None and queues:
         raise click.UsageError("give either --pool or --queue, not both")
     if reload:
+        if url is not None:
+            # The child gets the URL in its environment, not on its command line.
+            os.environ["JOBSYS_URL"] = url
         _reload(topology_file, grace, processes, max_memory)
         return
     if metrics_port is not None:
