@@ -131,7 +131,31 @@ def fit_to_broker(entities: Entities, topology: Topology, facts: BrokerFacts) ->
     queues = [_fit_queue(spec, topology, facts, notes) for spec in entities.queues]
     _note_work_queue_limits(topology, facts, notes)
     _note_replicas(topology, facts, notes)
+    _note_flow_control_queues(queues, facts, notes)
     return Fitted(replace(entities, queues=queues), tuple(notes))
+
+
+def _note_flow_control_queues(
+    queues: list[QueueSpec], facts: BrokerFacts, notes: list[str]
+) -> None:
+    # The permits, token buckets and breaker state of max_running, rate_limit and breaker are
+    # small classic queues (jobsys.consume.permits, rates, breaker); they hold no job, but on
+    # a cluster each still lives on one node.
+    if not facts.is_cluster:
+        return
+    names = [
+        spec.name
+        for spec in queues
+        if spec.role in ("permits", "tokens", "breaker")
+        and spec.arguments.get("x-queue-type") == "classic"
+    ]
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        notes.append(
+            f"{shown}: the flow-control queues of max_running, rate_limit and breaker are "
+            "classic queues, each on one node of the cluster and unavailable while that node "
+            "is down; they hold permits and counters, never jobs"
+        )
 
 
 def cluster_problems(topology: Topology, facts: BrokerFacts) -> list[tuple[tuple[str, ...], str]]:

@@ -309,3 +309,31 @@ def test_a_dead_letter_queue_declared_before_4_0_is_a_match_with_a_note_not_a_co
     assert any("billing.dead exists without x-delivery-limit: -1" in n for n in plan.notes)
     untouched = Plan((other,), "management", True)
     assert accept_unlifted_limits(untouched) is untouched
+
+
+_FLOW = """
+version: 1
+exchanges:
+  ex: {type: direct}
+queues:
+  q: {type: quorum}
+bindings:
+  - {exchange: ex, queue: q, routing_key: k}
+job_types:
+  j: {exchange: ex, routing_key: k, max_running: 5, rate_limit: 10/s, breaker: {failures: 5}}
+delays: {queue_type: quorum}
+"""
+
+
+@pytest.mark.parametrize(("members", "noted"), [(3, True), (1, False), (None, False)])
+def test_on_a_cluster_the_plan_says_the_flow_control_queues_live_on_one_node(
+    members: int | None, noted: bool
+) -> None:
+    topology = load_topology_text(_FLOW, "flow.yaml").topology
+    fitted = fit_to_broker(desired_entities(topology), topology, facts("3.10.8", members))
+
+    said = [n for n in fitted.notes if "flow-control queues" in n]
+    assert bool(said) is noted
+    if noted:
+        assert "jobsys.permits.j.5" in said[0] and "jobsys.tokens.j" in said[0]
+        assert "jobsys.breaker.j" in said[0] and "never jobs" in said[0]
