@@ -69,7 +69,7 @@ def _export_facts(for_version: str | None, cluster_nodes: int | None) -> BrokerF
         version = parse_version(for_version)
     if not version:
         raise click.BadParameter(
-            f"{escape(for_version[:40])!r} is not a RabbitMQ version (write e.g. 3.13.7 or 4.1.4)",
+            f"'{escape(for_version[:40])}' is not a RabbitMQ version (write e.g. 3.13.7 or 4.1.4)",
             param_hint="--for-version",
         )
     return BrokerFacts(
@@ -372,7 +372,12 @@ def export(
     text = json.dumps(export_definitions(entities, vhost), indent=2)
     if output is None:
         click.echo(text)
-    else:
+        return
+    try:
         with open(output, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
-        click.echo(f"wrote {printable(output)}", err=True)
+    except OSError as exc:
+        raise click.exceptions.Exit(
+            fail(f"error: cannot write {printable(output)}: {exc.strerror}", EXIT_INVALID)
+        ) from None
+    click.echo(f"wrote {printable(output)}", err=True)

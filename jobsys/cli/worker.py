@@ -233,6 +233,7 @@ def worker(
             "scheduler` beside the supervisor"
         )
     if processes is not None or max_memory is not None:
+        _check_pools(app, loaded, options)
         spec = ChildSpec(
             app_target=app_target,
             topology_file=os.path.abspath(topology_file),
@@ -317,6 +318,17 @@ def _with_scheduler(
     return WorkerAndScheduler(running, Scheduler(settings, loaded, models=models))
 
 
+def _check_pools(app: App, loaded: LoadedTopology, options: WorkerOptions) -> None:
+    """Refuse here what each child would refuse at start (an unknown queue, a bad bound), so
+    that a bad option is one message and exit 2, not P children failing."""
+    from jobsys.consume.pools import plan_pools
+
+    try:
+        plan_pools(app, loaded.topology, options)
+    except ConfigError as exc:
+        raise click.exceptions.Exit(fail(f"error: {exc}", EXIT_INVALID)) from None
+
+
 def _supervise(
     spec: ChildSpec, settings: Settings, processes: int, max_memory_mb: int | None
 ) -> int:
@@ -329,7 +341,7 @@ def _supervise(
 
     # The children read the broker settings from the environment: a password never shows on
     # a command line (``ps``).
-    env = dict(os.environ, JOBSYS_URL=settings.url)
+    env = dict(os.environ, JOBSYS_URL=settings.url, JOBSYS_HEARTBEAT_S=str(settings.heartbeat_s))
     if settings.ca_file:
         env["JOBSYS_CA_FILE"] = settings.ca_file
     if settings.insecure_tls:
@@ -338,7 +350,16 @@ def _supervise(
     argv = command(spec, options)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, env)
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError as exc:
+        # E2BIG: the options do not fit a command line (thousands of --queue names).
+        size = sum(len(arg.encode()) for arg in argv)
+        return fail(
+            f"error: cannot start the supervisor ({exc.strerror}; its command line is "
+            f"{size} bytes)",
+            EXIT_INVALID,
+        )
 
 
 def _exit(code: int, *, hard: bool = False) -> None:

@@ -21,9 +21,23 @@ from jobsys.errors import (
     TopologyConflictError,
     TopologyLoadError,
 )
+from jobsys.process.exits import (
+    EXIT_BROKER,
+    EXIT_CONFLICT,
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_STARTUP,
+)
 from jobsys.process.logs import EscapingFormatter, configure_logging
 
 __all__ = [
+    "EXIT_BROKER",
+    "EXIT_CONFLICT",
+    "EXIT_FAILED",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_STARTUP",
     "EscapingFormatter",
     "Served",
     "StopRequests",
@@ -46,14 +60,6 @@ class Served(Protocol):
     def request_stop(self) -> None:
         """Drain gracefully; called a second time, stop at once."""
 
-
-#: Exit codes, documented in docs/cli.md.
-EXIT_OK = 0
-EXIT_FAILED = 1  # the work was not (all) done: a publish not confirmed, a worker stopped early
-EXIT_INVALID = 2  # bad input: usage, an invalid topology file, a bad payload
-EXIT_CONFLICT = 3  # the broker's topology differs from the file
-EXIT_BROKER = 4  # the broker could not be reached or refused access
-EXIT_STARTUP = 5  # a startup hook of the app failed: the worker took no job
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobsys.process.child import REPORT_FD_ENV, ChildSpec
+from jobsys.process.exits import EXIT_INVALID
 from jobsys.wire.display import escape
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class _Child:
     signalled: int = 0
     signalled_at: float = 0.0
     over_memory: bool = False
+    over_memory_mib: float = 0.0
     killed: bool = False
 
     def signal(self, now: float) -> None:
@@ -289,6 +291,18 @@ class Supervisor:
             log.info("worker process %d stopped (%s)", pid, describe_exit(code))
             return
         if report is not None and outcome == "stopped":
+            if child.over_memory and not int(report.get("done", 0) or 0):
+                # Over the limit before its first job: every replacement would be too, and
+                # recycling them once a second is no service.
+                if self._code is None:
+                    self._code = EXIT_INVALID
+                    self._echo(
+                        f"error: a new worker process uses {child.over_memory_mib:.0f} MiB before "
+                        f"running any job, above --max-memory {self.options.max_memory_mb:g}; "
+                        "raise --max-memory"
+                    )
+                self._stop_all(now)
+                return
             self.tally.recycled += 1
             self._backoff[child.slot].reset()
             why = "over --max-memory" if child.over_memory else report.get("reason", "?")
@@ -327,6 +341,7 @@ class Supervisor:
                     limit,
                 )
                 child.over_memory = True
+                child.over_memory_mib = rss
                 child.signal(now)
 
     def _kill_overdue(self, now: float) -> None:

@@ -68,14 +68,16 @@ def _header_int(value: str | int | bool) -> str | None:
 
 def _not_a_boolean(value: object) -> object:
     # YAML reads `true`, `yes` and `on` as booleans and Python's True is 1: without this,
-    # `priority: true` would load as priority 1.
+    # `priority: true` would load as priority 1 and `jitter: yes` as 1.0.
     if isinstance(value, bool):
-        raise ValueError(f"expected a whole number, not {str(value).lower()}")
+        raise ValueError(f"expected a number, not {str(value).lower()}")
     return value
 
 
 #: A whole number in the file (its range is set where it is used); a boolean is refused.
 Whole = Annotated[int, BeforeValidator(_not_a_boolean)]
+#: A number in the file (its range is set where it is used); a boolean is refused.
+Number = Annotated[float, BeforeValidator(_not_a_boolean)]
 #: An integer queue argument: at most what an AMQP table carries.
 AmqpCount = Annotated[Whole, Field(ge=0), _refuse(limits.amqp_int_problem)]
 #: Quorum replicas: a whole number from 1 to 99 (strict: ``true`` is not 1).
@@ -233,9 +235,9 @@ class ExponentialBackoff(_Frozen):
     """Delay before attempt n+1: ``min(max, initial * multiplier**(n-1))``, +- ``jitter``."""
 
     initial: Duration = 1.0
-    multiplier: float = Field(default=2.0, ge=1.0, le=100.0)
+    multiplier: Number = Field(default=2.0, ge=1.0, le=100.0)
     max: Duration = 3600.0
-    jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+    jitter: Number = Field(default=0.1, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> ExponentialBackoff:

@@ -107,6 +107,7 @@ def test_classic_queues_for_a_cluster_are_refused_like_apply_refuses_them(tmp_pa
         (("--for-version", "banana"), "not a RabbitMQ version"),
         (("--for-version", ""), "not a RabbitMQ version"),
         (("--for-version", "v4.1"), "not a RabbitMQ version"),
+        (("--for-version", "4.1\n"), "'4.1\\n' is not a RabbitMQ version"),
         (("--for-version", "4.1 "), "not a RabbitMQ version"),
         (("--for-version", "4.\x1b[31m1"), "\\x1b"),
         (("--for-version", "9" * 5000), "not a RabbitMQ version"),
@@ -124,3 +125,14 @@ def test_a_bad_version_or_node_count_exits_2_and_says_so(
     assert said in result.stderr
     assert "\x1b" not in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("target", ["/nonexistent/dir/definitions.json", "/dev/full"])
+def test_an_output_file_that_cannot_be_written_is_one_error_with_exit_2(
+    tmp_path: Path, target: str
+) -> None:
+    result = export(tmp_path, QUORUM, "-o", target)
+
+    assert result.returncode == 2, result.stderr
+    assert f"error: cannot write {target}" in result.stderr
+    assert "Traceback" not in result.stderr

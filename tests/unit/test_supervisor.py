@@ -3,6 +3,7 @@ loop, driven by small stand-in children that need no broker."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from jobsys.cli import main
 from jobsys.cli import worker as worker_cli
@@ -162,6 +163,45 @@ def test_a_fatal_report_stops_every_child_and_is_printed_once_with_its_exit_code
     assert supervisor.tally.started == 2 and supervisor.tally.restarted == 0
 
 
+def _drains_on_sigterm_having_done(done: int) -> str:
+    return (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        f"    report(outcome='stopped', reason='signal', graceful=True, done={done})\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))\n"
+        "time.sleep(60)\n"
+    )
+
+
+def test_a_max_memory_below_what_a_new_worker_uses_stops_with_exit_2_instead_of_recycling() -> None:
+    # Every child is over 1 MiB from its first instant: recycling them would go on once a
+    # second for ever.
+    options = SupervisorOptions(processes=2, max_memory_mb=1.0, memory_check_s=0.05)
+
+    code, lines, supervisor = _run(_drains_on_sigterm_having_done(0), options)
+
+    assert code == 2, lines
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and "before running any job, above --max-memory 1" in errors[0]
+    assert supervisor.tally.recycled == 0 and supervisor.tally.started == 2
+
+
+def test_a_worker_over_max_memory_after_doing_jobs_is_recycled(tmp_path: Path) -> None:
+    options = SupervisorOptions(processes=1, max_memory_mb=1.0, memory_check_s=0.05)
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code, lines, supervisor = _run(_drains_on_sigterm_having_done(3), options)
+    finally:
+        timer.cancel()
+
+    assert code == 0, lines
+    assert supervisor.tally.recycled >= 1
+    assert not [line for line in lines if line.startswith("error:")]
+
+
 def test_a_crash_is_restarted_and_sigterm_drains_every_child_and_exits_0(tmp_path: Path) -> None:
     marker = tmp_path / "crashed-once"
     script = (
@@ -232,3 +272,59 @@ def test_importing_the_supervisor_program_loads_no_event_loop_app_or_broker_clie
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _supervised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str
+) -> tuple[Result, dict[str, Any]]:
+    """``jobsys worker ... --processes 2 EXTRA`` with the exec replaced by a recorder."""
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(supervisor_apps.TOPOLOGY_YAML, encoding="utf-8")
+    seen: dict[str, Any] = {}
+
+    def record(path: str, argv: list[str], env: dict[str, str]) -> None:
+        seen.update(path=path, argv=argv, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(worker_cli.os, "execve", record)
+    args = ["worker", "tests.apps.supervisor_apps:app", "--topology", str(topology)]
+    args += ["--processes", "2", "--url", "amqp://u:secret@h:5672/v", *extra]
+    return CliRunner().invoke(main, args), seen
+
+
+def test_the_heartbeat_option_reaches_the_supervised_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, seen = _supervised(tmp_path, monkeypatch, "--heartbeat", "7")
+
+    assert result.exit_code == 0, result.output
+    assert seen["env"]["JOBSYS_HEARTBEAT_S"] == "7"
+    assert seen["env"]["JOBSYS_URL"] == "amqp://u:secret@h:5672/v"
+    assert not any("secret" in arg for arg in seen["argv"])
+
+
+def test_a_queue_not_in_the_topology_is_refused_before_the_supervisor_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, seen = _supervised(tmp_path, monkeypatch, "--queue", "nosuch")
+
+    assert result.exit_code == 2
+    assert "queue(s) not in the topology: nosuch" in result.output
+    assert not seen
+
+
+def test_options_too_long_for_a_command_line_are_one_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def too_long(path: str, argv: list[str], env: dict[str, str]) -> None:
+        raise OSError(errno.E2BIG, "Argument list too long")
+
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(supervisor_apps.TOPOLOGY_YAML, encoding="utf-8")
+    monkeypatch.setattr(worker_cli.os, "execve", too_long)
+    args = ["worker", "tests.apps.supervisor_apps:app", "--topology", str(topology)]
+    result = CliRunner().invoke(main, [*args, "--processes", "2"])
+
+    assert result.exit_code == 2
+    assert "cannot start the supervisor (Argument list too long" in result.output
+    assert "Traceback" not in result.output

@@ -390,6 +390,12 @@ job_types:
         ("consumer: {concurrency: true}", "timeout: 5s", "queues.q.consumer.concurrency"),
         ("consumer: {prefetch: on}", "timeout: 5s", "queues.q.consumer.prefetch"),
         ("max_priority: 5", "retry: {max_attempts: true}", "job_types.j.retry.max_attempts"),
+        ("max_priority: 5", "retry: {backoff: {jitter: yes}}", "job_types.j.retry.backoff.jitter"),
+        (
+            "max_priority: 5",
+            "retry: {backoff: {multiplier: on}}",
+            "job_types.j.retry.backoff.multiplier",
+        ),
     ],
 )
 def test_a_boolean_where_a_count_belongs_is_refused_not_read_as_1(
@@ -398,4 +404,4 @@ def test_a_boolean_where_a_count_belongs_is_refused_not_read_as_1(
     # YAML reads `true`, `yes` and `on` as booleans, and Python's True is the integer 1: a
     # file that says `priority: true` meant something, but not priority 1.
     problems = problems_of(_TRUE_FOR_A_COUNT.replace("QUEUE", queue).replace("JOB", job))
-    assert any(where in p and "whole number" in p for p in problems), problems
+    assert any(where in p and "expected a number, not" in p for p in problems), problems
