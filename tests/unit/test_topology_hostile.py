@@ -368,18 +368,6 @@ def test_a_tag_with_an_escaped_control_character_is_shown_escaped(text: str, pro
 
 # -- a YAML boolean where a count belongs ---------------------------------------------------------
 
-_TRUE_FOR_A_COUNT = """\
-version: 1
-exchanges:
-  ex: {type: direct}
-queues:
-  q: {type: classic, QUEUE}
-bindings:
-  - {exchange: ex, queue: q, routing_key: k}
-job_types:
-  j: {exchange: ex, routing_key: k, JOB}
-"""
-
 
 @pytest.mark.parametrize(
     ("queue", "job", "where"),
@@ -403,5 +391,5 @@ def test_a_boolean_where_a_count_belongs_is_refused_not_read_as_1(
 ) -> None:
     # YAML reads `true`, `yes` and `on` as booleans, and Python's True is the integer 1: a
     # file that says `priority: true` meant something, but not priority 1.
-    problems = problems_of(_TRUE_FOR_A_COUNT.replace("QUEUE", queue).replace("JOB", job))
+    problems = problems_of(ROUTED.replace("QUEUE", queue).replace("priority: 1}", job + "}"))
     assert any(where in p and "expected a number, not" in p for p in problems), problems
