@@ -355,7 +355,7 @@ def export(
     loaded = load_or_exit(path)
     if vhost is None:
         vhost = build_settings(url, None, False).vhost
-    entities = desired_entities(loaded.topology)
+    entities = desired_entities(loaded.topology, cluster=facts is not None and facts.is_cluster)
     notes: tuple[str, ...] = ()
     try:
         if facts is not None:

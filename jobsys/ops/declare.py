@@ -135,7 +135,8 @@ async def planned_entities(
     facts = await broker_facts(conn, use_management=use_management)
     loaded.check_broker_version(facts.version)
     loaded.check_cluster(facts)
-    fitted = fit_to_broker(desired_entities(loaded.topology), loaded.topology, facts)
+    entities = desired_entities(loaded.topology, cluster=facts.is_cluster)
+    fitted = fit_to_broker(entities, loaded.topology, facts)
     loaded.check_declarable(fitted.entities)
     return fitted.entities, facts, fitted.notes
 

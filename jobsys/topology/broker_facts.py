@@ -16,7 +16,9 @@ API's node list, or the number of broker URLs given). ``fit_to_broker`` then ada
 - ``consumer_timeout`` on a queue becomes ``x-consumer-timeout``, which RabbitMQ honours from
   3.12 (``check_broker_support`` refuses it before: 3.10 accepts the argument and ignores it).
 - On a cluster (more than one member), classic work queues and classic delay levels are refused:
-  a classic queue lives on one node, and its jobs are lost or stuck when that node is.
+  a classic queue lives on one node, and its jobs are lost or stuck when that node is. Delay
+  levels whose type the file leaves out are quorum there (``desired_entities(cluster=True)``,
+  ``Delays.resolved_type``).
 """
 
 from __future__ import annotations
@@ -132,6 +134,11 @@ def fit_to_broker(entities: Entities, topology: Topology, facts: BrokerFacts) ->
     _note_work_queue_limits(topology, facts, notes)
     _note_replicas(topology, facts, notes)
     _note_flow_control_queues(queues, facts, notes)
+    if facts.is_cluster and topology.delays.queue_type is None:
+        notes.append(
+            "the delay levels (and the scheduler's queues) are quorum on this cluster: "
+            "delays.queue_type is not set"
+        )
     return Fitted(replace(entities, queues=queues), tuple(notes))
 
 
@@ -178,7 +185,8 @@ def cluster_problems(topology: Topology, facts: BrokerFacts) -> list[tuple[tuple
             (
                 ("delays", "queue_type"),
                 f"{where} the classic delay levels live on one node each: delayed jobs and "
-                "retries waiting there are lost with it; set delays: {queue_type: quorum}",
+                "retries waiting there are lost with it; set delays: {queue_type: quorum}, or "
+                "leave queue_type out (quorum is then chosen on a cluster)",
             )
         )
     return problems

@@ -191,7 +191,8 @@ def _check_delays(topology: Topology) -> Iterator[Problem]:
     if topology.delays.queue_type == "classic" and topology.delays.replicas is not None:
         yield Problem(
             ("delays", "replicas"),
-            "replicas needs quorum delay levels (delays: {queue_type: quorum})",
+            "replicas needs quorum delay levels (delays: {queue_type: quorum}, or leave "
+            "queue_type out: replicas then make them quorum)",
         )
 
 

@@ -178,12 +178,13 @@ def _delay_level_arguments(
 
 def _add_own(
     topology: Topology,
+    delay_type: str,
     exchanges: list[ExchangeSpec],
     queues: list[QueueSpec],
     bindings: list[BindingSpec],
 ) -> None:
     """The cancellations stream (every topology), and the scheduler's queues (a topology with
-    schedules; of ``delays.queue_type``, like the levels: quorum for a cluster)."""
+    schedules; of ``delay_type``, like the levels: quorum for a cluster)."""
     own = OwnLayout(topology.namespace)
     exchanges.append(ExchangeSpec(name=own.cancel_exchange, type="fanout"))
     queues.append(QueueSpec(own.cancellations, True, cancellations_arguments(), "cancellations"))
@@ -219,7 +220,7 @@ def _add_own(
         bindings.append(BindingSpec(own.breaker_exchange, queue, "queue", name))
     if not topology.schedules:
         return
-    kind = topology.delays.queue_type
+    kind = delay_type
     replicas = topology.delays.replicas
     exchanges.append(ExchangeSpec(name=own.scheduler_exchange, type="direct"))
     leader = _with_replicas(leader_arguments(kind), replicas)
@@ -231,9 +232,11 @@ def _add_own(
         bindings.append(BindingSpec(own.scheduler_exchange, name, "queue", STATE_KEY))
 
 
-def desired_entities(topology: Topology) -> Entities:
-    """Every exchange, queue and binding the topology needs, in declaration order."""
+def desired_entities(topology: Topology, *, cluster: bool = False) -> Entities:
+    """Every exchange, queue and binding the topology needs, in declaration order; ``cluster``
+    when the broker runs more than one node (``Delays.resolved_type``)."""
     layout = topology.delay_layout
+    delay_type = topology.delays.resolved_type(cluster=cluster)
     dead_letter_exchange = topology.dead_letter_exchange
     exchanges = [
         ExchangeSpec(name=name, type=ex.type, durable=ex.durable)
@@ -264,7 +267,7 @@ def desired_entities(topology: Topology) -> Entities:
                 level_queue,
                 True,
                 _with_replicas(
-                    _delay_level_arguments(layout, level, topology.delays.queue_type),
+                    _delay_level_arguments(layout, level, delay_type),
                     topology.delays.replicas,
                 ),
                 role="delay",
@@ -282,7 +285,7 @@ def desired_entities(topology: Topology) -> Entities:
             )
         )
 
-    _add_own(topology, exchanges, queues, bindings)
+    _add_own(topology, delay_type, exchanges, queues, bindings)
     bindings += user_bindings(topology)
     return Entities(
         exchanges=exchanges, queues=queues, bindings=bindings, delay_levels=delays.LEVELS

@@ -376,9 +376,20 @@ class Delays(_Frozen):
     """
 
     max_delay: Duration = 30 * 86400.0
-    queue_type: Literal["classic", "quorum"] = "classic"
+    #: Unset: quorum on a cluster or with ``replicas``, classic on one node (``resolved_type``).
+    queue_type: Literal["classic", "quorum"] | None = None
     #: Quorum replicas of the delay levels and the scheduler's queues (quorum only).
     replicas: Replicas | None = None
+
+    def resolved_type(self, *, cluster: bool) -> Literal["classic", "quorum"]:
+        """The type the delay levels and the scheduler's queues are declared with: the file's
+        when it names one; else quorum on a cluster (a classic level lives on one node, and the
+        delayed jobs and retries waiting in it are lost with that node) or when ``replicas``
+        asks for copies, classic on a single node (one node replicates nothing, and classic
+        levels cost the broker less)."""
+        if self.queue_type is not None:
+            return self.queue_type
+        return "quorum" if cluster or self.replicas is not None else "classic"
 
     @model_validator(mode="after")
     def _within_the_levels(self) -> Delays:

@@ -44,7 +44,7 @@ app = App()
 def topology(
     queue_type: str = "classic",
     *,
-    delays_type: str = "classic",
+    delays_type: str | None = "classic",
     max_length: int | None = None,
     concurrency: int = 4,
     prefetch: int = 8,
@@ -66,7 +66,7 @@ def topology(
             name: {"exchange": EXCHANGE, "routing_key": "work", "timeout": "60s", "retry": once}
             for name in ("task", "idempotent", "strict", "unhandled")
         },
-        "delays": {"queue_type": delays_type},
+        "delays": {} if delays_type is None else {"queue_type": delays_type},
     }
 
 

@@ -279,17 +279,21 @@ def test_plan_and_apply_on_the_cluster_refuse_classic_queues_and_set_replicas(
     assert "guest:guest" not in refused.stdout + refused.stderr
     assert rabbit_cluster.seed.ctl("list_queues", "-p", cluster_vhost, "--quiet").strip() == ""
 
-    spec = failure_apps.topology("quorum", delays_type="quorum")
+    # The delay levels' type is left out: on a cluster they are quorum without being asked.
+    spec = failure_apps.topology("quorum", delays_type=None)
     spec["queues"][WORK]["replicas"] = 2
-    spec["delays"]["replicas"] = 3
     quorum = failure_apps.write_topology(tmp_path, spec)
     planned = topology_command(settings, "plan", quorum.filename)
     assert planned.returncode == 0, planned.stderr
     assert "of 3 nodes (the broker URLs given)" in planned.stdout
     assert "2 replicas tolerate no more node losses than 1" in planned.stdout
+    assert "delay levels (and the scheduler's queues) are quorum on this cluster" in planned.stdout
     applied = topology_command(settings, "apply", quorum.filename)
     assert applied.returncode == 0, applied.stderr
-    # The broker placed as many replicas as asked: 2 for the work queue, 3 for a delay level.
+    types = rabbit_cluster.seed.ctl("list_queues", "-p", cluster_vhost, "name", "type", "--quiet")
+    assert "jobsys.wait.00\tquorum" in types, types
+    # The broker placed as many replicas as asked: 2 for the work queue; a delay level has the
+    # broker's default, one on every node.
     for queue, replicas in ((WORK, 2), (f"{WORK}.dead", 2), ("jobsys.wait.00", 3)):
         status = rabbit_cluster.seed.queues_cli("quorum_status", queue, "--vhost", cluster_vhost)
         rows = [line for line in status.splitlines() if not line.startswith("Status of")]

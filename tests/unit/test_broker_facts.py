@@ -253,8 +253,65 @@ def test_on_a_cluster_classic_delay_levels_are_refused() -> None:
         .replace("  - {exchange: jobs, queue: scratch, routing_key: scratch}\n", "")
     )
     text = text.replace("delays:\n  queue_type: quorum\n  replicas: 3\n", "")
-    with pytest.raises(TopologyValidationError, match=r"delays\.queue_type: .*queue_type: quorum"):
-        loaded(text).check_cluster(facts("3.10.8", 3))
+    # Left out, the type is chosen by the broker's shape; written as classic, it is refused.
+    loaded(text).check_cluster(facts("3.10.8", 3))
+    classic = text.replace("schedules:", "delays: {queue_type: classic}\nschedules:")
+    with pytest.raises(TopologyValidationError) as caught:
+        loaded(classic).check_cluster(facts("3.10.8", 3))
+    (message,) = caught.value.problems
+    assert message.startswith("cluster.yaml:12:22: delays.queue_type: on a cluster of 3 nodes")
+    assert "queue_type: quorum" in message and "leave queue_type out" in message
+
+
+def _levels_and_scheduler(text: str, members: int | None) -> dict[str, dict[str, Any]]:
+    topology = loaded(text).topology
+    cluster = facts("3.10.8", members)
+    fitted = fit_to_broker(
+        desired_entities(topology, cluster=cluster.is_cluster), topology, cluster
+    )
+    return {
+        spec.name: spec.arguments
+        for spec in fitted.entities.queues
+        if spec.role in ("delay", "scheduler")
+    }
+
+
+@pytest.mark.parametrize(
+    ("delays", "members", "expected"),
+    [
+        ("", None, "classic"),  # one node, unknown size: classic, as before
+        ("", 1, "classic"),
+        ("", 3, "quorum"),  # a cluster: quorum without being asked
+        ("delays: {replicas: 3}\n", 1, "quorum"),  # replicas ask for copies
+        ("delays: {queue_type: quorum}\n", 1, "quorum"),
+        ("delays: {queue_type: classic}\n", 1, "classic"),
+    ],
+)
+def test_delay_levels_without_a_type_are_quorum_on_a_cluster_and_classic_on_one_node(
+    delays: str, members: int | None, expected: str
+) -> None:
+    text = (
+        TOPOLOGY.replace("  scratch:\n    type: classic\n", "")
+        .replace("  note: {exchange: jobs, routing_key: scratch}\n", "")
+        .replace("  - {exchange: jobs, queue: scratch, routing_key: scratch}\n", "")
+        .replace("delays:\n  queue_type: quorum\n  replicas: 3\n", delays)
+    )
+    queues = _levels_and_scheduler(text, members)
+    assert len(queues) == 29 + 3  # every level, and the scheduler's election, state, status
+    assert {args["x-queue-type"] for args in queues.values()} == {expected}
+    level = queues["jobsys.wait.00"]
+    if expected == "quorum":
+        # A quorum level dead-letters at least once, which needs reject-publish.
+        assert level["x-dead-letter-strategy"] == "at-least-once"
+        assert level["x-overflow"] == "reject-publish"
+    else:
+        assert "x-dead-letter-strategy" not in level and "x-overflow" not in level
+    topology = loaded(text).topology
+    notes = fit_to_broker(
+        desired_entities(topology, cluster=members == 3), topology, facts("3.10.8", members)
+    ).notes
+    chosen = [note for note in notes if "delays.queue_type is not set" in note]
+    assert len(chosen) == (1 if members == 3 and not delays else 0)
 
 
 def test_replicas_become_x_quorum_initial_group_size_on_queues_levels_and_scheduler() -> None:

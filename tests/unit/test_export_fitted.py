@@ -101,6 +101,22 @@ def test_classic_queues_for_a_cluster_are_refused_like_apply_refuses_them(tmp_pa
     assert result.stdout == ""
 
 
+def test_delay_levels_without_a_type_are_exported_quorum_for_a_cluster_only(
+    tmp_path: Path,
+) -> None:
+    text = QUORUM.replace("delays: {queue_type: quorum}\n", "").replace(", max_priority: 9", "")
+
+    for_cluster = export(tmp_path, text, "--for-version", "3.10.8", "--cluster-nodes", "3")
+    single = export(tmp_path, text, "--for-version", "3.10.8")
+    unfitted = export(tmp_path, text)
+
+    assert queues(for_cluster)["jobsys.wait.07"]["x-queue-type"] == "quorum"
+    assert queues(for_cluster)["jobsys.wait.07"]["x-dead-letter-strategy"] == "at-least-once"
+    assert "delays.queue_type is not set" in for_cluster.stderr
+    assert queues(single)["jobsys.wait.07"]["x-queue-type"] == "classic"
+    assert queues(unfitted)["jobsys.wait.07"]["x-queue-type"] == "classic"
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [

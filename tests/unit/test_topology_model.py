@@ -55,7 +55,8 @@ def test_defaults_are_durable_classic_delays_up_to_thirty_days_and_three_attempt
     assert topology.queues["q"].consumer.concurrency == 10
     assert topology.queues["q"].consumer.prefetch == 20
     assert topology.delays.max_delay == 30 * 86400
-    assert topology.delays.queue_type == "classic"
+    assert topology.delays.queue_type is None  # chosen by the broker's shape
+    assert topology.delays.resolved_type(cluster=False) == "classic"
     job = topology.job_types["j"]
     assert (job.timeout, job.retry.max_attempts, job.priority) == (300.0, 3, None)
     assert job.retry.backoff is None and job.retry.delays is None
