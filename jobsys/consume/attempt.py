@@ -8,7 +8,6 @@ this module returns. A delivery's identity is read once, by ``Delivery.identify`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -24,6 +23,7 @@ from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
 from jobsys.consume.acks import Acks
 from jobsys.consume.breakers import Breakers
+from jobsys.consume.deadlines import Deadlines
 from jobsys.consume.followups import Outbox, read_then, send_then
 from jobsys.consume.middleware import MIDDLEWARE_SLACK_S, around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome
@@ -144,6 +144,7 @@ class AttemptRunner:
         #: Set by the worker: the job ids cancelled before they ran.
         self.cancellations: Container[str] = ()
         self._timeouts = {name: jt.timeout for name, jt in topology.job_types.items()}
+        self._deadlines = Deadlines()
         #: The app's attempt middleware, outermost first (``jobsys.consume.middleware``).
         self.middleware = app.middlewares
         #: Set by the worker: the permits of job types with ``max_running``.
@@ -343,23 +344,25 @@ class AttemptRunner:
                 raise TimeoutError(_overran(timeout_s)) from None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        watching = (
-            self.watchdog.running(delivery.job_id, delivery.job_type)
-            if self.watchdog is not None
-            else contextlib.nullcontext()
-        )
-        deadline: asyncio.Timeout | None = None
+        watchdog = self.watchdog
+        watched = watchdog.enter(delivery.job_id, delivery.job_type) if watchdog else None
+        deadline = self._deadlines.enter(timeout_s) if timed else None
         try:
-            with watching:
-                if timed:
-                    async with asyncio.timeout(timeout_s) as deadline:
-                        result = await handler.func(*args)
-                else:
-                    result = await handler.func(*args)
-        except TimeoutError:
-            if deadline is None or not deadline.expired():
-                raise  # the handler's own TimeoutError
-            raise TimeoutError(_overran(timeout_s)) from None
+            result = await handler.func(*args)
+        except BaseException as exc:
+            timed_out = deadline is not None and self._deadlines.leave(deadline)
+            if timed_out and isinstance(exc, asyncio.CancelledError):
+                raise TimeoutError(_overran(timeout_s)) from None
+            raise  # the handler's own error, its own TimeoutError included, or a real cancel
+        else:
+            if deadline is not None:
+                # A handler that swallowed its deadline's cancellation and returned: its
+                # result stands, as under asyncio.timeout.
+                self._deadlines.leave(deadline)
+        finally:
+            if watched is not None:
+                assert watchdog is not None
+                watchdog.leave(watched)
         ran_s = loop.time() - started
         if ran_s > timeout_s:
             # The deadline could not fire: the handler never gave the event loop a turn.

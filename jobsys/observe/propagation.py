@@ -97,6 +97,16 @@ def inject(headers: MutableMapping[str, Any], context: Context | None = None) ->
         headers[HEADER_TRACESTATE] = span_context.trace_state.to_header()
 
 
+def carries_context(headers: Mapping[str, Any] | None) -> bool:
+    """Whether ``extract`` may find a trace context or baggage in ``headers``: False only
+    when the propagators are W3C's and none of their headers is there."""
+    if not headers:
+        return False
+    if not _propagation.fast_path():
+        return True
+    return HEADER_TRACEPARENT in headers or (_propagation.baggage and "baggage" in headers)
+
+
 def extract(headers: Mapping[str, Any] | None) -> Context:
     """The trace context carried by a message's ``headers`` (empty when there is none)."""
     if not headers:

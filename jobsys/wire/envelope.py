@@ -301,7 +301,9 @@ def decode_payload(
     except UnicodeDecodeError as exc:
         raise DecodeError(f"body is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        if text.startswith("\ufeff"):  # json.loads's own check, which the decoder lacks
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _JSON_DECODER.decode(text)
     except RecursionError:
         raise DecodeError("body is JSON nested too deeply") from None
     except ValueError as exc:
@@ -310,6 +312,10 @@ def decode_payload(
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# json.loads with options builds a new decoder on every call; decoding reuses this one.
+_JSON_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def decode_envelope(

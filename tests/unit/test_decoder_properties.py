@@ -181,3 +181,52 @@ def test_the_delivery_property_decoded_and_refused_many() -> None:
         test_a_delivery_decodes_exactly_when_it_is_what_jobsys_writes()
     print(f"delivery property: {dict(CASES)}")
     assert CASES["decoded"] >= 20 and CASES["refused"] >= 20
+
+
+def _as_json_loads_decodes(body: bytes) -> tuple[str, Any]:
+    """What ``decode_payload`` answered when it called ``json.loads`` (which built a decoder
+    per call): the value, or the error message; the reference for the reused decoder."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return "error", f"body is not UTF-8 (byte {exc.start})"
+    try:
+        return "value", json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        return "error", "body is JSON nested too deeply"
+    except ValueError as exc:
+        return "error", f"body is not JSON: {exc}"
+
+
+_json_texts = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=12,
+).map(lambda value: json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=400)
+@given(
+    st.one_of(
+        st.binary(max_size=60),
+        _json_texts,
+        # Valid JSON with a byte-order mark, a stray byte, or cut short.
+        _json_texts.map(lambda body: b"\xef\xbb\xbf" + body),
+        st.tuples(_json_texts, st.binary(min_size=1, max_size=2)).map(lambda t: t[0] + t[1]),
+        _json_texts.map(lambda body: body[: len(body) // 2]),
+    )
+)
+def test_the_reused_decoder_answers_as_json_loads_did(body: bytes) -> None:
+    from jobsys.wire.envelope import decode_payload
+
+    expected = _as_json_loads_decodes(body)
+    try:
+        got: tuple[str, Any] = ("value", decode_payload(body, CONTENT_TYPE, LIMIT))
+    except MessageError as exc:
+        got = ("error", str(exc))
+    # repr: NaN never equals itself, and -0.0 == 0.0 would hide a sign.
+    assert repr(got) == repr(expected)
