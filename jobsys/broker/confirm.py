@@ -36,6 +36,7 @@ from aio_pika import RobustChannel
 from pamqp import commands as spec
 
 from jobsys.broker.connection import cancel_requested, close_quietly
+from jobsys.broker.deadlines import Deadlines
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
@@ -124,6 +125,7 @@ class ConfirmChannel:
         self._opened: set[aiormq.Channel] = set()
         self._retired_at: float | None = None  # loop time of the last retirement
         self._connection: object | None = None
+        self._deadlines = Deadlines()
 
     async def publish(self, out: Outgoing, props: spec.Basic.Properties) -> None:
         """Publish ``out`` (persistent and mandatory as ``props`` says) and await the confirm;
@@ -137,6 +139,9 @@ class ConfirmChannel:
         if not live.unblocked.is_set():
             await self._wait_unblocked(live.unblocked, out, deadline)
         self._in_flight += 1
+        # The publish deadline is one of the channel's (``Deadlines``), not aiormq's timeout
+        # argument, which arms and cancels a timer per publish.
+        timer = self._deadlines.enter(timeout_s, at=deadline)
         try:
             await live.channel.basic_publish(
                 out.body,
@@ -144,33 +149,45 @@ class ConfirmChannel:
                 routing_key=out.routing_key,
                 properties=props,
                 mandatory=True,
-                timeout=max(0.001, deadline - loop.time()),
                 # Waiting for the socket to drain costs a loop turn per publish and proves
                 # nothing: the confirm below is what counts, and it is always awaited.
                 wait=False,
             )
         except asyncio.CancelledError:
+            if self._deadlines.leave(timer):
+                # As aiormq's own timeout did: cancelled at the deadline, rolled back if the
+                # frame was not written yet.
+                raise self._failed(TimeoutError(), out, live, timeout_s) from None
             if cancel_requested():
                 raise
             # aiormq cancels pending confirms when it declares the connection dead (e.g. a
             # heartbeat timeout) though nobody cancelled the caller.
             raise unknown(out.job_id, out.job_type, "the connection was lost") from None
         except (TimeoutError, aiormq.exceptions.AMQPError, *CONNECTION_LOST) as exc:
-            nacked = isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(
-                exc, aiormq.exceptions.PublishError
-            )
-            if nacked and self._live is live and self._may_retire():
-                self._retire(live.channel)
-            raise publish_error(
-                exc,
-                out,
-                blocked=not live.unblocked.is_set(),
-                timeout_s=timeout_s,
-                refusals_dead_lettered=self._refusals_dead_lettered,
-                alone=self._refused_alone(live.channel, exc),
-            ) from None
+            self._deadlines.leave(timer)
+            raise self._failed(exc, out, live, timeout_s) from None
         finally:
+            self._deadlines.leave(timer)
             self._in_flight -= 1
+
+    def _failed(
+        self, exc: BaseException, out: Outgoing, live: _LiveChannel, timeout_s: float
+    ) -> JobsysError:
+        """The typed error for a publish that failed with ``exc``; a nack retires the
+        channel (``_retire``)."""
+        nacked = isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(
+            exc, aiormq.exceptions.PublishError
+        )
+        if nacked and self._live is live and self._may_retire():
+            self._retire(live.channel)
+        return publish_error(
+            exc,
+            out,
+            blocked=not live.unblocked.is_set(),
+            timeout_s=timeout_s,
+            refusals_dead_lettered=self._refusals_dead_lettered,
+            alone=self._refused_alone(live.channel, exc),
+        )
 
     def _refused_alone(self, channel: aiormq.Channel, exc: BaseException) -> bool:
         """Whether ``exc`` is the broker refusing a message while it was the only one awaiting

@@ -21,9 +21,9 @@ from aiormq.abc import DeliveredMessage
 
 from jobsys.app import App, HandlerSpec, JobContext
 from jobsys.broker.connection import cancel_requested
+from jobsys.broker.deadlines import Deadlines
 from jobsys.consume.acks import Acks
 from jobsys.consume.breakers import Breakers
-from jobsys.consume.deadlines import Deadlines
 from jobsys.consume.followups import Outbox, read_then, send_then
 from jobsys.consume.middleware import MIDDLEWARE_SLACK_S, around
 from jobsys.consume.outcome import ACK, CANCEL, Outcome

@@ -41,6 +41,7 @@ from aiormq.abc import DeliveredMessage
 
 from jobsys.app import App
 from jobsys.broker.connection import BrokerConnection, broker_errors
+from jobsys.broker.direct_delivery import deliver_directly
 from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
 from jobsys.consume.attempt_span import run_and_settle
@@ -101,6 +102,7 @@ class Worker:
         self._hard_stop = asyncio.Event()
         self._fatal: JobsysError | None = None
         self._running: set[asyncio.Task[None]] = set()  # job runners
+        self._requeues: set[asyncio.Task[Outcome]] = set()  # deliveries arriving while stopping
         self._in_progress = 0  # jobs between start and settlement
         self._finished = 0  # jobs settled as done, retried or dead-lettered (--max-jobs)
         self._idle = asyncio.Event()
@@ -189,6 +191,9 @@ class Worker:
             # Until its first deliveries arrive, a queue of a weighted pool counts as having a
             # backlog: the first queue to deliver does not take the others' turns meanwhile.
             pool.busy_at = asyncio.get_running_loop().time()
+            deliver_directly(
+                underlay, pool.consumer_tag, functools.partial(self._on_message_directly, pool)
+            )
             await underlay.basic_consume(
                 pool.queue,
                 functools.partial(self._on_message, pool),
@@ -361,14 +366,29 @@ class Worker:
         return pool.acks
 
     async def _on_message(self, pool: Pool, message: DeliveredMessage) -> None:
+        # aiormq's way, a task per delivery: where the channel cannot deliver directly.
+        returned = self._file(pool, message)
+        if returned is not None:
+            await self._settle(returned, REQUEUE, pool)
+
+    def _on_message_directly(self, pool: Pool, message: DeliveredMessage) -> None:
+        # In the channel reader's turn (jobsys.broker.direct_delivery): nothing here may wait.
+        returned = self._file(pool, message)
+        if returned is not None:
+            requeue = asyncio.get_running_loop().create_task(self._settle(returned, REQUEUE, pool))
+            self._requeues.add(requeue)
+            requeue.add_done_callback(self._requeues.discard)
+
+    def _file(self, pool: Pool, message: DeliveredMessage) -> Delivery | None:
+        """File a delivery for the pool's runners, starting one if there is room; returns it
+        instead when the worker is stopping: it is to be requeued."""
         acks = self._acks_for(pool, message)
         # A consumer only ever receives basic.deliver (never get-ok or return).
         deliver = cast(spec.Basic.Deliver, message.delivery)
         delivery = Delivery(message, acks, deliver.delivery_tag or 0, bool(deliver.redelivered))
         acks.track(delivery.tag)
         if self._stop.is_set():
-            await self._settle(delivery, REQUEUE, pool)
-            return
+            return delivery
         pool.waiting.append(delivery)
         if acks.unsettled >= min(2, pool.prefetch):
             pool.busy_at = asyncio.get_running_loop().time()
@@ -382,6 +402,7 @@ class Worker:
             runner = asyncio.get_running_loop().create_task(self._run_jobs(runners))
             self._running.add(runner)
             runner.add_done_callback(functools.partial(self._runner_done, runners))
+        return None
 
     async def _run_jobs(self, runners: Runners) -> None:
         # One runner takes waiting jobs one after the other, from whichever of its pools comes

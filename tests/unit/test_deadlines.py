@@ -1,4 +1,4 @@
-"""``jobsys.consume.deadlines``: one loop timer for the deadlines of every running handler,
+"""``jobsys.broker.deadlines``: one loop timer for the deadlines of every running handler,
 with ``asyncio.timeout``'s rules for turning the cancellation into a timeout. Pure asyncio."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from jobsys.consume.deadlines import Deadlines
+from jobsys.broker.deadlines import Deadlines
 
 
 async def _job(deadlines: Deadlines, timeout_s: float, work_s: float) -> str:
@@ -126,3 +126,30 @@ def test_a_new_event_loop_starts_with_no_deadlines() -> None:
     assert asyncio.run(_job(deadlines, 0.05, 1)) == "timed out"
     assert asyncio.run(_job(deadlines, 5, 0.01)) == "done"
     assert asyncio.run(_job(deadlines, 0.05, 1)) == "timed out"
+
+
+async def test_a_deadline_that_started_before_one_already_kept_still_fires_on_time() -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def waited_first(at: float) -> str:
+        # A publish that started first but waited for its channel: it enters after a later
+        # one, with the earlier deadline.
+        deadline = deadlines.enter(0.5, at=at)
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            if deadlines.leave(deadline):
+                return "timed out"
+            raise
+        deadlines.leave(deadline)
+        return "done"
+
+    later = asyncio.create_task(_job(deadlines, 0.5, 5))  # deadline at about started + 0.5
+    await asyncio.sleep(0.2)
+    assert await waited_first(started + 0.1) == "timed out"  # already past when it entered
+    assert loop.time() - started < 0.35
+    assert await waited_first(loop.time() + 0.05) == "timed out"
+    assert await later == "timed out"
+    assert loop.time() - started < 1.0
