@@ -350,8 +350,13 @@ class AttemptRunner:
         try:
             result = await handler.func(*args)
         except BaseException as exc:
+            expired = deadline is not None and deadline.expired
             timed_out = deadline is not None and self._deadlines.leave(deadline)
-            if timed_out and isinstance(exc, asyncio.CancelledError):
+            if (timed_out and isinstance(exc, asyncio.CancelledError)) or (
+                # A handler (or a client library in it) that turned its deadline's cancel
+                # into a TimeoutError of its own: still this job's deadline, as before.
+                expired and isinstance(exc, TimeoutError)
+            ):
                 raise TimeoutError(_overran(timeout_s)) from None
             raise  # the handler's own error, its own TimeoutError included, or a real cancel
         else:

@@ -57,6 +57,8 @@ SPAN_OUTCOMES: Mapping[str, SpanOutcome] = {
 }
 
 _INSTRUMENTATION_NAME = "jobsys"
+#: The context a job runs in when nothing traces it (contexts are immutable: one serves all).
+_EMPTY = Context()
 #: How a span *name* shows the default exchange; its ``messaging.destination.name`` is "", as
 #: RabbitMQ's semantic conventions ask.
 _DEFAULT_EXCHANGE = "amq.default"
@@ -295,9 +297,12 @@ class ConsumeSpan:
             return self
         try:
             if not _recording(_tracer()) and not carries_context(self._headers):
-                # No SDK and no trace to carry on: the span would be the invalid one, which is
-                # what a handler and its publishes see as current without it (4.8 us a job
-                # less; bench/README.md).
+                # No SDK and no trace to carry on: the span would be the invalid one, so it is
+                # not made (bench/README.md). The job still runs in a context of its own,
+                # empty as its span's would be: nothing the worker's code had attached
+                # reaches the handler's publishes, and nothing a handler attaches and never
+                # detaches reaches the next job of its runner.
+                self._token = otel_context.attach(_EMPTY)
                 return self
             self._start_span(info.queue, queued_s)
         except Exception as exc:

@@ -331,3 +331,29 @@ async def test_a_call_whose_middleware_publishes_nothing_is_refused(loaded: Load
         with pytest.raises(ConfigError, match="returned without publishing"):
             await kit.producer.call("ok", {"n": 1}, timeout_s=5)
         assert kit.sent == []
+
+
+RENAMES = """\
+  renames_cancel: {exchange: k.jobs, routing_key: work, timeout: 1s, retry: {max_attempts: 1}}
+"""
+
+
+async def test_a_handler_turning_its_deadline_into_its_own_timeout_error_is_still_overrun(
+    tmp_path: Path,
+) -> None:
+    own = App()
+
+    @own.handler("renames_cancel")
+    async def renames_cancel(payload: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise TimeoutError("the client's own timeout") from None  # as some clients do
+
+    loaded = load_topology_text(TOPOLOGY + RENAMES, "kit.yaml")
+    async with Kit(own, loaded) as kit:
+        await kit.producer.publish("renames_cancel", {})
+        await kit.drain()
+        [dead] = kit.dead_letters("k.work")
+    assert dead.error_type == "TimeoutError"
+    assert "exceeded its deadline of 1s" in (dead.record.error_message or "")

@@ -409,3 +409,29 @@ def test_default_exchange_is_an_empty_destination_name_as_the_conventions_ask(
     assert span.name == "publish amq.default"
     assert _attrs(span)["messaging.destination.name"] == ""
     assert "messaging.rabbitmq.destination.routing_key" not in _attrs(span)
+
+
+def _untraced_attempt() -> tracing.ConsumeSpan:
+    return consume_span(None, job_type="t", job_id="j", queue="q", attempt=1)
+
+
+def test_an_untraced_job_runs_in_a_context_of_its_own_hiding_the_workers_and_keeping_none() -> None:
+    from opentelemetry import baggage
+    from opentelemetry import context as otel_context
+
+    # No SDK records and no trace context came: the span is skipped, the context is not.
+    tracing.use_tracer_provider(trace.NoOpTracerProvider())
+    try:
+        ambient = otel_context.attach(baggage.set_baggage("worker", "w"))
+        try:
+            with _untraced_attempt():
+                assert baggage.get_baggage("worker") is None  # not the worker's own
+                # A handler that attaches and never detaches ...
+                otel_context.attach(baggage.set_baggage("leaked", "1"))
+            # ... leaves nothing behind for the runner's next job.
+            assert baggage.get_baggage("leaked") is None
+            assert baggage.get_baggage("worker") == "w"
+        finally:
+            otel_context.detach(ambient)
+    finally:
+        tracing.use_tracer_provider(None)
