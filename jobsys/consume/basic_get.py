@@ -17,6 +17,11 @@ from jobsys.errors import JobsysError
 
 log = logging.getLogger(__name__)
 
+#: A queue that cannot be read is logged at most once per this many seconds.
+REPEAT_LOG_S = 30
+#: queue -> loop time its failure was last logged at error level.
+_logged_at: dict[str, float] = {}
+
 #: The channel to take on: the current one, or a fresh one after the last was lost.
 CurrentChannel = Callable[[], Awaitable[aiormq.abc.AbstractChannel]]
 
@@ -40,9 +45,21 @@ async def get_within(
             channel = await current()
             got = await channel.basic_get(queue, no_ack=no_ack)
         except (JobsysError, aiormq.exceptions.AMQPError, ConnectionError, *CHANNEL_GONE) as exc:
-            # The queue deleted, the connection lost: the job waits (held back, not lost) and
-            # tries again on a fresh channel.
-            log.error("cannot take %s from %s: %s; the job waits", what, queue, exc)
+            # The queue deleted, its node down, the connection lost: the job waits (held back,
+            # not lost) and tries again on a fresh channel. Every job of the type fails alike
+            # meanwhile, each about once a second: said once per queue per REPEAT_LOG_S.
+            now = loop.time()
+            if now - _logged_at.get(queue, -REPEAT_LOG_S) >= REPEAT_LOG_S:
+                _logged_at[queue] = now
+                log.error(
+                    "cannot take %s from %s: %s; its jobs wait (said again in %ds if it lasts)",
+                    what,
+                    queue,
+                    exc,
+                    REPEAT_LOG_S,
+                )
+            else:
+                log.debug("cannot take %s from %s: %s; the job waits", what, queue, exc)
             return None
         if isinstance(got.delivery, spec.Basic.GetOk):
             return channel, got.delivery.delivery_tag or 0
