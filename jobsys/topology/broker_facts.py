@@ -134,11 +134,20 @@ def fit_to_broker(entities: Entities, topology: Topology, facts: BrokerFacts) ->
     _note_work_queue_limits(topology, facts, notes)
     _note_replicas(topology, facts, notes)
     _note_flow_control_queues(queues, facts, notes)
-    if facts.is_cluster and topology.delays.queue_type is None:
-        notes.append(
-            "the delay levels (and the scheduler's queues) are quorum on this cluster: "
-            "delays.queue_type is not set"
-        )
+    if topology.delays.queue_type is None and topology.delays.replicas is None:
+        if facts.is_cluster:
+            notes.append(
+                "the delay levels (and the scheduler's queues) are quorum on this cluster: "
+                "delays.queue_type is not set"
+            )
+        elif facts.members is None:
+            # AMQP does not say how many nodes a broker has: without the management API and
+            # with one URL, a cluster would get classic levels, each on one node.
+            notes.append(
+                "the delay levels are classic: the broker's node count is unknown (no "
+                "management API answered, one broker URL given); on a cluster give every "
+                "node's URL, or set delays: {queue_type: quorum}"
+            )
     return Fitted(replace(entities, queues=queues), tuple(notes))
 
 

@@ -312,6 +312,8 @@ def test_delay_levels_without_a_type_are_quorum_on_a_cluster_and_classic_on_one_
     ).notes
     chosen = [note for note in notes if "delays.queue_type is not set" in note]
     assert len(chosen) == (1 if members == 3 and not delays else 0)
+    unknown = [note for note in notes if "node count is unknown" in note]
+    assert len(unknown) == (1 if members is None and not delays else 0)
 
 
 def test_replicas_become_x_quorum_initial_group_size_on_queues_levels_and_scheduler() -> None:
