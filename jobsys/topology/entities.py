@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from jobsys.topology import delays
+from jobsys.topology.fields import ttl_ms
 from jobsys.topology.model import (
     DEAD_LETTER_EXCHANGE,
     Queue,
     Topology,
     dead_letter_queue_name,
-    ttl_ms,
 )
 from jobsys.topology.own import (
     REFILLER_KEY,

@@ -9,88 +9,25 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictInt,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from jobsys.duration import format_duration, parse_duration_s
+from jobsys.duration import format_duration
 from jobsys.topology import limits
 from jobsys.topology.delays import DEFAULT_NAMESPACE, MAX_DELAY_S, DelayLayout
+from jobsys.topology.fields import (
+    AmqpCount,
+    Duration,
+    Headers,
+    Name,
+    Number,
+    Replicas,
+    RoutingKey,
+    Whole,
+    refuse,
+)
 from jobsys.topology.schedules import Schedule
-
-_T = TypeVar("_T")
-
-
-def _duration_s(value: object) -> float:
-    try:
-        return parse_duration_s(value)
-    except OverflowError:
-        # A bare integer past float range (400 digits): as infinite as `.inf`, and refused so.
-        raise ValueError("a duration must be a finite number of seconds, zero or more") from None
-
-
-#: Seconds, written in the file as a number or as ``250ms``, ``90s``, ``5m``, ``2h``, ``30d``.
-Duration = Annotated[float, BeforeValidator(_duration_s)]
-
-
-def ttl_ms(seconds: float) -> int:
-    """A TTL in the whole milliseconds AMQP wants."""
-    return round(seconds * 1000)
-
-
-def _refuse(problem_of: Callable[[_T], str | None]) -> AfterValidator:
-    """A validator that refuses a value for which ``problem_of`` (from ``limits``) says why."""
-
-    def check(value: _T) -> _T:
-        problem = problem_of(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
-
-    return AfterValidator(check)
-
-
-def _header_int(value: str | int | bool) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return limits.header_int_problem(value)
-    return None
-
-
-def _not_a_boolean(value: object) -> object:
-    # YAML reads `true`, `yes` and `on` as booleans and Python's True is 1: without this,
-    # `priority: true` would load as priority 1 and `jitter: yes` as 1.0.
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, not {str(value).lower()}")
-    return value
-
-
-#: A whole number in the file (its range is set where it is used); a boolean is refused.
-Whole = Annotated[int, BeforeValidator(_not_a_boolean)]
-#: A number in the file (its range is set where it is used); a boolean is refused.
-Number = Annotated[float, BeforeValidator(_not_a_boolean)]
-#: An integer queue argument: at most what an AMQP table carries.
-AmqpCount = Annotated[Whole, Field(ge=0), _refuse(limits.amqp_int_problem)]
-#: Quorum replicas: a whole number from 1 to 99 (strict: ``true`` is not 1).
-Replicas = Annotated[StrictInt, Field(ge=1, le=99)]
-RoutingKey = Annotated[str, _refuse(limits.short_string_problem)]
-#: Headers put on jobs or matched by a headers binding, as AMQP can carry them.
-Headers = Annotated[
-    dict[
-        Annotated[str, _refuse(limits.field_name_problem)],
-        Annotated[str | int | bool, _refuse(_header_int)],
-    ],
-    _refuse(limits.headers_problem),
-]
 
 #: Name of the direct exchange through which workers publish to dead-letter queues and through
 #: which the broker dead-letters (max length, delivery limit) into them, in the default
@@ -104,8 +41,6 @@ RESERVED_PREFIX = "jobsys."
 #: Message headers RabbitMQ routes on for any exchange type: a copy goes to every routing key they
 #: list. (``jobsys.wire.headers.ROUTING_HEADERS`` holds the same names; the rooms are apart.)
 _ROUTING_HEADERS = frozenset({"cc", "bcc"})
-
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
 #: The largest ``max_running`` of a job type: its permits are messages in one queue.
 MAX_PERMITS = 10_000
@@ -209,7 +144,7 @@ class Queue(_Frozen):
     max_length: AmqpCount | None = None
     max_length_bytes: AmqpCount | None = None
     overflow: Literal["drop-head", "reject-publish", "reject-publish-dlx"] | None = None
-    message_ttl: Annotated[Duration, _refuse(limits.message_ttl_problem)] | None = None
+    message_ttl: Annotated[Duration, refuse(limits.message_ttl_problem)] | None = None
     delivery_limit: Annotated[AmqpCount, Field(ge=1)] | None = None
     dead_letter_strategy: Literal["at-most-once", "at-least-once"] | None = None
     #: Quorum replicas (``x-quorum-initial-group-size``) of the queue and its dead-letter queue;
