@@ -25,9 +25,10 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from aiormq import spec
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
+from jobsys.broker.passive import declaring
 from jobsys.consume.breaker import Breaker, State
 from jobsys.consume.outcome import Outcome
-from jobsys.errors import MessageError, TopologyError
+from jobsys.errors import MessageError
 from jobsys.observe import metrics
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
@@ -66,13 +67,8 @@ class Breakers:
         channel = self._reader = await self._connection.channel(confirms=False, prefetch=100)
         stream = self._own.breaker_events
         with broker_errors(self._connection.settings):
-            try:
+            with declaring(f"the breakers' stream {stream!r}"):
                 queue = await channel.get_queue(stream, ensure=True)
-            except Exception as exc:
-                raise TopologyError(
-                    f"the breakers' stream {stream!r} is missing — run `jobsys topology apply "
-                    f"FILE` ({exc})"
-                ) from None
             await queue.consume(self._on_event, arguments={"x-stream-offset": since})
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
-from jobsys.errors import TopologyError
+from jobsys.broker.passive import declaring
 from jobsys.publish.producer import CANCEL_TYPE, SYNC_TYPE, Producer
 from jobsys.topology.own import OwnLayout
 from jobsys.wire.headers import HEADER_JOB_ID, now_ms, text
@@ -58,13 +58,8 @@ class Cancellations:
         channel = self._channel = await self._connection.channel(confirms=False, prefetch=1000)
         since = datetime.now(UTC) - timedelta(seconds=min(self.lookback_s, 2**31))
         with broker_errors(self._connection.settings):
-            try:
+            with declaring(f"the cancellations stream {self._stream!r}"):
                 queue = await channel.get_queue(self._stream, ensure=True)
-            except Exception as exc:
-                raise TopologyError(
-                    f"the cancellations stream {self._stream!r} is missing — run `jobsys "
-                    f"topology apply FILE` ({exc})"
-                ) from None
             await queue.consume(self._on_message, arguments={"x-stream-offset": since})
         marker = f"sync-{time.time_ns()}-{id(self)}"
         seen = self._markers[marker] = asyncio.Event()

@@ -26,6 +26,7 @@ from jobsys.broker.connection import (
     close_quietly,
     translate_error,
 )
+from jobsys.broker.passive import node_down, reason_of, unreachable
 from jobsys.errors import AccessRefused, JobsysError, TopologyError
 from jobsys.topology.model import dead_letter_queue_name
 from jobsys.wire.display import cut, escape
@@ -90,7 +91,9 @@ class FaultWatch:
                             await channel.get_queue(name, ensure=True)
                         else:
                             await channel.get_exchange(name, ensure=True)
-                    except ChannelNotFoundEntity:
+                    except ChannelNotFoundEntity as exc:
+                        if node_down(reason_of(exc)):  # transient: the worker waits, not exits
+                            raise unreachable(f"{kind} {name!r}", reason_of(exc)) from None
                         raise TopologyError(
                             f"topology drift: {kind} {name!r} does not exist; "
                             "run `jobsys topology apply FILE`"

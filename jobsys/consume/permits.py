@@ -22,10 +22,10 @@ from typing import cast
 import aiormq
 import aiormq.abc
 
-from jobsys.broker.connection import BrokerConnection, close_quietly
+from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
+from jobsys.broker.passive import declaring
 from jobsys.consume.acks import CHANNEL_GONE
 from jobsys.consume.basic_get import get_within
-from jobsys.errors import TopologyError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 
@@ -73,12 +73,11 @@ class Permits:
         for job_type, queue in self.queues.items():
             channel = cast(aiormq.Channel, await self._connection.plain_channel(confirms=False))
             try:
-                await channel.queue_declare(queue, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                raise TopologyError(
-                    f"the permits queue {queue} of job type {job_type!r} (max_running) is "
-                    "missing — run `jobsys topology apply FILE`"
-                ) from None
+                with (
+                    broker_errors(self._connection.settings),
+                    declaring(f"the permits queue {queue} of job type {job_type!r} (max_running)"),
+                ):
+                    await channel.queue_declare(queue, passive=True)
             finally:
                 await close_quietly(channel)
 

@@ -25,9 +25,10 @@ import aiormq
 import aiormq.abc
 from aiormq import spec
 
-from jobsys.broker.connection import BrokerConnection, close_quietly
+from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
+from jobsys.broker.passive import declaring
 from jobsys.consume.basic_get import get_within
-from jobsys.errors import JobsysError, TopologyError
+from jobsys.errors import JobsysError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import REFILLER_KEY, OwnLayout
 
@@ -68,11 +69,11 @@ class Tokens:
         for queue in (*self.buckets.values(), refiller_queue):
             channel = cast(aiormq.Channel, await self._connection.plain_channel(confirms=False))
             try:
-                await channel.queue_declare(queue, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                raise TopologyError(
-                    f"the rate-limit queue {queue} is missing — run `jobsys topology apply FILE`"
-                ) from None
+                with (
+                    broker_errors(self._connection.settings),
+                    declaring(f"the rate-limit queue {queue}"),
+                ):
+                    await channel.queue_declare(queue, passive=True)
             finally:
                 await close_quietly(channel)
 

@@ -37,6 +37,7 @@ from jobsys.broker.management import (
     ManagementUnavailable,
     management_endpoint,
 )
+from jobsys.broker.passive import node_down, reason_of, unreachable
 from jobsys.errors import (
     AccessRefused,
     BrokerError,
@@ -244,7 +245,7 @@ async def _declare_reporting(
             try:
                 await _declare(channel, item.spec)
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                raise _precondition_failed(item, _reason(exc)) from None
+                raise _precondition_failed(item, reason_of(exc)) from None
     except JobsysError as exc:
         raise _stopped(exc, progress.report()) from None
     progress.advance()
@@ -292,7 +293,9 @@ async def _probe(conn: BrokerConnection, kind: Kind, spec: ExchangeSpec | QueueS
     channel = await conn.plain_channel()
     try:
         await _declare(channel, spec, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        if node_down(reason_of(exc)):  # it exists: planning to create it would mislead
+            raise unreachable(f"{kind} {spec.name!r}", reason_of(exc)) from None
         return PlanItem("create", kind, spec.name, spec)
     sent = properties(spec)
     differences: dict[str, Difference] = {}
@@ -303,10 +306,10 @@ async def _probe(conn: BrokerConnection, kind: Kind, spec: ExchangeSpec | QueueS
             break
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             channel = await conn.plain_channel()  # the broker closed the old one
-            found = parse_inequivalent(_reason(exc), sent)
+            found = parse_inequivalent(reason_of(exc), sent)
             if found is None or found.argument in differences:
                 # Not a difference probing can walk past: show the broker's own words.
-                note = _reason(exc).removeprefix("PRECONDITION_FAILED - ")
+                note = reason_of(exc).removeprefix("PRECONDITION_FAILED - ")
                 break
             want = properties(spec).get(found.argument)
             differences[found.argument] = Difference(found.argument, found.current, want)
@@ -371,8 +374,3 @@ async def _declare(
             auto_delete=auto_delete,
             arguments=None if passive else arguments,
         )
-
-
-def _reason(exc: BaseException) -> str:
-    text = next((a for a in exc.args if isinstance(a, str)), str(exc))
-    return text.strip('"')

@@ -25,6 +25,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
+from jobsys.broker.passive import node_down, reason_of, unreachable
 from jobsys.errors import TopologyError
 from jobsys.observe.propagation import extract
 from jobsys.publish.producer import Producer
@@ -314,7 +315,9 @@ async def _replay_one(
 async def _message_count(channel: AbstractChannel, name: str) -> int:
     try:
         declared = await channel.declare_queue(name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        if node_down(reason_of(exc)):
+            raise unreachable(f"queue {name!r}", reason_of(exc)) from None
         raise TopologyError(
             f"queue {name!r} does not exist on the broker; run `jobsys topology apply`"
         ) from None

@@ -24,7 +24,8 @@ from aiormq.exceptions import (
 )
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
-from jobsys.errors import BrokerError, ConfigError, TopologyError
+from jobsys.broker.passive import declaring
+from jobsys.errors import BrokerError, ConfigError
 from jobsys.topology.model import Topology
 from jobsys.topology.own import OwnLayout
 from jobsys.wire.headers import HEADER_JOB_ID, text
@@ -58,13 +59,8 @@ async def job_timeline(
     channel = await connection.channel(confirms=True, prefetch=_PREFETCH)
     try:
         with broker_errors(connection.settings):
-            try:
+            with declaring(f"the history stream {own.history!r}"):
                 stream = await channel.get_queue(own.history, ensure=True)
-            except Exception as exc:
-                raise TopologyError(
-                    f"the history stream {own.history!r} is missing — run `jobsys topology "
-                    f"apply FILE` ({exc})"
-                ) from None
             offset: str | datetime = "first"
             if since_s is not None:
                 offset = datetime.now(UTC) - timedelta(seconds=since_s)
@@ -116,13 +112,8 @@ async def follow(
 
     try:
         with broker_errors(connection.settings):
-            try:
+            with declaring(f"the history stream {own.history!r}"):
                 stream = await channel.get_queue(own.history, ensure=True)
-            except Exception as exc:
-                raise TopologyError(
-                    f"the history stream {own.history!r} is missing — run `jobsys topology "
-                    f"apply FILE` ({exc})"
-                ) from None
             offset: str | datetime = "next"
             if since_s is not None:
                 offset = datetime.now(UTC) - timedelta(seconds=since_s)

@@ -24,6 +24,7 @@ import aiormq.exceptions
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
 from jobsys.broker.management import ManagementClient, ManagementUnavailable, management_endpoint
+from jobsys.broker.passive import node_down, reason_of, unreachable
 from jobsys.errors import TopologyError
 from jobsys.topology.entities import Entities, desired_entities
 from jobsys.topology.model import Topology, dead_letter_queue_name
@@ -171,7 +172,9 @@ async def _ready_counts(conn: BrokerConnection, names: list[str]) -> dict[str, i
                     channel = await conn.plain_channel()
                 try:
                     ok = await channel.queue_declare(name, passive=True)
-                except aiormq.exceptions.ChannelNotFoundEntity:
+                except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                    if node_down(reason_of(exc)):  # it exists: a teardown now would leave it
+                        raise unreachable(f"queue {name!r}", reason_of(exc)) from None
                     continue
                 counts[name] = int(ok.message_count or 0)
     finally:

@@ -40,6 +40,7 @@ from pamqp import commands as spec
 from pydantic import BaseModel
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
+from jobsys.broker.passive import APPLY_HINT, not_found
 from jobsys.broker.transaction import Transaction
 from jobsys.errors import (
     AccessRefused,
@@ -176,9 +177,10 @@ class Scheduler:
             except BrokerError as exc:
                 if "NOT_FOUND" not in str(exc):
                     raise
-                raise TopologyError(
-                    f"the scheduler's queue {queue!r} is missing — run `jobsys topology apply "
-                    "FILE` with the topology that has the schedules"
+                raise not_found(
+                    f"the scheduler's queue {queue!r}",
+                    str(exc),
+                    f"{APPLY_HINT} with the topology that has the schedules",
                 ) from None
 
     async def _stand(self, channel: aiormq.abc.AbstractChannel) -> int | None:

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from pamqp import commands as spec
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
-from jobsys.errors import BrokerError, ConfigError, TopologyError
+from jobsys.broker.passive import not_found
+from jobsys.errors import BrokerError, ConfigError
 from jobsys.publish.producer import Producer, Receipt
 from jobsys.schedule.plan import Cursor, State, StateUnreadable, decode_state, next_fire
 from jobsys.topology.model import Topology
@@ -46,9 +47,7 @@ async def read_status(connection: BrokerConnection, topology: Topology) -> State
             message = await channel.basic_get(own.status_queue, no_ack=False)
     except BrokerError as exc:
         if "NOT_FOUND" in str(exc):
-            raise TopologyError(
-                f"queue {own.status_queue!r} is missing — run `jobsys topology apply FILE`"
-            ) from None
+            raise not_found(f"queue {own.status_queue!r}", str(exc)) from None
         raise
     finally:
         await close_quietly(channel)  # gives the peeked record back, in its place

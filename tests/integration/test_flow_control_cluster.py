@@ -15,9 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from jobsys.broker.connection import BrokerConnection
 from jobsys.consume.options import WorkerOptions
+from jobsys.consume.permits import Permits
 from jobsys.consume.worker import Worker
+from jobsys.errors import BrokerError, TopologyError
+from jobsys.ops.declare import plan_for_broker
 from jobsys.publish.producer import Producer
+from jobsys.settings import Settings
+from jobsys.topology.loader import LoadedTopology
 from tests.apps import failure_apps
 from tests.apps.failure_apps import handler_lines, publish_into, wait_until
 from tests.conftest import settings_for_vhost
@@ -66,6 +72,7 @@ async def test_jobs_wait_while_the_permits_node_is_down_and_all_run_once_it_is_b
                 during = await publish_into(ledger, producer, "task", [{}] * 10, prefix="during")
                 assert set(during) <= ledger.confirmed
                 await asyncio.sleep(8)  # several rounds of taking a permit and waiting
+                await _the_permits_queue_reads_as_unreachable_not_missing(settings, loaded)
             started = set(handler_lines(record, "start"))
             assert not started & set(during), "a job ran without a permit"
             said = [r for r in caplog.records if "cannot take a permit from" in r.getMessage()]
@@ -86,3 +93,18 @@ async def test_jobs_wait_while_the_permits_node_is_down_and_all_run_once_it_is_b
     result = ledger.check()
     print(f"permits node down: {result.summary()}")
     result.assert_ok()
+
+
+async def _the_permits_queue_reads_as_unreachable_not_missing(
+    settings: Settings, loaded: LoadedTopology
+) -> None:
+    """The broker answers NOT_FOUND for a queue whose node is down: a worker starting now must
+    wait for it (BrokerError), not exit as if `apply` had not run (TopologyError), and `plan`
+    must not propose to create what exists."""
+    async with BrokerConnection(settings) as connection:
+        with pytest.raises(BrokerError, match="cannot be reached right now") as caught:
+            await Permits(connection, loaded.topology).check()
+        assert not isinstance(caught.value, TopologyError)
+        assert "down or inaccessible" in str(caught.value)
+        with pytest.raises(BrokerError, match="cannot be reached right now"):
+            await plan_for_broker(connection, loaded, use_management=False)

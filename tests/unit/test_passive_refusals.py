@@ -1,0 +1,56 @@
+"""A passive declare's ``NOT_FOUND``, told apart by the broker's own words: a queue `apply` did
+not make (re-apply) or one whose node is down or starting (wait). The texts are RabbitMQ 3.10.8's,
+captured from a restarted node and a cluster with a node killed."""
+
+from __future__ import annotations
+
+import aiormq.exceptions
+import pytest
+
+from jobsys.broker.passive import declaring, node_down, not_found, reason_of
+from jobsys.errors import BrokerError, TopologyError
+
+MISSING = "NOT_FOUND - no queue 'jobsys.history.events' in vhost 'v'"
+NODE_DOWN = (
+    "NOT_FOUND - home node 'rabbit2@localhost' of durable queue 'jobsys.history.events' in vhost "
+    "'jobsys-history-d49829d8' is down or inaccessible"
+)
+
+
+def test_a_queue_on_a_node_that_is_down_is_a_broker_to_wait_for_not_a_topology_to_apply() -> None:
+    error = not_found("the history stream 'jobsys.history.events'", NODE_DOWN)
+    assert type(error) is BrokerError
+    text = str(error)
+    assert "cannot be reached right now" in text and "try again in a few seconds" in text
+    assert "rabbit2@localhost" in text and "apply" not in text
+
+
+def test_a_queue_that_does_not_exist_is_missing_and_says_to_apply() -> None:
+    error = not_found("queue 'q'", MISSING)
+    assert type(error) is TopologyError
+    assert str(error).startswith("queue 'q' is missing — run `jobsys topology apply FILE`")
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"), [(NODE_DOWN, BrokerError), (MISSING, TopologyError)]
+)
+def test_declaring_turns_aiormqs_refusal_into_the_error_its_words_say(
+    reply: str, expected: type[Exception]
+) -> None:
+    what = "the history stream 'jobsys.history.events'"
+    with pytest.raises(expected) as caught, declaring(what):
+        raise aiormq.exceptions.ChannelNotFoundEntity(404, reply)
+    assert type(caught.value) is expected
+    assert "(404," not in str(caught.value), "the reply's words, not the args' tuple"
+
+
+def test_declaring_lets_other_failures_through_for_the_callers_translation() -> None:
+    with pytest.raises(aiormq.exceptions.ConnectionClosed), declaring("queue 'q'"):
+        raise aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED")
+
+
+def test_reply_text_takes_the_brokers_words_and_falls_back_to_the_whole_exception() -> None:
+    assert reason_of(aiormq.exceptions.ChannelNotFoundEntity(404, NODE_DOWN)) == NODE_DOWN
+    assert node_down(reason_of(aiormq.exceptions.ChannelNotFoundEntity(404, NODE_DOWN)))
+    assert not node_down(MISSING)
+    assert reason_of(RuntimeError()) == ""
