@@ -37,6 +37,7 @@ from pamqp import commands as spec
 
 from jobsys.broker.connection import cancel_requested, close_quietly
 from jobsys.broker.deadlines import Deadlines
+from jobsys.broker.direct_publish import DirectPublisher
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
@@ -96,6 +97,8 @@ class _LiveChannel:
 
     channel: aiormq.Channel
     unblocked: asyncio.Event
+    #: Publishes without aiormq's per-publish machinery, when the channel has its shape.
+    direct: DirectPublisher | None
 
 
 class ConfirmChannel:
@@ -143,16 +146,29 @@ class ConfirmChannel:
         # argument, which arms and cancels a timer per publish.
         timer = self._deadlines.enter(timeout_s, at=deadline)
         try:
-            await live.channel.basic_publish(
-                out.body,
-                exchange=out.exchange,
-                routing_key=out.routing_key,
-                properties=props,
-                mandatory=True,
-                # Waiting for the socket to drain costs a loop turn per publish and proves
-                # nothing: the confirm below is what counts, and it is always awaited.
-                wait=False,
-            )
+            direct = live.direct
+            confirmation = None
+            if direct is not None:
+                confirmation = direct.publish(
+                    out.body,
+                    exchange=out.exchange,
+                    routing_key=out.routing_key,
+                    properties=props,
+                    mandatory=True,
+                )
+            if confirmation is not None:
+                await confirmation
+            else:
+                await live.channel.basic_publish(
+                    out.body,
+                    exchange=out.exchange,
+                    routing_key=out.routing_key,
+                    properties=props,
+                    mandatory=True,
+                    # Waiting for the socket to drain costs a loop turn per publish and proves
+                    # nothing: the confirm is what counts, and it is always awaited.
+                    wait=False,
+                )
         except asyncio.CancelledError:
             if self._deadlines.leave(timer):
                 # As aiormq's own timeout did: cancelled at the deadline, rolled back if the
@@ -223,7 +239,9 @@ class ConfirmChannel:
                 f"{self.settings.masked_url} did not come back within "
                 f"{self.settings.publish_timeout_s:g}s"
             ) from None
-        self._live = _LiveChannel(channel, _unblocked_event(channel))
+        self._live = _LiveChannel(
+            channel, _unblocked_event(channel), DirectPublisher.for_channel(channel)
+        )
         return self._live
 
     def _may_retire(self) -> bool:

@@ -1,0 +1,155 @@
+"""Confirmed publishes queued for the connection's writer at once, a loop turn's worth as one
+write.
+
+aiormq's ``Channel.basic_publish`` enters two async context managers, takes the channel's lock,
+marshals the frames into a buffer of their own, and puts them on the connection's write queue,
+where the writer sends each publish with a socket call of its own (bench/README.md, "Where a
+producer's time goes"). ``DirectPublisher.publish`` does what it does in one synchronous stretch
+and returns the confirmation future, and publishes made in the same loop turn are appended to
+one item of the write queue, sent with one socket call.
+
+The broker numbers a channel's publishes in the order it receives them; aiormq numbers them
+(``delivery_tag``) in the order they are queued, and matches confirms by that number. Both
+orders stay the same here:
+
+* a publish is numbered and queued in one synchronous stretch, with nothing awaited between;
+* it joins the pending batch only while that batch is the last item of the write queue (the
+  writer has not taken it and nothing was queued after it), else it starts a new one;
+* while aiormq's own ``basic_publish`` holds the channel's lock (numbered, possibly waiting for
+  room in the write queue) and when the write queue is full, ``publish`` returns None and the
+  caller publishes through aiormq, which waits for both.
+
+It uses aiormq's channel attributes below its public API (``confirmations``,
+``message_id_delivery_tag``, ``delivery_tag``, the write queue and the name-mangled lock), so
+``for_channel`` checks they are there and returns None otherwise (aiormq's path is used);
+tests/unit/test_direct_publish.py pins the shape against the installed aiormq, and
+tests/integration/test_direct_publish.py checks confirms, returns, nacks and closes on a real
+broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import uuid
+from typing import Any
+
+import aiormq
+import aiormq.exceptions
+from aiormq.abc import ConfirmationFrameType
+from pamqp import commands as spec
+from pamqp.frame import marshal
+from pamqp.header import ContentHeader
+
+#: aiormq's private channel lock (name-mangled ``__lock``), held by its ``basic_publish``.
+_LOCK = "_Channel__lock"
+#: What a channel must have for a direct publish; without any of it aiormq's path is used.
+_NEEDED = ("confirmations", "message_id_delivery_tag", "delivery_tag", "write_queue", "number")
+#: AMQP's short string: a routing key of more bytes cannot be sent (aiormq refuses it too).
+_MAX_ROUTING_KEY = 255
+
+
+class _Batch:
+    """One item of the write queue that the writer reads like aiormq's ``ChannelFrame``: the
+    marshalled frames of several publishes, joined when the writer takes it."""
+
+    __slots__ = ("parts",)
+    should_close = False
+    should_drain = False
+    drain_future = None
+
+    def __init__(self, first: bytes) -> None:
+        self.parts = [first]
+
+    @property
+    def payload(self) -> bytes:
+        return b"".join(self.parts)
+
+    def drain(self) -> None:
+        """Nothing to wake: nobody waits for a batch to reach the socket (the confirms count)."""
+
+
+class DirectPublisher:
+    """Publishes on one aiormq confirm channel without its per-publish machinery."""
+
+    def __init__(self, channel: aiormq.Channel, lock: asyncio.Lock, queue: asyncio.Queue[Any]):
+        self.channel = channel
+        self._lock = lock
+        self._queue = queue
+        # The write queue's items, to see whether the pending batch is still its last one.
+        self._items: collections.deque[Any] = queue._queue  # type: ignore[attr-defined]
+        self._pending: _Batch | None = None
+
+    @classmethod
+    def for_channel(cls, channel: aiormq.Channel) -> DirectPublisher | None:
+        """A publisher for ``channel``; None when it is no confirm channel of the aiormq shape
+        this was checked against (publish through ``basic_publish`` then)."""
+        lock = getattr(channel, _LOCK, None)
+        queue = getattr(channel, "write_queue", None)
+        if not (
+            all(hasattr(channel, name) for name in _NEEDED)
+            and getattr(channel, "publisher_confirms", False)
+            and isinstance(lock, asyncio.Lock)
+            and isinstance(queue, asyncio.Queue)
+            and isinstance(getattr(queue, "_queue", None), collections.deque)
+            and isinstance(channel.confirmations, collections.OrderedDict)
+        ):
+            return None
+        return cls(channel, lock, queue)
+
+    def publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        properties: spec.Basic.Properties,
+        mandatory: bool,
+    ) -> asyncio.Future[ConfirmationFrameType] | None:
+        """Queue the publish and return its confirmation, as ``basic_publish`` awaits it: the
+        broker's ack, ``DeliveryError`` on a nack, ``PublishError`` when returned unroutable,
+        the channel's close reason when it closes first. None when it must go through aiormq
+        (its lock is held, or the write queue is full): nothing was queued then."""
+        channel = self.channel
+        if channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+        if len(routing_key) > _MAX_ROUTING_KEY:
+            raise ValueError("Routing key too long (max 255 bytes)")
+        items = self._items
+        joins = self._pending is not None and bool(items) and items[-1] is self._pending
+        if self._lock.locked() or (not joins and self._queue.full()):
+            return None
+        if not properties.message_id:
+            # As aiormq: a return is matched to its publish by the message id.
+            properties.message_id = uuid.uuid4().hex
+        number = channel.number
+        frames = [
+            marshal(
+                spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
+                number,
+            ),
+            marshal(ContentHeader(body_size=len(body), properties=properties), number),
+        ]
+        frames += [marshal(part, number) for part in channel._split_body(body)]
+        payload = b"".join(frames)
+        channel.delivery_tag += 1
+        tag = channel.delivery_tag
+        message_id = properties.message_id
+        confirmation: asyncio.Future[ConfirmationFrameType] = channel.create_future()
+        channel.confirmations[tag] = confirmation
+        channel.message_id_delivery_tag[message_id] = tag
+        confirmation.add_done_callback(
+            lambda _: _forget(channel.message_id_delivery_tag, message_id, tag)
+        )
+        if joins:
+            assert self._pending is not None
+            self._pending.parts.append(payload)
+        else:
+            self._pending = _Batch(payload)
+            self._queue.put_nowait(self._pending)
+        return confirmation
+
+
+def _forget(ids: dict[str, int], message_id: str, tag: int) -> None:
+    if ids.get(message_id) == tag:
+        del ids[message_id]

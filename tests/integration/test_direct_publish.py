@@ -1,0 +1,181 @@
+"""``jobsys.broker.direct_publish`` against the installed aiormq and a real broker: publishes
+made in one loop turn go out as one write and each gets its own confirm, in order; a return,
+a nack and a channel the broker closes reach exactly the publishes they concern; aiormq's own
+``basic_publish`` on the same channel keeps the numbering right; a body past frame_max arrives
+whole; a channel without confirms is left to aiormq."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiormq
+import aiormq.exceptions
+import pytest
+from aiormq.abc import ConfirmationFrameType
+from pamqp import commands as spec
+
+from jobsys.broker.connection import BrokerConnection
+from jobsys.broker.direct_publish import DirectPublisher
+from jobsys.settings import Settings
+
+
+async def _confirm_channel(conn: BrokerConnection) -> aiormq.Channel:
+    channel = await conn.amqp.channel(publisher_confirms=True, on_return_raises=True)
+    assert isinstance(channel, aiormq.Channel)
+    return channel
+
+
+def _send(
+    publisher: DirectPublisher, body: bytes, routing_key: str, exchange: str = ""
+) -> asyncio.Future[ConfirmationFrameType]:
+    confirmation = publisher.publish(
+        body,
+        exchange=exchange,
+        routing_key=routing_key,
+        properties=spec.Basic.Properties(delivery_mode=2),
+        mandatory=True,
+    )
+    assert confirmation is not None
+    return confirmation
+
+
+async def _bodies(channel: aiormq.Channel, queue: str, count: int) -> list[bytes]:
+    got: list[bytes] = []
+    for _ in range(count):
+        message = await channel.basic_get(queue, no_ack=True)
+        assert isinstance(message.delivery, spec.Basic.GetOk), f"only {len(got)} in {queue}"
+        got.append(message.body)
+    return got
+
+
+async def test_a_loop_turns_publishes_go_out_as_one_write_and_each_is_confirmed_in_order(
+    vhost_settings: Settings,
+) -> None:
+    async with BrokerConnection(vhost_settings) as conn:
+        channel = await _confirm_channel(conn)
+        await channel.queue_declare("dp.q", durable=True)
+        publisher = DirectPublisher.for_channel(channel)
+        assert publisher is not None
+        queued_before = channel.write_queue.qsize()
+        bodies = [f"job-{i}".encode() for i in range(500)]
+        confirmations = [_send(publisher, body, "dp.q") for body in bodies]
+        # Nothing was awaited: the 500 publishes wait for the writer as one item.
+        assert channel.write_queue.qsize() == queued_before + 1
+        frames = await asyncio.gather(*confirmations)
+        assert all(isinstance(frame, spec.Basic.Ack) for frame in frames)
+        assert not channel.confirmations and not channel.message_id_delivery_tag
+        assert await _bodies(channel, "dp.q", 500) == bodies
+
+
+async def test_a_return_and_a_nack_reach_only_the_publishes_they_concern(
+    vhost_settings: Settings,
+) -> None:
+    async with BrokerConnection(vhost_settings) as conn:
+        channel = await _confirm_channel(conn)
+        await channel.queue_declare(
+            "dp.full", arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+        )
+        await channel.queue_declare("dp.ok")
+        publisher = DirectPublisher.for_channel(channel)
+        assert publisher is not None
+        sent = [
+            _send(publisher, b"1", "dp.ok"),
+            _send(publisher, b"2", "dp.nowhere"),  # unroutable: returned
+            _send(publisher, b"3", "dp.full"),  # fits
+            _send(publisher, b"4", "dp.full"),  # refused: nacked
+            _send(publisher, b"5", "dp.ok"),
+        ]
+        results: list[Any] = await asyncio.gather(*sent, return_exceptions=True)
+        assert isinstance(results[0], spec.Basic.Ack)
+        assert isinstance(results[1], aiormq.exceptions.PublishError)
+        assert isinstance(results[2], spec.Basic.Ack)
+        assert isinstance(results[3], aiormq.exceptions.DeliveryError)
+        assert not isinstance(results[3], aiormq.exceptions.PublishError)
+        assert isinstance(results[4], spec.Basic.Ack)
+        assert await _bodies(channel, "dp.ok", 2) == [b"1", b"5"]
+
+
+@pytest.mark.parametrize("aiormq_runs_first", [True, False])
+async def test_aiormqs_own_publishes_between_direct_ones_keep_the_numbering_right(
+    vhost_settings: Settings, aiormq_runs_first: bool
+) -> None:
+    async with BrokerConnection(vhost_settings) as conn:
+        channel = await _confirm_channel(conn)
+        await channel.queue_declare("dp.mixed")
+        publisher = DirectPublisher.for_channel(channel)
+        assert publisher is not None
+        first = _send(publisher, b"d1", "dp.mixed")
+        by_aiormq = asyncio.ensure_future(
+            channel.basic_publish(b"a1", routing_key="dp.nowhere", mandatory=True, wait=False)
+        )
+        if aiormq_runs_first:
+            # aiormq numbers and queues its publish now: the next direct one is numbered after
+            # it and queued behind it.
+            await asyncio.sleep(0)
+        # Else the direct one is numbered and queued before aiormq's, which has not run yet.
+        second = _send(publisher, b"d2", "dp.mixed")
+        assert isinstance(await first, spec.Basic.Ack)
+        with pytest.raises(aiormq.exceptions.PublishError):
+            await by_aiormq  # its return is matched to it, not to a neighbour
+        assert isinstance(await second, spec.Basic.Ack)
+        assert await _bodies(channel, "dp.mixed", 2) == [b"d1", b"d2"]
+
+
+async def test_while_aiormq_holds_the_channel_lock_the_publish_is_left_to_aiormq(
+    vhost_settings: Settings,
+) -> None:
+    async with BrokerConnection(vhost_settings) as conn:
+        channel = await _confirm_channel(conn)
+        publisher = DirectPublisher.for_channel(channel)
+        assert publisher is not None
+        tag = channel.delivery_tag
+        async with channel.lock:
+            queued = publisher.publish(
+                b"x",
+                exchange="",
+                routing_key="dp.any",
+                properties=spec.Basic.Properties(),
+                mandatory=False,
+            )
+        assert queued is None and channel.delivery_tag == tag, "nothing was numbered or queued"
+
+
+async def test_a_channel_the_broker_closes_fails_every_publish_awaiting_its_confirm(
+    vhost_settings: Settings,
+) -> None:
+    async with BrokerConnection(vhost_settings) as conn:
+        channel = await _confirm_channel(conn)
+        await channel.queue_declare("dp.q2")
+        publisher = DirectPublisher.for_channel(channel)
+        assert publisher is not None
+        sent = [_send(publisher, b"1", "dp.q2"), _send(publisher, b"2", "x", "dp.no-exchange")]
+        sent += [_send(publisher, b"3", "dp.q2")]
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        # The broker closes the channel for the second (404). The first may have been
+        # confirmed before; if not, it is failed with the close like the rest (its outcome is
+        # unknown to the publisher): none is left waiting, none is acked after the close.
+        closed = aiormq.exceptions.ChannelNotFoundEntity
+        assert isinstance(results[0], spec.Basic.Ack | closed)
+        assert all(isinstance(r, closed) for r in results[1:])
+        with pytest.raises(aiormq.exceptions.ChannelInvalidStateError):
+            _send(publisher, b"4", "dp.q2")
+
+
+async def test_a_body_past_frame_max_arrives_whole(vhost_settings: Settings) -> None:
+    async with BrokerConnection(vhost_settings) as conn:
+        channel = await _confirm_channel(conn)
+        await channel.queue_declare("dp.big")
+        publisher = DirectPublisher.for_channel(channel)
+        assert publisher is not None
+        bodies = [b"", b"a" * (channel.max_content_size + 1), bytes(range(256)) * 1200]
+        frames = await asyncio.gather(*(_send(publisher, body, "dp.big") for body in bodies))
+        assert all(isinstance(frame, spec.Basic.Ack) for frame in frames)
+        assert await _bodies(channel, "dp.big", 3) == bodies
+
+
+async def test_a_channel_without_confirms_is_left_to_aiormq(vhost_settings: Settings) -> None:
+    async with BrokerConnection(vhost_settings) as conn:
+        plain = await conn.amqp.channel(publisher_confirms=False)
+        assert isinstance(plain, aiormq.Channel)
+        assert DirectPublisher.for_channel(plain) is None
