@@ -21,8 +21,7 @@ orders stay the same here:
 
 It uses aiormq's channel attributes below its public API (``confirmations``,
 ``message_id_delivery_tag``, ``delivery_tag``, the write queue and the name-mangled lock), so
-``for_channel`` checks they are there and returns None otherwise (aiormq's path is used);
-tests/unit/test_direct_publish.py pins the shape against the installed aiormq, and
+``for_channel`` checks they are there and returns None otherwise (aiormq's path is used), and
 tests/integration/test_direct_publish.py checks confirms, returns, nacks and closes on a real
 broker.
 """

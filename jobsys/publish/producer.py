@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from aio_pika import RobustChannel
 from pydantic import BaseModel
 
-from jobsys.broker.confirm import ConfirmChannel, Outgoing, Publishes, unknown
+from jobsys.broker.confirm import ConfirmChannel, Outgoing, Publishes
 from jobsys.broker.connection import BrokerConnection
+from jobsys.broker.publish_errors import unknown
 from jobsys.errors import ConfigError, ConnectionFailed, JobsysError
 from jobsys.observe import tracing
 from jobsys.publish.call import Caller, check_timeout

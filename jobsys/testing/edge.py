@@ -18,7 +18,8 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from jobsys.broker.confirm import Outgoing, publish_error
+from jobsys.broker.confirm import Outgoing
+from jobsys.broker.publish_errors import publish_error
 from jobsys.testing.broker import MemoryBroker, MemoryQueue, NoSuchExchange
 
 #: RabbitMQ's default ``frame_max`` (what a real producer's header limit is computed from).

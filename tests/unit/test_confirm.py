@@ -11,7 +11,8 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from jobsys.broker.confirm import Outgoing, publish_error
+from jobsys.broker.confirm import Outgoing
+from jobsys.broker.publish_errors import publish_error
 from jobsys.errors import (
     AccessRefused,
     BrokerBlockedError,
