@@ -4,6 +4,8 @@ Each queue gets a pool: its own channel with ``basic.qos(prefetch)`` and at most
 ``concurrency`` handlers running at once, in runner tasks of the worker's own (aiormq starts a
 task per delivery, so without a bound concurrency would equal prefetch). Deliveries beyond
 that wait in the pool, already prefetched; on shutdown they are requeued without having run.
+Filing and running them is ``jobsys.consume.intake``'s; this module sets up, stops and
+reconnects.
 
 Every delivery ends in ``_settle()``, the one place that acks, retries, dead-letters or
 requeues. A failed attempt is retried or dead-lettered as the job type's retry policy says
@@ -32,27 +34,23 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from typing import Any, cast
 
 import aiormq
-from aiormq import spec
-from aiormq.abc import DeliveredMessage
 
 from jobsys.app import App
 from jobsys.broker.connection import BrokerConnection, broker_errors
 from jobsys.broker.direct_delivery import deliver_directly
-from jobsys.consume.acks import Acks
 from jobsys.consume.attempt import AttemptRunner, Delivery
-from jobsys.consume.attempt_span import run_and_settle
 from jobsys.consume.cancellations import Cancellations
 from jobsys.consume.fault_watch import FaultWatch
 from jobsys.consume.history import HistoryWriter
+from jobsys.consume.intake import Intake
 from jobsys.consume.lifecycle import run_shutdown_hooks, run_startup_hooks
 from jobsys.consume.limits import Limits
 from jobsys.consume.options import WorkerOptions, WorkerStats
 from jobsys.consume.outcome import REQUEUE, Outcome
-from jobsys.consume.pools import Pool, Runners, plan_pools, runner_groups
+from jobsys.consume.pools import Pool, plan_pools, runner_groups
 from jobsys.consume.presence import banner, worker_settings
 from jobsys.consume.reply import ReplySender
 from jobsys.consume.settle import Settler
@@ -67,9 +65,6 @@ from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import Topology
 
 log = logging.getLogger(__name__)
-
-#: The outcomes that count as a job handled, toward ``max_jobs``.
-_FINISHED = frozenset({"ack", "retry", "dead_letter"})
 
 
 class Worker:
@@ -101,15 +96,11 @@ class Worker:
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self._fatal: JobsysError | None = None
-        self._running: set[asyncio.Task[None]] = set()  # job runners
-        self._requeues: set[asyncio.Task[Outcome]] = set()  # deliveries arriving while stopping
-        self._in_progress = 0  # jobs between start and settlement
-        self._finished = 0  # jobs settled as done, retried or dead-lettered (--max-jobs)
-        self._idle = asyncio.Event()
         self._connection = BrokerConnection(worker_settings(settings))
         self._producer: Producer | None = None
         self._watch: FaultWatch | None = None
         self._runner = AttemptRunner(app, self.topology, settings)
+        self._intake = Intake(self._runner, self._settle, self._stop, self.options.max_jobs)
         self._settler: Settler | None = None
         self._cancellations: Cancellations | None = None
         #: max_running, rate_limit and breakers of the topology's job types.
@@ -155,12 +146,14 @@ class Worker:
         self._runner.cancellations = self._cancellations
         self.limits = await Limits.start(self._connection, self.topology, self._runner)
         self._settler = Settler(
-            self._producer, self.stats, on_fatal=self._fail, on_settled=self._count_settled
+            self._producer, self.stats, on_fatal=self._fail, on_settled=self._intake.count_settled
         )
+        self._intake.on_acks_sent = self._settler.on_acks_sent
         self._settler.replies = self._replies = ReplySender(self._open_reply_channel)
         if self.topology.history is not None:
             self.history = HistoryWriter(self._connection, self.topology, self.topology.history)
             self.history.start()
+            self._intake.history = self.history
         for pool in self.pools:
             pool.recorded = self.history is not None and self.history.records(pool.queue)
             pool.channel = await self._connection.channel(confirms=False, prefetch=pool.prefetch)
@@ -192,11 +185,13 @@ class Worker:
             # backlog: the first queue to deliver does not take the others' turns meanwhile.
             pool.busy_at = asyncio.get_running_loop().time()
             deliver_directly(
-                underlay, pool.consumer_tag, functools.partial(self._on_message_directly, pool)
+                underlay,
+                pool.consumer_tag,
+                functools.partial(self._intake.on_message_directly, pool),
             )
             await underlay.basic_consume(
                 pool.queue,
-                functools.partial(self._on_message, pool),
+                functools.partial(self._intake.on_message, pool),
                 consumer_tag=pool.consumer_tag,
             )
 
@@ -283,11 +278,11 @@ class Worker:
                     underlay = await pool.channel.get_underlay_channel()
                     await underlay.basic_cancel(pool.consumer_tag)
             await self._requeue_waiting(pool)
-        if not self._running:
+        if not self._intake.running:
             return
-        self._idle.clear()
+        self._intake.idle.clear()
         hard = asyncio.ensure_future(self._hard_stop.wait())
-        idle = asyncio.ensure_future(self._idle.wait())
+        idle = asyncio.ensure_future(self._intake.idle.wait())
         try:
             await asyncio.wait(
                 {hard, idle}, timeout=self.options.grace_s, return_when=asyncio.FIRST_COMPLETED
@@ -295,7 +290,7 @@ class Worker:
         finally:
             hard.cancel()
             idle.cancel()
-        if self._running:
+        if self._intake.running:
             if not self._hard_stop.is_set():
                 log.warning("grace period of %s ran out", format_duration(self.options.grace_s))
             self.graceful = False
@@ -309,12 +304,13 @@ class Worker:
         return await self._settler.settle(delivery, outcome, pool.queue)
 
     async def _shutdown(self) -> None:
-        self.stats.unfinished = self._in_progress
-        if self._in_progress:
+        self.stats.unfinished = self._intake.in_progress
+        if self._intake.in_progress:
             self.graceful = False
-        for task in list(self._running):
+        running = list(self._intake.running)
+        for task in running:
             task.cancel()  # not settled: closing the channel returns the job to its queue
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         if self._watch is not None:
             await self._watch.close()
         if self._cancellations is not None:
@@ -351,116 +347,6 @@ class Worker:
         """Sync handlers still running (past their deadline, or past shutdown)."""
         threads = self._runner.threads
         return threads.running if threads is not None else 0
-
-    # -- one delivery ----------------------------------------------------------------------
-
-    def _acks_for(self, pool: Pool, message: DeliveredMessage) -> Acks[Delivery]:
-        channel = message.channel
-        if pool.acks is None or pool.acks.channel is not channel:
-            # The channel reopened (or this is the first delivery): delivery tags start again.
-            assert self._settler is not None
-            # The acks count as sent once a basic.qos after them (the prefetch it already
-            # has, so nothing changes) is answered: an ack into a dead socket is lost silently.
-            prove = functools.partial(channel.basic_qos, prefetch_count=pool.prefetch)
-            pool.acks = Acks(channel, self._settler.on_acks_sent, prove)
-        return pool.acks
-
-    async def _on_message(self, pool: Pool, message: DeliveredMessage) -> None:
-        # aiormq's way, a task per delivery: where the channel cannot deliver directly.
-        returned = self._file(pool, message)
-        if returned is not None:
-            await self._settle(returned, REQUEUE, pool)
-
-    def _on_message_directly(self, pool: Pool, message: DeliveredMessage) -> None:
-        # In the channel reader's turn (jobsys.broker.direct_delivery): nothing here may wait.
-        returned = self._file(pool, message)
-        if returned is not None:
-            requeue = asyncio.get_running_loop().create_task(self._settle(returned, REQUEUE, pool))
-            self._requeues.add(requeue)
-            requeue.add_done_callback(self._requeues.discard)
-
-    def _file(self, pool: Pool, message: DeliveredMessage) -> Delivery | None:
-        """File a delivery for the pool's runners, starting one if there is room; returns it
-        instead when the worker is stopping: it is to be requeued."""
-        acks = self._acks_for(pool, message)
-        # A consumer only ever receives basic.deliver (never get-ok or return).
-        deliver = cast(spec.Basic.Deliver, message.delivery)
-        delivery = Delivery(message, acks, deliver.delivery_tag or 0, bool(deliver.redelivered))
-        acks.track(delivery.tag)
-        if self._stop.is_set():
-            return delivery
-        pool.waiting.append(delivery)
-        if acks.unsettled >= min(2, pool.prefetch):
-            pool.busy_at = asyncio.get_running_loop().time()
-        pool.arrived.set()
-        runners = pool.runners
-        if runners.running < runners.concurrency:
-            # Handlers run in tasks of jobsys's own, not in aiormq's delivery task: aiormq
-            # cancels those when the channel closes, and a handler should rather finish across
-            # a reconnect (its ack then fails and is logged; the broker redelivers the job).
-            runners.running += 1
-            runner = asyncio.get_running_loop().create_task(self._run_jobs(runners))
-            self._running.add(runner)
-            runner.add_done_callback(functools.partial(self._runner_done, runners))
-        return None
-
-    async def _run_jobs(self, runners: Runners) -> None:
-        # One runner takes waiting jobs one after the other, from whichever of its pools comes
-        # next by weight; at most ``concurrency`` runners.
-        try:
-            while (picked := await runners.next_job(self._stop)) is not None:
-                pool, delivery = picked
-                self._in_progress += 1
-                try:
-                    await self._attempt(delivery, pool)
-                finally:
-                    self._in_progress -= 1
-        finally:
-            # The runner leaves in the same loop turn as its last look at the waiting jobs. Were
-            # it counted as gone only in its done-callback, a delivery arriving in between would
-            # see the pool full, start no runner, and wait unrun until the next delivery.
-            runners.running -= 1
-
-    async def _attempt(self, delivery: Delivery, pool: Pool) -> None:
-        identity = delivery.identify()
-        # One line per finished job only under -v: a busy worker's log stays readable.
-        started = time.monotonic() if log.isEnabledFor(logging.DEBUG) else None
-        settled = await run_and_settle(
-            delivery,
-            pool.queue,
-            self._runner,
-            lambda d, outcome, _queue: self._settle(d, outcome, pool),
-            self.history if pool.recorded else None,
-        )
-        if settled.kind in _FINISHED:
-            self._finished += 1
-            self._count_settled()
-        if started is not None and settled.kind == "ack":
-            log.debug(
-                "job %s (%s) done at attempt %d in %.1f ms",
-                identity.job_id,
-                identity.job_type,
-                identity.attempt,
-                (time.monotonic() - started) * 1000,
-            )
-
-    def _runner_done(self, runners: Runners, runner: asyncio.Task[None]) -> None:
-        self._running.discard(runner)
-        if not self._running:
-            self._idle.set()
-        if not runner.cancelled() and runner.exception() is not None:
-            log.error("a job runner of %s failed", runners.name, exc_info=runner.exception())
-
-    # -- counting --------------------------------------------------------------------------
-
-    def _count_settled(self) -> None:
-        # Counted when a job's settlement is issued, not when its ack is proven: the proof
-        # (jobsys.consume.acks) lags under load, and counting by it let a worker start jobs well
-        # past --max-jobs meanwhile.
-        limit = self.options.max_jobs
-        if limit is not None and self._finished >= limit and not self._stop.is_set():
-            log.info("reached %d jobs; draining", limit)
-            self._stop.set()
 
 
 __all__ = ["Worker", "WorkerOptions", "WorkerStats"]
