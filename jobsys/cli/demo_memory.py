@@ -9,11 +9,9 @@ moment however long the backoff. Nothing is declared anywhere and nothing outliv
 
 from __future__ import annotations
 
-import logging
-
 from jobsys.app import JobContext
 from jobsys.cli import demo_app
-from jobsys.cli.demo_run import Echo, Tally, echo_event, publish_all
+from jobsys.cli.demo_run import Echo, Tally, echo_event, publish_all, worker_warnings_quiet
 from jobsys.testing import Kit
 from jobsys.topology.loader import LoadedTopology
 from jobsys.topology.model import dead_letter_queue_name
@@ -34,23 +32,23 @@ async def run_demo_in_memory(loaded: LoadedTopology, echo: Echo) -> int:
             events.append((kit.now_ms(), ctx, what))
 
         demo_app.listeners.append(on_event)
-        logging.getLogger("jobsys.consume").setLevel(logging.ERROR)  # the demo says it all
-        try:
-            echo(
-                f"1. topology loaded into the kit: {len(topology.exchanges)} exchanges, "
-                f"{len(topology.queues)} queues, with their dead-letter queues and delay levels"
-            )
-            echo(
-                "2. in-memory worker for "
-                + ", ".join(kit.queues)
-                + ": one job at a time, on a virtual clock"
-            )
-            tally = Tally()
-            start_ms = kit.now_ms()
-            await publish_all(kit.producer, tally, echo)
-            await kit.run_until_idle(_MAX_S)
-        finally:
-            demo_app.listeners.remove(on_event)
+        with worker_warnings_quiet():
+            try:
+                echo(
+                    f"1. topology loaded into the kit: {len(topology.exchanges)} exchanges, "
+                    f"{len(topology.queues)} queues, with their dead-letter queues and delay levels"
+                )
+                echo(
+                    "2. in-memory worker for "
+                    + ", ".join(kit.queues)
+                    + ": one job at a time, on a virtual clock"
+                )
+                tally = Tally()
+                start_ms = kit.now_ms()
+                await publish_all(kit.producer, tally, echo)
+                await kit.run_until_idle(_MAX_S)
+            finally:
+                demo_app.listeners.remove(on_event)
         echo("\n4. what happened (virtual time since publishing; backoff took no real time):")
         for at_ms, ctx, what in events:
             ok = not any(word in what for word in ("declined", "unavailable", "timed out"))

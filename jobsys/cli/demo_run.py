@@ -9,9 +9,10 @@ retried or dead-lettered, then how to look at and replay the dead-lettered ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from jobsys.app import JobContext
@@ -29,6 +30,22 @@ from jobsys.wire.envelope import JobProperties, new_job_id
 from jobsys.wire.headers import identity_headers
 
 Echo = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def worker_warnings_quiet() -> Iterator[None]:
+    """The demo prints every outcome itself; the worker's own warnings would say it twice.
+    The level is put back after: the demo may run inside a longer-lived process (a test run,
+    a notebook) whose log should not lose jobsys's warnings for good."""
+    logger = logging.getLogger("jobsys.consume")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 #: How long the demo waits for every job to end up done or dead-lettered.
 SETTLE_TIMEOUT_S = 60.0
 
@@ -94,8 +111,8 @@ async def run_demo(settings: Settings, loaded: LoadedTopology, echo: Echo) -> in
         loop.call_soon_threadsafe(_show_event, tally, ctx, what, echo)
 
     demo_app.listeners.append(on_event)
-    # The demo prints every outcome itself; the worker's own warnings would say it twice.
-    logging.getLogger("jobsys.consume").setLevel(logging.ERROR)
+    quiet = contextlib.ExitStack()
+    quiet.enter_context(worker_warnings_quiet())
     worker = Worker(demo_app.app, loaded, settings, WorkerOptions(grace_s=10))
     worker_task = asyncio.create_task(worker.run())
     try:
@@ -118,6 +135,7 @@ async def run_demo(settings: Settings, loaded: LoadedTopology, echo: Echo) -> in
         worker.request_stop()
         await asyncio.gather(worker_task, return_exceptions=True)
         demo_app.listeners.remove(on_event)
+        quiet.close()
     echo(f"\n6. {worker.stats.summary()}")
     return 0 if worker_task.exception() is None else 1
 

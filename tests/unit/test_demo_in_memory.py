@@ -3,6 +3,7 @@ one when no broker answers."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -36,6 +37,18 @@ def test_the_in_memory_demo_runs_every_job_to_its_end_without_a_broker() -> None
     assert any("DecodeError" in line for line in dead)  # the body that is not JSON
     assert any("CardDeclined" in line and "after 1 attempt" in line for line in dead)
     assert "9 done, 3 dead-lettered, 0 requeued" in out
+
+
+def test_the_demo_quiets_the_workers_warnings_only_while_it_runs() -> None:
+    # It runs in-process (a test run, a notebook): the process's log keeps jobsys's warnings.
+    logger = logging.getLogger("jobsys.consume")
+    logger.setLevel(logging.WARNING)
+    try:
+        result = CliRunner().invoke(main, ["demo", "--in-memory"])
+        assert result.exit_code == 0, result.output
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(logging.NOTSET)
 
 
 def test_the_demo_offers_the_in_memory_mode_in_one_line_when_no_broker_answers(
