@@ -12,8 +12,9 @@ from typing import Any
 import aiormq
 import aiormq.exceptions
 import pytest
-from aiormq.abc import ConfirmationFrameType
+from aiormq.abc import ChannelFrame, ConfirmationFrameType
 from pamqp import commands as spec
+from pamqp.heartbeat import Heartbeat
 
 from jobsys.broker.connection import BrokerConnection
 from jobsys.broker.direct_publish import DirectPublisher
@@ -139,6 +140,31 @@ async def test_while_aiormq_holds_the_channel_lock_the_publish_is_left_to_aiormq
                 mandatory=False,
             )
         assert queued is None and channel.delivery_tag == tag, "nothing was numbered or queued"
+
+
+async def test_with_the_write_queue_full_the_publish_is_left_to_aiormq_which_waits_for_room(
+    vhost_settings: Settings,
+) -> None:
+    async with BrokerConnection(vhost_settings) as conn:
+        channel = await _confirm_channel(conn)
+        await channel.queue_declare("dp.room")
+        publisher = DirectPublisher.for_channel(channel)
+        assert publisher is not None
+        # Heartbeats are frames the broker accepts anywhere: they fill the writer's queue.
+        heartbeat = ChannelFrame.marshall(0, [Heartbeat()])
+        while not channel.write_queue.full():
+            channel.write_queue.put_nowait(heartbeat)
+        tag = channel.delivery_tag
+        properties = spec.Basic.Properties()
+        left = publisher.publish(
+            b"x", exchange="", routing_key="dp.room", properties=properties, mandatory=True
+        )
+        assert left is None and channel.delivery_tag == tag, "nothing was numbered or queued"
+        confirm = await channel.basic_publish(b"x", routing_key="dp.room", mandatory=True)
+        assert isinstance(confirm, spec.Basic.Ack)
+        # The queue drained: the next publish is direct again.
+        assert isinstance(await _send(publisher, b"y", "dp.room"), spec.Basic.Ack)
+        assert await _bodies(channel, "dp.room", 2) == [b"x", b"y"]
 
 
 async def test_a_channel_the_broker_closes_fails_every_publish_awaiting_its_confirm(
