@@ -120,6 +120,10 @@ class ConfirmChannel:
         self._retired_at: float | None = None  # loop time of the last retirement
         self._connection: object | None = None
         self._deadlines = Deadlines()
+        #: One reopen at a time: every publish in flight fails in the same loop turn when the
+        #: connection drops, and each opening a channel of its own ran the new connection out
+        #: of channels (channel_max), which made the broker close it again.
+        self._reopening = asyncio.Lock()
 
     async def publish(self, out: Outgoing, props: spec.Basic.Properties) -> None:
         """Publish ``out`` (persistent and mandatory as ``props`` says) and await the confirm;
@@ -173,6 +177,12 @@ class ConfirmChannel:
         except (TimeoutError, aiormq.exceptions.AMQPError, *CONNECTION_LOST) as exc:
             self._deadlines.leave(timer)
             raise self._failed(exc, out, live, timeout_s) from None
+        except Exception as exc:
+            if type(exc) is not Exception:
+                raise
+            # What aiormq fails pending confirms with when its writer ended without an error
+            # (the connection closing under it): the job may have been sent.
+            raise unknown(out.job_id, out.job_type, "the connection was closed") from None
         finally:
             self._deadlines.leave(timer)
             self._in_flight -= 1
@@ -202,7 +212,10 @@ class ConfirmChannel:
         pending confirm alike, so with several in flight none can tell it was the one refused
         (those sent just before it may be queued). The first publish to see the close counts
         them all: the others have not run their ``finally`` yet."""
-        if not isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+        if not isinstance(
+            exc,
+            aiormq.exceptions.ChannelPreconditionFailed | aiormq.exceptions.ChannelNotFoundEntity,
+        ):
             return False
         if self._refused is None or self._refused[0] is not channel:
             self._refused = (channel, self._in_flight)
@@ -210,10 +223,14 @@ class ConfirmChannel:
 
     async def _reopened(self, out: Outgoing, deadline: float) -> _LiveChannel:
         """The live aiormq channel under the robust one; while the connection is being
-        restored, wait for it until ``deadline`` (the job is not sent if it does not come)."""
+        restored, wait for it until ``deadline`` (the job is not sent if it does not come).
+        Publishes waiting here together get the one channel the first of them opened."""
         robust = self.robust
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(deadline), self._reopening:
+                live = self._live
+                if live is not None and not live.channel.is_closed:
+                    return live  # reopened by the publish that held the lock before
                 # The robust connection reconnects and reopens the channel by itself.
                 while robust.is_closed:
                     await robust.ready()
@@ -224,16 +241,16 @@ class ConfirmChannel:
                 if self._fresh_next or moved:
                     channel = await self._fresh_channel(channel, out)
                 self._connection = channel.connection
+                self._live = _LiveChannel(
+                    channel, _unblocked_event(channel), DirectPublisher.for_channel(channel)
+                )
+                return self._live
         except TimeoutError:
             raise ConnectionFailed(
                 f"job {out.job_id} ({out.job_type}) was not published: the connection to "
                 f"{self.settings.masked_url} did not come back within "
                 f"{self.settings.publish_timeout_s:g}s"
             ) from None
-        self._live = _LiveChannel(
-            channel, _unblocked_event(channel), DirectPublisher.for_channel(channel)
-        )
-        return self._live
 
     def _may_retire(self) -> bool:
         """At most one new channel per ``RETIRE_EVERY_S``: a queue that is simply full nacks

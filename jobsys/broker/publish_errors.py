@@ -80,6 +80,10 @@ def publish_error(
     if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
         return _refused(out, reply_text(exc), alone)
     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+        if not alone:
+            # The broker closed the channel for a publish to a missing exchange, and aiormq
+            # failed every confirm pending on it alike: this job may have been queued.
+            return unknown(job_id, job_type, f"its channel was closed: {reply_text(exc)}")
         return UnroutableError(
             f"job {job_id} ({job_type}) was not published: {reply_text(exc)} — "
             "has the topology been applied (`jobsys topology apply`)?",

@@ -89,8 +89,14 @@ class MemoryConfirms:
         return await self._call(*args, **kwargs)
 
     def _error(self, exc: BaseException, out: Outgoing) -> Exception:
+        # The kit refuses exactly the one publish it was handed: nothing else was in flight.
         return publish_error(
-            exc, out, blocked=False, timeout_s=30.0, refusals_dead_lettered=self._refusals
+            exc,
+            out,
+            blocked=False,
+            timeout_s=30.0,
+            refusals_dead_lettered=self._refusals,
+            alone=True,
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 import aiormq
 import aiormq.exceptions
@@ -18,7 +19,11 @@ from pamqp.heartbeat import Heartbeat
 
 from jobsys.broker.connection import BrokerConnection
 from jobsys.broker.direct_publish import DirectPublisher
+from jobsys.errors import ConnectionFailed, JobsysError, PublishOutcomeUnknown
+from jobsys.publish.producer import JobRequest, Producer, Receipt
 from jobsys.settings import Settings
+from jobsys.topology.model import Topology
+from tests.harness.fault_proxy import FaultProxy
 
 
 async def _confirm_channel(conn: BrokerConnection) -> aiormq.Channel:
@@ -205,3 +210,103 @@ async def test_a_channel_without_confirms_is_left_to_aiormq(vhost_settings: Sett
         plain = await conn.amqp.channel(publisher_confirms=False)
         assert isinstance(plain, aiormq.Channel)
         assert DirectPublisher.for_channel(plain) is None
+
+
+async def test_a_dropped_connection_under_a_wide_window_reopens_one_channel_not_one_per_publish(
+    vhost_settings: Settings, fault_proxy: FaultProxy
+) -> None:
+    # Every publish in flight fails in the same loop turn when the connection drops. Each
+    # opening a channel of its own ran the new connection out of channels (2047 here), and the
+    # broker closed it again: a storm of reconnects from one reset.
+    topology = Topology.model_validate(
+        {
+            "version": 1,
+            "exchanges": {"dp.x": {"type": "direct"}},
+            "queues": {"dp.wide": {"type": "classic"}},
+            "bindings": [{"exchange": "dp.x", "queue": "dp.wide", "routing_key": "k"}],
+            "job_types": {"t": {"exchange": "dp.x", "routing_key": "k"}},
+        }
+    )
+    async with BrokerConnection(vhost_settings) as conn:
+        channel = await conn.amqp.channel()
+        await channel.exchange_declare("dp.x", exchange_type="direct", durable=True)
+        await channel.queue_declare("dp.wide", durable=True)
+        await channel.queue_bind("dp.wide", "dp.x", routing_key="k")
+    proxied = vhost_settings.with_overrides(
+        url=fault_proxy.url(vhost=quote(vhost_settings.vhost, safe="")), publish_timeout_s=30.0
+    )
+    reset = False
+
+    def on_result(index: int, result: object) -> None:
+        nonlocal reset
+        if index >= 1500 and not reset:
+            reset = True
+            fault_proxy.reset_connections()
+
+    async with Producer(proxied, topology) as producer:
+        results = await producer.publish_many(
+            [JobRequest("t", {"i": i}, job_id=f"job-{i:05d}") for i in range(6000)],
+            window=2048,
+            on_result=on_result,
+        )
+        assert reset
+        open_channels = [c for c in producer.connection.amqp.channels.values() if c is not None]
+        # The robust channel's own, and at most a fresh one for the moved connection.
+        assert len(open_channels) <= 3, len(open_channels)
+    receipts = {r.job_id for r in results if isinstance(r, Receipt)}
+    errors = [r for r in results if not isinstance(r, Receipt)]
+    assert all(isinstance(e, PublishOutcomeUnknown | ConnectionFailed) for e in errors), {
+        type(e).__name__ for e in errors
+    }
+    assert len(errors) <= 2048, "more failed than were in flight at the reset"
+    queued = await _queued_job_ids(vhost_settings, "dp.wide")
+    assert receipts <= queued, "a job reported confirmed is not in the queue"
+
+
+async def _queued_job_ids(settings: Settings, queue: str) -> set[str]:
+    found: set[str] = set()
+    async with BrokerConnection(settings) as conn:
+        channel = await conn.amqp.channel()
+        while True:
+            message = await channel.basic_get(queue, no_ack=True)
+            if not isinstance(message.delivery, spec.Basic.GetOk):
+                return found
+            found.add(str((message.header.properties.headers or {})["jobsys-job-id"]))
+
+
+async def test_after_a_publish_to_a_missing_exchange_no_queued_job_is_called_not_published(
+    vhost_settings: Settings,
+) -> None:
+    # The broker closes the channel (404) for the publish to the missing exchange; aiormq fails
+    # every confirm pending on it alike, though some of those jobs were queued before the close.
+    topology = Topology.model_validate(
+        {
+            "version": 1,
+            "exchanges": {"dp.x": {"type": "direct"}, "dp.gone": {"type": "direct"}},
+            "queues": {"dp.mixed404": {"type": "classic"}},
+            "bindings": [{"exchange": "dp.x", "queue": "dp.mixed404", "routing_key": "k"}],
+            "job_types": {
+                "good": {"exchange": "dp.x", "routing_key": "k"},
+                "bad": {"exchange": "dp.gone", "routing_key": "k"},
+            },
+        }
+    )
+    async with BrokerConnection(vhost_settings) as conn:
+        channel = await conn.amqp.channel()
+        await channel.exchange_declare("dp.x", exchange_type="direct", durable=True)
+        await channel.queue_declare("dp.mixed404", durable=True)
+        await channel.queue_bind("dp.mixed404", "dp.x", routing_key="k")
+    requests = [JobRequest("good", {"i": i}, job_id=f"good-{i:03d}") for i in range(300)]
+    requests.insert(150, JobRequest("bad", {}, job_id="bad-000"))
+    async with Producer(vhost_settings, topology) as producer:
+        results = await producer.publish_many(requests, window=400)
+    said_not_published = {
+        request.job_id
+        for request, result in zip(requests, results, strict=True)
+        if isinstance(result, JobsysError) and "was not published" in str(result)
+    }
+    queued = await _queued_job_ids(vhost_settings, "dp.mixed404")
+    assert not said_not_published & queued, sorted(said_not_published & queued)[:5]
+    receipts = {r.job_id for r in results if isinstance(r, Receipt)}
+    assert receipts <= queued
+    assert "bad-000" not in queued

@@ -27,9 +27,15 @@ OUT = Outgoing("job-1", "send_email", "jobs", "email.send", b"{}", ("emails",))
 
 
 def _map(
-    exc: BaseException, *, blocked: bool = False, dlx: frozenset[str] = frozenset()
+    exc: BaseException,
+    *,
+    blocked: bool = False,
+    dlx: frozenset[str] = frozenset(),
+    alone: bool = False,
 ) -> JobsysError:
-    return publish_error(exc, OUT, blocked=blocked, timeout_s=30.0, refusals_dead_lettered=dlx)
+    return publish_error(
+        exc, OUT, blocked=blocked, timeout_s=30.0, refusals_dead_lettered=dlx, alone=alone
+    )
 
 
 def test_a_returned_publish_is_unroutable_and_was_not_published() -> None:
@@ -63,9 +69,21 @@ def test_a_refused_write_is_access_refused_never_outcome_unknown() -> None:
     assert "needs write permission on exchange 'jobs'" in str(error)
 
 
+MISSING_EXCHANGE = amqp.ChannelNotFoundEntity(404, "NOT_FOUND - no exchange 'jobs' in vhost '/'")
+
+
 def test_a_missing_exchange_says_to_apply_the_topology() -> None:
-    error = _map(amqp.ChannelNotFoundEntity(404, "NOT_FOUND - no exchange 'jobs' in vhost '/'"))
+    error = _map(MISSING_EXCHANGE, alone=True)
     assert isinstance(error, UnroutableError) and "jobsys topology apply" in str(error)
+    assert "was not published" in str(error)
+
+
+def test_a_404_close_with_other_publishes_in_flight_leaves_their_outcome_unknown() -> None:
+    # The broker closed the channel for one publish; aiormq fails every pending confirm alike,
+    # and those sent before it may be queued: none may say "was not published".
+    error = _map(MISSING_EXCHANGE, alone=False)
+    assert isinstance(error, PublishOutcomeUnknown)
+    assert "was not published" not in str(error) and "no exchange 'jobs'" in str(error)
 
 
 @pytest.mark.parametrize(
