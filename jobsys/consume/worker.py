@@ -343,6 +343,11 @@ class Worker:
                     await side.close()
 
     @property
+    def in_progress(self) -> int:
+        """Jobs started and not settled yet: what a hard stop now would leave unfinished."""
+        return self._intake.in_progress
+
+    @property
     def lingering_threads(self) -> int:
         """Sync handlers still running (past their deadline, or past shutdown)."""
         threads = self._runner.threads

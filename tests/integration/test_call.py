@@ -148,7 +148,7 @@ async def test_caller_that_went_away_costs_the_worker_nothing(
 ) -> None:
     async with Producer(vhost_settings, loaded) as gone:
         waiting = asyncio.ensure_future(gone.call("hold", {}, timeout_s=60))
-        await wait_until(lambda: worker._in_progress == 1, what="the held job running")
+        await wait_until(lambda: worker.in_progress == 1, what="the held job running")
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
