@@ -32,6 +32,14 @@ async def _confirm_channel(conn: BrokerConnection) -> aiormq.Channel:
     return channel
 
 
+async def _direct(conn: BrokerConnection) -> tuple[aiormq.Channel, DirectPublisher]:
+    """A confirm channel and its direct publisher (the installed aiormq has the shape)."""
+    channel = await _confirm_channel(conn)
+    publisher = DirectPublisher.for_channel(channel)
+    assert publisher is not None
+    return channel, publisher
+
+
 def _send(
     publisher: DirectPublisher, body: bytes, routing_key: str, exchange: str = ""
 ) -> asyncio.Future[ConfirmationFrameType]:
@@ -59,10 +67,8 @@ async def test_a_loop_turns_publishes_go_out_as_one_write_and_each_is_confirmed_
     vhost_settings: Settings,
 ) -> None:
     async with BrokerConnection(vhost_settings) as conn:
-        channel = await _confirm_channel(conn)
+        channel, publisher = await _direct(conn)
         await channel.queue_declare("dp.q", durable=True)
-        publisher = DirectPublisher.for_channel(channel)
-        assert publisher is not None
         queued_before = channel.write_queue.qsize()
         bodies = [f"job-{i}".encode() for i in range(500)]
         confirmations = [_send(publisher, body, "dp.q") for body in bodies]
@@ -78,13 +84,11 @@ async def test_a_return_and_a_nack_reach_only_the_publishes_they_concern(
     vhost_settings: Settings,
 ) -> None:
     async with BrokerConnection(vhost_settings) as conn:
-        channel = await _confirm_channel(conn)
+        channel, publisher = await _direct(conn)
         await channel.queue_declare(
             "dp.full", arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
         )
         await channel.queue_declare("dp.ok")
-        publisher = DirectPublisher.for_channel(channel)
-        assert publisher is not None
         sent = [
             _send(publisher, b"1", "dp.ok"),
             _send(publisher, b"2", "dp.nowhere"),  # unroutable: returned
@@ -107,10 +111,8 @@ async def test_aiormqs_own_publishes_between_direct_ones_keep_the_numbering_righ
     vhost_settings: Settings, aiormq_runs_first: bool
 ) -> None:
     async with BrokerConnection(vhost_settings) as conn:
-        channel = await _confirm_channel(conn)
+        channel, publisher = await _direct(conn)
         await channel.queue_declare("dp.mixed")
-        publisher = DirectPublisher.for_channel(channel)
-        assert publisher is not None
         first = _send(publisher, b"d1", "dp.mixed")
         by_aiormq = asyncio.ensure_future(
             channel.basic_publish(b"a1", routing_key="dp.nowhere", mandatory=True, wait=False)
@@ -132,9 +134,7 @@ async def test_while_aiormq_holds_the_channel_lock_the_publish_is_left_to_aiormq
     vhost_settings: Settings,
 ) -> None:
     async with BrokerConnection(vhost_settings) as conn:
-        channel = await _confirm_channel(conn)
-        publisher = DirectPublisher.for_channel(channel)
-        assert publisher is not None
+        channel, publisher = await _direct(conn)
         tag = channel.delivery_tag
         async with channel.lock:
             queued = publisher.publish(
@@ -151,10 +151,8 @@ async def test_with_the_write_queue_full_the_publish_is_left_to_aiormq_which_wai
     vhost_settings: Settings,
 ) -> None:
     async with BrokerConnection(vhost_settings) as conn:
-        channel = await _confirm_channel(conn)
+        channel, publisher = await _direct(conn)
         await channel.queue_declare("dp.room")
-        publisher = DirectPublisher.for_channel(channel)
-        assert publisher is not None
         # Heartbeats are frames the broker accepts anywhere: they fill the writer's queue.
         heartbeat = ChannelFrame.marshall(0, [Heartbeat()])
         while not channel.write_queue.full():
@@ -176,10 +174,8 @@ async def test_a_channel_the_broker_closes_fails_every_publish_awaiting_its_conf
     vhost_settings: Settings,
 ) -> None:
     async with BrokerConnection(vhost_settings) as conn:
-        channel = await _confirm_channel(conn)
+        channel, publisher = await _direct(conn)
         await channel.queue_declare("dp.q2")
-        publisher = DirectPublisher.for_channel(channel)
-        assert publisher is not None
         sent = [_send(publisher, b"1", "dp.q2"), _send(publisher, b"2", "x", "dp.no-exchange")]
         sent += [_send(publisher, b"3", "dp.q2")]
         results = await asyncio.gather(*sent, return_exceptions=True)
@@ -195,10 +191,8 @@ async def test_a_channel_the_broker_closes_fails_every_publish_awaiting_its_conf
 
 async def test_a_body_past_frame_max_arrives_whole(vhost_settings: Settings) -> None:
     async with BrokerConnection(vhost_settings) as conn:
-        channel = await _confirm_channel(conn)
+        channel, publisher = await _direct(conn)
         await channel.queue_declare("dp.big")
-        publisher = DirectPublisher.for_channel(channel)
-        assert publisher is not None
         bodies = [b"", b"a" * (channel.max_content_size + 1), bytes(range(256)) * 1200]
         frames = await asyncio.gather(*(_send(publisher, body, "dp.big") for body in bodies))
         assert all(isinstance(frame, spec.Basic.Ack) for frame in frames)
