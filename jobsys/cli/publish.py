@@ -37,6 +37,7 @@ from jobsys.cli.publish_wait import DEFAULT_WAIT_S, call_one, check_wait_usage
 from jobsys.cli.topology import load_or_exit
 from jobsys.duration import format_duration, parse_duration_s
 from jobsys.errors import ConfigError, JobsysError, MessageError
+from jobsys.observe.telemetry_env import telemetry_from_env
 from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology
@@ -229,11 +230,8 @@ def publish(
 
 def _guard(body: Any) -> int:
     """Run a command body; a ``JobsysError`` becomes one message and an exit code."""
-    # Imported here: the OpenTelemetry SDK is only loaded by a command that publishes.
-    from jobsys.observe.telemetry_setup import configure_from_env
-
     try:
-        with configure_from_env("jobsys-publish"):
+        with telemetry_from_env("jobsys-publish"):
             return int(asyncio.run(body()))
     except JobsysError as exc:
         # A bad job is bad input (2); the rest as every command maps them.

@@ -30,6 +30,7 @@ from jobsys.consume.options import WorkerOptions
 from jobsys.consume.worker import Worker
 from jobsys.duration import parse_duration_s
 from jobsys.errors import ConfigError, JobsysError
+from jobsys.observe.telemetry_env import telemetry_from_env
 from jobsys.process.child import ChildSpec, load_app
 from jobsys.process.serve import Served, exit_code_for, serve
 from jobsys.settings import Settings
@@ -244,9 +245,6 @@ def worker(
         )
         _exit(_supervise(spec, settings, processes or 1, max_memory))
         return
-    # Imported here: the OpenTelemetry SDK is only loaded by a command that runs a worker.
-    from jobsys.observe.telemetry_setup import configure_from_env
-
     try:
         running = Worker(app, loaded, settings, options)
         served: Served = running
@@ -257,7 +255,7 @@ def worker(
                 from jobsys.observe.prometheus import serve_metrics
 
                 stack.callback(serve_metrics(metrics_bind, metrics_port, running.health).close)
-            stack.enter_context(configure_from_env("jobsys-worker"))
+            stack.enter_context(telemetry_from_env("jobsys-worker"))
             code = asyncio.run(serve(served))
     except JobsysError as exc:
         _exit(fail(f"error: {exc}", exit_code_for(exc)))

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jobsys.consume.options import WorkerOptions
+from jobsys.observe.telemetry_env import telemetry_from_env
 
 if TYPE_CHECKING:
     from jobsys.app import App
@@ -136,14 +137,6 @@ def _raised_where(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _telemetry_wanted(env: dict[str, str]) -> bool:
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    exporters = [env.get("OTEL_TRACES_EXPORTER"), env.get("OTEL_METRICS_EXPORTER")]
-    named = any(e and any(n.strip() not in ("", "none") for n in e.split(",")) for e in exporters)
-    return named or any(k.startswith("OTEL_EXPORTER_OTLP_") and k.endswith("ENDPOINT") for k in env)
-
-
 class _Report:
     """The pipe to the supervisor (absent when the child runs on its own)."""
 
@@ -224,10 +217,7 @@ def _run(spec: ChildSpec, requests: StopRequests) -> tuple[Worker, int]:
 
             server = serve_metrics(spec.metrics_bind, spec.metrics_port, worker.health)
             stack.callback(server.close)
-        if _telemetry_wanted(dict(os.environ)):
-            from jobsys.observe.telemetry_setup import configure_from_env
-
-            stack.enter_context(configure_from_env("jobsys-worker"))
+        stack.enter_context(telemetry_from_env("jobsys-worker"))
         return worker, asyncio.run(serve(worker, requests))
 
 
