@@ -13,7 +13,7 @@ from jobsys.cli.common import (
     fail,
     topology_option,
 )
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.errors import ConfigError, JobsysError
 from jobsys.process.serve import exit_code_for
 

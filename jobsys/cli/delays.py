@@ -9,7 +9,7 @@ import click
 from jobsys.broker.connection import BrokerConnection
 from jobsys.cli.common import build_settings, connection_options, run, topology_option
 from jobsys.cli.output import Column, json_option, plural, print_json, print_table
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.duration import format_duration
 from jobsys.ops.delays import MAX_PEEK_PER_LEVEL, WaitingJob, peek_levels, retire_legacy_levels
 from jobsys.ops.status import legacy_waiting, waiting_per_level

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from jobsys.cli.common import build_settings, connection_options, run
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.errors import ConnectionFailed
 
 DEFAULT_TOPOLOGY = "topology/example.yaml"

@@ -24,7 +24,7 @@ from jobsys.cli.common import (
 )
 from jobsys.cli.dlq_view import LIST_COLUMNS, job_json, list_row, print_job
 from jobsys.cli.output import json_option, plural, print_json, print_json_line, print_table
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.ops import dlq
 from jobsys.publish.producer import Producer
 from jobsys.topology.model import Topology, dead_letter_queue_name

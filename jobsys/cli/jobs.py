@@ -6,7 +6,7 @@ import click
 
 from jobsys.cli.common import build_settings, connection_options, run, topology_option
 from jobsys.cli.jobs_show import show_command, tail_command
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.publish.producer import Producer
 from jobsys.wire.display import escape
 from jobsys.wire.envelope import check_job_id

@@ -10,7 +10,7 @@ import click
 
 from jobsys.cli.common import build_settings, connection_options, run, topology_option
 from jobsys.cli.output import Column, json_option, print_json, print_json_line, print_table
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.duration import parse_duration_s
 from jobsys.ops.history import job_timeline
 from jobsys.wire.display import escape, utc_time

@@ -34,7 +34,7 @@ from jobsys.cli.publish_file import (
     read_lines,
 )
 from jobsys.cli.publish_wait import DEFAULT_WAIT_S, call_one, check_wait_usage
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.duration import format_duration, parse_duration_s
 from jobsys.errors import ConfigError, JobsysError, MessageError
 from jobsys.observe.telemetry_env import telemetry_from_env

@@ -20,7 +20,7 @@ from jobsys.cli.common import (
     verbosity,
 )
 from jobsys.cli.output import Column, json_option, print_json, print_table
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.cli.worker import import_app
 from jobsys.errors import JobsysError
 from jobsys.process.serve import exit_code_for, serve

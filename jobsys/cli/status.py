@@ -29,7 +29,7 @@ from jobsys.cli.output import (
     print_json_line,
     table_of,
 )
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.ops.status import QueueCounts, StatusReader, StatusReport
 from jobsys.settings import Settings
 from jobsys.topology.model import Topology

@@ -12,11 +12,11 @@ from jobsys.cli.common import EXIT_FAILED, build_settings, connection_options, r
 from jobsys.cli.output import json_option, plural, print_json
 from jobsys.cli.topology import (
     file_arguments,
-    load_or_exit,
     no_management_option,
     the_file,
     topology,
 )
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.ops.teardown import TeardownPlan, TeardownResult, plan_teardown, teardown
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, printable

@@ -27,6 +27,7 @@ from jobsys.cli.common import (
 )
 from jobsys.cli.output import json_option, plural, print_json
 from jobsys.cli.plan_view import is_delay_level, print_flow, print_plan
+from jobsys.cli.topology_file import invalid, load_or_exit
 from jobsys.errors import TopologyLoadError
 from jobsys.ops.declare import apply_topology, plan_for_broker
 from jobsys.settings import Settings
@@ -35,7 +36,7 @@ from jobsys.topology.definitions import export_definitions
 from jobsys.topology.delays import DelayLayout
 from jobsys.topology.entities import desired_entities
 from jobsys.topology.flow import flow_json
-from jobsys.topology.loader import LoadedTopology, load_topology, printable
+from jobsys.topology.loader import LoadedTopology, printable
 from jobsys.topology.plan import ApplyResult, Plan
 from jobsys.topology.routing import route_job_type
 from jobsys.wire.display import escape
@@ -43,14 +44,6 @@ from jobsys.wire.display import escape
 F = TypeVar("F", bound=Callable[..., Any])
 
 _NO_FILE = "give the topology file: --topology FILE, JOBSYS_TOPOLOGY, or FILE first"
-
-
-def load_or_exit(path: str) -> LoadedTopology:
-    """Load a topology file, or print every problem and exit 2."""
-    try:
-        return load_topology(path)
-    except TopologyLoadError as exc:
-        raise _invalid(path, exc) from None
 
 
 #: What ``--for-version`` takes: 4.1.4, 3.13, 4.0.0-rc.1, 4.0.0+beta.
@@ -78,15 +71,6 @@ def _export_facts(for_version: str | None, cluster_nodes: int | None) -> BrokerF
         members=cluster_nodes,
         members_source="--cluster-nodes" if cluster_nodes is not None else "",
     )
-
-
-def _invalid(path: str, exc: TopologyLoadError) -> click.exceptions.Exit:
-    """Print every problem of ``exc`` and a count; the exit (code 2) to raise."""
-    for problem in exc.problems:
-        click.echo(problem, err=True)
-    count = len(exc.problems)
-    click.secho(f"{printable(path)}: {plural(count, 'problem')}", fg="red", err=True)
-    return click.exceptions.Exit(EXIT_INVALID)
 
 
 def file_arguments(func: F) -> F:
@@ -366,7 +350,7 @@ def export(
         # Definitions a broker loads at boot must hold only what it accepts, like apply.
         loaded.check_declarable(entities)
     except TopologyLoadError as exc:
-        raise _invalid(path, exc) from None
+        raise invalid(path, exc) from None
     for note in notes:
         click.echo(f"note: {escape(note)}", err=True)
     text = json.dumps(export_definitions(entities, vhost), indent=2)

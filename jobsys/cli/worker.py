@@ -25,7 +25,7 @@ from jobsys.cli.common import (
     topology_option,
     verbosity,
 )
-from jobsys.cli.topology import load_or_exit
+from jobsys.cli.topology_file import load_or_exit
 from jobsys.consume.options import WorkerOptions
 from jobsys.consume.worker import Worker
 from jobsys.duration import parse_duration_s

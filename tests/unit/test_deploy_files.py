@@ -101,8 +101,9 @@ def parse(args: list[str]) -> tuple[click.Command, click.Context]:
     rest = list(args)
     while isinstance(command, click.Group):
         name, *rest = rest
-        assert name in command.commands, f"jobsys has no command {name!r}"
-        command = command.commands[name]
+        found = command.get_command(parent, name)
+        assert found is not None, f"jobsys has no command {name!r}"
+        command = found
         if isinstance(command, click.Group):
             parent = click.Context(command, info_name=name, parent=parent)
     return command, command.make_context(command.name, rest, parent=parent)
