@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from decimal import Decimal
 
 #: C0 controls (all of them, tab and line feed too), DEL, C1 controls, the Unicode line and
 #: paragraph separators, the bidirectional marks, embeddings, overrides and isolates, and lone
@@ -82,6 +81,10 @@ def value_text(value: object) -> str:
             return f"{escape(shown)} (bytes, not UTF-8)"
     if value is None or isinstance(value, bool | int | float):
         return str(value)
+    # Imported here: the supervisor of --processes imports this module, and decimal is a
+    # quarter of a MiB it never needs (a header holds a Decimal only in a broker client).
+    from decimal import Decimal
+
     return escape(str(value) if isinstance(value, datetime | Decimal) else repr(value))
 
 

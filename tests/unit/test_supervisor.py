@@ -265,7 +265,7 @@ def test_importing_the_supervisor_program_loads_no_event_loop_app_or_broker_clie
     probe = (
         "import sys, jobsys.process.supervisor_main\n"
         "heavy = ('asyncio', 'ssl', 'pydantic', 'aio_pika', 'aiormq', 'click', 'yaml',"
-        " 'opentelemetry', 'jobsys.app')\n"
+        " 'opentelemetry', 'jobsys.app', 'decimal')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
     )
     out = subprocess.run(
