@@ -84,8 +84,7 @@ _HEX = frozenset("0123456789abcdef")
 def inject(headers: MutableMapping[str, Any], context: Context | None = None) -> None:
     """Write ``traceparent``/``tracestate`` of ``context`` (default: the current one) into
     ``headers``, replacing any carried over from an earlier publish."""
-    headers.pop(HEADER_TRACEPARENT, None)
-    headers.pop(HEADER_TRACESTATE, None)
+    clear_trace_headers(headers)
     if not _propagation.fast_path() or (_propagation.baggage and baggage.get_all(context)):
         propagate.inject(headers, context=context)
         return
@@ -95,6 +94,24 @@ def inject(headers: MutableMapping[str, Any], context: Context | None = None) ->
     headers[HEADER_TRACEPARENT] = format_span_context(span_context)
     if span_context.trace_state:
         headers[HEADER_TRACESTATE] = span_context.trace_state.to_header()
+
+
+def clear_trace_headers(headers: MutableMapping[str, Any]) -> None:
+    """Remove ``traceparent``/``tracestate`` carried over from an earlier publish."""
+    headers.pop(HEADER_TRACEPARENT, None)
+    headers.pop(HEADER_TRACESTATE, None)
+
+
+def injects_nothing(context: Context | None) -> bool:
+    """Whether ``inject(headers, context)`` would only clear the trace headers: the
+    propagators are W3C's and ``context`` holds neither a valid span nor baggage."""
+    if not _propagation.fast_path():
+        return False
+    if context is not None and not context:
+        return True  # an empty context (nothing traces the caller) holds neither
+    if _propagation.baggage and baggage.get_all(context):
+        return False
+    return not trace.get_current_span(context).get_span_context().is_valid
 
 
 def carries_context(headers: Mapping[str, Any] | None) -> bool:
