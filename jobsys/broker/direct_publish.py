@@ -19,11 +19,18 @@ orders stay the same here:
   room in the write queue) and when the write queue is full, ``publish`` returns None and the
   caller publishes through aiormq, which waits for both.
 
+The confirmation future is registered where aiormq's ``create_future`` registers it: in the
+channel's future store and its parents' (the connection's), whose ``reject_all`` fails it when
+the channel or the connection closes. aiormq's way gives each confirmation four done callbacks
+(reading an unread exception, a removal from each store, and jobsys's own forgetting of its
+message id), each a loop callback of its own when the confirm arrives; here one callback does
+the four.
+
 It uses aiormq's channel attributes below its public API (``confirmations``,
-``message_id_delivery_tag``, ``delivery_tag``, the write queue and the name-mangled lock), so
-``for_channel`` checks they are there and returns None otherwise (aiormq's path is used), and
-tests/integration/test_direct_publish.py checks confirms, returns, nacks and closes on a real
-broker.
+``message_id_delivery_tag``, ``delivery_tag``, the write queue, the name-mangled lock and future
+store), so ``for_channel`` checks they are there and returns None otherwise (aiormq's path is
+used), and tests/integration/test_direct_publish.py checks confirms, returns, nacks and closes
+on a real broker.
 """
 
 from __future__ import annotations
@@ -36,12 +43,15 @@ from typing import Any
 import aiormq
 import aiormq.exceptions
 from aiormq.abc import ConfirmationFrameType
+from aiormq.base import FutureStore
 from pamqp import commands as spec
 from pamqp.frame import marshal
 from pamqp.header import ContentHeader
 
 #: aiormq's private channel lock (name-mangled ``__lock``), held by its ``basic_publish``.
 _LOCK = "_Channel__lock"
+#: aiormq's private future store of a channel (name-mangled ``Base.__future_store``).
+_STORE = "_Base__future_store"
 #: What a channel must have for a direct publish; without any of it aiormq's path is used.
 _NEEDED = ("confirmations", "message_id_delivery_tag", "delivery_tag", "write_queue", "number")
 #: AMQP's short string: a routing key of more bytes cannot be sent (aiormq refuses it too).
@@ -71,10 +81,18 @@ class _Batch:
 class DirectPublisher:
     """Publishes on one aiormq confirm channel without its per-publish machinery."""
 
-    def __init__(self, channel: aiormq.Channel, lock: asyncio.Lock, queue: asyncio.Queue[Any]):
+    def __init__(
+        self,
+        channel: aiormq.Channel,
+        lock: asyncio.Lock,
+        queue: asyncio.Queue[Any],
+        stores: tuple[FutureStore, ...],
+    ):
         self.channel = channel
         self._lock = lock
         self._queue = queue
+        #: The channel's future store and its parents', where a confirmation is registered.
+        self._stores = stores
         # The write queue's items, to see whether the pending batch is still its last one.
         self._items: collections.deque[Any] = queue._queue  # type: ignore[attr-defined]
         self._pending: _Batch | None = None
@@ -85,6 +103,7 @@ class DirectPublisher:
         this was checked against (publish through ``basic_publish`` then)."""
         lock = getattr(channel, _LOCK, None)
         queue = getattr(channel, "write_queue", None)
+        stores = _stores_of(channel)
         if not (
             all(hasattr(channel, name) for name in _NEEDED)
             and getattr(channel, "publisher_confirms", False)
@@ -92,9 +111,10 @@ class DirectPublisher:
             and isinstance(queue, asyncio.Queue)
             and isinstance(getattr(queue, "_queue", None), collections.deque)
             and isinstance(channel.confirmations, collections.OrderedDict)
+            and stores
         ):
             return None
-        return cls(channel, lock, queue)
+        return cls(channel, lock, queue, stores)
 
     def publish(
         self,
@@ -118,6 +138,9 @@ class DirectPublisher:
         joins = self._pending is not None and bool(items) and items[-1] is self._pending
         if self._lock.locked() or (not joins and self._queue.full()):
             return None
+        stores = self._stores
+        if any(store.reject_reason is not False for store in stores):
+            return None  # closing: aiormq's path fails the publish with the store's reason
         if not properties.message_id:
             # As aiormq: a return is matched to its publish by the message id.
             properties.message_id = uuid.uuid4().hex
@@ -134,12 +157,22 @@ class DirectPublisher:
         channel.delivery_tag += 1
         tag = channel.delivery_tag
         message_id = properties.message_id
-        confirmation: asyncio.Future[ConfirmationFrameType] = channel.create_future()
+        confirmation: asyncio.Future[ConfirmationFrameType] = channel.loop.create_future()
+        for store in stores:
+            store.futures.add(confirmation)
         channel.confirmations[tag] = confirmation
-        channel.message_id_delivery_tag[message_id] = tag
-        confirmation.add_done_callback(
-            lambda _: _forget(channel.message_id_delivery_tag, message_id, tag)
-        )
+        ids = channel.message_id_delivery_tag
+        ids[message_id] = tag
+
+        def settled(future: asyncio.Future[ConfirmationFrameType]) -> None:
+            for store in stores:
+                store.futures.discard(future)
+            if ids.get(message_id) == tag:
+                del ids[message_id]
+            if not future.cancelled():
+                future.exception()  # read once, as aiormq's stores do: never "not retrieved"
+
+        confirmation.add_done_callback(settled)
         if joins:
             assert self._pending is not None
             self._pending.parts.append(payload)
@@ -149,6 +182,17 @@ class DirectPublisher:
         return confirmation
 
 
-def _forget(ids: dict[str, int], message_id: str, tag: int) -> None:
-    if ids.get(message_id) == tag:
-        del ids[message_id]
+def _stores_of(channel: aiormq.Channel) -> tuple[FutureStore, ...]:
+    """The channel's future store and its parents' (empty: not the shape checked against)."""
+    stores: list[FutureStore] = []
+    store = getattr(channel, _STORE, None)
+    while store is not None:
+        if not (
+            isinstance(store, FutureStore)
+            and isinstance(store.futures, set)
+            and hasattr(store, "reject_reason")
+        ):
+            return ()
+        stores.append(store)
+        store = store.parent
+    return tuple(stores)

@@ -74,9 +74,13 @@ async def test_a_loop_turns_publishes_go_out_as_one_write_and_each_is_confirmed_
         confirmations = [_send(publisher, body, "dp.q") for body in bodies]
         # Nothing was awaited: the 500 publishes wait for the writer as one item.
         assert channel.write_queue.qsize() == queued_before + 1
+        # Each confirmation waits in the channel's future store and the connection's, as
+        # aiormq's own: their reject_all fails it when either closes.
+        assert all(len(store.futures) >= 500 for store in publisher._stores)
         frames = await asyncio.gather(*confirmations)
         assert all(isinstance(frame, spec.Basic.Ack) for frame in frames)
         assert not channel.confirmations and not channel.message_id_delivery_tag
+        assert not any(set(confirmations) & store.futures for store in publisher._stores)
         assert await _bodies(channel, "dp.q", 500) == bodies
 
 
@@ -187,6 +191,22 @@ async def test_a_channel_the_broker_closes_fails_every_publish_awaiting_its_conf
         assert all(isinstance(r, closed) for r in results[1:])
         with pytest.raises(aiormq.exceptions.ChannelInvalidStateError):
             _send(publisher, b"4", "dp.q2")
+
+
+async def test_a_connection_closed_under_pending_confirms_fails_each_of_them(
+    vhost_settings: Settings,
+) -> None:
+    async with BrokerConnection(vhost_settings) as conn:
+        channel, publisher = await _direct(conn)
+        await channel.queue_declare("dp.q3")
+        sent = [_send(publisher, f"{i}".encode(), "dp.q3") for i in range(200)]
+        await channel.connection.close()
+        # None is left waiting (the connection's store failed what was not confirmed yet), and
+        # none stays in a store once done.
+        results = await asyncio.wait_for(asyncio.gather(*sent, return_exceptions=True), 10)
+        failed = [r for r in results if not isinstance(r, spec.Basic.Ack)]
+        assert failed and all(isinstance(r, BaseException) for r in failed)
+        assert not any(set(sent) & store.futures for store in publisher._stores)
 
 
 async def test_a_body_past_frame_max_arrives_whole(vhost_settings: Settings) -> None:
@@ -300,7 +320,7 @@ async def test_after_a_publish_to_a_missing_exchange_no_queued_job_is_called_not
         if isinstance(result, JobsysError) and "was not published" in str(result)
     }
     queued = await _queued_job_ids(vhost_settings, "dp.mixed404")
-    assert not said_not_published & queued, sorted(said_not_published & queued)[:5]
+    assert not said_not_published & queued, sorted(map(str, said_not_published & queued))[:5]
     receipts = {r.job_id for r in results if isinstance(r, Receipt)}
     assert receipts <= queued
     assert "bad-000" not in queued
