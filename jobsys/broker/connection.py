@@ -28,7 +28,7 @@ import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
-from jobsys.broker import decoding, encoding
+from jobsys.broker import decoding, encoding, frames
 from jobsys.broker.reconnect import (
     CLOSE_TIMEOUT_S,
     can_heal,
@@ -296,9 +296,11 @@ class BrokerConnection:
     def __init__(self, settings: Settings) -> None:
         # Before any frame arrives: a message whose short strings are not UTF-8 must not be
         # able to drop the connection (jobsys.broker.decoding); and before any is sent, float
-        # headers go as doubles (jobsys.broker.encoding).
+        # headers go as doubles (jobsys.broker.encoding); frames are read by
+        # jobsys.broker.frames.
         decoding.install()
         encoding.install()
+        frames.install()
         self.settings = settings
         self._connection: AbstractRobustConnection | None = None
 

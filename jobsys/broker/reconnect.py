@@ -34,6 +34,7 @@ from aiormq.connection import TCPTransportFactory, TLSTransportFactory, Transpor
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
 from yarl import URL
 
+from jobsys.broker import frames
 from jobsys.errors import (
     AccessRefused,
     BrokerError,
@@ -132,7 +133,8 @@ def short_reason(exc: BaseException | None) -> str:
 
 
 class _KeepWriter(TransportFactory):
-    """aiormq's own transport factory, keeping the last socket it opened (to drop it)."""
+    """aiormq's own transport factory, keeping the last socket it opened (to drop it); its
+    streams are read by ``jobsys.broker.frames``."""
 
     def __init__(self, inner: TransportFactory) -> None:
         self.inner = inner
@@ -141,7 +143,7 @@ class _KeepWriter(TransportFactory):
     async def create(self, url: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, Any]:
         reader, writer = await self.inner.create(url, **kwargs)
         self.writer = writer
-        return reader, writer
+        return frames.mark(reader), writer
 
 
 class ReconnectingConnection(aio_pika.RobustConnection):
