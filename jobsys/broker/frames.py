@@ -6,7 +6,10 @@ times on the way: about a third of what a draining worker spends below jobsys on
 (three frames: the method, the content header, the body; bench/README.md). ``get_frame`` here
 reads the seven header bytes, then the payload with the frame-end byte, and hands the frame to
 pamqp as aiormq does, with aiormq's errors for every failure (a closed or reset connection, a
-protocol header where a frame was due, an undecodable frame).
+protocol header where a frame was due, an undecodable frame). Their texts are aiormq's too,
+except the byte counts of a stream cut inside a frame's header, which count the seven header
+bytes read at once ("Read 3 bytes but 7 bytes expected" where aiormq, reading one byte then
+six, says "Read 2 bytes but 6 bytes expected").
 
 aiormq creates its frame receiver inside ``Connection.connect`` from its module's
 ``FrameReceiver``, with nothing to pass another class through, so ``install`` puts this subclass
