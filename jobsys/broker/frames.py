@@ -1,15 +1,15 @@
 """Frames read off jobsys's own connections with two reads each instead of aiormq's three.
 
 aiormq's ``FrameReceiver.get_frame`` reads a frame in three ``readexactly`` calls (its first
-byte, six more, then the payload) into a ``BytesIO``, copying the bytes read so far three more
-times on the way: about a third of what a draining worker spends below jobsys on each delivery
-(three frames: the method, the content header, the body; bench/README.md). ``get_frame`` here
-reads the seven header bytes, then the payload with the frame-end byte, and hands the frame to
-pamqp as aiormq does, with aiormq's errors for every failure (a closed or reset connection, a
-protocol header where a frame was due, an undecodable frame). Their texts are aiormq's too,
-except the byte counts of a stream cut inside a frame's header, which count the seven header
-bytes read at once ("Read 3 bytes but 7 bytes expected" where aiormq, reading one byte then
-six, says "Read 2 bytes but 6 bytes expected").
+byte, six more, then the payload) into a ``BytesIO`` under a lock, copying the bytes read so far
+three more times on the way. Reading a delivery's three frames (the method, the content header,
+the body) from a stream took 43 us that way and takes 35 us here (bench/README.md).
+``get_frame`` here reads the seven header bytes, then the payload with the frame-end byte, and
+hands the frame to pamqp as aiormq does, with aiormq's errors for every failure (a closed or
+reset connection, a protocol header where a frame was due, an undecodable frame). Their texts
+are aiormq's too, except the byte counts of a stream cut inside a frame's header, which count
+the seven header bytes read at once ("Read 3 bytes but 7 bytes expected" where aiormq, reading
+one byte then six, says "Read 2 bytes but 6 bytes expected").
 
 aiormq creates its frame receiver inside ``Connection.connect`` from its module's
 ``FrameReceiver``, with nothing to pass another class through, so ``install`` puts this subclass

@@ -165,8 +165,8 @@ class PublishSpan:
             tracer = _tracer()
             if not _recording(tracer) and injects_nothing(parent):
                 # No SDK and no trace to carry on: the span would be the invalid one and the
-                # headers would get no trace context, so neither is made (5 of a publish's
-                # ~6 us here without an SDK; bench/README.md).
+                # headers would get no trace context, so neither is made (a publish span's
+                # enter and exit 6.4 -> 2.8 us here without an SDK; bench/README.md).
                 clear_trace_headers(self._headers)
                 return self._span
             span = tracer.start_span(
