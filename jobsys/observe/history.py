@@ -30,6 +30,8 @@ Sink = Callable[[Sequence[HistoryEvent]], Awaitable[None]]
 DEFAULT_BUFFER = 100_000
 #: The longest wait between two tries of a batch that could not be written.
 MAX_BACKOFF_S = 5.0
+#: The longest wait between two tries while closing: soon after the stream accepts again.
+CLOSE_BACKOFF_S = 1.0
 
 
 class HistoryRecorder:
@@ -53,6 +55,7 @@ class HistoryRecorder:
         self.failed = 0
         self.dropped = 0
         self._failing = False
+        self._last_failure = ""
         self._backoff_s = interval_s
 
     def record(self, event: HistoryEvent) -> None:
@@ -69,17 +72,34 @@ class HistoryRecorder:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Write what is buffered (up to ``timeout_s``) and stop."""
+        """Write what is buffered and stop, within ``timeout_s``.
+
+        A write that fails is tried again, after a backoff capped at ``CLOSE_BACKOFF_S``, until
+        ``timeout_s``: just after a broker restart the stream may refuse events for a moment
+        (its exchange routes nowhere yet), and a producer closed right after its last publish
+        would otherwise drop that job's ``published``. What is still unwritten then is given
+        up, counted in ``dropped`` and logged: closing never waits out an outage."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        backoff_s = self._interval_s
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                while self._events and await self._flush():
-                    pass
-        # What the stream still refuses is given up: closing never waits out an outage.
+                while self._events:
+                    if await self._flush():
+                        continue
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, CLOSE_BACKOFF_S)
+        if self._events:
+            log.warning(
+                "job history: %d events not written: the stream still refused them when closing "
+                "after %gs (%s); jobs are not affected",
+                len(self._events),
+                timeout_s,
+                self._last_failure or "the write did not finish",
+            )
         self.dropped += len(self._events)
         self._events.clear()
 
@@ -106,6 +126,7 @@ class HistoryRecorder:
         except Exception as exc:
             self.failed += len(batch)
             self._put_back(batch)
+            self._last_failure = f"{type(exc).__name__}: {exc}"
             if not self._failing:
                 self._failing = True
                 log.warning(

@@ -104,6 +104,13 @@ async def test_after_a_partition_heals_consumption_resumes_after_a_capped_backof
             lambda: len(PROBE.payloads) == 1 + len(during), timeout_s=60, what="resumed"
         )
         resumed_after = time.monotonic() - healed
+        # The line is logged once every channel and consumer is restored; the first restored
+        # consumer may run all five jobs before the last one is back.
+        await wait_until(
+            lambda: _lines(caplog, r"reconnected to \S+ after \d+ failed attempts"),
+            timeout_s=30,
+            what="the reconnected line",
+        )
         assert not worker.stopping
     print(f"\nconsumption resumed {resumed_after:.2f}s after the partition healed")
     assert _lines(caplog, r"connection to amqp://guest:\*\*\*@127\.0\.0\.1:\d+/\S+ lost \(")

@@ -25,6 +25,7 @@ from jobsys.publish.history import HistorySink
 from jobsys.publish.producer import Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology_text
+from jobsys.topology.own import OwnLayout
 from jobsys.wire.envelope import new_job_id
 from jobsys.wire.headers import now_ms
 from jobsys.wire.history import HistoryEvent, job_state
@@ -176,6 +177,27 @@ async def test_a_history_that_cannot_be_written_never_fails_a_job(
         await wait_until(lambda: history.recorder.failed > 0, what="history writes failing")
         assert await producer.call("add", {"a": 7, "b": 0}, timeout_s=30) == 7
     assert worker.stats.done == 6 and worker.stats.dead_lettered == 0
+
+
+async def test_a_producer_closed_while_the_stream_refuses_writes_its_events_once_it_takes_them(
+    vhost_settings: Settings, loaded: LoadedTopology
+) -> None:
+    # Just after a broker restart the history exchange may route nowhere for a moment: a
+    # producer closed then keeps trying (within its close timeout) instead of dropping them.
+    layout = OwnLayout(loaded.topology.namespace)
+    async with BrokerConnection(vhost_settings) as connection:
+        channel = await connection.channel(confirms=False)
+        stream = await channel.get_queue(layout.history, ensure=False)
+        await stream.unbind(layout.history_exchange, routing_key="")
+        job_id = new_job_id()
+        producer = await Producer(vhost_settings, loaded).open()
+        await producer.publish("add", {"a": 1, "b": 1}, job_id=job_id)
+        closing = asyncio.create_task(producer.close())
+        await asyncio.sleep(1.0)
+        assert not closing.done()  # the stream refused: the producer is still trying
+        await stream.bind(layout.history_exchange, routing_key="")
+        await asyncio.wait_for(closing, 10)
+    assert [e.kind for e in await timeline(vhost_settings, loaded, job_id)] == ["published"]
 
 
 async def test_reading_history_of_a_topology_without_it_says_how_to_turn_it_on(

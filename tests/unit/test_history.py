@@ -315,13 +315,41 @@ async def test_a_kept_batch_gives_way_to_newer_events_when_the_buffer_is_full() 
     assert recorder.dropped == 1
 
 
-async def test_closing_gives_up_on_a_stream_that_keeps_refusing() -> None:
-    sink = _Sink(fail=10**6)
-    recorder = HistoryRecorder(sink, batch=2)
+async def test_closing_tries_a_refused_write_again_until_the_stream_takes_it() -> None:
+    # Just after a broker restart the stream refuses for a moment: a producer closed then
+    # still writes its last events.
+    sink = _Sink(fail=3)
+    recorder = HistoryRecorder(sink, interval_s=0.001, batch=2)
     for attempt in range(1, 6):
         recorder.record(_event("started", attempt=attempt))
-    await recorder.close(timeout_s=60)  # returns at the first refusal, not after 60 s
-    assert (recorder.failed, recorder.dropped, recorder.written) == (2, 5, 0)
+    await recorder.close(timeout_s=30)
+    assert [e.attempt for b in sink.batches for e in b] == [1, 2, 3, 4, 5]
+    assert (recorder.failed, recorder.dropped, recorder.written) == (6, 0, 5)
+
+
+async def test_closing_gives_up_on_a_stream_that_keeps_refusing_at_its_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = _Sink(fail=10**6)
+    recorder = HistoryRecorder(sink, interval_s=0.001, batch=2)
+    for attempt in range(1, 6):
+        recorder.record(_event("started", attempt=attempt))
+    with caplog.at_level(logging.WARNING, logger="jobsys.observe.history"):
+        await asyncio.wait_for(recorder.close(timeout_s=0.2), 10)  # not a hang
+    assert (recorder.dropped, recorder.written) == (5, 0)
+    assert recorder.failed > 2  # tried more than once
+    last = caplog.records[-1].getMessage()
+    assert "5 events not written" in last and "ConnectionError: stream unreachable" in last
+
+
+async def test_closing_gives_up_on_a_write_that_hangs_at_its_timeout() -> None:
+    async def hanging(batch: Sequence[HistoryEvent]) -> None:
+        await asyncio.Event().wait()
+
+    recorder = HistoryRecorder(hanging, batch=2)
+    recorder.record(_event("started"))
+    await asyncio.wait_for(recorder.close(timeout_s=0.1), 10)
+    assert (recorder.dropped, recorder.written) == (1, 0)
 
 
 def test_a_batch_written_twice_shows_its_events_once() -> None:
