@@ -22,11 +22,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pamqp.frame
 from aiormq.base import FutureStore
+from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 from bench import worker as wb
 from jobsys.broker.connection import BrokerConnection
 from jobsys.broker.deadlines import Deadlines
+from jobsys.broker.frame_decode import unmarshal
 from jobsys.consume.attempt import Delivery, _check_utf8
 from jobsys.consume.watchdog import LoopWatchdog
 from jobsys.observe import tracing
@@ -105,8 +110,24 @@ async def main(url: str, n: int) -> None:
             attempt.set_outcome("ack")
 
     _sync("the attempt's span and metrics, no SDK, no trace context", span, n)
+    _frames(message, n)
     await _bookkeeping(n)
     await _handover(n)
+
+
+def _frames(message: Any, n: int) -> None:
+    """A delivery's three frames and a confirm's one, decoded from bytes as they arrive."""
+    deliver = spec.Basic.Deliver("ctag1.8d2f0c9e5b7a4f11", 4_812, False, "", "bench.q-0f3a9c1e")
+    header = ContentHeader(0, len(message.body), message.header.properties)
+    delivery = [pamqp.frame.marshal(f, 1) for f in (deliver, header, ContentBody(message.body))]
+    ack = pamqp.frame.marshal(spec.Basic.Ack(4_812), 1)
+    for label, decode in (("pamqp (before)", pamqp.frame.unmarshal), ("jobsys (now)", unmarshal)):
+        _sync(
+            f"a delivery's three frames decoded, {label}",
+            lambda decode=decode: [*map(decode, delivery)],  # type: ignore[misc]
+            n,
+        )
+        _sync(f"a confirm's basic.ack decoded, {label}", lambda decode=decode: decode(ack), n)  # type: ignore[misc]
 
 
 async def _bookkeeping(n: int) -> None:

@@ -5,11 +5,12 @@ byte, six more, then the payload) into a ``BytesIO`` under a lock, copying the b
 three more times on the way. Reading a delivery's three frames (the method, the content header,
 the body) from a stream took 43 us that way and takes 35 us here (bench/README.md).
 ``get_frame`` here reads the seven header bytes, then the payload with the frame-end byte, and
-hands the frame to pamqp as aiormq does, with aiormq's errors for every failure (a closed or
-reset connection, a protocol header where a frame was due, an undecodable frame). Their texts
-are aiormq's too, except the byte counts of a stream cut inside a frame's header, which count
-the seven header bytes read at once ("Read 3 bytes but 7 bytes expected" where aiormq, reading
-one byte then six, says "Read 2 bytes but 6 bytes expected").
+decodes the frame as pamqp does (``jobsys.broker.frame_decode``, faster for the frames of a
+delivery and of a confirm), with aiormq's errors for every failure (a closed or reset
+connection, a protocol header where a frame was due, an undecodable frame). Their texts are
+aiormq's too, except the byte counts of a stream cut inside a frame's header, which count the
+seven header bytes read at once ("Read 3 bytes but 7 bytes expected" where aiormq, reading one
+byte then six, says "Read 2 bytes but 6 bytes expected").
 
 aiormq creates its frame receiver inside ``Connection.connect`` from its module's
 ``FrameReceiver``, with nothing to pass another class through, so ``install`` puts this subclass
@@ -25,10 +26,11 @@ import asyncio
 from typing import Any
 
 import aiormq.connection
-import pamqp.frame
 from aiormq.connection import FrameReceiver
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp.exceptions import PAMQPException
+
+from jobsys.broker.frame_decode import unmarshal
 
 #: The attribute that marks a stream opened by jobsys.
 _MARK = "_jobsys_frames"
@@ -81,7 +83,7 @@ class FrameReader(FrameReceiver):
         except OSError as e:
             raise AMQPConnectionError(f"Server communication error: {e!r}") from e
         try:
-            return pamqp.frame.unmarshal(data)
+            return unmarshal(data)
         except PAMQPException as e:
             raise InvalidFrameError(str(e)) from e
 

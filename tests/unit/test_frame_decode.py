@@ -1,0 +1,235 @@
+"""``jobsys.broker.frame_decode`` against pamqp, the oracle: for any frame, well formed or
+damaged, ``unmarshal`` returns what ``pamqp.frame.unmarshal`` returns (the same types, the same
+values, type for type: ``str`` and ``bytes``, ``bool`` and ``int``, ``bytearray``) or raises
+what it raises. And the frames of a real delivery and of a confirm never reach pamqp, so the
+fast path is the path taken."""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from datetime import UTC, datetime
+from typing import Any
+
+import pamqp.frame
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
+
+from jobsys.broker import frame_decode
+from jobsys.broker.frame_decode import unmarshal
+from jobsys.publish.properties import message_properties
+
+# -- frames written byte by byte, so every value type and every damage can be reached --------
+
+_SIZES = {"b": 1, "B": 1, "s": 2, "u": 2, "I": 4, "i": 4, "l": 8, "L": 8, "f": 4, "d": 8}
+_text = st.text(max_size=20).map(str.encode) | st.binary(max_size=20)  # UTF-8 or not
+
+
+def _short(raw: bytes) -> bytes:
+    return bytes([len(raw)]) + raw
+
+
+def _long(raw: bytes) -> bytes:
+    return struct.pack(">I", len(raw)) + raw
+
+
+def _values(tables: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    fixed = st.sampled_from(sorted(_SIZES)).flatmap(
+        lambda code: st.binary(min_size=_SIZES[code], max_size=_SIZES[code]).map(
+            lambda raw: code.encode() + raw
+        )
+    )
+    stamps = st.integers(0, 2**64 - 1).map(lambda n: b"T" + struct.pack(">Q", n))
+    plausible = st.integers(0, 2**33).map(lambda n: b"T" + struct.pack(">Q", n))
+    return st.one_of(
+        fixed,
+        _text.map(lambda raw: b"S" + _long(raw)),
+        st.binary(max_size=20).map(lambda raw: b"x" + _long(raw)),
+        st.binary(min_size=1, max_size=1).map(lambda raw: b"t" + raw),
+        stamps,
+        plausible,
+        st.just(b"V"),
+        st.binary(min_size=5, max_size=5).map(lambda raw: b"D" + raw),  # pamqp decides
+        st.binary(min_size=1, max_size=1).map(lambda raw: b"\x00"),
+        tables.map(lambda raw: b"F" + raw),
+        st.lists(tables.map(lambda raw: b"F" + raw), max_size=3).map(
+            lambda items: b"A" + _long(b"".join(items))
+        ),
+        st.binary(min_size=1, max_size=9),  # any type code, any bytes
+    )
+
+
+def _table_of(values: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    entries = st.tuples(_text, values).map(lambda kv: _short(kv[0]) + kv[1])
+    return st.lists(entries, max_size=4).map(lambda items: _long(b"".join(items)))
+
+
+_tables = st.recursive(st.just(_long(b"")), lambda inner: _table_of(_values(inner)), max_leaves=12)
+_stamp = st.integers(0, 2**64 - 1).map(lambda n: struct.pack(">Q", n))
+#: What each property is written as, in wire order (pamqp's Basic.Properties).
+_PROPERTY_VALUES: list[tuple[int, st.SearchStrategy[bytes]]] = [
+    (0x8000, _text.map(_short)),
+    (0x4000, _text.map(_short)),
+    (0x2000, _tables),
+    (0x1000, st.binary(min_size=1, max_size=1)),
+    (0x0800, st.binary(min_size=1, max_size=1)),
+    *((flag, _text.map(_short)) for flag in (0x0400, 0x0200, 0x0100, 0x0080)),
+    (0x0040, _stamp),
+    *((flag, _text.map(_short)) for flag in (0x0020, 0x0010, 0x0008, 0x0004)),
+]
+
+
+@st.composite
+def _content_header(draw: st.DrawFn) -> bytes:
+    flags = draw(st.integers(0, 0xFFFF)) & ~draw(st.sampled_from([0b11, 0b11, 0b11, 0]))
+    props = b"".join(draw(value) for flag, value in _PROPERTY_VALUES if flags & flag)
+    head = struct.pack(
+        ">HHQH", draw(st.sampled_from([60, 0, 70])), 0, draw(st.integers(0, 2**64 - 1)), flags
+    )
+    return head + props
+
+
+def _method(index: int, *parts: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    return st.tuples(*parts).map(lambda raw: struct.pack(">I", index) + b"".join(raw))
+
+
+_deliver = _method(
+    spec.Basic.Deliver.index,
+    _text.map(_short),
+    st.binary(min_size=8, max_size=8),
+    st.binary(min_size=1, max_size=1),
+    _text.map(_short),
+    _text.map(_short),
+)
+_ack = _method(
+    spec.Basic.Ack.index, st.binary(min_size=8, max_size=8), st.binary(min_size=1, max_size=1)
+)
+_other = st.sampled_from(
+    [spec.Basic.Nack.index, spec.Basic.Return.index, spec.Channel.Close.index, 0x003C0047]
+).flatmap(lambda index: _method(index, st.binary(max_size=30)))
+
+
+def _frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
+
+
+_payloads = st.one_of(
+    st.tuples(st.just(1), _deliver | _ack | _other),
+    st.tuples(st.just(2), _content_header()),
+    st.tuples(st.just(3), st.binary(max_size=40)),
+    st.tuples(st.sampled_from([8, 4, 0x41]), st.binary(max_size=8)),
+)
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> bytes:
+    kind, payload = draw(_payloads)
+    channel = draw(st.integers(0, 0xFFFF))
+    damage = draw(st.sampled_from(["none", "none", "cut", "extra", "flip", "size", "end", "raw"]))
+    if damage == "cut" and payload:
+        payload = payload[: draw(st.integers(0, len(payload) - 1))]
+    elif damage == "extra":
+        payload += draw(st.binary(min_size=1, max_size=4))
+    elif damage == "flip" and payload:
+        at = draw(st.integers(0, len(payload) - 1))
+        payload = (
+            payload[:at] + bytes([payload[at] ^ draw(st.integers(1, 255))]) + payload[at + 1 :]
+        )
+    data = _frame(kind, channel, payload)
+    if damage == "size":
+        data = data[:3] + struct.pack(">I", draw(st.integers(0, len(payload) + 3))) + data[7:]
+    elif damage == "end":
+        data = data[:-1] + draw(st.binary(min_size=1, max_size=1))
+    elif damage == "raw":
+        data = draw(st.binary(max_size=40))
+    return data
+
+
+# -- comparing what two decoders made, type for type -------------------------------------------
+
+
+def _typed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ("dict", tuple((_typed(k), _typed(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", tuple(_typed(v) for v in value))
+    if isinstance(value, float):
+        return ("float", "nan" if math.isnan(value) else value)
+    if type(value).__module__.startswith("pamqp."):  # a frame, a header, its properties
+        names = getattr(value, "__slots__", None) or sorted(vars(value))
+        return (type(value), tuple((n, _typed(getattr(value, n))) for n in names))
+    return (type(value), value)
+
+
+def _outcome(decode: Any, data: bytes) -> Any:
+    try:
+        consumed, channel, frame = decode(data)
+    except Exception as exc:  # what is raised is what is compared
+        # pamqp names the frame object in its messages; its address differs between two calls.
+        return ("raised", type(exc), re.sub(r" at 0x[0-9a-f]+", "", str(exc)))
+    return ("frame", consumed, channel, _typed(frame))
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_frames())
+@example(_frame(2, 1, struct.pack(">HHQH", 60, 0, 5, 0x0040) + struct.pack(">Q", 2**64 - 1)))
+@example(_frame(2, 1, struct.pack(">HHQH", 60, 0, 5, 0x2000) + _long(b"\x01k" + b"Sxx")))
+def test_any_frame_decodes_as_pamqp_decodes_it(data: bytes) -> None:
+    assert _outcome(unmarshal, data) == _outcome(pamqp.frame.unmarshal, data)
+
+
+# -- the frames a worker and a producer receive take the fast path -----------------------------
+
+
+def _real_frames() -> list[bytes]:
+    props = message_properties(
+        "reports.render",
+        5,
+        {"jobsys-attempt": 1, "jobsys-job-id": "2c2c9f4e", "jobsys-published-at-ms": 1796068606483},
+        "m-1",
+    )
+    delivered = spec.Basic.Properties(
+        **{name: getattr(props, name) for name in spec.Basic.Properties.__slots__}
+    )
+    nested = spec.Basic.Properties(
+        headers={
+            "x-death": [{"count": 2, "reason": "expired", "queue": "q", "time": datetime.now(UTC)}],
+            "x-first-death-reason": "rejected",
+            "flag": True,
+            "ratio": 0.5,
+            "none": None,
+        },
+        correlation_id="c",
+        reply_to="amq.rabbitmq.reply-to.g1h2",
+        expiration="5000",
+        app_id="svc",
+    )
+    return [
+        pamqp.frame.marshal(
+            spec.Basic.Deliver("ctag1.0f3a", 2**40, True, "jobs", "reports.render"), 7
+        ),
+        pamqp.frame.marshal(ContentHeader(0, 100, delivered), 7),
+        pamqp.frame.marshal(ContentHeader(0, 0, nested), 7),
+        pamqp.frame.marshal(ContentHeader(0, 0, spec.Basic.Properties()), 7),
+        pamqp.frame.marshal(ContentBody(b'{"report": 42}'), 7),
+        pamqp.frame.marshal(spec.Basic.Ack(123_456, multiple=True), 1),
+    ]
+
+
+@pytest.mark.parametrize("data", _real_frames(), ids=lambda d: f"type{d[0]}-{len(d)}")
+def test_the_frames_of_a_delivery_and_a_confirm_never_reach_pamqp(
+    data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _outcome(pamqp.frame.unmarshal, data)
+
+    def refuse(_: bytes) -> Any:
+        raise AssertionError("given to pamqp")
+
+    monkeypatch.setattr(frame_decode.pamqp.frame, "unmarshal", refuse)
+    assert _outcome(unmarshal, data) == expected
+    assert expected[0] == "frame"
