@@ -150,6 +150,44 @@ def _frames(draw: st.DrawFn) -> bytes:
     return data
 
 
+def _regular_values(tables: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """Values of every type the fast path decodes itself, well formed."""
+    fixed = st.sampled_from(sorted(_SIZES)).flatmap(
+        lambda code: st.binary(min_size=_SIZES[code], max_size=_SIZES[code]).map(
+            lambda raw: code.encode() + raw
+        )
+    )
+    return st.one_of(
+        fixed,
+        _text.map(lambda raw: b"S" + _long(raw)),  # UTF-8 or not: str or bytes
+        st.binary(max_size=20).map(lambda raw: b"x" + _long(raw)),
+        st.binary(min_size=1, max_size=1).map(lambda raw: b"t" + raw),
+        st.integers(0, 2**33).map(lambda n: b"T" + struct.pack(">Q", n)),
+        st.just(b"V"),
+        tables.map(lambda raw: b"F" + raw),
+        st.lists(_regular_values_leaf(), max_size=4).map(
+            lambda items: b"A" + _long(b"".join(items))
+        ),
+    )
+
+
+def _regular_values_leaf() -> st.SearchStrategy[bytes]:
+    return _text.map(lambda raw: b"S" + _long(raw)) | st.binary(min_size=8, max_size=8).map(
+        lambda raw: b"L" + raw
+    )
+
+
+_keys = st.text(max_size=12).map(str.encode).filter(lambda raw: len(raw) < 256)
+_regular_tables = st.recursive(
+    st.just(_long(b"")),
+    lambda inner: st.lists(
+        st.tuples(_keys, _regular_values(inner)).map(lambda kv: _short(kv[0]) + kv[1]),
+        max_size=5,
+    ).map(lambda items: _long(b"".join(items))),
+    max_leaves=16,
+)
+
+
 # -- comparing what two decoders made, type for type -------------------------------------------
 
 
@@ -180,6 +218,16 @@ def _outcome(decode: Any, data: bytes) -> Any:
 @example(_frame(2, 1, struct.pack(">HHQH", 60, 0, 5, 0x0040) + struct.pack(">Q", 2**64 - 1)))
 @example(_frame(2, 1, struct.pack(">HHQH", 60, 0, 5, 0x2000) + _long(b"\x01k" + b"Sxx")))
 def test_any_frame_decodes_as_pamqp_decodes_it(data: bytes) -> None:
+    assert _outcome(unmarshal, data) == _outcome(pamqp.frame.unmarshal, data)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_regular_tables)
+def test_any_regular_headers_table_takes_the_fast_path_and_decodes_as_pamqp_does(
+    table: bytes,
+) -> None:
+    data = _frame(2, 1, struct.pack(">HHQH", 60, 0, 10, 0x2000) + table)
+    assert frame_decode._decoded(data) is not None  # not given to pamqp
     assert _outcome(unmarshal, data) == _outcome(pamqp.frame.unmarshal, data)
 
 
