@@ -153,24 +153,23 @@ def _content_header(data: bytes) -> ContentHeader:
     if flags & 0b11:
         raise _Irregular
     # One line per property, in wire order: a loop of setattr over the fourteen cost 1.6 us
-    # where these assignments cost 0.3 us.
+    # where these assignments cost 0.3 us, and an absent property costs no call.
     props = _Properties.__new__(_Properties)
     at = 21
-    props.content_type, at = _str_if(flags & 0x8000, data, at, end)
-    props.content_encoding, at = _str_if(flags & 0x4000, data, at, end)
-    props.headers, at = _table_if(flags & 0x2000, data, at, end)
-    props.delivery_mode, at = _octet_if(flags & 0x1000, data, at, end)
-    props.priority, at = _octet_if(flags & 0x0800, data, at, end)
-    props.correlation_id, at = _str_if(flags & 0x0400, data, at, end)
-    props.reply_to, at = _str_if(flags & 0x0200, data, at, end)
-    props.expiration, at = _str_if(flags & 0x0100, data, at, end)
-    props.message_id, at = _str_if(flags & 0x0080, data, at, end)
-    props.timestamp, at = _timestamp_if(flags & 0x0040, data, at, end)
-    props.message_type, at = _str_if(flags & 0x0020, data, at, end)
-    props.user_id, at = _str_if(flags & 0x0010, data, at, end)
-    props.app_id, at = _str_if(flags & 0x0008, data, at, end)
-    cluster_id, at = _str_if(flags & 0x0004, data, at, end)
-    props.cluster_id = "" if cluster_id is None else cluster_id
+    props.content_type, at = _short_str(data, at, end) if flags & 0x8000 else (None, at)
+    props.content_encoding, at = _short_str(data, at, end) if flags & 0x4000 else (None, at)
+    props.headers, at = _table(data, at, end) if flags & 0x2000 else (None, at)
+    props.delivery_mode, at = _octet(data, at, end) if flags & 0x1000 else (None, at)
+    props.priority, at = _octet(data, at, end) if flags & 0x0800 else (None, at)
+    props.correlation_id, at = _short_str(data, at, end) if flags & 0x0400 else (None, at)
+    props.reply_to, at = _short_str(data, at, end) if flags & 0x0200 else (None, at)
+    props.expiration, at = _short_str(data, at, end) if flags & 0x0100 else (None, at)
+    props.message_id, at = _short_str(data, at, end) if flags & 0x0080 else (None, at)
+    props.timestamp, at = _timestamp_value(data, at, end) if flags & 0x0040 else (None, at)
+    props.message_type, at = _short_str(data, at, end) if flags & 0x0020 else (None, at)
+    props.user_id, at = _short_str(data, at, end) if flags & 0x0010 else (None, at)
+    props.app_id, at = _short_str(data, at, end) if flags & 0x0008 else (None, at)
+    props.cluster_id, at = _short_str(data, at, end) if flags & 0x0004 else ("", at)
     if at != end:
         raise _Irregular
     header = ContentHeader.__new__(ContentHeader)
@@ -181,24 +180,10 @@ def _content_header(data: bytes) -> ContentHeader:
     return header
 
 
-def _str_if(present: int, data: bytes, at: int, end: int) -> tuple[str | None, int]:
-    return _short_str(data, at, end) if present else (None, at)
-
-
-def _octet_if(present: int, data: bytes, at: int, end: int) -> tuple[int | None, int]:
-    if not present:
-        return None, at
+def _octet(data: bytes, at: int, end: int) -> tuple[int, int]:
     if at >= end:
         raise _Irregular
     return data[at], at + 1
-
-
-def _table_if(present: int, data: bytes, at: int, end: int) -> tuple[dict[str, Any] | None, int]:
-    return _table(data, at, end) if present else (None, at)
-
-
-def _timestamp_if(present: int, data: bytes, at: int, end: int) -> tuple[datetime | None, int]:
-    return _timestamp_value(data, at, end) if present else (None, at)
 
 
 def _timestamp(data: bytes, at: int) -> datetime:
