@@ -9,7 +9,8 @@ validating ``__init__``: 36 of the ~40 us it spends on a jobsys delivery (bench/
 It is ``pamqp.frame.unmarshal`` by construction: anything else (another method, a heartbeat, a
 protocol header) and anything irregular in those four (a length past its end, bytes left over,
 text that is not UTF-8, a flag pamqp ignores, a decimal value, a continued flag word) goes to
-pamqp itself, which then returns or raises exactly what it always did. So the fast path only has
+pamqp itself, which then returns or raises exactly what it always did: a short string that is
+not UTF-8, for one, arrives with its bytes kept as surrogates (``jobsys.broker.decoding``). So the fast path only has
 to be right on what it accepts, and tests/unit/test_frame_decode.py holds it to pamqp there,
 value for value and type for type, on random frames and on random damage to them.
 """

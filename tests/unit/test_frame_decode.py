@@ -20,9 +20,13 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from jobsys.broker import frame_decode
+from jobsys.broker import decoding, frame_decode
 from jobsys.broker.frame_decode import unmarshal
 from jobsys.publish.properties import message_properties
+
+# pamqp as jobsys connections use it: short strings and table keys that are not UTF-8 are kept
+# as lone surrogates instead of dropping the connection (jobsys.broker.decoding).
+decoding.install()
 
 # -- frames written byte by byte, so every value type and every damage can be reached --------
 
@@ -281,3 +285,25 @@ def test_the_frames_of_a_delivery_and_a_confirm_never_reach_pamqp(
     monkeypatch.setattr(frame_decode.pamqp.frame, "unmarshal", refuse)
     assert _outcome(unmarshal, data) == expected
     assert expected[0] == "frame"
+
+
+def test_a_short_string_that_is_not_utf8_is_kept_as_surrogates_as_jobsys_decoding_keeps_it() -> (
+    None
+):
+    # The fast path decodes strict UTF-8 only; such a header goes to pamqp as jobsys set it up.
+    props = _short(b"application/json") + _long(_short(b"k\xff") + b"S" + _long(b"v"))
+    data = _frame(2, 1, struct.pack(">HHQH", 60, 0, 3, 0xA000) + props)
+    _, _, header = unmarshal(data)
+    assert header.properties.content_type == "application/json"
+    assert header.properties.headers == {"k\udcff": "v"}
+    deliver = _frame(
+        1,
+        1,
+        struct.pack(">I", spec.Basic.Deliver.index)
+        + _short(b"c\xfe")
+        + struct.pack(">QB", 9, 0)
+        + _short(b"")
+        + _short(b"rk"),
+    )
+    _, _, method = unmarshal(deliver)
+    assert (method.consumer_tag, method.delivery_tag, method.routing_key) == ("c\udcfe", 9, "rk")
