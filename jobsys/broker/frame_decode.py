@@ -10,9 +10,10 @@ It is ``pamqp.frame.unmarshal`` by construction: anything else (another method, 
 protocol header) and anything irregular in those four (a length past its end, bytes left over,
 text that is not UTF-8, a flag pamqp ignores, a decimal value, a continued flag word) goes to
 pamqp itself, which then returns or raises exactly what it always did: a short string that is
-not UTF-8, for one, arrives with its bytes kept as surrogates (``jobsys.broker.decoding``). So the fast path only has
-to be right on what it accepts, and tests/unit/test_frame_decode.py holds it to pamqp there,
-value for value and type for type, on random frames and on random damage to them.
+not UTF-8, for one, arrives with its bytes kept as surrogates (``jobsys.broker.decoding``). So
+the fast path only has to be right on what it accepts, and tests/unit/test_frame_decode.py
+holds it to pamqp there, value for value and type for type, on random frames and on random
+damage to them.
 """
 
 from __future__ import annotations
@@ -85,12 +86,27 @@ class _Irregular(Exception):
 def unmarshal(data: bytes) -> tuple[int, int, Any]:
     """What ``pamqp.frame.unmarshal(data)`` returns for one whole frame (bytes consumed,
     channel, frame), or raises."""
+    return decoded(data) or pamqp.frame.unmarshal(data)
+
+
+def decoded(data: bytes) -> tuple[int, int, Any] | None:
+    """``unmarshal``'s answer when the fast path can give it, else None (never raises): the
+    caller then asks pamqp, from the stack depth it always did (a table nested some 490
+    levels deep exhausts Python's recursion in either decoder; here it goes to pamqp)."""
     try:
         frame = _decoded(data)
-    except (_Irregular, struct.error, IndexError, ValueError, OverflowError, OSError):
-        frame = None
+    except (
+        _Irregular,
+        struct.error,
+        IndexError,
+        ValueError,
+        OverflowError,
+        OSError,
+        RecursionError,
+    ):
+        return None
     if frame is None:
-        return pamqp.frame.unmarshal(data)
+        return None
     return len(data), (data[1] << 8) | data[2], frame
 
 

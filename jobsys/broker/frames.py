@@ -26,11 +26,12 @@ import asyncio
 from typing import Any
 
 import aiormq.connection
+import pamqp.frame
 from aiormq.connection import FrameReceiver
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp.exceptions import PAMQPException
 
-from jobsys.broker.frame_decode import unmarshal
+from jobsys.broker.frame_decode import decoded
 
 #: The attribute that marks a stream opened by jobsys.
 _MARK = "_jobsys_frames"
@@ -83,7 +84,7 @@ class FrameReader(FrameReceiver):
         except OSError as e:
             raise AMQPConnectionError(f"Server communication error: {e!r}") from e
         try:
-            return unmarshal(data)
+            return decoded(data) or pamqp.frame.unmarshal(data)
         except PAMQPException as e:
             raise InvalidFrameError(str(e)) from e
 

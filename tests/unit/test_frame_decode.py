@@ -307,3 +307,26 @@ def test_a_short_string_that_is_not_utf8_is_kept_as_surrogates_as_jobsys_decodin
     )
     _, _, method = unmarshal(deliver)
     assert (method.consumer_tag, method.delivery_tag, method.routing_key) == ("c\udcfe", 9, "rk")
+
+
+def _nested(depth: int, leaf: bytes = b"V") -> bytes:
+    table = _long(b"\x01k" + leaf)
+    for _ in range(depth):
+        table = _long(b"\x01kF" + table)
+    return _frame(2, 1, struct.pack(">HHQH", 60, 0, 1, 0x2000) + table)
+
+
+@pytest.mark.parametrize("depth", [50, 150, 2_000, 20_000])
+@pytest.mark.parametrize("leaf", [b"V", b"D\x00\x00\x00\x00\x01"])
+def test_a_table_nested_past_pythons_recursion_goes_to_pamqp_and_ends_as_it_does(
+    depth: int, leaf: bytes
+) -> None:
+    # Nested so deep (from some 490 levels) both decoders exhaust Python's recursion; the fast
+    # path then never raises, and pamqp, asked from where it always was, decides.
+    data = _nested(depth, leaf)
+    assert (frame_decode.decoded(data) is None) == (depth > 1_000 or leaf != b"V")
+    ours, theirs = _outcome(unmarshal, data), _outcome(pamqp.frame.unmarshal, data)
+    if theirs[1] is RecursionError:
+        assert ours[1] is RecursionError  # its text depends on where the stack ran out
+    else:
+        assert ours == theirs
