@@ -1,4 +1,5 @@
-"""AMQP short strings that are not UTF-8, decoded without dropping the connection.
+"""AMQP short strings that are not UTF-8, and timestamps past the year 9999, decoded without
+dropping the connection.
 
 pamqp decodes every short string -- the ``type``, ``message_id``, ``content_type`` and other
 string properties of a message, and the names in a header table -- as strict UTF-8. One message
@@ -7,19 +8,27 @@ header undecodable: aiormq then drops the whole connection, every pool on it sto
 is redelivered and drops it again, forever, and ``jobsys dlq`` cannot read past it.
 
 ``install()`` makes pamqp decode those two places with ``surrogateescape`` instead: the bytes
-survive as lone surrogates (U+DC80-U+DCFF) in the ``str``. Everything else pamqp decodes is
-unchanged (long strings that are not UTF-8 already arrive as ``bytes``). jobsys then refuses
-such a message by itself (``jobsys.wire.envelope.not_utf8``) and dead-letters it with the
-offending values escaped. The override replaces exactly two functions of ``pamqp.decode`` and
-their entries in its dispatch tables; it is process-wide, idempotent, and checked against the
-shape of pamqp it was written for (``install`` refuses a pamqp it does not recognise rather than
-patching blind). A library using pamqp in the same process also gets strings with surrogates
-where it would have lost its connection.
+survive as lone surrogates (U+DC80-U+DCFF) in the ``str``. Long strings that are not UTF-8
+already arrive as ``bytes``. jobsys then refuses such a message by itself
+(``jobsys.wire.envelope.not_utf8``) and dead-letters it with the offending values escaped.
+
+The same loop followed a timestamp (the ``timestamp`` property, or a header value of type ``T``)
+that another client wrote in microseconds or nanoseconds: pamqp reads a value past 2**32 as
+milliseconds, lands past the year 9999, and fails the whole content header. Such a value now
+arrives as the integer that was sent; a retry or dead letter copies a header as that integer,
+and gives the property the time of its own publish (``Delivery.kept_properties``).
+
+The override replaces exactly three functions of ``pamqp.decode`` and their entries in its
+dispatch tables; everything else pamqp decodes is unchanged. It is process-wide, idempotent, and
+checked against the shape of pamqp it was written for (``install`` refuses a pamqp it does not
+recognise rather than patching blind). A library using pamqp in the same process also gets
+these values where it would have lost its connection.
 """
 
 from __future__ import annotations
 
 import struct
+from datetime import UTC, datetime
 from typing import Any
 
 from pamqp import common
@@ -61,8 +70,22 @@ def field_table(value: bytes) -> tuple[int, common.FieldTable]:
         raise ValueError("Could not unpack data") from err
 
 
+def timestamp(value: bytes) -> tuple[int, datetime | int]:
+    """pamqp's ``timestamp`` (past 2**32 read as milliseconds), keeping a value that lands
+    outside what a ``datetime`` holds as its integer, as it was sent."""
+    try:
+        raw: int = common.Struct.timestamp.unpack(value[0:8])[0]
+    except (struct.error, TypeError) as err:
+        raise ValueError("Could not unpack timestamp value") from err
+    try:
+        return 8, datetime.fromtimestamp(raw / 1000.0 if raw > 0xFFFFFFFF else raw, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return 8, raw
+
+
 def install() -> None:
-    """Make pamqp decode short strings and table keys leniently (see the module docstring)."""
+    """Make pamqp decode short strings, table keys and timestamps leniently (see the module
+    docstring)."""
     global _installed
     if _installed:
         return
@@ -72,6 +95,8 @@ def install() -> None:
         methods.get("shortstr") is not pamqp_decode.short_str
         or methods.get("table") is not pamqp_decode.field_table
         or tables.get(b"F") is not pamqp_decode.field_table
+        or methods.get("timestamp") is not pamqp_decode.timestamp
+        or tables.get(b"T") is not pamqp_decode.timestamp
     ):
         raise RuntimeError(
             "jobsys does not recognise this pamqp's decoder (pamqp.decode.METHODS); "
@@ -80,6 +105,9 @@ def install() -> None:
     methods["shortstr"] = short_str
     methods["table"] = field_table
     tables[b"F"] = field_table
+    methods["timestamp"] = timestamp
+    tables[b"T"] = timestamp
     pamqp_decode.short_str = short_str
     pamqp_decode.field_table = field_table
+    pamqp_decode.timestamp = timestamp  # type: ignore[assignment]
     _installed = True

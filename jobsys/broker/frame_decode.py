@@ -182,7 +182,7 @@ def _content_header(data: bytes) -> ContentHeader:
     props.reply_to, at = _short_str(data, at, end) if flags & 0x0200 else (None, at)
     props.expiration, at = _short_str(data, at, end) if flags & 0x0100 else (None, at)
     props.message_id, at = _short_str(data, at, end) if flags & 0x0080 else (None, at)
-    props.timestamp, at = _timestamp_value(data, at, end) if flags & 0x0040 else (None, at)
+    props.timestamp, at = _timestamp_value(data, at, end) if flags & 0x0040 else (None, at)  # type: ignore[assignment]
     props.message_type, at = _short_str(data, at, end) if flags & 0x0020 else (None, at)
     props.user_id, at = _short_str(data, at, end) if flags & 0x0010 else (None, at)
     props.app_id, at = _short_str(data, at, end) if flags & 0x0008 else (None, at)
@@ -203,10 +203,14 @@ def _octet(data: bytes, at: int, end: int) -> tuple[int, int]:
     return data[at], at + 1
 
 
-def _timestamp(data: bytes, at: int) -> datetime:
-    (seconds,) = _U64(data, at)
-    # pamqp reads a value past the year 2106 as milliseconds.
-    return datetime.fromtimestamp(seconds / 1000.0 if seconds > 0xFFFFFFFF else seconds, tz=UTC)
+def _timestamp(data: bytes, at: int) -> datetime | int:
+    raw: int = _U64(data, at)[0]
+    # pamqp reads a value past the year 2106 as milliseconds; one past what a datetime holds
+    # (microseconds, nanoseconds) stays the integer it was, as jobsys.broker.decoding has it.
+    try:
+        return datetime.fromtimestamp(raw / 1000.0 if raw > 0xFFFFFFFF else raw, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return raw
 
 
 def _table(data: bytes, at: int, end: int) -> tuple[dict[str, Any], int]:
@@ -287,7 +291,7 @@ def _boolean(data: bytes, at: int, end: int) -> tuple[bool, int]:
     return bool(data[at]), at + 1
 
 
-def _timestamp_value(data: bytes, at: int, end: int) -> tuple[datetime, int]:
+def _timestamp_value(data: bytes, at: int, end: int) -> tuple[datetime | int, int]:
     if at + 8 > end:
         raise _Irregular
     return _timestamp(data, at), at + 8

@@ -107,7 +107,9 @@ class Delivery:
             correlation_id=props.correlation_id,
             reply_to=props.reply_to,
             app_id=props.app_id,
-            timestamp=props.timestamp,
+            # A timestamp past the year 9999 arrives as an integer (jobsys.broker.decoding),
+            # which no copy can carry in this property: the copy gets the time of its publish.
+            timestamp=props.timestamp if isinstance(props.timestamp, datetime) else None,
         )
 
 

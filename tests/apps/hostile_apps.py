@@ -192,6 +192,7 @@ def raw_properties(
     headers: dict[str, Any] | None = None,
     message_id: str = "m-raw",
     content_type: str = "application/json",
+    timestamp: datetime | None = None,
     replace: dict[bytes, bytes] | None = None,
 ) -> spec.Basic.Properties:
     """Properties as jobsys writes them, with byte runs replaced in their encoded form: e.g.
@@ -202,6 +203,7 @@ def raw_properties(
         headers={HEADER_JOB_ID: new_job_id(), **(headers or {})},
         delivery_mode=2,
         message_id=message_id,
+        timestamp=timestamp,
         message_type=job_type,
     )
     data = props.marshal()

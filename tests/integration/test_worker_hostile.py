@@ -4,8 +4,10 @@ or dead-lettered with its reason, and the worker keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import struct
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +208,37 @@ async def test_a_job_with_double_headers_from_another_client_is_retried_with_the
     [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
     assert dead.headers["jobsys-attempts"] == 2
     assert dead.headers["price"] == 1e300 and dead.headers["ratio"] == 0.1
+
+
+_HEADER_S, _PROPERTY_S = 1_796_068_606, 1_796_068_607
+_MICROSECONDS = _HEADER_S * 1_000_000  # as another client might write a "T" value
+_NANOSECONDS = _PROPERTY_S * 1_000_000_000
+
+
+async def test_timestamps_in_microseconds_from_another_client_never_drop_the_connection(
+    vhost_settings: Settings, loaded: LoadedTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pamqp read them as milliseconds past the year 9999 and failed the content header: aiormq
+    # dropped the worker's connection, and the redelivered job dropped it again, forever.
+    props = hostile_apps.raw_properties(
+        job_type="fails_twice",
+        headers={"sent": datetime.fromtimestamp(_HEADER_S, UTC)},
+        timestamp=datetime.fromtimestamp(_PROPERTY_S, UTC),
+        replace={
+            b"T" + struct.pack(">Q", _HEADER_S): b"T" + struct.pack(">Q", _MICROSECONDS),
+            struct.pack(">Q", _PROPERTY_S): struct.pack(">Q", _NANOSECONDS),
+        },
+    )
+    await hostile_apps.publish_raw(vhost_settings, props)
+    caplog.set_level(logging.WARNING, logger="jobsys")
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the job dead-lettered")
+        assert worker.stats.retried == 1  # the retry carried the header, then failed again
+    assert not [r for r in caplog.records if "lost" in r.getMessage()]
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert dead.headers["sent"] == _MICROSECONDS  # copied as the integer that was sent
+    assert dead.headers["jobsys-attempts"] == 2
+    assert isinstance(dead.timestamp, datetime)  # the copy's own publish time
 
 
 async def test_float_headers_published_by_jobsys_arrive_exact(

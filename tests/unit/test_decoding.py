@@ -1,11 +1,14 @@
-"""Lenient decoding of AMQP short strings (``jobsys.broker.decoding``): bytes that are not UTF-8
-in a property or a header name no longer make a content header undecodable, and everything
-else decodes exactly as pamqp decodes it."""
+"""Lenient decoding (``jobsys.broker.decoding``): bytes that are not UTF-8 in a property or a
+header name, and timestamps past the year 9999, no longer make a content header undecodable;
+everything else decodes exactly as pamqp decodes it."""
 
 from __future__ import annotations
 
+import struct
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pamqp import commands as spec
@@ -13,7 +16,7 @@ from pamqp import decode as pamqp_decode
 from pamqp import frame
 from pamqp.header import ContentHeader
 
-from jobsys.broker import decoding
+from jobsys.broker import decoding, frame_decode
 
 decoding.install()
 
@@ -64,3 +67,38 @@ def test_install_is_idempotent_and_patches_pamqps_tables() -> None:
     decoding.install()
     assert pamqp_decode.METHODS["shortstr"] is decoding.short_str
     assert pamqp_decode.TABLE_MAPPING[b"F"] is decoding.field_table
+    assert pamqp_decode.METHODS["timestamp"] is decoding.timestamp
+    assert pamqp_decode.TABLE_MAPPING[b"T"] is decoding.timestamp
+
+
+_SENT_S = 1_796_068_606  # 2026-11-30T19:56:46Z
+
+
+@pytest.mark.parametrize("decode", [frame.unmarshal, frame_decode.unmarshal])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (_SENT_S, datetime.fromtimestamp(_SENT_S, UTC)),
+        (_SENT_S * 1_000 + 483, datetime.fromtimestamp(_SENT_S + 0.483, UTC)),  # milliseconds
+        (_SENT_S * 1_000_000, _SENT_S * 1_000_000),  # microseconds: past the year 9999
+        (_SENT_S * 1_000_000_000, _SENT_S * 1_000_000_000),  # nanoseconds
+        (2**64 - 1, 2**64 - 1),
+    ],
+)
+def test_a_timestamp_past_the_year_9999_arrives_as_its_integer_instead_of_failing(
+    decode: Any, raw: int, expected: object
+) -> None:
+    # Another client's microseconds or nanoseconds, in the property or in a header, made the
+    # whole content header undecodable: aiormq dropped the connection at every redelivery.
+    props = spec.Basic.Properties(
+        headers={"sent": datetime.fromtimestamp(2, UTC)}, timestamp=datetime.fromtimestamp(1, UTC)
+    )
+    data = frame.marshal(ContentHeader(0, 2, props), 1)
+    # The header's value is a "T" and 8 bytes; the property, last, its 8 bytes before the end.
+    assert data.count(b"T" + struct.pack(">Q", 2)) == 1
+    assert data.endswith(struct.pack(">Q", 1) + b"\xce")
+    data = data.replace(b"T" + struct.pack(">Q", 2), b"T" + struct.pack(">Q", raw))
+    data = data[:-9] + struct.pack(">Q", raw) + b"\xce"
+    _, _, header = decode(data)
+    assert header.properties.headers == {"sent": expected}
+    assert header.properties.timestamp == expected
