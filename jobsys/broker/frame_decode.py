@@ -213,12 +213,18 @@ def _timestamp(data: bytes, at: int) -> datetime | int:
         return raw
 
 
-def _table(data: bytes, at: int, end: int) -> tuple[dict[str, Any], int]:
+def _extent(data: bytes, at: int, end: int) -> int:
+    """Where a value with a 4-byte length at ``at`` ends, within ``end``."""
     if at + 4 > end:
         raise _Irregular
-    stop = at + 4 + _LENGTH(data, at)[0]
+    stop: int = at + 4 + _LENGTH(data, at)[0]
     if stop > end:
         raise _Irregular
+    return stop
+
+
+def _table(data: bytes, at: int, end: int) -> tuple[dict[str, Any], int]:
+    stop = _extent(data, at, end)
     at += 4
     table: dict[str, Any] = {}
     while at < stop:
@@ -233,11 +239,7 @@ def _table(data: bytes, at: int, end: int) -> tuple[dict[str, Any], int]:
 
 
 def _array(data: bytes, at: int, end: int) -> tuple[list[Any], int]:
-    if at + 4 > end:
-        raise _Irregular
-    stop = at + 4 + _LENGTH(data, at)[0]
-    if stop > end:
-        raise _Irregular
+    stop = _extent(data, at, end)
     at += 4
     values: list[Any] = []
     while at < stop:
@@ -264,11 +266,7 @@ def _value(data: bytes, at: int, end: int) -> tuple[Any, int]:
 
 
 def _long_bytes(data: bytes, at: int, end: int) -> tuple[bytes, int]:
-    if at + 4 > end:
-        raise _Irregular
-    stop = at + 4 + _LENGTH(data, at)[0]
-    if stop > end:
-        raise _Irregular
+    stop = _extent(data, at, end)
     return data[at + 4 : stop], stop
 
 
