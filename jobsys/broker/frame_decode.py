@@ -28,6 +28,8 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from jobsys.wire.headers import HEADER_UNREADABLE_HEADERS
+
 _FRAME_END = 0xCE
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _DELIVER = spec.Basic.Deliver.index.to_bytes(4, "big")
@@ -55,6 +57,8 @@ _NUMBERS: dict[int, tuple[Any, int]] = {
     )
 }
 _LENGTH = struct.Struct(">I").unpack_from
+#: Reads a field table at ``at`` within ``end``: the table and where it ends.
+_TableReader = Callable[[bytes, int, int], tuple[dict[str, Any], int]]
 
 _Properties = spec.Basic.Properties
 #: The property flags ``_content_header`` decodes, as pamqp's Basic.Properties has them: checked
@@ -110,6 +114,39 @@ def decoded(data: bytes) -> tuple[int, int, Any] | None:
     return len(data), (data[1] << 8) | data[2], frame
 
 
+def with_unreadable_headers(data: bytes) -> tuple[int, int, ContentHeader] | None:
+    """A content header frame whose header table neither decoder could read (pamqp ran out of
+    Python's recursion on a table nested some 490 levels deep), with that table replaced by
+    one header, ``HEADER_UNREADABLE_HEADERS``, that says so; None for any other frame.
+
+    Raised out of the frame reader, the ``RecursionError`` would drop the connection, and the
+    broker would redeliver the message to do it again, forever. Read this way the delivery
+    arrives, and the worker dead-letters it with that reason (``read_identity``). The other
+    properties are kept when the fast path reads them; else only the body size is."""
+    if len(data) < 22 or data[0] != _HEADER or data[-1] != _FRAME_END:
+        return None
+    if int.from_bytes(data[3:7], "big") + 8 != len(data):
+        return None
+    try:
+        header = _content_header(data, _left_unread)
+    except (_Irregular, struct.error, IndexError, ValueError, OverflowError, OSError):
+        class_id, weight, body_size, _flags = _HEAD(data, 7)
+        header = ContentHeader(weight, body_size, _Properties(headers=dict(_UNREAD)))
+        header.class_id = class_id
+    return len(data), (data[1] << 8) | data[2], header
+
+
+#: What a delivery whose header table could not be decoded carries instead of it.
+_UNREAD = {
+    HEADER_UNREADABLE_HEADERS: "its header table could not be decoded: tables nested too deeply"
+}
+
+
+def _left_unread(data: bytes, at: int, end: int) -> tuple[dict[str, Any], int]:
+    """A header table skipped by its length, as ``_UNREAD``."""
+    return dict(_UNREAD), _extent(data, at, end)
+
+
 def _decoded(data: bytes) -> Any:
     if len(data) < 8 or data[-1] != _FRAME_END:
         return None
@@ -122,7 +159,7 @@ def _decoded(data: bytes) -> Any:
         body.value = data[7:-1]
         return body
     if kind == _HEADER:
-        return _content_header(data)
+        return _content_header(data, _table)
     if kind == _METHOD:
         index = data[7:11]
         if index == _DELIVER:
@@ -163,7 +200,7 @@ def _ack(data: bytes) -> spec.Basic.Ack:
     return method
 
 
-def _content_header(data: bytes) -> ContentHeader:
+def _content_header(data: bytes, read_table: _TableReader) -> ContentHeader:
     end = len(data) - 1
     class_id, weight, body_size, flags = _HEAD(data, 7)
     # Bit 0 continues the flag word; bit 1 is no property: pamqp decides both.
@@ -175,7 +212,7 @@ def _content_header(data: bytes) -> ContentHeader:
     at = 21
     props.content_type, at = _short_str(data, at, end) if flags & 0x8000 else (None, at)
     props.content_encoding, at = _short_str(data, at, end) if flags & 0x4000 else (None, at)
-    props.headers, at = _table(data, at, end) if flags & 0x2000 else (None, at)
+    props.headers, at = read_table(data, at, end) if flags & 0x2000 else (None, at)
     props.delivery_mode, at = _octet(data, at, end) if flags & 0x1000 else (None, at)
     props.priority, at = _octet(data, at, end) if flags & 0x0800 else (None, at)
     props.correlation_id, at = _short_str(data, at, end) if flags & 0x0400 else (None, at)

@@ -31,7 +31,7 @@ from aiormq.connection import FrameReceiver
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp.exceptions import PAMQPException
 
-from jobsys.broker.frame_decode import decoded
+from jobsys.broker.frame_decode import decoded, with_unreadable_headers
 
 #: The attribute that marks a stream opened by jobsys.
 _MARK = "_jobsys_frames"
@@ -87,6 +87,13 @@ class FrameReader(FrameReceiver):
             return decoded(data) or pamqp.frame.unmarshal(data)
         except PAMQPException as e:
             raise InvalidFrameError(str(e)) from e
+        except RecursionError:
+            # A header table nested past what Python's recursion decodes: read the message
+            # without it, for the worker to dead-letter, rather than drop the connection.
+            frame = with_unreadable_headers(data)
+            if frame is None:
+                raise
+            return frame
 
 
 def install() -> None:

@@ -28,6 +28,7 @@ from jobsys.wire.headers import (
     HEADER_DUE_AT_MS,
     HEADER_JOB_ID,
     HEADER_PUBLISHED_AT_MS,
+    HEADER_UNREADABLE_HEADERS,
     PREFIX,
     ROUTING_HEADERS,
     escape_invalid,
@@ -137,7 +138,11 @@ def read_identity(message_type: str | None, headers: Mapping[str, Any] | None) -
     raw_attempt = headers.get(HEADER_ATTEMPT, 1)
     attempt = positive_int(raw_attempt)
     problem = None
-    if job_type is None:
+    if HEADER_UNREADABLE_HEADERS in headers:
+        # Put there by the frame reader in place of a table it could not decode: the job id
+        # and the attempt, if they were there, went with it.
+        problem = "its header table could not be decoded (tables nested too deeply)"
+    elif job_type is None:
         problem = "message has no job type (AMQP 'type' property)"
     elif job_id is None:
         problem = f"message has no {HEADER_JOB_ID} header"

@@ -54,6 +54,10 @@ HEADER_DEAD_LETTER_REASON = "jobsys-dead-letter-reason"
 #: On a dead letter whose original headers could not be republished (too large for a frame,
 #: or values no AMQP client can encode): what they were, as a digest, instead of them.
 HEADER_DROPPED_HEADERS = "jobsys-dropped-headers"
+#: On a delivery whose header table could not be decoded (nested past what Python's recursion
+#: decodes: jobsys.broker.frame_decode), the one header it arrives with instead: why, as text.
+#: Such a job is dead-lettered at once, carrying this header.
+HEADER_UNREADABLE_HEADERS = "jobsys-unreadable-headers"
 
 # -- the trace link ---------------------------------------------------------------------------
 #: The span context of the attempt before this one, so attempts link up across retries.

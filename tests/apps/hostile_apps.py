@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import struct
 import sys
 import threading
 import time
@@ -212,6 +213,31 @@ def raw_properties(
         data = data.replace(old, new)
     raw = _RawProperties()
     raw.raw = data
+    return raw
+
+
+def nested_headers_properties(depth: int, *, job_type: str = "quick") -> spec.Basic.Properties:
+    """Properties whose header table (a job id, then one entry) nests ``depth`` tables deep:
+    past some 490 levels no Python decoder reads it (pamqp's encoder cannot write it either)."""
+    nested = struct.pack(">I", 3) + b"\x01kV"
+    for _ in range(depth):
+        nested = struct.pack(">I", len(nested) + 3) + b"\x01kF" + nested
+    job_id = new_job_id().encode()
+    entries = bytes([len(HEADER_JOB_ID)]) + HEADER_JOB_ID.encode() + b"S"
+    entries += struct.pack(">I", len(job_id)) + job_id + b"\x04deepF" + nested
+    content_type = b"application/json"
+    raw = _RawProperties()
+    raw.raw = (
+        struct.pack(">H", 0x8000 | 0x2000 | 0x1000 | 0x0080 | 0x0020)
+        + bytes([len(content_type)])
+        + content_type
+        + struct.pack(">I", len(entries))
+        + entries
+        + b"\x02"  # persistent
+        + b"\x05m-raw"
+        + bytes([len(job_type)])
+        + job_type.encode()
+    )
     return raw
 
 

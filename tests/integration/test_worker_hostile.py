@@ -22,7 +22,7 @@ from jobsys.publish.producer import JobRequest, Producer
 from jobsys.settings import Settings
 from jobsys.topology.loader import LoadedTopology, load_topology_text
 from jobsys.wire.envelope import new_job_id
-from jobsys.wire.headers import now_ms
+from jobsys.wire.headers import HEADER_UNREADABLE_HEADERS, now_ms
 from tests.apps import hostile_apps
 from tests.apps.hostile_apps import OTHER, SEEN, STARTED, WORK
 from tests.apps.worker_apps import drain_dead, queue_depth, wait_until
@@ -239,6 +239,25 @@ async def test_timestamps_in_microseconds_from_another_client_never_drop_the_con
     assert dead.headers["sent"] == _MICROSECONDS  # copied as the integer that was sent
     assert dead.headers["jobsys-attempts"] == 2
     assert isinstance(dead.timestamp, datetime)  # the copy's own publish time
+
+
+async def test_a_header_table_nested_past_pythons_recursion_is_dead_lettered_with_the_reason(
+    vhost_settings: Settings, loaded: LoadedTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pamqp ran out of recursion on it: aiormq dropped the worker's connection, and the
+    # redelivered message dropped it again, forever, with the jobs behind it waiting.
+    await hostile_apps.publish_raw(vhost_settings, hostile_apps.nested_headers_properties(2_000))
+    await publish(vhost_settings, loaded, "quick", [{}])
+    caplog.set_level(logging.WARNING, logger="jobsys")
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the job dead-lettered")
+        await wait_until(lambda: worker.stats.done == 1, what="the job behind it done")
+    assert not [r for r in caplog.records if "lost" in r.getMessage()]
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert "deep" not in dead.headers
+    assert dead.headers[HEADER_UNREADABLE_HEADERS].startswith("its header table could not")
+    assert "nested too deeply" in dead.headers["jobsys-dead-letter-reason"]
+    assert dead.type == "quick"  # the properties beside the table were kept
 
 
 async def test_float_headers_published_by_jobsys_arrive_exact(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import struct
 from typing import Any
 
 import aiormq.connection
@@ -22,6 +23,7 @@ from pamqp.heartbeat import Heartbeat
 
 from jobsys.broker import frames
 from jobsys.broker.frames import FrameReader, mark
+from jobsys.wire.headers import HEADER_UNREADABLE_HEADERS
 
 _AIORMQ = frames._AIORMQ_RECEIVER
 
@@ -194,3 +196,70 @@ def test_a_broken_frame_is_aiormqs_invalid_frame_error() -> None:
 
     with pytest.raises(InvalidFrameError):
         asyncio.run(read())
+
+
+def _deep_table(depth: int) -> bytes:
+    table = struct.pack(">I", 3) + b"\x01kV"
+    for _ in range(depth):
+        table = struct.pack(">I", len(table) + 3) + b"\x01kF" + table
+    return table
+
+
+def _short(raw: bytes) -> bytes:
+    return bytes([len(raw)]) + raw
+
+
+def _deep_header(depth: int, content_type: bytes = b"application/json") -> bytes:
+    """A content header frame (body of 5 bytes) whose header table nests ``depth`` levels."""
+    flags = 0x8000 | 0x2000 | 0x1000 | 0x0080 | 0x0020
+    properties = _short(content_type) + _deep_table(depth) + b"\x02" + _short(b"m1")
+    properties += _short(b"jt")
+    payload = struct.pack(">HHQH", 60, 0, 5, flags) + properties
+    return struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce"
+
+
+async def _frames_read(data: bytes, count: int) -> list[Any]:
+    reader = mark(asyncio.StreamReader(limit=2**30))
+    reader.feed_data(data)
+    reader.feed_eof()
+    receiver = FrameReader(reader)
+    return [(await receiver.get_frame())[2] for _ in range(count)]
+
+
+def test_a_header_table_nested_past_pythons_recursion_arrives_as_one_header_saying_so() -> None:
+    # Raised out of the reader, the RecursionError dropped the connection, and the broker
+    # redelivered the message to drop it again, forever.
+    body = marshal(ContentBody(b"hello"), 1)
+    header, content = asyncio.run(_frames_read(_deep_header(5_000) + body, 2))
+    props = header.properties
+    assert header.body_size == 5 and header.class_id == 60
+    assert props.headers == {
+        HEADER_UNREADABLE_HEADERS: "its header table could not be decoded: tables nested too deeply"
+    }
+    assert (props.content_type, props.delivery_mode, props.message_id) == (
+        "application/json",
+        2,
+        "m1",
+    )
+    assert props.message_type == "jt"
+    assert content.value == b"hello"  # the stream read on past it
+    # A table nested less deeply is read as it is.
+    [shallow] = asyncio.run(_frames_read(_deep_header(100), 1))
+    assert HEADER_UNREADABLE_HEADERS not in shallow.properties.headers
+
+
+def test_an_unreadable_table_among_irregular_properties_keeps_only_the_body_size() -> None:
+    [header] = asyncio.run(_frames_read(_deep_header(5_000, content_type=b"\xff\xfe"), 1))
+    assert header.body_size == 5 and header.class_id == 60
+    assert list(header.properties.headers) == [HEADER_UNREADABLE_HEADERS]
+    assert header.properties.content_type is None and header.properties.message_type is None
+
+
+def test_a_method_frame_nested_past_pythons_recursion_still_fails_the_read() -> None:
+    # Only a broker sends method frames with tables; the reader has no message to keep there.
+    arguments = _deep_table(5_000)
+    payload = struct.pack(">I", spec.Basic.Consume.index) + b"\x00\x00" + _short(b"q")
+    payload += _short(b"tag") + b"\x00" + arguments
+    data = struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"
+    with pytest.raises(RecursionError):
+        asyncio.run(_frames_read(data, 1))

@@ -35,7 +35,7 @@ from jobsys.wire.headers import (
 
 def test_every_jobsys_header_name_starts_with_the_prefix_and_never_with_x() -> None:
     names = [v for k, v in vars(vocabulary).items() if k.startswith("HEADER_")]
-    assert len(names) == 21 and len(set(names)) == 21
+    assert len(names) == 22 and len(set(names)) == 22
     assert all(name.startswith(PREFIX) for name in names)
 
 
