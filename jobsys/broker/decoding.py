@@ -15,8 +15,9 @@ already arrive as ``bytes``. jobsys then refuses such a message by itself
 The same loop followed a timestamp (the ``timestamp`` property, or a header value of type ``T``)
 that another client wrote in microseconds or nanoseconds: pamqp reads a value past 2**32 as
 milliseconds, lands past the year 9999, and fails the whole content header. Such a value now
-arrives as the integer that was sent; a retry or dead letter copies a header as that integer,
-and gives the property the time of its own publish (``Delivery.kept_properties``).
+arrives as the integer that was sent (an aio-pika message, as ``jobsys dlq`` reads them, has no
+timestamp then); a retry, dead letter or replay copies a header as that integer, and gives the
+property the time of its own publish (``Delivery.kept_properties``).
 
 The override replaces exactly three functions of ``pamqp.decode`` and their entries in its
 dispatch tables; everything else pamqp decodes is unchanged. It is process-wide, idempotent, and
@@ -31,6 +32,7 @@ import struct
 from datetime import UTC, datetime
 from typing import Any
 
+from aio_pika import message as aio_pika_message
 from pamqp import common
 from pamqp import decode as pamqp_decode
 
@@ -110,4 +112,16 @@ def install() -> None:
     pamqp_decode.short_str = short_str
     pamqp_decode.field_table = field_table
     pamqp_decode.timestamp = timestamp  # type: ignore[assignment]
+    # aio-pika turns the property into its message's ``timestamp`` through this dispatch, which
+    # refuses an int, and would then make a datetime of it, which fails past the year 9999:
+    # ``jobsys dlq`` failed on a dead-letter queue holding one such message. aio-pika's
+    # messages (the dlq commands', not a worker's deliveries) get no timestamp for it instead.
+    register = getattr(getattr(aio_pika_message, "decode_timestamp", None), "register", None)
+    if register is not None:
+        register(int, _no_timestamp)
     _installed = True
+
+
+def _no_timestamp(value: int) -> None:
+    """No timestamp, for a value past the year 9999 (see ``timestamp``)."""
+    return None

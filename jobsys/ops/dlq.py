@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -297,7 +298,9 @@ async def _replay_one(
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
         app_id=message.app_id,
-        timestamp=message.timestamp,
+        # A timestamp past the year 9999 arrives as an integer (jobsys.broker.decoding), which
+        # no copy can carry in this property: the replay gets the time of its publish.
+        timestamp=message.timestamp if isinstance(message.timestamp, datetime) else None,
     ).sendable()
     # The replay continues the job's trace, as a child of its dead-letter publish.
     await producer.republish(

@@ -438,6 +438,47 @@ async def test_dlq_list_show_and_replay_on_the_command_line_work_past_a_message_
     assert await queue_depth(vhost_settings, WORK) == 3
 
 
+async def test_dlq_commands_read_a_dead_letter_queue_holding_what_no_python_client_decodes(
+    vhost_settings: Settings, loaded: LoadedTopology, tmp_path: Path
+) -> None:
+    # Put there by the broker's own dead-lettering (a TTL, a delivery limit) or by another
+    # client: a timestamp in microseconds, and a header table nested past Python's recursion.
+    stamped = hostile_apps.raw_properties(
+        headers={"jobsys-job-id": "dlq-stamped", "sent": datetime.fromtimestamp(_HEADER_S, UTC)},
+        timestamp=datetime.fromtimestamp(_PROPERTY_S, UTC),
+        replace={
+            b"T" + struct.pack(">Q", _HEADER_S): b"T" + struct.pack(">Q", _MICROSECONDS),
+            struct.pack(">Q", _PROPERTY_S): struct.pack(">Q", _NANOSECONDS),
+        },
+    )
+    for props in (stamped, hostile_apps.nested_headers_properties(2_000)):
+        await hostile_apps.publish_raw(
+            vhost_settings, props, exchange="jobsys.dead-letter", routing_key=f"{WORK}.dead"
+        )
+    topology_path = tmp_path / "topology.yaml"
+    topology_path.write_text(hostile_apps.TOPOLOGY_YAML, encoding="utf-8")
+    common = ["--topology", str(topology_path), "--url", vhost_settings.url]
+
+    async def dlq_cli(*args: str) -> str:
+        result = await asyncio.to_thread(
+            CliRunner().invoke, main, ["dlq", *args, *common], catch_exceptions=False
+        )
+        assert result.exit_code == 0, (args, result.output)
+        return result.output
+
+    # aio-pika made a datetime of the integer, which failed the whole command ("cannot reach
+    # the broker": the OSError of a year past 9999).
+    listed = await dlq_cli("list", WORK)
+    assert "2 jobs shown" in listed and "dlq-stamped" in listed
+    assert f"sent: {_MICROSECONDS}" in await dlq_cli("show", WORK, "dlq-stamped")
+    assert "replayed 2 jobs" in await dlq_cli("replay", WORK)
+    async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:
+        await wait_until(lambda: worker.stats.done == 1, what="the stamped job done")
+        await wait_until(lambda: worker.stats.dead_lettered == 1, what="the unreadable one dead")
+    [dead] = await drain_dead(vhost_settings, f"{WORK}.dead")
+    assert HEADER_UNREADABLE_HEADERS in dead.headers
+
+
 # -- F3: CC and BCC on a job published past jobsys -----------------------------------------------
 
 

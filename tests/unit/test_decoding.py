@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aio_pika.message import IncomingMessage
+from aiormq.abc import DeliveredMessage
 from hypothesis import given
 from hypothesis import strategies as st
 from pamqp import commands as spec
@@ -102,3 +104,18 @@ def test_a_timestamp_past_the_year_9999_arrives_as_its_integer_instead_of_failin
     _, _, header = decode(data)
     assert header.properties.headers == {"sent": expected}
     assert header.properties.timestamp == expected
+
+
+def test_an_aio_pika_message_of_such_a_timestamp_has_none_instead_of_failing() -> None:
+    # aio-pika refused the int, then made a datetime of it past the year 9999 (OSError 75):
+    # `jobsys dlq` failed on a dead-letter queue holding one such message.
+    props = spec.Basic.Properties(timestamp=datetime.fromtimestamp(1, UTC))
+    data = frame.marshal(ContentHeader(0, 2, props), 1)
+    _, _, header = frame.unmarshal(data[:-9] + struct.pack(">Q", 1_796_068_607 * 10**9) + b"\xce")
+    deliver = spec.Basic.Deliver(consumer_tag="c", delivery_tag=1, routing_key="q")
+    message = IncomingMessage(DeliveredMessage(deliver, header, b"{}", None))  # type: ignore[arg-type]
+    assert message.timestamp is None
+    # A timestamp in range is the datetime it was.
+    _, _, header = frame.unmarshal(data)
+    message = IncomingMessage(DeliveredMessage(deliver, header, b"{}", None))  # type: ignore[arg-type]
+    assert message.timestamp == datetime.fromtimestamp(1, UTC)
