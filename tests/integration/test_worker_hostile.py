@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import struct
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -394,6 +395,25 @@ async def test_dead_letter_tools_read_and_replay_past_a_message_that_is_not_utf8
     assert "1 job shown" in result.output
 
 
+async def _put_dead(settings: Settings, properties: Any) -> None:
+    """Put a message with ``properties`` in the dead-letter queue of ``WORK``, past jobsys."""
+    await hostile_apps.publish_raw(
+        settings, properties, exchange="jobsys.dead-letter", routing_key=f"{WORK}.dead"
+    )
+
+
+async def _dlq_command(settings: Settings, tmp_path: Path, *args: str) -> str:
+    """The output of ``jobsys dlq ARGS`` on the hostile topology, which must exit 0."""
+    topology_path = tmp_path / "topology.yaml"
+    topology_path.write_text(hostile_apps.TOPOLOGY_YAML, encoding="utf-8")
+    common = ["--topology", str(topology_path), "--url", settings.url]
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["dlq", *args, *common], catch_exceptions=False
+    )
+    assert result.exit_code == 0, (args, result.output)
+    return result.output
+
+
 async def test_dlq_list_show_and_replay_on_the_command_line_work_past_a_message_not_utf8(
     vhost_settings: Settings, loaded: LoadedTopology, tmp_path: Path
 ) -> None:
@@ -407,24 +427,13 @@ async def test_dlq_list_show_and_replay_on_the_command_line_work_past_a_message_
             headers={"jobsys-job-id": job_id, "RRRR": "v"},
             replace=replace,
         )
-        await hostile_apps.publish_raw(
-            vhost_settings, props, exchange="jobsys.dead-letter", routing_key=f"{WORK}.dead"
-        )
-    props = hostile_apps.raw_properties(headers={"jobsys-job-id": after})
-    await hostile_apps.publish_raw(
-        vhost_settings, props, exchange="jobsys.dead-letter", routing_key=f"{WORK}.dead"
-    )
-    topology_path = tmp_path / "topology.yaml"
-    topology_path.write_text(hostile_apps.TOPOLOGY_YAML, encoding="utf-8")
-    common = ["--topology", str(topology_path), "--url", vhost_settings.url]
+        await _put_dead(vhost_settings, props)
+    await _put_dead(vhost_settings, hostile_apps.raw_properties(headers={"jobsys-job-id": after}))
 
     async def dlq_cli(*args: str) -> str:
-        result = await asyncio.to_thread(
-            CliRunner().invoke, main, ["dlq", *args, *common], catch_exceptions=False
-        )
-        assert result.exit_code == 0, (args, result.output)
-        assert "\xff" not in result.output and "\ufffd" not in result.output, result.output
-        return result.output
+        output = await _dlq_command(vhost_settings, tmp_path, *args)
+        assert "\xff" not in output and "\ufffd" not in output, output
+        return output
 
     listed = await dlq_cli("list", WORK)
     assert "3 jobs shown" in listed
@@ -452,19 +461,10 @@ async def test_dlq_commands_read_a_dead_letter_queue_holding_what_no_python_clie
         },
     )
     for props in (stamped, hostile_apps.nested_headers_properties(2_000)):
-        await hostile_apps.publish_raw(
-            vhost_settings, props, exchange="jobsys.dead-letter", routing_key=f"{WORK}.dead"
-        )
-    topology_path = tmp_path / "topology.yaml"
-    topology_path.write_text(hostile_apps.TOPOLOGY_YAML, encoding="utf-8")
-    common = ["--topology", str(topology_path), "--url", vhost_settings.url]
+        await _put_dead(vhost_settings, props)
 
-    async def dlq_cli(*args: str) -> str:
-        result = await asyncio.to_thread(
-            CliRunner().invoke, main, ["dlq", *args, *common], catch_exceptions=False
-        )
-        assert result.exit_code == 0, (args, result.output)
-        return result.output
+    def dlq_cli(*args: str) -> Awaitable[str]:
+        return _dlq_command(vhost_settings, tmp_path, *args)
 
     # aio-pika made a datetime of the integer, which failed the whole command ("cannot reach
     # the broker": the OSError of a year past 9999).
