@@ -28,6 +28,7 @@ from jobsys.wire.headers import (
     HEADER_ATTEMPT,
     HEADER_JOB_ID,
     HEADER_PUBLISHED_AT_MS,
+    HEADER_UNREADABLE_HEADERS,
     identity_headers,
     strip_death,
 )
@@ -316,3 +317,16 @@ def test_strip_death_headers_removes_the_brokers_dead_letter_history_only() -> N
         HEADER_ATTEMPT: 3,
         "tenant": "acme",
     }
+
+
+@pytest.mark.parametrize("value", ["its header table could not be decoded", "", 7, None])
+def test_a_delivery_carrying_the_unreadable_headers_mark_is_refused_whatever_else_it_has(
+    value: object,
+) -> None:
+    # The frame reader puts the mark in place of a table it could not decode; another client
+    # may also send it. Either way the job is not run: its id and attempt cannot be trusted.
+    headers = {HEADER_JOB_ID: "job-1", HEADER_ATTEMPT: 1, HEADER_UNREADABLE_HEADERS: value}
+    identity = read_identity("send_email", headers)
+    assert identity.problem == "its header table could not be decoded (tables nested too deeply)"
+    with pytest.raises(DecodeError, match="nested too deeply"):
+        decode(b"{}", headers=headers)
