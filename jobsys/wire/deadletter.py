@@ -29,6 +29,7 @@ from jobsys.wire.headers import (
     HEADER_PUBLISHED_AT_MS,
     HEADER_REPLAYS,
     HEADER_TRACEBACK,
+    HEADER_UNREADABLE_HEADERS,
     HEADER_WORKER_HOST,
     escape_invalid,
     integer,
@@ -216,17 +217,24 @@ def dead_job(
 ) -> DeadJob:
     """Describe a dead-lettered delivery. Jobs the broker dead-lettered itself (max length,
     delivery limit, message TTL) carry no ``jobsys-`` error headers; their reason and queue
-    come from the broker's ``x-first-death-*`` headers."""
+    come from the broker's ``x-first-death-*`` headers. A job whose header table could not be
+    decoded (the frame reader put ``HEADER_UNREADABLE_HEADERS`` in its place) lost those with
+    it: it reads as the ``DecodeError`` a worker would dead-letter it with, and says why."""
     error_type = text(headers.get(HEADER_ERROR_TYPE))
+    error_message = text(headers.get(HEADER_ERROR_MESSAGE))
     reason = text(headers.get("x-first-death-reason"))
     if error_type is None and reason is not None:
         error_type = f"broker: {reason}"
+    if error_type is None and HEADER_UNREADABLE_HEADERS in headers:
+        error_type = "DecodeError"
+        marked = text(headers[HEADER_UNREADABLE_HEADERS])
+        error_message = error_message or marked or "its header table could not be decoded"
     return DeadJob(
         job_id=text(headers.get(HEADER_JOB_ID)),
         job_type=job_type,
         attempts=integer(headers.get(HEADER_ATTEMPTS)) or integer(headers.get(HEADER_ATTEMPT)),
         error_type=error_type,
-        error_message=text(headers.get(HEADER_ERROR_MESSAGE)),
+        error_message=error_message,
         failed_at_ms=integer(headers.get(HEADER_FAILED_AT_MS)),
         original_queue=text(headers.get(HEADER_ORIGINAL_QUEUE))
         or text(headers.get("x-first-death-queue")),

@@ -470,6 +470,8 @@ async def test_dlq_commands_read_a_dead_letter_queue_holding_what_no_python_clie
     # the broker": the OSError of a year past 9999).
     listed = await dlq_cli("list", WORK)
     assert "2 jobs shown" in listed and "dlq-stamped" in listed
+    # The unreadable one says why in the list, where its error headers would have been.
+    assert "DecodeError" in listed and "its header table could not be decoded" in listed
     assert f"sent: {_MICROSECONDS}" in await dlq_cli("show", WORK, "dlq-stamped")
     assert "replayed 2 jobs" in await dlq_cli("replay", WORK)
     async with running_worker(hostile_apps.app, loaded, vhost_settings) as worker:

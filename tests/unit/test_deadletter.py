@@ -24,6 +24,7 @@ from jobsys.wire.headers import (
     HEADER_PUBLISHED_AT_MS,
     HEADER_REPLAYS,
     HEADER_TRACEBACK,
+    HEADER_UNREADABLE_HEADERS,
 )
 from tests.apps.dead_letters import dead_letter_headers as planted_headers
 
@@ -143,3 +144,32 @@ def test_a_job_the_broker_dead_lettered_at_its_4_x_delivery_limit_reads_as_such(
     replayed = replay_headers(headers)
     assert not any(name.startswith("x-") for name in replayed)
     assert replayed["jobsys-job-id"] == "j-20"
+
+
+def test_a_job_whose_header_table_was_unreadable_reads_as_a_decode_error_with_the_reason() -> None:
+    # The frame reader leaves only its mark in place of a table it could not decode, so a job
+    # the broker dead-lettered (or that was published straight into the dead-letter queue)
+    # carries neither jobsys's error headers nor the broker's x-first-death-* ones.
+    reason = "its header table could not be decoded: tables nested too deeply"
+    job = dead_job({HEADER_UNREADABLE_HEADERS: reason}, None, 10)
+    assert (job.error_type, job.error_message) == ("DecodeError", reason)
+    assert job.job_id is None and job.original_queue is None
+    # Another client may put the name there with any value: the reason is still said.
+    for value in (7, None, b"", ""):
+        job = dead_job({HEADER_UNREADABLE_HEADERS: value}, None, 10)
+        assert job.error_type == "DecodeError"
+        assert job.error_message == "its header table could not be decoded"
+    # What a worker wrote when it dead-lettered the job comes first.
+    job = dead_job(
+        {
+            HEADER_UNREADABLE_HEADERS: reason,
+            HEADER_ERROR_TYPE: "jobsys.errors.DecodeError",
+            HEADER_ERROR_MESSAGE: "written by the worker",
+        },
+        None,
+        10,
+    )
+    assert (job.error_type, job.error_message) == (
+        "jobsys.errors.DecodeError",
+        "written by the worker",
+    )
