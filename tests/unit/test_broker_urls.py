@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobsys.broker.connection import _scrub
+from jobsys.broker.diagnose import scrub as _scrub
 from jobsys.broker.reconnect import (
     can_heal,
     none_reachable,
