@@ -141,7 +141,7 @@ class ManagementClient:
         gives them (raw rows; ``jobsys.ops.status`` reads them)."""
         columns = (
             "name,messages,messages_ready,messages_unacknowledged,consumers,message_stats,"
-            "head_message_timestamp"
+            "head_message_timestamp,state"
         )
         return await self._get_list(f"/api/queues/{_q(vhost)}?columns={columns}")
 

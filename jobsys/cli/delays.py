@@ -12,11 +12,13 @@ from jobsys.cli.output import Column, json_option, plural, print_json, print_tab
 from jobsys.cli.topology_file import load_or_exit
 from jobsys.duration import format_duration
 from jobsys.ops.delays import MAX_PEEK_PER_LEVEL, WaitingJob, peek_levels, retire_legacy_levels
-from jobsys.ops.status import legacy_waiting, waiting_per_level
+from jobsys.ops.status import Unreachable, legacy_waiting, waiting_per_level
 from jobsys.topology.delays import LEVELS, DelayLayout, level_ttl_ms
 from jobsys.wire.display import utc_time
 
 NOT_DECLARED = "not declared - run `jobsys topology apply`"
+#: A level that exists on a node that is down or still starting: `apply` would not help.
+NODE_DOWN = "unreachable - its node is down or starting"
 
 
 @click.group(name="delays")
@@ -38,8 +40,11 @@ async def status_command(
     async with BrokerConnection(settings) as connection:
         counts = await waiting_per_level(connection, layout)
         legacy = await legacy_waiting(connection)
-    total = sum(count for count in counts if count is not None)
+    total = sum(count for count in counts if isinstance(count, int))
     missing = sum(1 for count in counts if count is None)
+    down = sum(1 for count in counts if isinstance(count, Unreachable))
+    legacy_total = sum(count for count in legacy.values() if isinstance(count, int))
+    legacy_down = sorted(name for name, count in legacy.items() if isinstance(count, Unreachable))
     if as_json:
         print_json(
             {
@@ -48,13 +53,18 @@ async def status_command(
                     {
                         "name": layout.level_name(level),
                         "ttl_s": level_ttl_ms(level) / 1000,
-                        "waiting": waiting,
+                        "waiting": waiting if isinstance(waiting, int) else None,
+                        "node_down": isinstance(waiting, Unreachable),
                     }
                     for level, waiting in enumerate(counts)
                 ],
                 "total": total,
                 "missing_levels": missing,
-                "legacy_levels": legacy,
+                "node_down_levels": down,
+                "legacy_levels": {
+                    name: count if isinstance(count, int) else None
+                    for name, count in legacy.items()
+                },
             }
         )
         return
@@ -64,19 +74,30 @@ async def status_command(
             (
                 layout.level_name(level),
                 format_duration(level_ttl_ms(level) / 1000),
-                NOT_DECLARED if waiting is None else str(waiting),
+                _waiting_cell(waiting),
             )
             for level, waiting in enumerate(counts)
         ],
     )
-    note = f" ({missing} of {LEVELS} {NOT_DECLARED})" if missing else ""
+    notes = [f"{missing} of {LEVELS} {NOT_DECLARED}"] if missing else []
+    if down:
+        notes.append(f"{down} of {LEVELS} {NODE_DOWN}, not counted")
+    note = f" ({'; '.join(notes)})" if notes else ""
     click.echo(f"total: {plural(total, 'job')} waiting in {LEVELS} levels{note}")
     if legacy:
         click.echo(
             f"old delay levels (jobsys.delay.*, {len(legacy)} of them) hold "
-            f"{plural(sum(legacy.values()), 'job')}; they deliver on time, and "
+            f"{plural(legacy_total, 'job')}; they deliver on time, and "
             "`jobsys delays retire` removes them once empty"
         )
+    if legacy_down:
+        click.echo(f"old delay levels not counted ({NODE_DOWN}): {', '.join(legacy_down)}")
+
+
+def _waiting_cell(waiting: int | Unreachable | None) -> str:
+    if waiting is None:
+        return NOT_DECLARED
+    return NODE_DOWN if isinstance(waiting, Unreachable) else str(waiting)
 
 
 @delays_group.command(name="list")
@@ -104,13 +125,14 @@ async def list_command(
     layout = load_or_exit(topology_file).topology.delay_layout
     settings = build_settings(url, ca_file, insecure)
     async with BrokerConnection(settings) as connection:
-        jobs, more = await peek_levels(connection, layout, limit)
+        jobs, more, unreachable = await peek_levels(connection, layout, limit)
     jobs.sort(key=lambda job: (job.due_at_ms is None, job.due_at_ms or 0))
     if as_json:
         print_json(
             {
                 "jobs": [_as_json(job, layout) for job in jobs],
                 "not_read": {layout.level_name(level): n for level, n in sorted(more.items())},
+                "unreachable": [layout.level_name(level) for level in unreachable],
             }
         )
         return
@@ -138,6 +160,8 @@ async def list_command(
     )
     unread = sum(more.values())
     note = f"; {unread} more not read (--limit)" if unread else ""
+    if unreachable:
+        note += f"; not read, {len(unreachable)} of {LEVELS} levels {NODE_DOWN}"
     click.echo(f"{plural(len(jobs), 'job')} waiting{note}")
 
 

@@ -177,7 +177,7 @@ def _view(
     rows = []
     for queue in report.queues:
         counts = queue.counts
-        name = queue.name if counts.exists else f"{queue.name} (missing)"
+        name = _queue_cell(queue.name, counts)
         row = [name, _n(counts.ready), _n(counts.unacked), _n(counts.consumers)]
         row.append(_n(queue.dead_letter.total))
         if with_rates:
@@ -190,6 +190,12 @@ def _view(
     when = reading.wall.strftime("%H:%M:%S UTC")
     lines.append(Text(f"as of {when}" + (f"; {footer}" if footer else ""), style="dim"))
     return Group(table, Text(""), *lines)
+
+
+def _queue_cell(name: str, counts: QueueCounts) -> str:
+    if not counts.exists:
+        return f"{name} (missing)"
+    return f"{name} (node down)" if counts.node_down else name
 
 
 def _rates(counts: QueueCounts) -> list[str]:
@@ -214,11 +220,23 @@ def _notes(report: StatusReport, *, with_note: bool) -> list[str]:
     notes += [_breaker_note(name, state) for name, state in report.breakers.items()]
     if any(not queue.counts.exists for queue in report.queues):
         notes.append("some queues are missing: `jobsys topology apply` declares them")
+    if _any_node_down(report):
+        notes.append(
+            "some queues are on a node that is down or still starting: their counts are "
+            "unknown until it is back (they exist; `apply` would not help)"
+        )
     if report.note and with_note:
         notes.append(report.note)
     if report.node:
         notes.append(f"connected to broker node {report.node}")
     return [escape(note) for note in notes]
+
+
+def _any_node_down(report: StatusReport) -> bool:
+    queues = [counts for queue in report.queues for counts in (queue.counts, queue.dead_letter)]
+    return any(counts.node_down for counts in queues) or any(
+        level.node_down for level in report.delay_levels
+    )
 
 
 def _breaker_note(job_type: str, state: dict[str, Any] | None) -> str:
@@ -248,6 +266,7 @@ def report_json(reading: _Reading, previous: _Reading | None) -> dict[str, Any]:
     def counts(value: QueueCounts) -> dict[str, Any]:
         data: dict[str, Any] = {
             "exists": value.exists,
+            "node_down": value.node_down,
             "ready": value.ready,
             "unacked": value.unacked,
             "consumers": value.consumers,
@@ -275,7 +294,12 @@ def report_json(reading: _Reading, previous: _Reading | None) -> dict[str, Any]:
             for queue in report.queues
         ],
         "delay_levels": [
-            {"name": level.name, "ttl_s": level.ttl_s, "waiting": level.waiting}
+            {
+                "name": level.name,
+                "ttl_s": level.ttl_s,
+                "waiting": level.waiting,
+                "node_down": level.node_down,
+            }
             for level in report.delay_levels
         ],
         "delayed_total": report.delayed_total,

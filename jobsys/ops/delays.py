@@ -20,13 +20,15 @@ then their exchanges and the old delivery exchange.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiormq.exceptions
 from pamqp import commands as spec
 
 from jobsys.broker.connection import BrokerConnection, broker_errors, close_quietly
+from jobsys.broker.passive import node_down, reason_of
 from jobsys.errors import JobsysError
-from jobsys.ops.status import legacy_waiting
+from jobsys.ops.status import Unreachable, legacy_waiting
 from jobsys.topology import delays
 from jobsys.wire.headers import HEADER_ATTEMPT, HEADER_DUE_AT_MS, HEADER_JOB_ID, positive_int, text
 
@@ -46,15 +48,26 @@ class WaitingJob:
     attempt: int | None
 
 
+class Peeked(NamedTuple):
+    """What ``peek_levels`` read."""
+
+    jobs: list[WaitingJob]
+    #: Per level, how many more jobs wait than were read.
+    not_read: dict[int, int]
+    #: Levels that exist on a node that is down or still starting: their jobs were not read.
+    unreachable: list[int]
+
+
 async def peek_levels(
     connection: BrokerConnection, layout: delays.DelayLayout, limit_per_level: int
-) -> tuple[list[WaitingJob], dict[int, int]]:
-    """The first ``limit_per_level`` jobs of each delay level, left where they are; and per
-    level how many more wait than were read."""
+) -> Peeked:
+    """The first ``limit_per_level`` jobs of each delay level, left where they are; per level
+    how many more wait than were read; and the levels that could not be read (node down)."""
     if not 1 <= limit_per_level <= MAX_PEEK_PER_LEVEL:
         raise ValueError(f"the limit per level is 1 to {MAX_PEEK_PER_LEVEL}")
     found: list[WaitingJob] = []
     more: dict[int, int] = {}
+    unreachable: list[int] = []
     for level in range(delays.LEVELS):
         name = layout.level_name(level)
         channel = await connection.plain_channel()
@@ -62,8 +75,10 @@ async def peek_levels(
             with broker_errors(connection.settings):
                 try:
                     declared = await channel.queue_declare(name, passive=True)
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    continue  # not declared: `delays status` says so
+                except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                    if node_down(reason_of(exc)):
+                        unreachable.append(level)
+                    continue  # or not declared: `delays status` says so
                 waiting = declared.message_count or 0
                 for _ in range(min(waiting, limit_per_level)):
                     message = await channel.basic_get(name, no_ack=False)
@@ -74,7 +89,7 @@ async def peek_levels(
                 more[level] = waiting - limit_per_level
         finally:
             await close_quietly(channel)  # the jobs read go back, in their place
-    return found, more
+    return Peeked(found, more, unreachable)
 
 
 def _waiting_job(level: int, message: aiormq.abc.DeliveredMessage) -> WaitingJob:
@@ -109,6 +124,14 @@ async def retire_legacy_levels(connection: BrokerConnection) -> Retired:
     """Delete the old delay levels when every one of them is empty; ``LegacyLevelsBusy`` (and
     nothing deleted) while any still holds a job."""
     waiting = await legacy_waiting(connection)
+    down = sorted(name for name, count in waiting.items() if isinstance(count, Unreachable))
+    if down:
+        # It may hold jobs; they would dead-letter into a level deleted meanwhile and be lost.
+        raise LegacyLevelsBusy(
+            f"old delay levels cannot be read: the node that holds {', '.join(down)} is down or "
+            "still starting, and they may hold jobs; nothing was deleted: run this again once "
+            "the node is back"
+        )
     busy = {name: count for name, count in waiting.items() if count}
     if busy:
         shown = ", ".join(f"{name}: {count}" for name, count in sorted(busy.items()))

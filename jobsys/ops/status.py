@@ -27,6 +27,7 @@ from jobsys.broker.management import (
     ManagementUnavailable,
     management_endpoint,
 )
+from jobsys.broker.passive import node_down, reason_of
 from jobsys.errors import ConnectionFailed
 from jobsys.settings import Settings
 from jobsys.topology import delays
@@ -53,6 +54,9 @@ class QueueCounts:
     consumers: int | None
     rates: Rates | None = None
     exists: bool = True
+    #: The queue exists, but the node that holds it is down or still starting: its counts are
+    #: unknown until it is back (and `apply` would not help).
+    node_down: bool = False
     #: When the job at the head of the queue was published (its AMQP timestamp, seconds since
     #: the epoch), as the management API reports it for a classic queue holding ready jobs.
     head_published_s: int | None = None
@@ -82,6 +86,8 @@ class DelayLevelStatus:
     name: str
     ttl_s: float
     waiting: int | None
+    #: It exists on a node that is down or still starting (``waiting`` is then None).
+    node_down: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,16 +211,14 @@ class StatusReader:
             for name in self.topology.queues
         ]
         layout = self.topology.delay_layout
-        levels = [
-            DelayLevelStatus(
-                layout.level_name(level),
-                delays.level_ttl_ms(level) / 1000,
-                counts[layout.level_name(level)].total,
-            )
-            for level in range(delays.LEVELS)
-        ]
+
+        def level_status(name: str, level: int) -> DelayLevelStatus:
+            ttl_s = delays.level_ttl_ms(level) / 1000
+            return DelayLevelStatus(name, ttl_s, counts[name].total, counts[name].node_down)
+
+        levels = [level_status(layout.level_name(level), level) for level in range(delays.LEVELS)]
         legacy = [
-            DelayLevelStatus(name, delays.level_ttl_ms(level) / 1000, counts[name].total)
+            level_status(name, level)
             for level in range(delays.LEVELS)
             if (name := delays.legacy_level_name(level)) in counts and counts[name].exists
         ]
@@ -231,37 +235,58 @@ class StatusReader:
 
     async def _amqp_counts(self, names: list[str]) -> dict[str, QueueCounts]:
         found = await passive_counts(await self._connection(), names)
-        return {
-            name: QueueCounts(None, None, None, exists=False)
-            if ok is None
-            else QueueCounts(ok.message_count, None, ok.consumer_count)
-            for name, ok in found.items()
-        }
+        return {name: _passive_counts_of(ok) for name, ok in found.items()}
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """A passive declare's answer for a queue that exists on a node that is down or still
+    starting (RabbitMQ's ``NOT_FOUND - home node ... is down or inaccessible``)."""
+
+    reason: str
+
+
+def _passive_counts_of(ok: spec.Queue.DeclareOk | Unreachable | None) -> QueueCounts:
+    if ok is None:
+        return QueueCounts(None, None, None, exists=False)
+    if isinstance(ok, Unreachable):
+        return QueueCounts(None, None, None, node_down=True)
+    return QueueCounts(ok.message_count, None, ok.consumer_count)
 
 
 async def waiting_per_level(
     connection: BrokerConnection, layout: delays.DelayLayout
-) -> list[int | None]:
-    """Messages in each level's queue of ``layout``, ``None`` where the queue does not exist."""
+) -> list[int | Unreachable | None]:
+    """Messages in each level's queue of ``layout``: ``None`` where the queue does not exist,
+    ``Unreachable`` where its node is down or still starting."""
     names = [layout.level_name(level) for level in range(delays.LEVELS)]
     found = await passive_counts(connection, names)
-    return [ok.message_count if (ok := found[name]) is not None else None for name in names]
+    return [_waiting(found[name]) for name in names]
 
 
-async def legacy_waiting(connection: BrokerConnection) -> dict[str, int]:
+async def legacy_waiting(connection: BrokerConnection) -> dict[str, int | Unreachable]:
     """Messages in each level of the layout before the level count was fixed, for the levels
-    that still exist (none on a broker that never had it)."""
+    that still exist (none on a broker that never had it); ``Unreachable`` for one whose node
+    is down or still starting: it exists, and may hold jobs."""
     names = [delays.legacy_level_name(level) for level in range(delays.LEVELS)]
     found = await passive_counts(connection, names)
-    return {name: ok.message_count or 0 for name, ok in found.items() if ok is not None}
+    return {name: waiting for name, ok in found.items() if (waiting := _waiting(ok)) is not None}
+
+
+def _waiting(ok: spec.Queue.DeclareOk | Unreachable | None) -> int | Unreachable | None:
+    if ok is None or isinstance(ok, Unreachable):
+        return ok
+    return ok.message_count or 0
 
 
 async def passive_counts(
     connection: BrokerConnection, names: list[str]
-) -> dict[str, spec.Queue.DeclareOk | None]:
-    """A passive declare of each queue in ``names`` (None where it does not exist), on plain
-    channels: a robust one would repeat the refused declare after the broker closed it."""
-    result: dict[str, spec.Queue.DeclareOk | None] = {}
+) -> dict[str, spec.Queue.DeclareOk | Unreachable | None]:
+    """A passive declare of each queue in ``names`` (None where it does not exist,
+    ``Unreachable`` where its node is down or still starting: RabbitMQ says ``NOT_FOUND`` for
+    both), on plain channels: a robust one would repeat the refused declare after the broker
+    closed it."""
+    result: dict[str, spec.Queue.DeclareOk | Unreachable | None] = {}
     channel: aiormq.abc.AbstractChannel | None = None
     try:
         with broker_errors(connection.settings):
@@ -270,9 +295,10 @@ async def passive_counts(
                     channel = await connection.plain_channel()
                 try:
                     result[name] = await channel.queue_declare(name, passive=True)
-                except aiormq.exceptions.ChannelNotFoundEntity:
+                except aiormq.exceptions.ChannelNotFoundEntity as exc:
                     # The broker closed the channel; the next queue gets a fresh one.
-                    result[name] = None
+                    reason = reason_of(exc)
+                    result[name] = Unreachable(reason) if node_down(reason) else None
     finally:
         await close_quietly(channel)
     return result
@@ -312,6 +338,9 @@ def _queue_names(topology: Topology) -> list[str]:
 
 
 def _counts_of(raw: dict[str, Any]) -> QueueCounts:
+    if raw.get("state") == "down":
+        # A classic queue whose node is down: listed with its name and state only (3.10.8).
+        return QueueCounts(None, None, None, node_down=True)
     stats = raw.get("message_stats") or {}
 
     def rate(key: str) -> float:

@@ -58,8 +58,9 @@ async def publish_waiting(settings: Settings, moment: datetime) -> LoadedTopolog
 
 async def peek_then_receive(settings: Settings, loaded: LoadedTopology) -> None:
     async with BrokerConnection(settings) as connection:
-        first, more = await peek_levels(connection, loaded.topology.delay_layout, 1)
+        first, more, unreachable = await peek_levels(connection, loaded.topology.delay_layout, 1)
     assert more == {}  # one job per level: none left unread
+    assert unreachable == []
     assert {job.job_id for job in first} == {"in-2s", "in-an-hour", "at-five", "evil\u202e\x1b[2J"}
     # Read twice, the job due first still arrives on time, once, not marked redelivered.
     arrived = await wait_for_messages(settings, "emails", 1, timeout_s=10)

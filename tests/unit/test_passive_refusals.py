@@ -9,6 +9,7 @@ import pytest
 
 from jobsys.broker.passive import declaring, node_down, not_found, reason_of
 from jobsys.errors import BrokerError, TopologyError
+from jobsys.ops import status
 
 MISSING = "NOT_FOUND - no queue 'jobsys.history.events' in vhost 'v'"
 NODE_DOWN = (
@@ -54,3 +55,41 @@ def test_reply_text_takes_the_brokers_words_and_falls_back_to_the_whole_exceptio
     assert node_down(reason_of(aiormq.exceptions.ChannelNotFoundEntity(404, NODE_DOWN)))
     assert not node_down(MISSING)
     assert reason_of(RuntimeError()) == ""
+
+
+# -- how `jobsys status` reads a queue whose node is down ------------------------------------
+
+#: ``GET /api/queues/%2F`` rows for one classic queue on RabbitMQ 3.10.8 (two-node cluster,
+#: 2026-12-01), the columns `ManagementClient.queue_counts` asks for: its node running, then
+#: stopped (the API lists it by name and state only).
+RUNNING_ROW = {
+    "name": "onb",
+    "messages": 1,
+    "messages_ready": 1,
+    "messages_unacknowledged": 0,
+    "consumers": 0,
+    "message_stats": {"publish": 1, "publish_details": {"rate": 0.0}},
+    "head_message_timestamp": None,
+    "state": "running",
+}
+DOWN_ROW = {"name": "onb", "state": "down"}
+
+
+def test_a_management_row_of_a_queue_whose_node_is_down_reads_as_node_down_not_zero() -> None:
+    down = status._counts_of(DOWN_ROW)
+    assert (down.exists, down.node_down) == (True, True)
+    assert (down.ready, down.unacked, down.consumers, down.rates) == (None, None, None, None)
+    running = status._counts_of(RUNNING_ROW)
+    assert (running.node_down, running.ready, running.unacked, running.consumers) == (
+        False,
+        1,
+        0,
+        0,
+    )
+
+
+def test_a_passive_declare_refused_for_a_down_node_reads_as_node_down_else_as_missing() -> None:
+    down = status._passive_counts_of(status.Unreachable(NODE_DOWN))
+    assert (down.exists, down.node_down, down.ready) == (True, True, None)
+    missing = status._passive_counts_of(None)
+    assert (missing.exists, missing.node_down) == (False, False)
