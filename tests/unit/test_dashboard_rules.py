@@ -256,3 +256,25 @@ def test_a_hostile_connection_name_on_the_workers_page_is_text() -> None:
     assert "\u202e" not in html and "\x1b" not in html
     assert "&lt;script&gt;x()&lt;/script&gt;\\u202e" in html
     assert "(not in the topology)" in html
+
+
+def test_a_queue_or_level_on_a_node_that_is_down_shows_as_such_not_as_missing() -> None:
+    unknown = QueueCounts(None, None, None, node_down=True)
+    report = StatusReport(
+        queues=[QueueStatus("work", unknown, "work.dead", unknown)],
+        delay_levels=[DelayLevelStatus("ns.wait.00", 1.0, None, node_down=True)],
+        source="amqp",
+        legacy_levels=[DelayLevelStatus("jobsys.delay.03", 8.0, None, node_down=True)],
+    )
+    context = {
+        "snapshot": StatusSnapshot(report, 1060.0),
+        "error": None,
+        "refresh_s": 5.0,
+        "request_path": "/",
+    }
+    queues = environment().get_template("_queues.html").render(**context)
+    levels = environment().get_template("_delays.html").render(**context)
+
+    assert "(node down)" in queues and "(missing)" not in queues
+    assert "down or still starting" in queues and "declares them" not in queues
+    assert levels.count("node down") == 2 and "missing" not in levels
