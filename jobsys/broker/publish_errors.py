@@ -4,7 +4,15 @@ same job id). Each message says which, and what to do."""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiormq.exceptions
@@ -31,9 +39,80 @@ _UNKNOWN = (
 )
 
 
+#: "Outcome unknown" lines logged one by one per window; the rest are counted and logged as one
+#: line when the window ends. A lost connection fails every publish in flight at once, and
+#: thousands of lines, one per job, would bury the one that says why (each publisher still
+#: gets its own ``PublishOutcomeUnknown`` with the job id).
+LINES_PER_WINDOW = 5
+WINDOW_S = 10.0
+
+
+class UnknownOutcomeLog:
+    """The warnings of ``unknown``: the first ``LINES_PER_WINDOW`` of each ``WINDOW_S`` one by
+    one, then one line with how many more there were and why. The held count is logged when
+    the window ends (a timer on the running loop), at the next warning after it, or at exit."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()  # the sync producer publishes from its own thread
+        self._window_start = -math.inf
+        self._logged = 0
+        self._held: Counter[str] = Counter()
+        self._timer_set = False
+
+    def warn(self, job_id: str, job_type: str, why: str) -> None:
+        with self._lock:
+            now = self._clock()
+            summary = None
+            if now - self._window_start >= WINDOW_S:
+                summary = self._take()
+                self._window_start, self._logged = now, 0
+            one_by_one = self._logged < LINES_PER_WINDOW
+            set_timer = False
+            if one_by_one:
+                self._logged += 1
+            else:
+                self._held[why] += 1
+                set_timer, self._timer_set = not self._timer_set, True
+            wait_s = self._window_start + WINDOW_S - now
+        if summary is not None:
+            log.warning(summary)
+        if one_by_one:
+            log.warning("publish outcome unknown for job %s (%s): %s", job_id, job_type, why)
+        elif set_timer:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next call or exit
+                asyncio.get_running_loop().call_later(max(wait_s, 0.0), self.flush)
+
+    def flush(self) -> None:
+        """Log the count held back so far, if any."""
+        with self._lock:
+            summary = self._take()
+        if summary is not None:
+            log.warning(summary)
+
+    def _take(self) -> str | None:
+        self._timer_set = False
+        if not self._held:
+            return None
+        total = sum(self._held.values())
+        reasons = "; ".join(f"{why} ({n})" for why, n in self._held.most_common(3))
+        more = len(self._held) - 3
+        self._held.clear()
+        return (
+            f"publish outcome unknown for {total} more job{'s' if total != 1 else ''} within "
+            f"{WINDOW_S:g}s, not logged one by one (each publisher got PublishOutcomeUnknown "
+            f"with its job id): {reasons}" + (f"; and {more} other reasons" if more > 0 else "")
+        )
+
+
+_unknown_log = UnknownOutcomeLog()
+atexit.register(_unknown_log.flush)
+
+
 def unknown(job_id: str, job_type: str, why: str) -> PublishOutcomeUnknown:
-    """The job may or may not have been published (logged as a warning)."""
-    log.warning("publish outcome unknown for job %s (%s): %s", job_id, job_type, why)
+    """The job may or may not have been published (logged as a warning, a few per window:
+    ``UnknownOutcomeLog``)."""
+    _unknown_log.warn(job_id, job_type, why)
     return PublishOutcomeUnknown(f"job {job_id} ({job_type}): {why}; {_UNKNOWN}", job_id=job_id)
 
 
