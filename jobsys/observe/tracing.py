@@ -19,7 +19,6 @@ that fails removes itself, as Trio's instruments do); the job goes on.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping, MutableMapping
 from types import TracebackType
@@ -40,9 +39,14 @@ from jobsys.observe.propagation import (
     injects_nothing,
     parse_span_context,
 )
+from jobsys.observe.tracer_state import (
+    current_tracer,
+    instrumentation_failed,
+    recording,
+    state,
+)
+from jobsys.observe.tracer_state import use_tracer_provider as use_tracer_provider
 from jobsys.wire.headers import HEADER_PREVIOUS_ATTEMPT
-
-log = logging.getLogger(__name__)
 
 PublishKind = Literal["publish", "retry", "dead_letter", "replay", "wait"]
 #: How an attempt ended, as its span's ``jobsys.job.outcome`` and the metrics show it.
@@ -58,60 +62,11 @@ SPAN_OUTCOMES: Mapping[str, SpanOutcome] = {
     "cancel": "cancelled",
 }
 
-_INSTRUMENTATION_NAME = "jobsys"
 #: The context a job runs in when nothing traces it (contexts are immutable: one serves all).
 _EMPTY = Context()
 #: How a span *name* shows the default exchange; its ``messaging.destination.name`` is "", as
 #: RabbitMQ's semantic conventions ask.
 _DEFAULT_EXCHANGE = "amq.default"
-
-
-class _State:
-    """The tracer in use and whether tracing switched itself off after a failure."""
-
-    def __init__(self) -> None:
-        self.tracer: trace.Tracer | None = None
-        self.disabled = False
-
-
-_state = _State()
-
-
-def use_tracer_provider(provider: trace.TracerProvider | None) -> None:
-    """Trace through ``provider`` instead of the global one (None: back to the global one).
-
-    Also re-enables tracing after it switched itself off. Meant for tests and for programs
-    that keep their own provider rather than setting the global one.
-    """
-    _state.tracer = provider.get_tracer(_INSTRUMENTATION_NAME) if provider is not None else None
-    _state.disabled = False
-
-
-def _tracer() -> trace.Tracer:
-    tracer = _state.tracer
-    if tracer is None:
-        # A proxy when no SDK is set yet: it starts recording once a provider is installed.
-        tracer = _state.tracer = trace.get_tracer(_INSTRUMENTATION_NAME)
-    return tracer
-
-
-def _recording(tracer: trace.Tracer) -> bool:
-    """False for the API's no-op tracers, whose spans would drop every attribute anyway."""
-    if isinstance(tracer, trace.NoOpTracer):
-        return False
-    if isinstance(tracer, trace.ProxyTracer):
-        # Delegates to a no-op tracer until an SDK provider is installed.
-        return not isinstance(getattr(tracer, "_tracer", None), trace.NoOpTracer)
-    return True
-
-
-def _instrumentation_failed(exc: BaseException) -> None:
-    if not _state.disabled:
-        _state.disabled = True
-        log.warning(
-            "tracing failed and is now off for this process; jobs are not affected",
-            exc_info=exc,
-        )
 
 
 # -- PRODUCER spans ----------------------------------------------------------------------------
@@ -158,12 +113,12 @@ class PublishSpan:
         self._span: Span = trace.INVALID_SPAN
 
     def __enter__(self) -> Span:
-        if _state.disabled:
+        if state.disabled:
             return self._span
         try:
             parent = self._parent if self._parent is not None else otel_context.get_current()
-            tracer = _tracer()
-            if not _recording(tracer) and injects_nothing(parent):
+            tracer = current_tracer()
+            if not recording(tracer) and injects_nothing(parent):
                 # No SDK and no trace to carry on: the span would be the invalid one and the
                 # headers would get no trace context, so neither is made (a publish span's
                 # enter and exit 6.4 -> 2.8 us here without an SDK; bench/README.md).
@@ -173,7 +128,7 @@ class PublishSpan:
                 conventions.span_name("publish", self._name_exchange),
                 context=parent,
                 kind=SpanKind.PRODUCER,
-                attributes=self._attributes() if _recording(tracer) else None,
+                attributes=self._attributes() if recording(tracer) else None,
             )
             self._span = span
             previous = trace.get_current_span(parent).get_span_context()
@@ -182,7 +137,7 @@ class PublishSpan:
                 self._headers[HEADER_PREVIOUS_ATTEMPT] = format_span_context(previous)
             inject(self._headers, trace.set_span_in_context(span, parent))
         except Exception as exc:
-            _instrumentation_failed(exc)
+            instrumentation_failed(exc)
         return self._span
 
     def _attributes(self) -> dict[str, Any]:
@@ -215,7 +170,7 @@ class PublishSpan:
                 span.set_attribute("error.type", type(exc).__qualname__)
             span.end()
         except Exception as failure:
-            _instrumentation_failed(failure)
+            instrumentation_failed(failure)
 
 
 def publish_span(
@@ -301,10 +256,10 @@ class ConsumeSpan:
         published = info.published_at_ms
         queued_s = (time.time() * 1000 - published) / 1000 if published else None
         metrics.record_started(info.job_type, info.queue, queued_s)
-        if _state.disabled:
+        if state.disabled:
             return self
         try:
-            if not _recording(_tracer()) and not carries_context(self._headers):
+            if not recording(current_tracer()) and not carries_context(self._headers):
                 # No SDK and no trace to carry on: the span would be the invalid one, so it is
                 # not made (bench/README.md). The job still runs in a context of its own,
                 # empty as its span's would be: nothing the worker's code had attached
@@ -314,7 +269,7 @@ class ConsumeSpan:
                 return self
             self._start_span(info.queue, queued_s)
         except Exception as exc:
-            _instrumentation_failed(exc)
+            instrumentation_failed(exc)
         return self
 
     def _start_span(self, queue: str, queued_s: float | None) -> None:
@@ -322,10 +277,10 @@ class ConsumeSpan:
         parent = extract(headers)
         previous = parse_span_context(headers.get(HEADER_PREVIOUS_ATTEMPT))
         links = [Link(previous)] if previous else None
-        tracer = _tracer()
+        tracer = current_tracer()
         # Attributes go in with the span (samplers see them); building them is skipped when
         # nothing records, which is the whole cost of tracing without an SDK.
-        attributes = self._attributes(queue, queued_s) if _recording(tracer) else None
+        attributes = self._attributes(queue, queued_s) if recording(tracer) else None
         span = tracer.start_span(
             conventions.span_name("process", queue),
             context=parent,
@@ -366,7 +321,7 @@ class ConsumeSpan:
                 otel_context.detach(self._token)  # type: ignore[arg-type]
             self._end_span(outcome, exc if exc is not None else self.error)
         except Exception as failure:
-            _instrumentation_failed(failure)
+            instrumentation_failed(failure)
 
     def _end_span(self, outcome: SpanOutcome, error: BaseException | None) -> None:
         span = self.span
