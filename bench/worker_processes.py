@@ -1,10 +1,13 @@
 """``bench.worker --processes P``: ``jobsys worker --processes P`` against one raw aio-pika
 consumer, draining the same pre-filled queue in the same run, rounds interleaved.
 
-The supervised run is timed from the first worker process consuming (its log line) to the
-queue holding no ready message (a passive declare every 20 ms; what is still unacked then is at
-most P x prefetch jobs, a few milliseconds of work). Resident memory (``VmRSS`` and peak
-``VmHWM``) of every worker process is sampled from /proc during the drain.
+The supervised run is timed from the first worker process consuming (its "worker ready" log
+line) to the queue holding no ready message (a passive declare every 20 ms; what is still
+unacked then is at most P x prefetch jobs, a few milliseconds of work), or to the last job's
+line with ``JOBSYS_BENCH_APPEND_TO``. Until 2026-12-01 the workers ran with ``-v``, which logs
+one line per job: 20,000 lines written by the workers and read by this process, on the same
+cores, that neither the raw consumer nor the one-process row pays. Resident memory (``VmRSS``
+and peak ``VmHWM``) of every worker process is sampled from /proc during the drain.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ async def drain_supervised(url: str, token: str, n: int, processes: int) -> dict
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as topology:
         topology.write(topology_yaml(token))
         topology.flush()
-        command = ["-m", "jobsys", "-v", "worker", "bench.noop_app:app", "--topology"]
+        command = ["-m", "jobsys", "worker", "bench.noop_app:app", "--topology"]
         command += [topology.name, "--processes", str(processes)]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -103,7 +106,7 @@ async def drain_supervised(url: str, token: str, n: int, processes: int) -> dict
             assert proc.stderr is not None
             async for raw in proc.stderr:
                 lines.append(raw.decode(errors="replace"))
-                if "consuming" in lines[-1]:
+                if "worker ready" in lines[-1]:
                     consuming.set()
 
         reader = asyncio.create_task(read_log())
