@@ -37,7 +37,7 @@ from pamqp import commands as spec
 
 from jobsys.broker.connection import cancel_requested, close_quietly
 from jobsys.broker.deadlines import Deadlines
-from jobsys.broker.direct_publish import DirectPublisher
+from jobsys.broker.direct_publish import DirectPublisher, broker_closed
 from jobsys.broker.publish_errors import publish_error, reply_text, unknown
 from jobsys.errors import (
     BrokerBlockedError,
@@ -132,10 +132,17 @@ class ConfirmChannel:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         live = self._live
-        if live is None or live.channel.is_closed:
+        if live is None or live.channel.is_closed or broker_closed(live.channel) is not None:
             live = await self._reopened(out, deadline)
         if not live.unblocked.is_set():
             await self._wait_unblocked(live.unblocked, out, deadline)
+        if (closed := broker_closed(live.channel)) is not None:
+            # Closed by the broker while this publish waited: writing it now would close the
+            # whole connection (``broker_closed``). It was not sent.
+            raise ConnectionFailed(
+                f"job {out.job_id} ({out.job_type}) was not published: the broker closed its "
+                f"channel ({reply_text(closed)}) before it was sent; publishing it again is safe"
+            )
         self._in_flight += 1
         # The publish deadline is one of the channel's (``Deadlines``), not aiormq's timeout
         # argument, which arms and cancels a timer per publish.
@@ -229,7 +236,10 @@ class ConfirmChannel:
         try:
             async with asyncio.timeout_at(deadline), self._reopening:
                 live = self._live
-                if live is not None and not live.channel.is_closed:
+                if live is not None and broker_closed(live.channel) is not None:
+                    # Publish on a new channel once aiormq has closed this one, not on it.
+                    await asyncio.wait([live.channel.closing])
+                elif live is not None and not live.channel.is_closed:
                     return live  # reopened by the publish that held the lock before
                 # The robust connection reconnects and reopens the channel by itself.
                 while robust.is_closed:

@@ -75,6 +75,17 @@ _CONTENT_HEAD = struct.Struct(">BHIHxxQ").pack
 _FRAME_END = b"\xce"
 
 
+def broker_closed(channel: aiormq.Channel) -> BaseException | None:
+    """The reason the broker gave when it closed ``channel`` (``Channel.Close``, e.g. a 404 for
+    a publish to a missing exchange), while aiormq has not finished closing it; None when it did
+    not. aiormq has queued its ``Channel.CloseOk`` by then, and a publish written after that
+    makes the broker close the whole connection (``504 CHANNEL_ERROR - expected
+    'channel.open'``), failing every publish in flight on it, other producers' included.
+    aiormq's ``basic_publish`` does not check this; its ``basic_ack`` does, by the same mark."""
+    reason = getattr(channel, "_close_exception", None)
+    return reason if isinstance(reason, BaseException) else None
+
+
 class _Batch:
     """One item of the write queue that the writer reads like aiormq's ``ChannelFrame``: the
     marshalled frames of several publishes, joined when the writer takes it."""
@@ -148,7 +159,7 @@ class DirectPublisher:
         the channel's close reason when it closes first. None when it must go through aiormq
         (its lock is held, or the write queue is full): nothing was queued then."""
         channel = self.channel
-        if channel.is_closed:
+        if channel.is_closed or broker_closed(channel) is not None:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
         if len(routing_key) > _MAX_ROUTING_KEY:
             raise ValueError("Routing key too long (max 255 bytes)")
