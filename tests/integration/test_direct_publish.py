@@ -289,28 +289,35 @@ async def _queued_job_ids(settings: Settings, queue: str) -> set[str]:
             found.add(str((message.header.properties.headers or {})["jobsys-job-id"]))
 
 
-async def test_after_a_publish_to_a_missing_exchange_no_queued_job_is_called_not_published(
-    vhost_settings: Settings,
-) -> None:
-    # The broker closes the channel (404) for the publish to the missing exchange; aiormq fails
-    # every confirm pending on it alike, though some of those jobs were queued before the close.
+async def _with_a_missing_exchange(settings: Settings, queue: str) -> Topology:
+    """A topology with job type ``good`` routed to ``queue`` (declared on the broker) and job
+    type ``bad`` routed through exchange ``dp.gone``, which the broker does not have (404)."""
     topology = Topology.model_validate(
         {
             "version": 1,
             "exchanges": {"dp.x": {"type": "direct"}, "dp.gone": {"type": "direct"}},
-            "queues": {"dp.mixed404": {"type": "classic"}},
-            "bindings": [{"exchange": "dp.x", "queue": "dp.mixed404", "routing_key": "k"}],
+            "queues": {queue: {"type": "classic"}},
+            "bindings": [{"exchange": "dp.x", "queue": queue, "routing_key": "k"}],
             "job_types": {
                 "good": {"exchange": "dp.x", "routing_key": "k"},
                 "bad": {"exchange": "dp.gone", "routing_key": "k"},
             },
         }
     )
-    async with BrokerConnection(vhost_settings) as conn:
+    async with BrokerConnection(settings) as conn:
         channel = await conn.amqp.channel()
         await channel.exchange_declare("dp.x", exchange_type="direct", durable=True)
-        await channel.queue_declare("dp.mixed404", durable=True)
-        await channel.queue_bind("dp.mixed404", "dp.x", routing_key="k")
+        await channel.queue_declare(queue, durable=True)
+        await channel.queue_bind(queue, "dp.x", routing_key="k")
+    return topology
+
+
+async def test_after_a_publish_to_a_missing_exchange_no_queued_job_is_called_not_published(
+    vhost_settings: Settings,
+) -> None:
+    # The broker closes the channel (404) for the publish to the missing exchange; aiormq fails
+    # every confirm pending on it alike, though some of those jobs were queued before the close.
+    topology = await _with_a_missing_exchange(vhost_settings, "dp.mixed404")
     requests = [JobRequest("good", {"i": i}, job_id=f"good-{i:03d}") for i in range(300)]
     requests.insert(150, JobRequest("bad", {}, job_id="bad-000"))
     async with Producer(vhost_settings, topology) as producer:
@@ -333,23 +340,7 @@ async def test_a_publish_to_a_missing_exchange_never_closes_the_connection_of_ot
     # The broker closes the channel (404) and aiormq queues its CloseOk; a publish written after
     # that made the broker close the whole connection (504 CHANNEL_ERROR - expected
     # 'channel.open'), failing every publish in flight on it: 10 of 30 such rounds did before.
-    topology = Topology.model_validate(
-        {
-            "version": 1,
-            "exchanges": {"dp.x": {"type": "direct"}, "dp.gone": {"type": "direct"}},
-            "queues": {"dp.two404": {"type": "classic"}},
-            "bindings": [{"exchange": "dp.x", "queue": "dp.two404", "routing_key": "k"}],
-            "job_types": {
-                "good": {"exchange": "dp.x", "routing_key": "k"},
-                "bad": {"exchange": "dp.gone", "routing_key": "k"},
-            },
-        }
-    )
-    async with BrokerConnection(vhost_settings) as conn:
-        channel = await conn.amqp.channel()
-        await channel.exchange_declare("dp.x", exchange_type="direct", durable=True)
-        await channel.queue_declare("dp.two404", durable=True)
-        await channel.queue_bind("dp.two404", "dp.x", routing_key="k")
+    topology = await _with_a_missing_exchange(vhost_settings, "dp.two404")
     caplog.set_level(logging.WARNING)
     receipts: set[str] = set()
     async with Producer(vhost_settings, topology) as producer:
