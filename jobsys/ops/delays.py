@@ -122,7 +122,8 @@ class Retired:
 
 async def retire_legacy_levels(connection: BrokerConnection) -> Retired:
     """Delete the old delay levels when every one of them is empty; ``LegacyLevelsBusy`` (and
-    nothing deleted) while any still holds a job."""
+    nothing deleted) while any still holds a job, or cannot be read because its node is down
+    or still starting (it may hold jobs)."""
     waiting = await legacy_waiting(connection)
     down = sorted(name for name, count in waiting.items() if isinstance(count, Unreachable))
     if down:
